@@ -1,0 +1,118 @@
+//! Embedded mode: a coordinator on SQLite and local workers in this process, talking the same
+//! gRPC over loopback as a fleet would.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use domain::WorkerId;
+use proto::v1::survey_service_client::SurveyServiceClient;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// A running coordinator and its local workers.
+#[derive(Debug)]
+pub(crate) struct Embedded {
+    pub(crate) client: SurveyServiceClient<Channel>,
+    coordinator: JoinHandle<anyhow::Result<()>>,
+    workers: Vec<JoinHandle<anyhow::Result<()>>>,
+    coordinator_shutdown: CancellationToken,
+    workers_shutdown: CancellationToken,
+}
+
+/// What the embedded cluster is made of.
+#[derive(Debug)]
+pub(crate) struct EmbeddedConfig {
+    pub(crate) work_dir: PathBuf,
+    pub(crate) target_python: PathBuf,
+    pub(crate) n_workers: u32,
+    pub(crate) allow_gil_build: bool,
+    pub(crate) pip_cache_dir: PathBuf,
+}
+
+impl Embedded {
+    pub(crate) async fn start(config: EmbeddedConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot bind a loopback port")?;
+        let address: SocketAddr = listener.local_addr()?;
+        let coordinator_shutdown = CancellationToken::new();
+        let coordinator_config = coordinator::Config {
+            database_url: format!("sqlite://{}", database_path(&config.work_dir).display()),
+            settings: coordinator::Settings::default(),
+        };
+        let coordinator = tokio::spawn(coordinator::run(
+            coordinator_config,
+            listener,
+            coordinator_shutdown.clone(),
+        ));
+        let url = format!("http://{address}");
+        let client = connect(&url).await?;
+
+        let workers_shutdown = CancellationToken::new();
+        let mut workers = Vec::new();
+        for n in 1..=config.n_workers {
+            let worker_config = worker::WorkerConfig {
+                worker_id: WorkerId::parse(&format!("local-{n}")).context("worker id")?,
+                coordinator_url: url.clone(),
+                target_python: config.target_python.clone(),
+                slots: 1,
+                work_dir: config.work_dir.clone(),
+                pip_cache_dir: config.pip_cache_dir.clone(),
+                base_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+                allow_gil_build: config.allow_gil_build,
+            };
+            workers.push(tokio::spawn(worker::run(worker_config, workers_shutdown.clone())));
+        }
+        Ok(Embedded {
+            client,
+            coordinator,
+            workers,
+            coordinator_shutdown,
+            workers_shutdown,
+        })
+    }
+
+    /// Stops the workers (killing what they run), then the coordinator.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        self.workers_shutdown.cancel();
+        for worker in self.workers {
+            match tokio::time::timeout(Duration::from_secs(30), worker).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => tracing::warn!(error = %format!("{error:#}"), "worker ended with an error"),
+                Ok(Err(join)) => tracing::warn!(error = %join, "worker task failed"),
+                Err(_) => tracing::warn!("worker did not stop within 30 seconds"),
+            }
+        }
+        self.coordinator_shutdown.cancel();
+        match tokio::time::timeout(Duration::from_secs(10), self.coordinator).await {
+            Ok(joined) => joined.context("coordinator task failed")?,
+            Err(_) => anyhow::bail!("coordinator did not stop within 10 seconds"),
+        }
+    }
+
+    /// Whether a worker has already stopped, and with what.
+    pub(crate) fn first_finished_worker(&mut self) -> Option<JoinHandle<anyhow::Result<()>>> {
+        let index = self.workers.iter().position(|w| w.is_finished())?;
+        Some(self.workers.swap_remove(index))
+    }
+}
+
+/// The embedded store lives in the work dir.
+pub(crate) fn database_path(work_dir: &Path) -> PathBuf {
+    work_dir.join("ftsurvey.db")
+}
+
+async fn connect(url: &str) -> anyhow::Result<SurveyServiceClient<Channel>> {
+    let channel = Channel::from_shared(url.to_string())
+        .context("bad coordinator url")?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the embedded coordinator at {url}"))?;
+    Ok(SurveyServiceClient::new(channel)
+        .max_decoding_message_size(coordinator::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(coordinator::MAX_MESSAGE_BYTES))
+}

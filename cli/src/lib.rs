@@ -1,0 +1,70 @@
+//! The `ftsurvey` command line as a library, so the binary and the end-to-end tests run the same code.
+//!
+//! The binary parses flags and calls the libraries; every error ends as one line on stderr
+//! and a non-zero exit.
+
+mod embedded;
+pub mod registry_dir;
+mod results_dir;
+mod run_cmd;
+mod show_cmd;
+
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+/// Tells which packages work on free-threaded CPython.
+#[derive(Debug, Parser)]
+#[command(name = "ftsurvey", version, about, propagate_version = true)]
+struct Cli {
+    /// More logging: -v for info, -vv for debug.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run packages' test suites many times on a free-threaded interpreter and classify them.
+    Run(Box<run_cmd::RunArgs>),
+    /// Summarise a results folder.
+    Show(show_cmd::ShowArgs),
+}
+
+/// Parses the command line, runs the command, and turns any error into one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Run(args) => run_async(run_cmd::run(*args)),
+        Command::Show(args) => show_cmd::run_show(&args).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_async(future: impl Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(future)
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FTSURVEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

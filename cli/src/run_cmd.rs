@@ -1,0 +1,346 @@
+//! `ftsurvey run`: select packages, run them embedded, write the results folder as they finish.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use domain::results::{PackageRecord, RunConfig, RunMeta, SystemInfo};
+use domain::spec::RunOptions;
+use domain::{InterpreterProfile, InterpreterRequirement, Mode, PackageResult, RunSpec, RunSummary};
+use proto::v1;
+
+use crate::embedded::{Embedded, EmbeddedConfig};
+use crate::registry_dir;
+use crate::results_dir::ResultsDir;
+
+/// Flags of `ftsurvey run`; names follow the tool ftsurvey replaces.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The interpreter to test with: a free-threaded CPython build.
+    #[arg(long, env = "FTSURVEY_TARGET_PYTHON", value_name = "PATH")]
+    pub(crate) target_python: PathBuf,
+    /// Accept a target that is not free-threaded (the GIL stays on; for testing the tool).
+    #[arg(long, env = "FTSURVEY_ALLOW_GIL_BUILD")]
+    pub(crate) allow_gil_build: bool,
+    /// Times to run each package's test suite.
+    #[arg(long, default_value_t = 10, env = "FTSURVEY_ITERATIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) iterations: u32,
+    /// Seconds before one iteration is killed.
+    #[arg(long, default_value_t = 600, env = "FTSURVEY_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) timeout: u64,
+    /// Seconds without output and CPU progress before an iteration counts as stalled.
+    #[arg(long, default_value_t = 60, env = "FTSURVEY_STALL_THRESHOLD", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) stall_threshold: u64,
+    /// Only these packages (exact names; comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', env = "FTSURVEY_PACKAGES")]
+    pub(crate) packages: Vec<String>,
+    /// The N most popular selectable packages of the registry.
+    #[arg(long, env = "FTSURVEY_TOP")]
+    pub(crate) top: Option<usize>,
+    /// Registry directory (index.yaml + packages/).
+    #[arg(long, env = "FTSURVEY_REGISTRY_DIR")]
+    pub(crate) registry_dir: PathBuf,
+    /// Where sources, venvs, the pip cache and the embedded database live.
+    #[arg(long, env = "FTSURVEY_WORK_DIR")]
+    pub(crate) work_dir: Option<PathBuf>,
+    /// Where the results folder `ft_YYYYMMDD_HHMMSS` is created.
+    #[arg(long, default_value = "results", env = "FTSURVEY_RESULTS_DIR")]
+    pub(crate) results_dir: PathBuf,
+    /// Extra environment for the tests, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub(crate) env: Vec<(String, String)>,
+    /// Extra packages to install into every venv (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', env = "FTSURVEY_EXTRA_DEPS")]
+    pub(crate) extra_deps: Vec<String>,
+    /// Appended to every test command.
+    #[arg(long, allow_hyphen_values = true, env = "FTSURVEY_TEST_COMMAND_SUFFIX")]
+    pub(crate) test_command_suffix: Option<String>,
+    /// Replaces every package's test command.
+    #[arg(long, allow_hyphen_values = true, env = "FTSURVEY_TEST_COMMAND_OVERRIDE")]
+    pub(crate) test_command_override: Option<String>,
+    /// Stop testing a package once one iteration passes.
+    #[arg(long, env = "FTSURVEY_STOP_ON_FIRST_PASS")]
+    pub(crate) stop_on_first_pass: bool,
+    /// The pip cache shared by every venv (default: `<work-dir>/pip-cache`).
+    #[arg(long, env = "FTSURVEY_PIP_CACHE_DIR")]
+    pub(crate) pip_cache_dir: Option<PathBuf>,
+    /// Local workers, each running one iteration at a time.
+    #[arg(long, default_value_t = 1, env = "FTSURVEY_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) workers: u32,
+}
+
+fn parse_env_pair(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, val)) if !key.is_empty() => Ok((key.to_string(), val.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {value:?}")),
+    }
+}
+
+/// Runs a survey embedded; returns the exit code (130 when interrupted).
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let started_at = jiff::Timestamp::now();
+    let target_python = absolute(&args.target_python)?;
+    let profile = worker::probe::probe(&target_python)
+        .await
+        .with_context(|| format!("cannot use --target-python {}", args.target_python.display()))?;
+    if !profile.free_threaded && !args.allow_gil_build {
+        bail!(
+            "--target-python {} is not a free-threaded build ({}); build one with deploy/build-cpython.sh, \
+             or pass --allow-gil-build to use it anyway",
+            args.target_python.display(),
+            profile.summary()
+        );
+    }
+    let registry = registry_dir::load_registry(&args.registry_dir)?;
+    for warning in &registry.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let selection = domain::registry::Selection {
+        packages: (!args.packages.is_empty()).then(|| args.packages.clone()),
+        top: args.top,
+        python_version: Some(profile.major_minor.clone()),
+    };
+    let selected = domain::registry::select(&registry.index, &registry.entries, &registry.dir, &selection)?;
+    for (name, reason) in &selected.excluded {
+        eprintln!("warning: skipping {name}: {reason}");
+    }
+    if selected.specs.is_empty() {
+        bail!(
+            "no packages selected from {}: check --packages and --top",
+            registry.dir.display()
+        );
+    }
+    let work_dir = match &args.work_dir {
+        Some(dir) => absolute(dir)?,
+        None => default_work_dir()?,
+    };
+    std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create work dir {}", work_dir.display()))?;
+    let results = ResultsDir::create(&absolute(&args.results_dir)?, started_at)?;
+
+    let spec = RunSpec {
+        label: format!(
+            "{} packages x {} on {}",
+            selected.specs.len(),
+            args.iterations,
+            profile.version_short
+        ),
+        packages: selected.specs,
+        iterations: args.iterations,
+        modes: vec![Mode::Ft],
+        options: RunOptions {
+            timeout_secs: args.timeout,
+            stall_threshold_secs: args.stall_threshold,
+            env: args.env.clone(),
+            extra_deps: args.extra_deps.clone(),
+            test_command_suffix: args.test_command_suffix.clone(),
+            test_command_override: args.test_command_override.clone(),
+            stop_on_first_pass: args.stop_on_first_pass,
+            ..RunOptions::default()
+        },
+        requirement: InterpreterRequirement {
+            python_version: Some(profile.major_minor.clone()),
+            free_threaded: profile.free_threaded,
+            tsan: false,
+        },
+        registry: Some(registry.dir.display().to_string()),
+    };
+
+    let mut embedded = Embedded::start(EmbeddedConfig {
+        work_dir: work_dir.clone(),
+        target_python: target_python.clone(),
+        n_workers: args.workers,
+        allow_gil_build: args.allow_gil_build,
+        pip_cache_dir: match &args.pip_cache_dir {
+            Some(dir) => absolute(dir)?,
+            None => work_dir.join("pip-cache"),
+        },
+    })
+    .await?;
+    let outcome = survey(&mut embedded, &spec, &args, &profile, &results, started_at).await;
+    let stopped = embedded.stop().await;
+    let code = outcome?;
+    stopped?;
+    Ok(code)
+}
+
+/// Submits the run, follows it, writes each package as it finishes; Ctrl-C cancels the run
+/// and writes what there is.
+async fn survey(
+    embedded: &mut Embedded,
+    spec: &RunSpec,
+    args: &RunArgs,
+    profile: &InterpreterProfile,
+    results: &ResultsDir,
+    started_at: jiff::Timestamp,
+) -> anyhow::Result<ExitCode> {
+    let request = v1::SubmitRunRequest {
+        spec: Some(spec.into()),
+        client_token: String::new(),
+    };
+    let submitted = embedded
+        .client
+        .submit_run(request)
+        .await
+        .context("submitting the run")?
+        .into_inner();
+    let summary = RunSummary::try_from(submitted.run.context("coordinator sent no run")?)?;
+    let run_id = summary.run_id;
+    let mut meta = run_meta(run_id, spec, args, profile, started_at);
+    results.write_meta(&meta)?;
+    eprintln!(
+        "run {run_id}: {} packages x {} iterations on {} -> {}",
+        spec.packages.len(),
+        spec.iterations,
+        profile.summary(),
+        results.path().display()
+    );
+
+    let mut events = embedded
+        .client
+        .watch_run(v1::WatchRunRequest {
+            run_id: run_id.to_string(),
+        })
+        .await
+        .context("watching the run")?
+        .into_inner();
+    let mut written: HashSet<String> = HashSet::new();
+    let mut records = Vec::new();
+    let total = spec.packages.len();
+    let mut check_workers = tokio::time::interval(Duration::from_secs(1));
+    let interrupted = loop {
+        tokio::select! {
+            event = events.message() => {
+                let Some(event) = event.context("the run's progress stream failed")? else { break false };
+                for package in event.finished_packages {
+                    let result = PackageResult::try_from(package)?;
+                    if written.insert(result.package.clone()) {
+                        let record = PackageRecord::from(&result);
+                        results.append_package(&record)?;
+                        eprintln!("[{}/{total}] {}", written.len(), progress_line(&result));
+                        records.push(record);
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break true,
+            _ = check_workers.tick() => {
+                if let Some(stopped) = embedded.first_finished_worker() {
+                    let error = match stopped.await {
+                        Ok(Ok(())) => anyhow::anyhow!("a local worker stopped"),
+                        Ok(Err(error)) => error,
+                        Err(join) => anyhow::anyhow!("a local worker panicked: {join}"),
+                    };
+                    let _ = embedded.client.cancel_run(v1::CancelRunRequest { run_id: run_id.to_string() }).await;
+                    return Err(error.context("the survey cannot go on"));
+                }
+            }
+        }
+    };
+    if interrupted {
+        eprintln!("interrupted: cancelling run {run_id} and writing what has finished");
+        embedded
+            .client
+            .cancel_run(v1::CancelRunRequest {
+                run_id: run_id.to_string(),
+            })
+            .await
+            .context("cancelling")?;
+        let partial = embedded
+            .client
+            .query_package_results(v1::QueryPackageResultsRequest {
+                run_id: run_id.to_string(),
+                ..Default::default()
+            })
+            .await
+            .context("reading partial results")?
+            .into_inner();
+        for package in partial.results {
+            let result = PackageResult::try_from(package)?;
+            let has_data = !result.iterations.is_empty() || result.setup_failure.is_some();
+            if has_data && written.insert(result.package.clone()) {
+                let record = PackageRecord::from(&result);
+                results.append_package(&record)?;
+                records.push(record);
+            }
+        }
+    }
+    meta.interrupted = interrupted;
+    meta.finished_at = Some(jiff::Timestamp::now().to_string());
+    results.write_meta(&meta)?;
+    let show = domain::show::render_show(Some(&meta), &records, &domain::show::ShowOptions::default());
+    println!("{show}");
+    println!("results: {}", results.path().display());
+    Ok(if interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What `ft_meta.json` says about this run.
+fn run_meta(
+    run_id: domain::RunId,
+    spec: &RunSpec,
+    args: &RunArgs,
+    profile: &InterpreterProfile,
+    started_at: jiff::Timestamp,
+) -> RunMeta {
+    RunMeta {
+        run_id: run_id.to_string(),
+        label: spec.label.clone(),
+        timestamp: started_at.to_string(),
+        finished_at: None,
+        interrupted: false,
+        target_python: profile.executable.clone(),
+        python_version: profile.version.clone(),
+        interpreter: Some(profile.clone()),
+        system: SystemInfo {
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            cpu_count: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+        },
+        config: RunConfig {
+            iterations: spec.iterations,
+            timeout: spec.options.timeout_secs,
+            stall_threshold: spec.options.stall_threshold_secs,
+            packages: spec.packages.iter().map(|p| p.name.clone()).collect(),
+            env: spec.options.env.iter().cloned().collect(),
+            extra_deps: spec.options.extra_deps.clone(),
+            test_command_suffix: spec.options.test_command_suffix.clone(),
+            test_command_override: spec.options.test_command_override.clone(),
+            stop_on_first_pass: spec.options.stop_on_first_pass,
+            workers: args.workers,
+            registry_dir: spec.registry.clone(),
+            modes: spec.modes.iter().map(|m| m.as_str().to_string()).collect(),
+        },
+    }
+}
+
+/// `ftfix-segfault: crash (0/3 passed; ...)`
+fn progress_line(result: &PackageResult) -> String {
+    let detail = result.evidence.first().cloned().unwrap_or_default();
+    format!("{}: {} ({detail})", result.package, result.category)
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+/// `$XDG_CACHE_HOME/ftsurvey/work`, or `~/.cache/ftsurvey/work`.
+fn default_work_dir() -> anyhow::Result<PathBuf> {
+    let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let home = std::env::var_os("HOME").context("neither --work-dir nor HOME is set")?;
+            PathBuf::from(home).join(".cache")
+        }
+    };
+    Ok(cache.join("ftsurvey").join("work"))
+}

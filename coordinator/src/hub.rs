@@ -1,0 +1,94 @@
+//! State shared by the coordinator's services: the store, the live worker sessions and the
+//! signals that wake dispatchers and watchers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use domain::{RunId, WorkerId};
+use proto::v1;
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use crate::store::{RevokedLease, Store};
+
+/// Messages to one worker session.
+pub(crate) type SessionSender = mpsc::Sender<Result<v1::CoordinatorMessage, tonic::Status>>;
+
+/// What every service holds.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) settings: crate::Settings,
+    /// Live sessions by worker id, each with a number that tells a session from its replacement.
+    sessions: Mutex<HashMap<WorkerId, (u64, SessionSender)>>,
+    next_session: Mutex<u64>,
+    /// Woken when jobs may have become claimable.
+    pub(crate) jobs_available: Notify,
+    /// Carries the id of every run whose progress changed.
+    pub(crate) run_changed: broadcast::Sender<RunId>,
+}
+
+impl Hub {
+    pub(crate) fn new(store: Arc<dyn Store>, settings: crate::Settings) -> Self {
+        Hub {
+            store,
+            settings,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: Mutex::new(0),
+            jobs_available: Notify::new(),
+            run_changed: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Registers a session; returns its number and the session it replaces, if any.
+    pub(crate) fn register_session(&self, worker_id: &WorkerId, sender: SessionSender) -> (u64, Option<SessionSender>) {
+        let number = {
+            let mut next = self.next_session.lock().unwrap_or_else(|e| e.into_inner());
+            *next += 1;
+            *next
+        };
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let replaced = sessions.insert(worker_id.clone(), (number, sender)).map(|(_, s)| s);
+        (number, replaced)
+    }
+
+    /// Forgets a session unless it has already been replaced.
+    pub(crate) fn unregister_session(&self, worker_id: &WorkerId, number: u64) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions.get(worker_id).is_some_and(|(n, _)| *n == number) {
+            sessions.remove(worker_id);
+        }
+    }
+
+    /// Tells the workers holding revoked leases to stop those jobs.
+    pub(crate) fn push_cancels(&self, revoked: &[RevokedLease], reason: &str) {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for lease in revoked {
+            if let Some((_, sender)) = sessions.get(&lease.worker_id) {
+                let cancel = v1::CancelJob {
+                    job_id: lease.job_id.0,
+                    reason: reason.to_string(),
+                };
+                let message = v1::CoordinatorMessage {
+                    msg: Some(v1::coordinator_message::Msg::Cancel(cancel)),
+                };
+                // A full or closed channel means the session is going away; its leases are
+                // released when it does, so the cancel is not needed.
+                let _ = sender.try_send(Ok(message));
+            }
+        }
+    }
+
+    pub(crate) fn notify_run(&self, run_id: RunId) {
+        // No receivers just means nobody is watching.
+        let _ = self.run_changed.send(run_id);
+    }
+}
+
+/// Milliseconds since the Unix epoch, the store's clock.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

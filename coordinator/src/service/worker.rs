@@ -1,0 +1,276 @@
+//! The worker-facing service: one bidirectional session per worker, as the contract in
+//! `worker.proto` describes.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{InterpreterProfile, JobId, JobResult, LeaseToken, WorkerId};
+use futures::Stream;
+use proto::convert::parse_lease_token;
+use proto::v1;
+use proto::v1::coordinator_message::Msg as Out;
+use proto::v1::worker_message::Msg as In;
+use proto::v1::worker_service_server::WorkerService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::hub::{Hub, SessionSender, now_ms};
+use crate::service::{status_from_store, status_from_wire};
+use crate::store::ClaimRequest;
+
+/// The `WorkerService` implementation.
+#[derive(Debug, Clone)]
+pub(crate) struct Workers {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
+
+/// A session must say Hello this soon after opening.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an idle session with credits looks for work even without a wake-up.
+const DISPATCH_POLL: Duration = Duration::from_millis(500);
+/// Credits beyond this are ignored: no worker runs that many jobs at once.
+const MAX_CREDITS: u32 = 1024;
+
+#[tonic::async_trait]
+impl WorkerService for Workers {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<v1::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let inbound = request.into_inner();
+        let (sender, receiver) = mpsc::channel(256);
+        tokio::spawn(run_session(self.hub.clone(), inbound, sender, self.shutdown.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// One session's state, owned by its task.
+struct Session {
+    hub: Arc<Hub>,
+    worker_id: WorkerId,
+    profile: InterpreterProfile,
+    sender: SessionSender,
+    credits: u32,
+    /// Leases handed out in this session and not yet reported.
+    running: HashMap<JobId, LeaseToken>,
+    warm_packages: Vec<String>,
+}
+
+async fn run_session(
+    hub: Arc<Hub>,
+    mut inbound: Streaming<v1::WorkerMessage>,
+    sender: SessionSender,
+    shutdown: CancellationToken,
+) {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(v1::WorkerMessage {
+            msg: Some(In::Hello(hello)),
+        }))) => hello,
+        Ok(Ok(Some(_))) => return reject(&sender, "the first message of a session must be Hello").await,
+        Ok(Ok(None)) | Ok(Err(_)) => return,
+        Err(_) => return reject(&sender, "no Hello within 30 seconds").await,
+    };
+    let worker_id = match WorkerId::parse(&hello.worker_id) {
+        Ok(id) => id,
+        Err(e) => return reject(&sender, &format!("invalid field hello.worker_id: {e}")).await,
+    };
+    let profile = match hello.interpreter.map(InterpreterProfile::try_from) {
+        Some(Ok(profile)) => profile,
+        Some(Err(e)) => return reject(&sender, &e.to_string()).await,
+        None => return reject(&sender, "missing field hello.interpreter").await,
+    };
+    let (number, replaced) = hub.register_session(&worker_id, sender.clone());
+    if let Some(old) = replaced {
+        let _ = old.try_send(Err(Status::aborted("replaced by a newer session of the same worker")));
+    }
+    tracing::info!(worker.id = %worker_id, slots = hello.slots, interpreter = %profile.summary(), "worker connected");
+    let settings = hub.settings.clone();
+    let welcome = v1::Welcome {
+        heartbeat_interval_ms: settings.heartbeat_interval.as_millis() as u32,
+        lease_duration_ms: settings.lease_duration.as_millis() as u32,
+    };
+    if sender
+        .send(Ok(v1::CoordinatorMessage {
+            msg: Some(Out::Welcome(welcome)),
+        }))
+        .await
+        .is_err()
+    {
+        hub.unregister_session(&worker_id, number);
+        return;
+    }
+    let mut session = Session {
+        hub: hub.clone(),
+        worker_id: worker_id.clone(),
+        profile,
+        sender: sender.clone(),
+        credits: 0,
+        running: HashMap::new(),
+        warm_packages: hello.warm_packages,
+    };
+    let end = session.serve(&mut inbound, &shutdown).await;
+    if let Err(status) = &end {
+        let _ = sender.send(Err(status.clone())).await;
+    }
+    let leases: Vec<(JobId, LeaseToken)> = session.running.drain().collect();
+    match hub.store.release_jobs(&leases, now_ms()).await {
+        Ok(runs) => runs.into_iter().for_each(|run| hub.notify_run(run)),
+        Err(error) => tracing::error!(worker.id = %worker_id, error = %error, "could not release leases"),
+    }
+    hub.unregister_session(&worker_id, number);
+    hub.jobs_available.notify_waiters();
+    tracing::info!(worker.id = %worker_id, released = leases.len(), "worker disconnected");
+}
+
+async fn reject(sender: &SessionSender, reason: &str) {
+    let _ = sender.send(Err(Status::invalid_argument(reason.to_string()))).await;
+}
+
+impl Session {
+    /// Serves the session until the worker leaves, the session is replaced or the
+    /// coordinator stops. An error ends the session with that status.
+    async fn serve(
+        &mut self,
+        inbound: &mut Streaming<v1::WorkerMessage>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Status> {
+        let mut poll = tokio::time::interval(DISPATCH_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.credits > 0 {
+                self.dispatch().await?;
+            }
+            let hub = self.hub.clone();
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let drain = v1::Drain { reason: "coordinator shutting down".to_string() };
+                    let _ = self.sender.try_send(Ok(v1::CoordinatorMessage { msg: Some(Out::Drain(drain)) }));
+                    return Ok(());
+                }
+                _ = self.sender.closed() => return Ok(()),
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => self.handle(message).await?,
+                    Ok(None) => return Ok(()),
+                    Err(status) => {
+                        tracing::debug!(worker.id = %self.worker_id, error = %status, "session stream failed");
+                        return Ok(());
+                    }
+                },
+                _ = hub.jobs_available.notified(), if self.credits > 0 => {}
+                _ = poll.tick(), if self.credits > 0 => {}
+            }
+        }
+    }
+
+    async fn handle(&mut self, message: v1::WorkerMessage) -> Result<(), Status> {
+        match message.msg {
+            Some(In::Credit(credit)) => {
+                self.credits = self.credits.saturating_add(credit.count).min(MAX_CREDITS);
+            }
+            Some(In::Heartbeat(heartbeat)) => {
+                let mut running = Vec::with_capacity(heartbeat.running.len());
+                for job in heartbeat.running {
+                    let token = parse_lease_token("heartbeat.running.lease_token", &job.lease_token)
+                        .map_err(status_from_wire)?;
+                    running.push((JobId(job.job_id), token));
+                }
+                let lease_ms = self.hub.settings.lease_duration.as_millis() as i64;
+                self.hub
+                    .store
+                    .heartbeat(&self.worker_id, &running, lease_ms, now_ms())
+                    .await
+                    .map_err(status_from_store)?;
+            }
+            Some(In::Outcome(outcome)) => self.record(outcome).await?,
+            Some(In::Hello(_)) => return Err(Status::invalid_argument("hello sent twice in one session")),
+            None => return Err(Status::invalid_argument("empty worker message")),
+        }
+        Ok(())
+    }
+
+    async fn record(&mut self, outcome: v1::JobOutcome) -> Result<(), Status> {
+        let job_id = JobId(outcome.job_id);
+        let token = parse_lease_token("outcome.lease_token", &outcome.lease_token).map_err(status_from_wire)?;
+        let result = outcome
+            .result
+            .ok_or_else(|| Status::invalid_argument("missing field outcome.result"))?;
+        let result = JobResult::try_from(result).map_err(status_from_wire)?;
+        let completion = self
+            .hub
+            .store
+            .complete_job(job_id, token, &result, now_ms())
+            .await
+            .map_err(status_from_store)?;
+        if self.running.get(&job_id) == Some(&token) {
+            self.running.remove(&job_id);
+        }
+        tracing::debug!(worker.id = %self.worker_id, job.id = %job_id, ack = ?completion.ack, "outcome");
+        let ack = v1::Ack {
+            job_id: job_id.0,
+            status: v1::AckStatus::from(completion.ack) as i32,
+        };
+        self.sender
+            .send(Ok(v1::CoordinatorMessage {
+                msg: Some(Out::Ack(ack)),
+            }))
+            .await
+            .map_err(|_| Status::cancelled("session closed"))?;
+        if !completion.revoked.is_empty() {
+            self.hub
+                .push_cancels(&completion.revoked, "the package's other jobs are no longer needed");
+        }
+        if let Some(run_id) = completion.run_id {
+            self.hub.notify_run(run_id);
+        }
+        Ok(())
+    }
+
+    /// Leases as many jobs as the worker has credits for and sends them.
+    async fn dispatch(&mut self) -> Result<(), Status> {
+        let max_jobs = self.credits.min(32);
+        let tokens: Vec<LeaseToken> = (0..max_jobs).map(|_| LeaseToken::random()).collect();
+        let request = ClaimRequest {
+            worker_id: &self.worker_id,
+            profile: &self.profile,
+            warm_packages: &self.warm_packages,
+            max_jobs,
+            lease_duration_ms: self.hub.settings.lease_duration.as_millis() as i64,
+            lease_tokens: &tokens,
+        };
+        let assignments = self
+            .hub
+            .store
+            .claim_jobs(request, now_ms())
+            .await
+            .map_err(status_from_store)?;
+        for assignment in assignments {
+            self.credits -= 1;
+            self.running.insert(assignment.job_id, assignment.lease_token);
+            if !self.warm_packages.contains(&assignment.package.name) {
+                self.warm_packages.push(assignment.package.name.clone());
+            }
+            tracing::debug!(
+                worker.id = %self.worker_id, job.id = %assignment.job_id, run.id = %assignment.run_id,
+                package.name = %assignment.package.name, iteration = assignment.iteration, "job assigned"
+            );
+            self.hub.notify_run(assignment.run_id);
+            let message = v1::CoordinatorMessage {
+                msg: Some(Out::Assignment((&assignment).into())),
+            };
+            if self.sender.send(Ok(message)).await.is_err() {
+                // The lease is in `running` and is released when the session ends.
+                return Err(Status::cancelled("session closed"));
+            }
+        }
+        Ok(())
+    }
+}

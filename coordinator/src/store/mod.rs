@@ -1,0 +1,175 @@
+//! The job store: runs, packages and jobs, behind one trait with a backend per database.
+//!
+//! Every method is one transaction. Claims are atomic in SQL, and every write that depends on
+//! a lease names the lease token in its `WHERE`, so a worker holding an old lease cannot
+//! change a job that has moved on. Time is an argument (`now_ms`), never read inside.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use domain::{
+    Assignment, InterpreterProfile, JobId, JobResult, LeaseToken, PackageResult, RunId, RunSpec, RunSummary, WorkerId,
+};
+
+pub use sqlite::SqliteStore;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("run {0} not found")]
+    RunNotFound(RunId),
+    #[error("invalid run: {0}")]
+    InvalidRun(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// A job whose lease was taken away while a worker held it; that worker should stop it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedLease {
+    pub job_id: JobId,
+    pub worker_id: WorkerId,
+}
+
+/// What a worker asks for when it has free slots.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub worker_id: &'a WorkerId,
+    pub profile: &'a InterpreterProfile,
+    /// Packages this worker has already set up; their jobs come first.
+    pub warm_packages: &'a [String],
+    pub max_jobs: u32,
+    pub lease_duration_ms: i64,
+    /// One fresh token per job that may be claimed; at least `max_jobs` of them.
+    pub lease_tokens: &'a [LeaseToken],
+}
+
+/// What recording an outcome did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub ack: domain::OutcomeAck,
+    /// The job's run, when the job exists.
+    pub run_id: Option<RunId>,
+    /// Leases of the same package taken back because its setup failed.
+    pub revoked: Vec<RevokedLease>,
+}
+
+/// What a reaper pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Jobs back to pending for another attempt.
+    pub requeued: u64,
+    /// Jobs given up as lost.
+    pub lost: u64,
+    pub runs_touched: Vec<RunId>,
+}
+
+/// The job store. Implemented by each database backend; all backends pass one conformance suite.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Creates a run and its jobs (packages x modes x iterations). With a `client_token` that
+    /// was used before, returns the run created then and creates nothing.
+    async fn submit_run(
+        &self,
+        run_id: RunId,
+        spec: &RunSpec,
+        client_token: Option<&str>,
+        now_ms: i64,
+    ) -> Result<RunSummary, StoreError>;
+
+    async fn get_run(&self, run_id: RunId) -> Result<(RunSummary, RunSpec), StoreError>;
+
+    /// Newest first.
+    async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>, StoreError>;
+
+    /// Cancels the run's pending and leased jobs. Returns the run and the leases revoked.
+    async fn cancel_run(&self, run_id: RunId, now_ms: i64) -> Result<(RunSummary, Vec<RevokedLease>), StoreError>;
+
+    /// Leases up to `max_jobs` pending jobs whose run the worker's interpreter can serve.
+    async fn claim_jobs(&self, request: ClaimRequest<'_>, now_ms: i64) -> Result<Vec<Assignment>, StoreError>;
+
+    /// Extends the leases the worker still holds. Returns how many were extended.
+    async fn heartbeat(
+        &self,
+        worker_id: &WorkerId,
+        running: &[(JobId, LeaseToken)],
+        lease_duration_ms: i64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Records a job's result under its lease. Once per job: a second report is a duplicate,
+    /// a report under a lease that is no longer current is stale; neither changes anything.
+    async fn complete_job(
+        &self,
+        job_id: JobId,
+        lease_token: LeaseToken,
+        result: &JobResult,
+        now_ms: i64,
+    ) -> Result<Completion, StoreError>;
+
+    /// Gives leased jobs back to the queue at once (a worker's session ended). Only the named
+    /// leases are touched. Returns the runs affected.
+    async fn release_jobs(&self, leases: &[(JobId, LeaseToken)], now_ms: i64) -> Result<Vec<RunId>, StoreError>;
+
+    /// Returns expired leases to pending with one more attempt, or marks them lost once a job
+    /// has been leased `max_attempts` times.
+    async fn reap_expired(&self, max_attempts: u32, now_ms: i64) -> Result<ReapReport, StoreError>;
+
+    /// Package results of a run in package order, optionally only some packages or only
+    /// finished ones.
+    async fn package_results(
+        &self,
+        run_id: RunId,
+        packages: &[String],
+        finished_only: bool,
+    ) -> Result<Vec<PackageResult>, StoreError>;
+}
+
+/// Opens the store a URL names and brings its schema up to date: `sqlite://PATH` (created if
+/// missing) or `sqlite::memory:`.
+pub async fn open(database_url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if database_url.starts_with("sqlite:") {
+        return Ok(std::sync::Arc::new(SqliteStore::open(database_url).await?));
+    }
+    Err(StoreError::InvalidRun(format!(
+        "unsupported database url scheme in {:?}: expected sqlite://PATH",
+        redact_url(database_url)
+    )))
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redact_url_hides_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
+    }
+}

@@ -1,0 +1,429 @@
+//! From iteration outcomes to a package's category, with the evidence for it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::category::Category;
+use crate::outcome::{IterationOutcome, IterationStatus, SetupFailure, SetupStage, signal_name};
+use crate::spec::Mode;
+
+/// How many iterations ended in each status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCounts {
+    pub pass: u32,
+    pub fail: u32,
+    pub crash: u32,
+    pub deadlock: u32,
+    pub timeout: u32,
+    pub harness_error: u32,
+}
+
+impl StatusCounts {
+    pub fn of<'a>(outcomes: impl IntoIterator<Item = &'a IterationOutcome>) -> Self {
+        let mut counts = StatusCounts::default();
+        for outcome in outcomes {
+            counts.add(outcome.status);
+        }
+        counts
+    }
+
+    pub fn add(&mut self, status: IterationStatus) {
+        match status {
+            IterationStatus::Pass => self.pass += 1,
+            IterationStatus::Fail => self.fail += 1,
+            IterationStatus::Crash => self.crash += 1,
+            IterationStatus::Deadlock => self.deadlock += 1,
+            IterationStatus::Timeout => self.timeout += 1,
+            IterationStatus::HarnessError => self.harness_error += 1,
+        }
+    }
+
+    /// Iterations that say something about the package (all but harness errors).
+    pub fn completed(&self) -> u32 {
+        self.pass + self.fail + self.crash + self.deadlock + self.timeout
+    }
+
+    pub fn total(&self) -> u32 {
+        self.completed() + self.harness_error
+    }
+
+    /// Passes over completed iterations; `None` when nothing completed.
+    pub fn pass_rate(&self) -> Option<f64> {
+        let completed = self.completed();
+        (completed > 0).then(|| f64::from(self.pass) / f64::from(completed))
+    }
+}
+
+/// The facts classification looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct ClassifyInput<'a> {
+    /// The package failed to set up on some worker.
+    pub setup_failure: Option<&'a SetupFailure>,
+    /// Outcomes of the free-threaded (`ft`) iterations; other modes are ignored.
+    pub outcomes: &'a [IterationOutcome],
+    /// Extension modules that re-enabled the GIL at import.
+    pub gil_fallback_modules: &'a [String],
+    /// Unsuppressed ThreadSanitizer warnings across iterations.
+    pub tsan_warning_count: usize,
+}
+
+/// A category and the sentences that justify it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Classification {
+    pub category: Category,
+    pub evidence: Vec<String>,
+}
+
+/// Classifies a package. First match wins: install failure; import failure; nothing completed
+/// (unknown); any deadlock; any crash; all pass (TSAN warnings, else GIL fallback, else
+/// compatible); all fail (incompatible); otherwise intermittent.
+pub fn classify(input: ClassifyInput<'_>) -> Classification {
+    if let Some(failure) = input.setup_failure {
+        let category = match failure.stage {
+            SetupStage::Source | SetupStage::Install => Category::InstallFailure,
+            SetupStage::Import => Category::ImportFailure,
+        };
+        let evidence = vec![format!("{} failed: {}", failure.stage.as_str(), failure.message)];
+        return Classification { category, evidence };
+    }
+
+    let ft: Vec<&IterationOutcome> = input.outcomes.iter().filter(|o| o.mode == Mode::Ft).collect();
+    let counts = StatusCounts::of(ft.iter().copied());
+    let completed = counts.completed();
+    let mut evidence = Vec::new();
+    if counts.harness_error > 0 {
+        let reason = ft
+            .iter()
+            .find_map(|o| o.harness_error.clone())
+            .unwrap_or_else(|| "the test harness failed".to_string());
+        evidence.push(format!(
+            "{} of {} iterations were harness errors, not counted: {reason}",
+            counts.harness_error,
+            counts.total()
+        ));
+    }
+    if completed == 0 {
+        if counts.total() == 0 {
+            evidence.push("no iteration completed".to_string());
+        }
+        return Classification {
+            category: Category::Unknown,
+            evidence,
+        };
+    }
+    if counts.timeout > 0 {
+        evidence.push(format!("{} of {completed} iterations timed out", counts.timeout));
+    }
+
+    if counts.deadlock > 0 {
+        evidence.insert(
+            0,
+            format!("{} of {completed} iterations stalled and were killed", counts.deadlock),
+        );
+        return Classification {
+            category: Category::Deadlock,
+            evidence,
+        };
+    }
+    if counts.crash > 0 {
+        let mut signals: Vec<String> = ft
+            .iter()
+            .filter(|o| o.status == IterationStatus::Crash)
+            .filter_map(|o| o.signal)
+            .map(signal_name)
+            .collect();
+        signals.sort();
+        signals.dedup();
+        let by = if signals.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", signals.join(", "))
+        };
+        evidence.insert(0, format!("{} of {completed} iterations crashed{by}", counts.crash));
+        return Classification {
+            category: Category::Crash,
+            evidence,
+        };
+    }
+    if counts.pass == completed {
+        let category = if input.tsan_warning_count > 0 {
+            evidence.push(format!("{} ThreadSanitizer warnings", input.tsan_warning_count));
+            Category::TsanWarnings
+        } else if !input.gil_fallback_modules.is_empty() {
+            evidence.push(format!(
+                "the GIL was re-enabled by {}",
+                input.gil_fallback_modules.join(", ")
+            ));
+            Category::CompatibleGilFallback
+        } else {
+            Category::Compatible
+        };
+        evidence.insert(0, format!("all {completed} iterations passed"));
+        return Classification { category, evidence };
+    }
+    if counts.pass == 0 {
+        evidence.insert(0, format!("all {completed} iterations failed"));
+        return Classification {
+            category: Category::Incompatible,
+            evidence,
+        };
+    }
+    evidence.insert(0, format!("{} of {completed} iterations passed", counts.pass));
+    Classification {
+        category: Category::Intermittent,
+        evidence,
+    }
+}
+
+/// A package's verdict and the outcomes behind it, as stored, streamed and written to results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackageResult {
+    pub package: String,
+    pub category: Category,
+    pub evidence: Vec<String>,
+    /// Iterations the run asked for, per mode.
+    pub iterations_planned: u32,
+    /// Counts over the free-threaded iterations.
+    pub counts: StatusCounts,
+    pub setup_failure: Option<SetupFailure>,
+    /// Every outcome recorded so far, in (mode, iteration) order.
+    pub iterations: Vec<IterationOutcome>,
+    /// No job of this package is pending or running.
+    pub finished: bool,
+}
+
+impl PackageResult {
+    /// Classifies `outcomes` and bundles them into a result.
+    pub fn build(
+        package: &str,
+        iterations_planned: u32,
+        setup_failure: Option<SetupFailure>,
+        mut outcomes: Vec<IterationOutcome>,
+        finished: bool,
+    ) -> Self {
+        outcomes.sort_by_key(|o| (o.mode, o.iteration));
+        let classification = classify(ClassifyInput {
+            setup_failure: setup_failure.as_ref(),
+            outcomes: &outcomes,
+            gil_fallback_modules: &[],
+            tsan_warning_count: 0,
+        });
+        let counts = StatusCounts::of(outcomes.iter().filter(|o| o.mode == Mode::Ft));
+        PackageResult {
+            package: package.to_string(),
+            category: classification.category,
+            evidence: classification.evidence,
+            iterations_planned,
+            counts,
+            setup_failure,
+            iterations: outcomes,
+            finished,
+        }
+    }
+
+    pub fn pass_rate(&self) -> Option<f64> {
+        self.counts.pass_rate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: IterationStatus) -> IterationOutcome {
+        IterationOutcome {
+            iteration: 0,
+            mode: Mode::Ft,
+            status,
+            exit_code: match status {
+                IterationStatus::Pass => Some(0),
+                IterationStatus::Fail => Some(1),
+                IterationStatus::HarnessError => Some(5),
+                _ => None,
+            },
+            signal: (status == IterationStatus::Crash).then_some(11),
+            duration_ms: 10,
+            cpu_time_ms: None,
+            max_rss_kb: None,
+            stalled: status == IterationStatus::Deadlock,
+            last_output_line: String::new(),
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            crash_signature: None,
+            harness_error: (status == IterationStatus::HarnessError).then(|| "no tests collected".to_string()),
+            worker_id: "w".into(),
+            attempt: 1,
+            start_latency_ms: None,
+        }
+    }
+
+    fn failure(stage: SetupStage) -> SetupFailure {
+        SetupFailure {
+            stage,
+            message: "exited with 1".into(),
+            log_tail: String::new(),
+            duration_ms: 1,
+        }
+    }
+
+    fn classify_statuses(statuses: &[IterationStatus]) -> Category {
+        let outcomes: Vec<IterationOutcome> = statuses.iter().map(|s| outcome(*s)).collect();
+        classify(ClassifyInput {
+            setup_failure: None,
+            outcomes: &outcomes,
+            gil_fallback_modules: &[],
+            tsan_warning_count: 0,
+        })
+        .category
+    }
+
+    #[test]
+    fn statuses_classify_first_match_wins() {
+        use IterationStatus::{Crash, Deadlock, Fail, HarnessError, Pass, Timeout};
+        let table: &[(&[IterationStatus], Category)] = &[
+            (&[], Category::Unknown),
+            (&[HarnessError, HarnessError], Category::Unknown),
+            (&[Pass, Pass, Pass], Category::Compatible),
+            (&[Pass, HarnessError], Category::Compatible),
+            (&[Fail, Fail], Category::Incompatible),
+            (&[Timeout, Timeout], Category::Incompatible),
+            (&[Fail, Timeout], Category::Incompatible),
+            (&[Pass, Fail], Category::Intermittent),
+            (&[Pass, Timeout], Category::Intermittent),
+            (&[Pass, Crash], Category::Crash),
+            (&[Crash, Crash], Category::Crash),
+            (&[Fail, Crash, Deadlock], Category::Deadlock),
+            (&[Pass, Deadlock], Category::Deadlock),
+            (&[Crash, Deadlock], Category::Deadlock),
+        ];
+        for (statuses, expected) in table {
+            assert_eq!(classify_statuses(statuses), *expected, "{statuses:?}");
+        }
+    }
+
+    #[test]
+    fn setup_failures_win_over_outcomes() {
+        let outcomes = vec![outcome(IterationStatus::Pass)];
+        for (stage, expected) in [
+            (SetupStage::Source, Category::InstallFailure),
+            (SetupStage::Install, Category::InstallFailure),
+            (SetupStage::Import, Category::ImportFailure),
+        ] {
+            let f = failure(stage);
+            let got = classify(ClassifyInput {
+                setup_failure: Some(&f),
+                outcomes: &outcomes,
+                gil_fallback_modules: &[],
+                tsan_warning_count: 0,
+            });
+            assert_eq!(got.category, expected);
+            assert!(got.evidence[0].contains("exited with 1"));
+        }
+    }
+
+    #[test]
+    fn all_pass_refined_by_tsan_then_gil_fallback() {
+        let outcomes = vec![outcome(IterationStatus::Pass)];
+        let modules = vec!["pkg._speedups".to_string()];
+        let with = |tsan: usize, modules: &[String]| {
+            classify(ClassifyInput {
+                setup_failure: None,
+                outcomes: &outcomes,
+                gil_fallback_modules: modules,
+                tsan_warning_count: tsan,
+            })
+        };
+        assert_eq!(with(2, &modules).category, Category::TsanWarnings);
+        let fallback = with(0, &modules);
+        assert_eq!(fallback.category, Category::CompatibleGilFallback);
+        assert!(fallback.evidence.iter().any(|e| e.contains("pkg._speedups")));
+        assert_eq!(with(0, &[]).category, Category::Compatible);
+    }
+
+    #[test]
+    fn tsan_warnings_do_not_hide_failures() {
+        let outcomes = vec![outcome(IterationStatus::Pass), outcome(IterationStatus::Fail)];
+        let got = classify(ClassifyInput {
+            setup_failure: None,
+            outcomes: &outcomes,
+            gil_fallback_modules: &[],
+            tsan_warning_count: 3,
+        });
+        assert_eq!(got.category, Category::Intermittent);
+    }
+
+    #[test]
+    fn timeouts_are_named_in_the_evidence() {
+        let outcomes = vec![outcome(IterationStatus::Timeout), outcome(IterationStatus::Timeout)];
+        let got = classify(ClassifyInput {
+            setup_failure: None,
+            outcomes: &outcomes,
+            gil_fallback_modules: &[],
+            tsan_warning_count: 0,
+        });
+        assert_eq!(got.category, Category::Incompatible);
+        assert!(
+            got.evidence.iter().any(|e| e == "2 of 2 iterations timed out"),
+            "{:?}",
+            got.evidence
+        );
+    }
+
+    #[test]
+    fn crash_evidence_names_the_signal() {
+        let outcomes = vec![outcome(IterationStatus::Crash), outcome(IterationStatus::Pass)];
+        let got = classify(ClassifyInput {
+            setup_failure: None,
+            outcomes: &outcomes,
+            gil_fallback_modules: &[],
+            tsan_warning_count: 0,
+        });
+        assert_eq!(got.evidence[0], "1 of 2 iterations crashed (SIGSEGV)");
+    }
+
+    #[test]
+    fn gil_mode_outcomes_do_not_change_the_category() {
+        let mut gil_fail = outcome(IterationStatus::Fail);
+        gil_fail.mode = Mode::Gil;
+        let outcomes = vec![outcome(IterationStatus::Pass), gil_fail];
+        let got = classify(ClassifyInput {
+            setup_failure: None,
+            outcomes: &outcomes,
+            gil_fallback_modules: &[],
+            tsan_warning_count: 0,
+        });
+        assert_eq!(got.category, Category::Compatible);
+    }
+
+    #[test]
+    fn harness_errors_are_reported_not_counted() {
+        let result = PackageResult::build(
+            "p",
+            2,
+            None,
+            vec![
+                outcome(IterationStatus::HarnessError),
+                outcome(IterationStatus::HarnessError),
+            ],
+            true,
+        );
+        assert_eq!(result.category, Category::Unknown);
+        assert_eq!(result.pass_rate(), None);
+        assert!(
+            result.evidence[0].contains("no tests collected"),
+            "{:?}",
+            result.evidence
+        );
+    }
+
+    #[test]
+    fn pass_rate_is_over_completed_iterations() {
+        let counts = StatusCounts {
+            pass: 3,
+            fail: 1,
+            harness_error: 4,
+            ..StatusCounts::default()
+        };
+        assert_eq!(counts.pass_rate(), Some(0.75));
+        assert_eq!(StatusCounts::default().pass_rate(), None);
+    }
+}

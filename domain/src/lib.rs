@@ -1,0 +1,24 @@
+//! The vocabulary of ftsurvey and its pure logic.
+//!
+//! Everything here is data and functions over data: no I/O, no async, no clocks.
+//! Callers pass `now` and file contents in; the crates around this one do the reading,
+//! writing and talking.
+
+pub mod category;
+pub mod classify;
+pub mod ids;
+pub mod interpreter;
+pub mod outcome;
+pub mod registry;
+pub mod results;
+pub mod run;
+pub mod show;
+pub mod spec;
+
+pub use category::Category;
+pub use classify::{PackageResult, StatusCounts, classify};
+pub use ids::{JobId, LeaseToken, RunId, WorkerId};
+pub use interpreter::{InterpreterProfile, InterpreterRequirement};
+pub use outcome::{IterationOutcome, IterationStatus, JobResult, SetupFailure, SetupStage};
+pub use run::{Assignment, OutcomeAck, RunState, RunSummary};
+pub use spec::{Mode, PackageSpec, RunSpec, Source};

@@ -1,0 +1,195 @@
+//! What happened when a worker ran one job.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::Mode;
+
+/// How one iteration of a test suite ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IterationStatus {
+    /// Exit code 0.
+    Pass,
+    /// A non-zero exit that is not a crash or a harness error.
+    Fail,
+    /// Death by a fatal signal (SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE), directly or as a shell's 128+N.
+    Crash,
+    /// Stalled: no output and no CPU progress for the stall threshold; killed.
+    Deadlock,
+    /// Still running at the timeout while making progress; killed.
+    Timeout,
+    /// The test harness itself failed (pytest exit 2-5): not evidence about free-threading.
+    HarnessError,
+}
+
+impl IterationStatus {
+    pub const ALL: [IterationStatus; 6] = [
+        IterationStatus::Pass,
+        IterationStatus::Fail,
+        IterationStatus::Crash,
+        IterationStatus::Deadlock,
+        IterationStatus::Timeout,
+        IterationStatus::HarnessError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IterationStatus::Pass => "pass",
+            IterationStatus::Fail => "fail",
+            IterationStatus::Crash => "crash",
+            IterationStatus::Deadlock => "deadlock",
+            IterationStatus::Timeout => "timeout",
+            IterationStatus::HarnessError => "harness_error",
+        }
+    }
+}
+
+impl fmt::Display for IterationStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for IterationStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        IterationStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown iteration status {s:?}"))
+    }
+}
+
+/// Signals whose delivery means the interpreter or an extension crashed.
+pub const CRASH_SIGNALS: [i32; 5] = [
+    4,  // SIGILL
+    6,  // SIGABRT
+    7,  // SIGBUS
+    8,  // SIGFPE
+    11, // SIGSEGV
+];
+
+/// The conventional name of a signal number, for display.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
+}
+
+/// The result of one iteration of a package's test suite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IterationOutcome {
+    /// Iteration number within the run and mode, from 1.
+    pub iteration: u32,
+    pub mode: Mode,
+    pub status: IterationStatus,
+    /// Exit code of the test command, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it: directly, or a shell's 128+N for a crash signal.
+    pub signal: Option<i32>,
+    pub duration_ms: u64,
+    /// User + system CPU time of the test process tree.
+    pub cpu_time_ms: Option<u64>,
+    /// Largest resident set of any process in the tree, in KiB.
+    pub max_rss_kb: Option<u64>,
+    /// Killed because it stalled (no output, no CPU progress).
+    pub stalled: bool,
+    /// The last non-empty line either stream printed.
+    pub last_output_line: String,
+    /// The end of stdout, bounded.
+    pub stdout_tail: String,
+    /// The end of stderr, bounded.
+    pub stderr_tail: String,
+    /// A stable identifier of the crash, when status is crash.
+    pub crash_signature: Option<String>,
+    /// Why the harness failed, when status is harness_error.
+    pub harness_error: Option<String>,
+    /// Which worker ran it, and on which attempt of the job.
+    pub worker_id: String,
+    pub attempt: u32,
+    /// Milliseconds from the worker receiving the job to the test process starting.
+    pub start_latency_ms: Option<u64>,
+}
+
+impl IterationOutcome {
+    /// Whether this iteration says anything about the package (harness errors do not).
+    pub fn is_completed(&self) -> bool {
+        self.status != IterationStatus::HarnessError
+    }
+}
+
+/// Which step of setting a package up failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetupStage {
+    /// Getting the source: download, clone or copy.
+    Source,
+    /// Making the venv or running the install command.
+    Install,
+    /// Importing the installed package.
+    Import,
+}
+
+impl SetupStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetupStage::Source => "source",
+            SetupStage::Install => "install",
+            SetupStage::Import => "import",
+        }
+    }
+}
+
+impl FromStr for SetupStage {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "source" => Ok(SetupStage::Source),
+            "install" => Ok(SetupStage::Install),
+            "import" => Ok(SetupStage::Import),
+            other => Err(format!("unknown setup stage {other:?}")),
+        }
+    }
+}
+
+/// A package that could not be set up on a worker: a package-level result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupFailure {
+    pub stage: SetupStage,
+    /// One line saying what failed, e.g. `install command exited with 1`.
+    pub message: String,
+    /// The end of the failing command's output.
+    pub log_tail: String,
+    pub duration_ms: u64,
+}
+
+/// What a worker reports for one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobResult {
+    /// The test command ran.
+    Iteration(IterationOutcome),
+    /// The package could not be set up, so the iteration did not run.
+    SetupFailed(SetupFailure),
+}

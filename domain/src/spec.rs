@@ -1,0 +1,302 @@
+//! What to test and how: package specs and run specs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::interpreter::InterpreterRequirement;
+
+/// Where a package's source tree comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// The sdist of `PackageSpec::version` (or the latest) from PyPI.
+    Sdist,
+    /// A git repository at a revision, cloned shallowly.
+    Git {
+        url: String,
+        rev: Option<String>,
+        depth: Option<u32>,
+    },
+    /// A directory on the worker's machine, copied before building.
+    Path { path: String },
+}
+
+impl Source {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Sdist => "sdist",
+            Source::Git { .. } => "git",
+            Source::Path { .. } => "path",
+        }
+    }
+}
+
+/// Everything a worker needs to set up and test one package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageSpec {
+    /// The distribution name, as in the registry.
+    pub name: String,
+    /// A pinned version to test; `None` means the latest.
+    pub version: Option<String>,
+    pub source: Source,
+    /// Shell command run in the source tree with the venv's `bin` first on PATH.
+    pub install_command: String,
+    /// Shell command run in the source tree for each iteration.
+    pub test_command: String,
+    /// `pytest`, `unittest`, or whatever the registry says.
+    pub test_framework: String,
+    /// The module to import to check the install.
+    pub import_name: String,
+    /// Overrides the run's per-iteration timeout.
+    pub timeout_secs: Option<u64>,
+    /// Environment for this package's commands, on top of the run's.
+    pub env: BTreeMap<String, String>,
+    /// PyPI downloads, used for ordering and triage.
+    pub download_count: Option<u64>,
+    /// `pure`, `extensions`, `c_extension`, `rust`, ... as the registry says.
+    pub extension_type: Option<String>,
+}
+
+impl PackageSpec {
+    /// The import name used when the registry gives none.
+    pub fn default_import_name(name: &str) -> String {
+        name.replace(['-', '.'], "_").to_lowercase()
+    }
+}
+
+/// Whether a job runs with the GIL disabled (`ft`) or enabled (`gil`, for comparison).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Ft,
+    Gil,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ft => "ft",
+            Mode::Gil => "gil",
+        }
+    }
+
+    /// The value of `PYTHON_GIL` for this mode.
+    pub fn python_gil_value(self) -> &'static str {
+        match self {
+            Mode::Ft => "0",
+            Mode::Gil => "1",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ft" => Ok(Mode::Ft),
+            "gil" => Ok(Mode::Gil),
+            other => Err(format!("unknown mode {other:?}: expected ft or gil")),
+        }
+    }
+}
+
+/// How each iteration of a run is executed; shared by all its packages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOptions {
+    /// Per-iteration timeout unless a package sets its own.
+    pub timeout_secs: u64,
+    /// Seconds without output and CPU progress before an iteration counts as stalled.
+    pub stall_threshold_secs: u64,
+    /// Extra environment for every command, after the tool's own variables.
+    pub env: Vec<(String, String)>,
+    /// Installed into every venv after the package.
+    pub extra_deps: Vec<String>,
+    pub test_command_suffix: Option<String>,
+    pub test_command_override: Option<String>,
+    pub stop_on_first_pass: bool,
+    pub detect_extensions: bool,
+    pub tsan: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            timeout_secs: 600,
+            stall_threshold_secs: 60,
+            env: Vec::new(),
+            extra_deps: Vec::new(),
+            test_command_suffix: None,
+            test_command_override: None,
+            stop_on_first_pass: false,
+            detect_extensions: true,
+            tsan: false,
+        }
+    }
+}
+
+impl RunOptions {
+    /// The test command to run for `package`, after override and suffix.
+    pub fn effective_test_command(&self, package: &PackageSpec) -> String {
+        let base = self.test_command_override.as_deref().unwrap_or(&package.test_command);
+        match self.test_command_suffix.as_deref().map(str::trim) {
+            Some(suffix) if !suffix.is_empty() => format!("{base} {suffix}"),
+            _ => base.to_string(),
+        }
+    }
+
+    /// The timeout for one iteration of `package`.
+    pub fn effective_timeout_secs(&self, package: &PackageSpec) -> u64 {
+        package.timeout_secs.unwrap_or(self.timeout_secs)
+    }
+}
+
+/// A submitted survey: which packages, how many times, on what interpreter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// A short human label, shown in listings.
+    pub label: String,
+    /// Packages in the order they were selected (popularity order for `--top`).
+    pub packages: Vec<PackageSpec>,
+    pub iterations: u32,
+    pub modes: Vec<Mode>,
+    pub options: RunOptions,
+    pub requirement: InterpreterRequirement,
+    /// Which registry the packages came from, for the record.
+    pub registry: Option<String>,
+}
+
+impl RunSpec {
+    /// Checks what the types cannot: at least one package, iteration and mode; unique names.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.packages.is_empty() {
+            return Err(SpecError::NoPackages);
+        }
+        if self.iterations == 0 {
+            return Err(SpecError::ZeroIterations);
+        }
+        if self.modes.is_empty() {
+            return Err(SpecError::NoModes);
+        }
+        if self.options.timeout_secs == 0 {
+            return Err(SpecError::ZeroTimeout);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for package in &self.packages {
+            if package.name.trim().is_empty() {
+                return Err(SpecError::EmptyPackageName);
+            }
+            if !seen.insert(package.name.as_str()) {
+                return Err(SpecError::DuplicatePackage(package.name.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Jobs this run expands to: packages x modes x iterations.
+    pub fn total_jobs(&self) -> u64 {
+        self.packages.len() as u64 * self.modes.len() as u64 * u64::from(self.iterations)
+    }
+}
+
+/// A run spec that cannot be run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("the run selects no packages")]
+    NoPackages,
+    #[error("iterations must be at least 1")]
+    ZeroIterations,
+    #[error("the run has no modes")]
+    NoModes,
+    #[error("timeout must be at least 1 second")]
+    ZeroTimeout,
+    #[error("a package has an empty name")]
+    EmptyPackageName,
+    #[error("package {0:?} is selected twice")]
+    DuplicatePackage(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn package(name: &str) -> PackageSpec {
+        PackageSpec {
+            name: name.to_string(),
+            version: None,
+            source: Source::Sdist,
+            install_command: "python -m pip install . pytest".to_string(),
+            test_command: "python -m pytest".to_string(),
+            test_framework: "pytest".to_string(),
+            import_name: PackageSpec::default_import_name(name),
+            timeout_secs: None,
+            env: BTreeMap::new(),
+            download_count: None,
+            extension_type: None,
+        }
+    }
+
+    #[test]
+    fn override_replaces_and_suffix_appends() {
+        let pkg = package("a");
+        let mut options = RunOptions::default();
+        assert_eq!(options.effective_test_command(&pkg), "python -m pytest");
+        options.test_command_suffix = Some("--tb=short".into());
+        assert_eq!(options.effective_test_command(&pkg), "python -m pytest --tb=short");
+        options.test_command_override = Some("python -m pytest tests/".into());
+        assert_eq!(
+            options.effective_test_command(&pkg),
+            "python -m pytest tests/ --tb=short"
+        );
+    }
+
+    #[test]
+    fn package_timeout_wins_over_run_timeout() {
+        let mut pkg = package("a");
+        let options = RunOptions {
+            timeout_secs: 600,
+            ..RunOptions::default()
+        };
+        assert_eq!(options.effective_timeout_secs(&pkg), 600);
+        pkg.timeout_secs = Some(30);
+        assert_eq!(options.effective_timeout_secs(&pkg), 30);
+    }
+
+    #[test]
+    fn validate_rejects_zero_iterations_and_duplicates() {
+        let mut spec = RunSpec {
+            label: "x".into(),
+            packages: vec![package("a"), package("b")],
+            iterations: 3,
+            modes: vec![Mode::Ft],
+            options: RunOptions::default(),
+            requirement: InterpreterRequirement::any(),
+            registry: None,
+        };
+        assert_eq!(spec.validate(), Ok(()));
+        assert_eq!(spec.total_jobs(), 6);
+        spec.iterations = 0;
+        assert_eq!(spec.validate(), Err(SpecError::ZeroIterations));
+        spec.iterations = 1;
+        spec.packages.push(package("a"));
+        assert_eq!(spec.validate(), Err(SpecError::DuplicatePackage("a".into())));
+    }
+
+    #[test]
+    fn default_import_name_replaces_dashes() {
+        assert_eq!(
+            PackageSpec::default_import_name("typing-extensions"),
+            "typing_extensions"
+        );
+        assert_eq!(PackageSpec::default_import_name("zope.interface"), "zope_interface");
+    }
+}

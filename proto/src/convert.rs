@@ -1,0 +1,754 @@
+//! Conversions between wire (`v1`) and domain types.
+//!
+//! Domain to wire is infallible (`From`); wire to domain is parsing (`TryFrom`), and every
+//! failure says which field was wrong so the caller can answer `InvalidArgument`.
+
+use std::collections::BTreeMap;
+
+use domain::classify::StatusCounts;
+use domain::spec::RunOptions;
+use domain::{
+    Assignment, Category, InterpreterProfile, InterpreterRequirement, IterationOutcome, IterationStatus, JobId,
+    JobResult, LeaseToken, Mode, OutcomeAck, PackageResult, PackageSpec, RunId, RunSpec, RunState, RunSummary,
+    SetupFailure, SetupStage, Source,
+};
+
+use crate::v1;
+
+/// A wire message that does not make a valid domain value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("missing field {0}")]
+    Missing(&'static str),
+    #[error("invalid field {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> WireError {
+    WireError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Parses a run id field.
+pub fn parse_run_id(field: &'static str, value: &str) -> Result<RunId, WireError> {
+    value
+        .parse()
+        .map_err(|e: domain::ids::IdError| invalid(field, e.to_string()))
+}
+
+/// Parses a lease token field.
+pub fn parse_lease_token(field: &'static str, value: &str) -> Result<LeaseToken, WireError> {
+    value
+        .parse()
+        .map_err(|e: domain::ids::IdError| invalid(field, e.to_string()))
+}
+
+// ---- enums ----
+
+impl From<Mode> for v1::Mode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Ft => v1::Mode::Ft,
+            Mode::Gil => v1::Mode::Gil,
+        }
+    }
+}
+
+/// Parses a wire `Mode` (an `i32` in prost messages).
+pub fn mode_from_wire(field: &'static str, value: i32) -> Result<Mode, WireError> {
+    match v1::Mode::try_from(value) {
+        Ok(v1::Mode::Ft) => Ok(Mode::Ft),
+        Ok(v1::Mode::Gil) => Ok(Mode::Gil),
+        _ => Err(invalid(field, format!("unknown mode {value}"))),
+    }
+}
+
+impl From<IterationStatus> for v1::IterationStatus {
+    fn from(status: IterationStatus) -> Self {
+        match status {
+            IterationStatus::Pass => v1::IterationStatus::Pass,
+            IterationStatus::Fail => v1::IterationStatus::Fail,
+            IterationStatus::Crash => v1::IterationStatus::Crash,
+            IterationStatus::Deadlock => v1::IterationStatus::Deadlock,
+            IterationStatus::Timeout => v1::IterationStatus::Timeout,
+            IterationStatus::HarnessError => v1::IterationStatus::HarnessError,
+        }
+    }
+}
+
+fn status_from_wire(value: i32) -> Result<IterationStatus, WireError> {
+    match v1::IterationStatus::try_from(value) {
+        Ok(v1::IterationStatus::Pass) => Ok(IterationStatus::Pass),
+        Ok(v1::IterationStatus::Fail) => Ok(IterationStatus::Fail),
+        Ok(v1::IterationStatus::Crash) => Ok(IterationStatus::Crash),
+        Ok(v1::IterationStatus::Deadlock) => Ok(IterationStatus::Deadlock),
+        Ok(v1::IterationStatus::Timeout) => Ok(IterationStatus::Timeout),
+        Ok(v1::IterationStatus::HarnessError) => Ok(IterationStatus::HarnessError),
+        _ => Err(invalid("status", format!("unknown iteration status {value}"))),
+    }
+}
+
+impl From<SetupStage> for v1::SetupStage {
+    fn from(stage: SetupStage) -> Self {
+        match stage {
+            SetupStage::Source => v1::SetupStage::Source,
+            SetupStage::Install => v1::SetupStage::Install,
+            SetupStage::Import => v1::SetupStage::Import,
+        }
+    }
+}
+
+fn stage_from_wire(value: i32) -> Result<SetupStage, WireError> {
+    match v1::SetupStage::try_from(value) {
+        Ok(v1::SetupStage::Source) => Ok(SetupStage::Source),
+        Ok(v1::SetupStage::Install) => Ok(SetupStage::Install),
+        Ok(v1::SetupStage::Import) => Ok(SetupStage::Import),
+        _ => Err(invalid("stage", format!("unknown setup stage {value}"))),
+    }
+}
+
+impl From<Category> for v1::Category {
+    fn from(category: Category) -> Self {
+        match category {
+            Category::Compatible => v1::Category::Compatible,
+            Category::CompatibleGilFallback => v1::Category::CompatibleGilFallback,
+            Category::Intermittent => v1::Category::Intermittent,
+            Category::Incompatible => v1::Category::Incompatible,
+            Category::Crash => v1::Category::Crash,
+            Category::Deadlock => v1::Category::Deadlock,
+            Category::TsanWarnings => v1::Category::TsanWarnings,
+            Category::InstallFailure => v1::Category::InstallFailure,
+            Category::ImportFailure => v1::Category::ImportFailure,
+            Category::Unknown => v1::Category::Unknown,
+            Category::CompatibleByWheel => v1::Category::CompatibleByWheel,
+        }
+    }
+}
+
+fn category_from_wire(value: i32) -> Result<Category, WireError> {
+    let category = match v1::Category::try_from(value) {
+        Ok(v1::Category::Compatible) => Category::Compatible,
+        Ok(v1::Category::CompatibleGilFallback) => Category::CompatibleGilFallback,
+        Ok(v1::Category::Intermittent) => Category::Intermittent,
+        Ok(v1::Category::Incompatible) => Category::Incompatible,
+        Ok(v1::Category::Crash) => Category::Crash,
+        Ok(v1::Category::Deadlock) => Category::Deadlock,
+        Ok(v1::Category::TsanWarnings) => Category::TsanWarnings,
+        Ok(v1::Category::InstallFailure) => Category::InstallFailure,
+        Ok(v1::Category::ImportFailure) => Category::ImportFailure,
+        Ok(v1::Category::Unknown) => Category::Unknown,
+        Ok(v1::Category::CompatibleByWheel) => Category::CompatibleByWheel,
+        _ => return Err(invalid("category", format!("unknown category {value}"))),
+    };
+    Ok(category)
+}
+
+impl From<RunState> for v1::RunState {
+    fn from(state: RunState) -> Self {
+        match state {
+            RunState::Queued => v1::RunState::Queued,
+            RunState::Running => v1::RunState::Running,
+            RunState::Finished => v1::RunState::Finished,
+            RunState::Cancelled => v1::RunState::Cancelled,
+        }
+    }
+}
+
+fn run_state_from_wire(value: i32) -> Result<RunState, WireError> {
+    match v1::RunState::try_from(value) {
+        Ok(v1::RunState::Queued) => Ok(RunState::Queued),
+        Ok(v1::RunState::Running) => Ok(RunState::Running),
+        Ok(v1::RunState::Finished) => Ok(RunState::Finished),
+        Ok(v1::RunState::Cancelled) => Ok(RunState::Cancelled),
+        _ => Err(invalid("state", format!("unknown run state {value}"))),
+    }
+}
+
+impl From<OutcomeAck> for v1::AckStatus {
+    fn from(ack: OutcomeAck) -> Self {
+        match ack {
+            OutcomeAck::Recorded => v1::AckStatus::Recorded,
+            OutcomeAck::Duplicate => v1::AckStatus::Duplicate,
+            OutcomeAck::Stale => v1::AckStatus::Stale,
+        }
+    }
+}
+
+/// Parses a wire `AckStatus`.
+pub fn ack_from_wire(value: i32) -> Result<OutcomeAck, WireError> {
+    match v1::AckStatus::try_from(value) {
+        Ok(v1::AckStatus::Recorded) => Ok(OutcomeAck::Recorded),
+        Ok(v1::AckStatus::Duplicate) => Ok(OutcomeAck::Duplicate),
+        Ok(v1::AckStatus::Stale) => Ok(OutcomeAck::Stale),
+        _ => Err(invalid("status", format!("unknown ack status {value}"))),
+    }
+}
+
+// ---- specs ----
+
+impl From<&PackageSpec> for v1::PackageSpec {
+    fn from(spec: &PackageSpec) -> Self {
+        let source = match &spec.source {
+            Source::Sdist => v1::package_spec::Source::Sdist(v1::SdistSource {}),
+            Source::Git { url, rev, depth } => v1::package_spec::Source::Git(v1::GitSource {
+                url: url.clone(),
+                rev: rev.clone(),
+                depth: *depth,
+            }),
+            Source::Path { path } => v1::package_spec::Source::Path(v1::PathSource { path: path.clone() }),
+        };
+        v1::PackageSpec {
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            source: Some(source),
+            install_command: spec.install_command.clone(),
+            test_command: spec.test_command.clone(),
+            test_framework: spec.test_framework.clone(),
+            import_name: spec.import_name.clone(),
+            timeout_secs: spec.timeout_secs,
+            env: spec.env.clone().into_iter().collect(),
+            download_count: spec.download_count,
+            extension_type: spec.extension_type.clone(),
+        }
+    }
+}
+
+impl TryFrom<v1::PackageSpec> for PackageSpec {
+    type Error = WireError;
+
+    fn try_from(wire: v1::PackageSpec) -> Result<Self, Self::Error> {
+        if wire.name.trim().is_empty() {
+            return Err(WireError::Missing("package.name"));
+        }
+        let source = match wire.source.ok_or(WireError::Missing("package.source"))? {
+            v1::package_spec::Source::Sdist(_) => Source::Sdist,
+            v1::package_spec::Source::Git(git) => {
+                if git.url.is_empty() {
+                    return Err(WireError::Missing("package.source.git.url"));
+                }
+                Source::Git {
+                    url: git.url,
+                    rev: git.rev,
+                    depth: git.depth,
+                }
+            }
+            v1::package_spec::Source::Path(path) => {
+                if path.path.is_empty() {
+                    return Err(WireError::Missing("package.source.path.path"));
+                }
+                Source::Path { path: path.path }
+            }
+        };
+        if wire.test_command.trim().is_empty() {
+            return Err(WireError::Missing("package.test_command"));
+        }
+        if wire.timeout_secs == Some(0) {
+            return Err(invalid("package.timeout_secs", "must be at least 1"));
+        }
+        Ok(PackageSpec {
+            import_name: if wire.import_name.is_empty() {
+                PackageSpec::default_import_name(&wire.name)
+            } else {
+                wire.import_name
+            },
+            name: wire.name,
+            version: wire.version,
+            source,
+            install_command: wire.install_command,
+            test_command: wire.test_command,
+            test_framework: wire.test_framework,
+            timeout_secs: wire.timeout_secs,
+            env: wire.env.into_iter().collect::<BTreeMap<_, _>>(),
+            download_count: wire.download_count,
+            extension_type: wire.extension_type,
+        })
+    }
+}
+
+impl From<&RunOptions> for v1::RunOptions {
+    fn from(options: &RunOptions) -> Self {
+        v1::RunOptions {
+            timeout_secs: options.timeout_secs,
+            stall_threshold_secs: options.stall_threshold_secs,
+            env: options
+                .env
+                .iter()
+                .map(|(key, value)| v1::EnvVar {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            extra_deps: options.extra_deps.clone(),
+            test_command_suffix: options.test_command_suffix.clone(),
+            test_command_override: options.test_command_override.clone(),
+            stop_on_first_pass: options.stop_on_first_pass,
+            detect_extensions: options.detect_extensions,
+            tsan: options.tsan,
+        }
+    }
+}
+
+impl TryFrom<v1::RunOptions> for RunOptions {
+    type Error = WireError;
+
+    fn try_from(wire: v1::RunOptions) -> Result<Self, Self::Error> {
+        if wire.timeout_secs == 0 {
+            return Err(invalid("options.timeout_secs", "must be at least 1"));
+        }
+        if wire.stall_threshold_secs == 0 {
+            return Err(invalid("options.stall_threshold_secs", "must be at least 1"));
+        }
+        if let Some(bad) = wire.env.iter().find(|e| e.key.is_empty() || e.key.contains('=')) {
+            return Err(invalid("options.env", format!("invalid variable name {:?}", bad.key)));
+        }
+        Ok(RunOptions {
+            timeout_secs: wire.timeout_secs,
+            stall_threshold_secs: wire.stall_threshold_secs,
+            env: wire.env.into_iter().map(|e| (e.key, e.value)).collect(),
+            extra_deps: wire.extra_deps,
+            test_command_suffix: wire.test_command_suffix,
+            test_command_override: wire.test_command_override,
+            stop_on_first_pass: wire.stop_on_first_pass,
+            detect_extensions: wire.detect_extensions,
+            tsan: wire.tsan,
+        })
+    }
+}
+
+impl From<&InterpreterRequirement> for v1::InterpreterRequirement {
+    fn from(req: &InterpreterRequirement) -> Self {
+        v1::InterpreterRequirement {
+            python_version: req.python_version.clone(),
+            free_threaded: req.free_threaded,
+            tsan: req.tsan,
+        }
+    }
+}
+
+impl From<v1::InterpreterRequirement> for InterpreterRequirement {
+    fn from(wire: v1::InterpreterRequirement) -> Self {
+        InterpreterRequirement {
+            python_version: wire.python_version.filter(|v| !v.is_empty()),
+            free_threaded: wire.free_threaded,
+            tsan: wire.tsan,
+        }
+    }
+}
+
+impl From<&RunSpec> for v1::RunSpec {
+    fn from(spec: &RunSpec) -> Self {
+        v1::RunSpec {
+            label: spec.label.clone(),
+            packages: spec.packages.iter().map(v1::PackageSpec::from).collect(),
+            iterations: spec.iterations,
+            modes: spec.modes.iter().map(|m| v1::Mode::from(*m) as i32).collect(),
+            options: Some((&spec.options).into()),
+            requirement: Some((&spec.requirement).into()),
+            registry: spec.registry.clone(),
+        }
+    }
+}
+
+impl TryFrom<v1::RunSpec> for RunSpec {
+    type Error = WireError;
+
+    fn try_from(wire: v1::RunSpec) -> Result<Self, Self::Error> {
+        let packages = wire
+            .packages
+            .into_iter()
+            .map(PackageSpec::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let modes = wire
+            .modes
+            .into_iter()
+            .map(|m| mode_from_wire("spec.modes", m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = RunSpec {
+            label: wire.label,
+            packages,
+            iterations: wire.iterations,
+            modes,
+            options: wire.options.ok_or(WireError::Missing("spec.options"))?.try_into()?,
+            requirement: wire.requirement.map(InterpreterRequirement::from).unwrap_or_default(),
+            registry: wire.registry,
+        };
+        spec.validate().map_err(|e| invalid("spec", e.to_string()))?;
+        Ok(spec)
+    }
+}
+
+// ---- interpreter ----
+
+impl From<&InterpreterProfile> for v1::InterpreterProfile {
+    fn from(p: &InterpreterProfile) -> Self {
+        v1::InterpreterProfile {
+            executable: p.executable.clone(),
+            version: p.version.clone(),
+            version_short: p.version_short.clone(),
+            major_minor: p.major_minor.clone(),
+            abi_tag: p.abi_tag.clone(),
+            free_threaded: p.free_threaded,
+            gil_enabled_by_default: p.gil_enabled_by_default,
+            tsan: p.tsan,
+            debug: p.debug,
+            platform: p.platform.clone(),
+            configure_args: p.configure_args.clone(),
+        }
+    }
+}
+
+impl TryFrom<v1::InterpreterProfile> for InterpreterProfile {
+    type Error = WireError;
+
+    fn try_from(w: v1::InterpreterProfile) -> Result<Self, Self::Error> {
+        if w.major_minor.is_empty() {
+            return Err(WireError::Missing("interpreter.major_minor"));
+        }
+        Ok(InterpreterProfile {
+            executable: w.executable,
+            version: w.version,
+            version_short: w.version_short,
+            major_minor: w.major_minor,
+            abi_tag: w.abi_tag,
+            free_threaded: w.free_threaded,
+            gil_enabled_by_default: w.gil_enabled_by_default,
+            tsan: w.tsan,
+            debug: w.debug,
+            platform: w.platform,
+            configure_args: w.configure_args,
+        })
+    }
+}
+
+// ---- outcomes ----
+
+impl From<&IterationOutcome> for v1::IterationOutcome {
+    fn from(o: &IterationOutcome) -> Self {
+        v1::IterationOutcome {
+            iteration: o.iteration,
+            mode: v1::Mode::from(o.mode) as i32,
+            status: v1::IterationStatus::from(o.status) as i32,
+            exit_code: o.exit_code,
+            signal: o.signal,
+            duration_ms: o.duration_ms,
+            cpu_time_ms: o.cpu_time_ms,
+            max_rss_kb: o.max_rss_kb,
+            stalled: o.stalled,
+            last_output_line: o.last_output_line.clone(),
+            stdout_tail: o.stdout_tail.clone(),
+            stderr_tail: o.stderr_tail.clone(),
+            crash_signature: o.crash_signature.clone(),
+            harness_error: o.harness_error.clone(),
+            worker_id: o.worker_id.clone(),
+            attempt: o.attempt,
+            start_latency_ms: o.start_latency_ms,
+        }
+    }
+}
+
+impl TryFrom<v1::IterationOutcome> for IterationOutcome {
+    type Error = WireError;
+
+    fn try_from(w: v1::IterationOutcome) -> Result<Self, Self::Error> {
+        Ok(IterationOutcome {
+            iteration: w.iteration,
+            mode: mode_from_wire("outcome.mode", w.mode)?,
+            status: status_from_wire(w.status)?,
+            exit_code: w.exit_code,
+            signal: w.signal,
+            duration_ms: w.duration_ms,
+            cpu_time_ms: w.cpu_time_ms,
+            max_rss_kb: w.max_rss_kb,
+            stalled: w.stalled,
+            last_output_line: w.last_output_line,
+            stdout_tail: w.stdout_tail,
+            stderr_tail: w.stderr_tail,
+            crash_signature: w.crash_signature,
+            harness_error: w.harness_error,
+            worker_id: w.worker_id,
+            attempt: w.attempt,
+            start_latency_ms: w.start_latency_ms,
+        })
+    }
+}
+
+impl From<&SetupFailure> for v1::SetupFailure {
+    fn from(f: &SetupFailure) -> Self {
+        v1::SetupFailure {
+            stage: v1::SetupStage::from(f.stage) as i32,
+            message: f.message.clone(),
+            log_tail: f.log_tail.clone(),
+            duration_ms: f.duration_ms,
+        }
+    }
+}
+
+impl TryFrom<v1::SetupFailure> for SetupFailure {
+    type Error = WireError;
+
+    fn try_from(w: v1::SetupFailure) -> Result<Self, Self::Error> {
+        Ok(SetupFailure {
+            stage: stage_from_wire(w.stage)?,
+            message: w.message,
+            log_tail: w.log_tail,
+            duration_ms: w.duration_ms,
+        })
+    }
+}
+
+impl From<&JobResult> for v1::JobResult {
+    fn from(result: &JobResult) -> Self {
+        let kind = match result {
+            JobResult::Iteration(outcome) => v1::job_result::Kind::Iteration(outcome.into()),
+            JobResult::SetupFailed(failure) => v1::job_result::Kind::SetupFailed(failure.into()),
+        };
+        v1::JobResult { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<v1::JobResult> for JobResult {
+    type Error = WireError;
+
+    fn try_from(w: v1::JobResult) -> Result<Self, Self::Error> {
+        match w.kind.ok_or(WireError::Missing("result.kind"))? {
+            v1::job_result::Kind::Iteration(outcome) => Ok(JobResult::Iteration(outcome.try_into()?)),
+            v1::job_result::Kind::SetupFailed(failure) => Ok(JobResult::SetupFailed(failure.try_into()?)),
+        }
+    }
+}
+
+// ---- results and runs ----
+
+impl From<&StatusCounts> for v1::StatusCounts {
+    fn from(c: &StatusCounts) -> Self {
+        v1::StatusCounts {
+            pass: c.pass,
+            fail: c.fail,
+            crash: c.crash,
+            deadlock: c.deadlock,
+            timeout: c.timeout,
+            harness_error: c.harness_error,
+        }
+    }
+}
+
+impl From<v1::StatusCounts> for StatusCounts {
+    fn from(c: v1::StatusCounts) -> Self {
+        StatusCounts {
+            pass: c.pass,
+            fail: c.fail,
+            crash: c.crash,
+            deadlock: c.deadlock,
+            timeout: c.timeout,
+            harness_error: c.harness_error,
+        }
+    }
+}
+
+impl From<&PackageResult> for v1::PackageResult {
+    fn from(r: &PackageResult) -> Self {
+        v1::PackageResult {
+            package: r.package.clone(),
+            category: v1::Category::from(r.category) as i32,
+            evidence: r.evidence.clone(),
+            iterations_planned: r.iterations_planned,
+            counts: Some((&r.counts).into()),
+            setup_failure: r.setup_failure.as_ref().map(Into::into),
+            iterations: r.iterations.iter().map(Into::into).collect(),
+            finished: r.finished,
+        }
+    }
+}
+
+impl TryFrom<v1::PackageResult> for PackageResult {
+    type Error = WireError;
+
+    fn try_from(w: v1::PackageResult) -> Result<Self, Self::Error> {
+        Ok(PackageResult {
+            package: w.package,
+            category: category_from_wire(w.category)?,
+            evidence: w.evidence,
+            iterations_planned: w.iterations_planned,
+            counts: w.counts.map(StatusCounts::from).unwrap_or_default(),
+            setup_failure: w.setup_failure.map(SetupFailure::try_from).transpose()?,
+            iterations: w
+                .iterations
+                .into_iter()
+                .map(IterationOutcome::try_from)
+                .collect::<Result<_, _>>()?,
+            finished: w.finished,
+        })
+    }
+}
+
+impl From<&RunSummary> for v1::RunSummary {
+    fn from(s: &RunSummary) -> Self {
+        v1::RunSummary {
+            run_id: s.run_id.to_string(),
+            label: s.label.clone(),
+            state: v1::RunState::from(s.state) as i32,
+            created_at_ms: s.created_at_ms,
+            finished_at_ms: s.finished_at_ms,
+            packages_total: s.packages_total,
+            packages_finished: s.packages_finished,
+            jobs_total: s.jobs_total,
+            jobs_settled: s.jobs_settled,
+            jobs_running: s.jobs_running,
+            categories: s
+                .categories
+                .iter()
+                .map(|(category, count)| v1::CategoryCount {
+                    category: v1::Category::from(*category) as i32,
+                    count: *count,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<v1::RunSummary> for RunSummary {
+    type Error = WireError;
+
+    fn try_from(w: v1::RunSummary) -> Result<Self, Self::Error> {
+        let mut categories = BTreeMap::new();
+        for c in w.categories {
+            categories.insert(category_from_wire(c.category)?, c.count);
+        }
+        Ok(RunSummary {
+            run_id: parse_run_id("run.run_id", &w.run_id)?,
+            label: w.label,
+            state: run_state_from_wire(w.state)?,
+            created_at_ms: w.created_at_ms,
+            finished_at_ms: w.finished_at_ms,
+            packages_total: w.packages_total,
+            packages_finished: w.packages_finished,
+            jobs_total: w.jobs_total,
+            jobs_settled: w.jobs_settled,
+            jobs_running: w.jobs_running,
+            categories,
+        })
+    }
+}
+
+impl From<&Assignment> for v1::Assignment {
+    fn from(a: &Assignment) -> Self {
+        v1::Assignment {
+            job_id: a.job_id.0,
+            lease_token: a.lease_token.to_string(),
+            attempt: a.attempt,
+            run_id: a.run_id.to_string(),
+            package: Some((&a.package).into()),
+            mode: v1::Mode::from(a.mode) as i32,
+            iteration: a.iteration,
+            options: Some((&a.options).into()),
+        }
+    }
+}
+
+impl TryFrom<v1::Assignment> for Assignment {
+    type Error = WireError;
+
+    fn try_from(w: v1::Assignment) -> Result<Self, Self::Error> {
+        Ok(Assignment {
+            job_id: JobId(w.job_id),
+            lease_token: parse_lease_token("assignment.lease_token", &w.lease_token)?,
+            attempt: w.attempt,
+            run_id: parse_run_id("assignment.run_id", &w.run_id)?,
+            package: w.package.ok_or(WireError::Missing("assignment.package"))?.try_into()?,
+            mode: mode_from_wire("assignment.mode", w.mode)?,
+            iteration: w.iteration,
+            options: w.options.ok_or(WireError::Missing("assignment.options"))?.try_into()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn package() -> PackageSpec {
+        PackageSpec {
+            name: "pkg".into(),
+            version: Some("1.0".into()),
+            source: Source::Git {
+                url: "https://example.org/pkg".into(),
+                rev: None,
+                depth: Some(1),
+            },
+            install_command: "pip install .".into(),
+            test_command: "python -m pytest".into(),
+            test_framework: "pytest".into(),
+            import_name: "pkg".into(),
+            timeout_secs: Some(30),
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            download_count: Some(7),
+            extension_type: Some("pure".into()),
+        }
+    }
+
+    #[test]
+    fn run_spec_round_trips() {
+        let spec = RunSpec {
+            label: "l".into(),
+            packages: vec![package()],
+            iterations: 3,
+            modes: vec![Mode::Ft, Mode::Gil],
+            options: RunOptions {
+                env: vec![("K".into(), "V".into())],
+                ..RunOptions::default()
+            },
+            requirement: InterpreterRequirement {
+                python_version: Some("3.13".into()),
+                free_threaded: true,
+                tsan: false,
+            },
+            registry: Some("r".into()),
+        };
+        let wire = v1::RunSpec::from(&spec);
+        assert_eq!(RunSpec::try_from(wire).unwrap(), spec);
+    }
+
+    #[test]
+    fn invalid_specs_are_rejected_with_the_field_named() {
+        let mut wire = v1::RunSpec::from(&RunSpec {
+            label: "l".into(),
+            packages: vec![package()],
+            iterations: 1,
+            modes: vec![Mode::Ft],
+            options: RunOptions::default(),
+            requirement: InterpreterRequirement::any(),
+            registry: None,
+        });
+        wire.iterations = 0;
+        let err = RunSpec::try_from(wire.clone()).unwrap_err();
+        assert!(err.to_string().contains("iterations"), "{err}");
+        wire.iterations = 1;
+        wire.modes = vec![99];
+        assert!(
+            RunSpec::try_from(wire.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("spec.modes")
+        );
+        wire.modes = vec![1];
+        wire.packages[0].source = None;
+        assert_eq!(
+            RunSpec::try_from(wire).unwrap_err(),
+            WireError::Missing("package.source")
+        );
+    }
+
+    #[test]
+    fn unspecified_enums_are_rejected() {
+        let wire = v1::JobResult {
+            kind: Some(v1::job_result::Kind::SetupFailed(v1::SetupFailure {
+                stage: 0,
+                ..Default::default()
+            })),
+        };
+        assert!(JobResult::try_from(wire).is_err());
+        assert!(JobResult::try_from(v1::JobResult { kind: None }).is_err());
+    }
+}

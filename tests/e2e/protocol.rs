@@ -1,0 +1,334 @@
+//! The gRPC surface of the coordinator, driven by raw sessions as a worker would.
+
+use std::time::Duration;
+
+use domain::spec::RunOptions;
+use domain::{
+    InterpreterRequirement, IterationOutcome, IterationStatus, JobResult, Mode, PackageSpec, RunSpec, Source,
+};
+use proto::v1;
+use proto::v1::coordinator_message::Msg as Out;
+use proto::v1::worker_message::Msg as In;
+use tests::{RawSession, TestCluster, ft_profile};
+
+fn spec(names: &[&str], iterations: u32) -> RunSpec {
+    RunSpec {
+        label: "protocol".to_string(),
+        packages: names
+            .iter()
+            .map(|name| PackageSpec {
+                name: name.to_string(),
+                version: None,
+                source: Source::Path {
+                    path: format!("/src/{name}"),
+                },
+                install_command: "python -m pip install . pytest".to_string(),
+                test_command: "python -m pytest".to_string(),
+                test_framework: "pytest".to_string(),
+                import_name: PackageSpec::default_import_name(name),
+                timeout_secs: None,
+                env: Default::default(),
+                download_count: None,
+                extension_type: None,
+            })
+            .collect(),
+        iterations,
+        modes: vec![Mode::Ft],
+        options: RunOptions::default(),
+        requirement: InterpreterRequirement {
+            python_version: Some("3.13".into()),
+            free_threaded: true,
+            tsan: false,
+        },
+        registry: None,
+    }
+}
+
+async fn submit(cluster: &TestCluster, spec: &RunSpec) -> String {
+    let request = v1::SubmitRunRequest {
+        spec: Some(spec.into()),
+        client_token: String::new(),
+    };
+    let response = cluster
+        .survey()
+        .await
+        .submit_run(request)
+        .await
+        .expect("submit")
+        .into_inner();
+    response.run.expect("run").run_id
+}
+
+fn pass(iteration: u32) -> v1::JobResult {
+    let outcome = IterationOutcome {
+        iteration,
+        mode: Mode::Ft,
+        status: IterationStatus::Pass,
+        exit_code: Some(0),
+        signal: None,
+        duration_ms: 5,
+        cpu_time_ms: None,
+        max_rss_kb: None,
+        stalled: false,
+        last_output_line: "1 passed".to_string(),
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        crash_signature: None,
+        harness_error: None,
+        worker_id: "w".to_string(),
+        attempt: 1,
+        start_latency_ms: Some(1),
+    };
+    (&JobResult::Iteration(outcome)).into()
+}
+
+async fn expect_assignment(session: &mut RawSession) -> v1::Assignment {
+    match session.next().await.expect("message") {
+        Out::Assignment(assignment) => assignment,
+        other => panic!("expected an assignment, got {other:?}"),
+    }
+}
+
+async fn report(session: &RawSession, assignment: &v1::Assignment, token: &str) {
+    let outcome = v1::JobOutcome {
+        job_id: assignment.job_id,
+        lease_token: token.to_string(),
+        result: Some(pass(assignment.iteration)),
+    };
+    session.send(In::Outcome(outcome)).await;
+}
+
+async fn expect_ack(session: &mut RawSession, job_id: i64) -> v1::AckStatus {
+    match session.next().await.expect("message") {
+        Out::Ack(ack) => {
+            assert_eq!(ack.job_id, job_id);
+            v1::AckStatus::try_from(ack.status).expect("known ack status")
+        }
+        other => panic!("expected an ack, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_session_that_does_not_start_with_hello_is_rejected() {
+    let cluster = TestCluster::start().await;
+    let mut session = cluster.session().await;
+    session.send(In::Credit(v1::Credit { count: 1 })).await;
+    let error = session.next().await.expect_err("rejected");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(error.message().contains("Hello"), "{}", error.message());
+
+    let mut garbage = cluster.session().await;
+    let hello = v1::Hello {
+        worker_id: "w 1".into(),
+        interpreter: None,
+        slots: 1,
+        ..Default::default()
+    };
+    garbage.send(In::Hello(hello)).await;
+    assert_eq!(
+        garbage.next().await.expect_err("rejected").code(),
+        tonic::Code::InvalidArgument
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_are_assigned_up_to_the_credits_and_each_outcome_is_recorded_once() {
+    let cluster = TestCluster::start().await;
+    submit(&cluster, &spec(&["a"], 3)).await;
+    let mut session = cluster.session().await;
+    let welcome = session.hello("w1", &ft_profile(), 2).await;
+    assert_eq!(welcome.heartbeat_interval_ms, 200);
+    session.send(In::Credit(v1::Credit { count: 2 })).await;
+    let first = expect_assignment(&mut session).await;
+    let second = expect_assignment(&mut session).await;
+    assert_ne!(first.job_id, second.job_id);
+    assert_eq!(first.attempt, 1);
+
+    report(&session, &first, &first.lease_token).await;
+    // The next message is the ack, not a third assignment: two credits, two jobs.
+    assert_eq!(expect_ack(&mut session, first.job_id).await, v1::AckStatus::Recorded);
+    report(&session, &first, &first.lease_token).await;
+    assert_eq!(expect_ack(&mut session, first.job_id).await, v1::AckStatus::Duplicate);
+    report(&session, &second, &domain::LeaseToken::random().to_string()).await;
+    assert_eq!(expect_ack(&mut session, second.job_id).await, v1::AckStatus::Stale);
+
+    session.send(In::Credit(v1::Credit { count: 1 })).await;
+    let third = expect_assignment(&mut session).await;
+    assert_eq!(
+        [first.iteration, second.iteration, third.iteration]
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        [1, 2, 3].into()
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_session_releases_its_jobs_at_once() {
+    let settings = coordinator::Settings {
+        heartbeat_interval: Duration::from_secs(20),
+        lease_duration: Duration::from_secs(600),
+        max_attempts: 3,
+        reap_interval: Duration::from_secs(60),
+    };
+    let cluster = TestCluster::start_with(settings).await;
+    submit(&cluster, &spec(&["a"], 1)).await;
+    let mut first = cluster.session().await;
+    first.hello("w1", &ft_profile(), 1).await;
+    first.send(In::Credit(v1::Credit { count: 1 })).await;
+    let lost = expect_assignment(&mut first).await;
+    drop(first);
+
+    let mut second = cluster.session().await;
+    second.hello("w2", &ft_profile(), 1).await;
+    second.send(In::Credit(v1::Credit { count: 1 })).await;
+    // Well before the ten-minute lease could expire.
+    let again = expect_assignment(&mut second).await;
+    assert_eq!(again.job_id, lost.job_id);
+    assert_eq!(again.attempt, 2);
+    report(&second, &lost, &lost.lease_token).await;
+    assert_eq!(expect_ack(&mut second, lost.job_id).await, v1::AckStatus::Stale);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_go_only_to_sessions_whose_interpreter_meets_the_run() {
+    let cluster = TestCluster::start().await;
+    let run_id = submit(&cluster, &spec(&["a"], 1)).await;
+    let mut gil = cluster.session().await;
+    let mut profile = ft_profile();
+    profile.free_threaded = false;
+    profile.abi_tag = "cp313".into();
+    gil.hello("gil", &profile, 1).await;
+    gil.send(In::Credit(v1::Credit { count: 1 })).await;
+    let mut ft = cluster.session().await;
+    ft.hello("ft", &ft_profile(), 1).await;
+    ft.send(In::Credit(v1::Credit { count: 1 })).await;
+    let assignment = expect_assignment(&mut ft).await;
+    assert_eq!(assignment.run_id, run_id);
+    // The only job went to the free-threaded session although the other one asked first.
+    let run = cluster
+        .survey()
+        .await
+        .get_run(v1::GetRunRequest { run_id })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(run.run.expect("run").jobs_running, 1);
+    report(&ft, &assignment, &assignment.lease_token).await;
+    assert_eq!(expect_ack(&mut ft, assignment.job_id).await, v1::AckStatus::Recorded);
+    drop(gil);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_run_tells_the_worker_to_stop_its_job() {
+    let cluster = TestCluster::start().await;
+    let run_id = submit(&cluster, &spec(&["a", "b"], 2)).await;
+    let mut session = cluster.session().await;
+    session.hello("w1", &ft_profile(), 1).await;
+    session.send(In::Credit(v1::Credit { count: 1 })).await;
+    let assignment = expect_assignment(&mut session).await;
+    let cancelled = cluster
+        .survey()
+        .await
+        .cancel_run(v1::CancelRunRequest { run_id: run_id.clone() })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(cancelled.run.expect("run").state, v1::RunState::Cancelled as i32);
+    match session.next().await.expect("message") {
+        Out::Cancel(cancel) => assert_eq!(cancel.job_id, assignment.job_id),
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn watching_a_run_gives_a_snapshot_then_each_finished_package_once_and_ends() {
+    let cluster = TestCluster::start().await;
+    let run_id = submit(&cluster, &spec(&["a", "b"], 1)).await;
+    let mut events = cluster
+        .survey()
+        .await
+        .watch_run(v1::WatchRunRequest { run_id: run_id.clone() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let snapshot = events.message().await.expect("snapshot").expect("an event");
+    assert!(snapshot.finished_packages.is_empty());
+    assert_eq!(snapshot.run.expect("run").jobs_total, 2);
+
+    let mut session = cluster.session().await;
+    session.hello("w1", &ft_profile(), 2).await;
+    session.send(In::Credit(v1::Credit { count: 2 })).await;
+    let assignments = [
+        expect_assignment(&mut session).await,
+        expect_assignment(&mut session).await,
+    ];
+    for assignment in &assignments {
+        report(&session, assignment, &assignment.lease_token).await;
+        assert_eq!(
+            expect_ack(&mut session, assignment.job_id).await,
+            v1::AckStatus::Recorded
+        );
+    }
+    let mut finished = Vec::new();
+    let mut last_state = 0;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("stream ok")
+    {
+        finished.extend(event.finished_packages.into_iter().map(|p| (p.package, p.category)));
+        last_state = event.run.expect("run").state;
+    }
+    finished.sort();
+    let compatible = v1::Category::Compatible as i32;
+    assert_eq!(
+        finished,
+        vec![("a".to_string(), compatible), ("b".to_string(), compatible)]
+    );
+    assert_eq!(
+        last_state,
+        v1::RunState::Finished as i32,
+        "the stream ends after the run finishes"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_run_is_refused_and_stores_nothing() {
+    let cluster = TestCluster::start().await;
+    let mut wire = v1::RunSpec::from(&spec(&["a"], 1));
+    wire.iterations = 0;
+    let error = cluster
+        .survey()
+        .await
+        .submit_run(v1::SubmitRunRequest {
+            spec: Some(wire),
+            client_token: String::new(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    let runs = cluster
+        .survey()
+        .await
+        .list_runs(v1::ListRunsRequest { limit: 0 })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(runs.runs.is_empty());
+    let missing = cluster
+        .survey()
+        .await
+        .get_run(v1::GetRunRequest {
+            run_id: "not-a-uuid".into(),
+        })
+        .await;
+    assert_eq!(missing.expect_err("bad id").code(), tonic::Code::InvalidArgument);
+    cluster.stop().await;
+}

@@ -1,0 +1,540 @@
+//! The store conformance suite: every backend must pass every case.
+//!
+//! Each case is an `async fn(Arc<dyn Store>)`; `conformance!` instantiates it per backend.
+
+use std::sync::Arc;
+
+use coordinator::store::{ClaimRequest, Store};
+use domain::spec::RunOptions;
+use domain::{
+    Category, InterpreterProfile, InterpreterRequirement, IterationOutcome, IterationStatus, JobResult, LeaseToken,
+    Mode, OutcomeAck, PackageSpec, RunId, RunSpec, RunState, SetupFailure, SetupStage, Source, WorkerId,
+};
+
+const LEASE_MS: i64 = 1_000;
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+                    let store = coordinator::store::open(&url).await.expect("open sqlite store");
+                    super::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    submit_expands_packages_modes_and_iterations_into_jobs,
+    submit_with_a_used_client_token_returns_the_first_run,
+    claims_are_exclusive_between_concurrent_workers,
+    jobs_go_only_to_workers_whose_interpreter_meets_the_requirement,
+    an_outcome_is_recorded_once_and_duplicates_and_stale_tokens_are_ignored,
+    an_expired_lease_is_reclaimed_by_another_worker_and_the_old_token_is_rejected,
+    a_job_leased_too_often_is_lost_and_never_counted_against_the_package,
+    a_heartbeat_extends_the_lease,
+    a_setup_failure_cancels_the_packages_other_jobs_and_revokes_their_leases,
+    cancelling_a_run_cancels_pending_jobs_and_revokes_leases,
+    verdicts_are_recomputed_as_outcomes_arrive_and_the_run_finishes,
+    released_jobs_go_back_to_the_queue,
+    runs_are_listed_newest_first_and_counted,
+    a_worker_is_preferred_for_packages_it_has_set_up,
+    stop_on_first_pass_cancels_the_packages_remaining_jobs,
+);
+
+fn package(name: &str) -> PackageSpec {
+    PackageSpec {
+        name: name.to_string(),
+        version: None,
+        source: Source::Path {
+            path: format!("/src/{name}"),
+        },
+        install_command: "python -m pip install . pytest".to_string(),
+        test_command: "python -m pytest".to_string(),
+        test_framework: "pytest".to_string(),
+        import_name: PackageSpec::default_import_name(name),
+        timeout_secs: None,
+        env: Default::default(),
+        download_count: None,
+        extension_type: None,
+    }
+}
+
+fn spec(names: &[&str], iterations: u32) -> RunSpec {
+    RunSpec {
+        label: "conformance".to_string(),
+        packages: names.iter().map(|n| package(n)).collect(),
+        iterations,
+        modes: vec![Mode::Ft],
+        options: RunOptions::default(),
+        requirement: InterpreterRequirement::any(),
+        registry: None,
+    }
+}
+
+fn profile(major_minor: &str, free_threaded: bool) -> InterpreterProfile {
+    InterpreterProfile {
+        executable: "/opt/python/bin/python3".to_string(),
+        version: format!("{major_minor}.5"),
+        version_short: format!("{major_minor}.5"),
+        major_minor: major_minor.to_string(),
+        abi_tag: if free_threaded { "cp313t".into() } else { "cp311".into() },
+        free_threaded,
+        gil_enabled_by_default: Some(!free_threaded),
+        tsan: false,
+        debug: false,
+        platform: "linux-x86_64".to_string(),
+        configure_args: String::new(),
+    }
+}
+
+fn worker(name: &str) -> WorkerId {
+    WorkerId::parse(name).expect("worker id")
+}
+
+fn outcome(iteration: u32, status: IterationStatus) -> JobResult {
+    JobResult::Iteration(IterationOutcome {
+        iteration,
+        mode: Mode::Ft,
+        status,
+        exit_code: Some(if status == IterationStatus::Pass { 0 } else { 1 }),
+        signal: None,
+        duration_ms: 10,
+        cpu_time_ms: None,
+        max_rss_kb: None,
+        stalled: false,
+        last_output_line: String::new(),
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        crash_signature: None,
+        harness_error: None,
+        worker_id: "w".to_string(),
+        attempt: 1,
+        start_latency_ms: None,
+    })
+}
+
+async fn submit(store: &Arc<dyn Store>, spec: &RunSpec, now_ms: i64) -> RunId {
+    let run_id = RunId::new_at(now_ms as u64);
+    store.submit_run(run_id, spec, None, now_ms).await.expect("submit");
+    run_id
+}
+
+async fn claim(
+    store: &Arc<dyn Store>,
+    worker_id: &WorkerId,
+    profile: &InterpreterProfile,
+    warm: &[String],
+    max_jobs: u32,
+    now_ms: i64,
+) -> Vec<domain::Assignment> {
+    let tokens: Vec<LeaseToken> = (0..max_jobs).map(|_| LeaseToken::random()).collect();
+    let request = ClaimRequest {
+        worker_id,
+        profile,
+        warm_packages: warm,
+        max_jobs,
+        lease_duration_ms: LEASE_MS,
+        lease_tokens: &tokens,
+    };
+    store.claim_jobs(request, now_ms).await.expect("claim")
+}
+
+async fn submit_expands_packages_modes_and_iterations_into_jobs(store: Arc<dyn Store>) {
+    let mut spec = spec(&["a", "b"], 3);
+    spec.modes = vec![Mode::Ft, Mode::Gil];
+    let run_id = submit(&store, &spec, 1_000).await;
+    let (summary, stored) = store.get_run(run_id).await.expect("get");
+    assert_eq!(summary.jobs_total, 12);
+    assert_eq!(summary.packages_total, 2);
+    assert_eq!(summary.state, RunState::Queued);
+    assert_eq!(stored, spec);
+    let jobs = claim(&store, &worker("w1"), &profile("3.13", true), &[], 100, 1_000).await;
+    let mut keys: Vec<(String, Mode, u32)> = jobs
+        .iter()
+        .map(|j| (j.package.name.clone(), j.mode, j.iteration))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 12);
+    assert!(keys.iter().all(|(_, _, iteration)| (1..=3).contains(iteration)));
+}
+
+async fn submit_with_a_used_client_token_returns_the_first_run(store: Arc<dyn Store>) {
+    let spec = spec(&["a"], 2);
+    let first = store
+        .submit_run(RunId::new_at(1), &spec, Some("token-1"), 1)
+        .await
+        .expect("first");
+    let again = store
+        .submit_run(RunId::new_at(2), &spec, Some("token-1"), 2)
+        .await
+        .expect("again");
+    assert_eq!(first.run_id, again.run_id);
+    assert_eq!(store.list_runs(10).await.expect("list").len(), 1);
+    let mut bad = spec.clone();
+    bad.iterations = 0;
+    assert!(store.submit_run(RunId::new_at(3), &bad, None, 3).await.is_err());
+    assert_eq!(
+        store.list_runs(10).await.expect("list").len(),
+        1,
+        "an invalid run stores nothing"
+    );
+}
+
+async fn claims_are_exclusive_between_concurrent_workers(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["a", "b", "c"], 4), 0).await;
+    let ft = profile("3.13", true);
+    let mut handles = Vec::new();
+    for n in 0..4 {
+        let store = store.clone();
+        let ft = ft.clone();
+        handles.push(tokio::spawn(async move {
+            let worker_id = worker(&format!("w{n}"));
+            let mut mine = Vec::new();
+            loop {
+                let got = claim(&store, &worker_id, &ft, &[], 2, 0).await;
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|a| a.job_id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for handle in handles {
+        all.extend(handle.await.expect("claimer"));
+    }
+    let n_claimed = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(n_claimed, 12, "every job claimed");
+    assert_eq!(all.len(), 12, "no job claimed twice");
+    let (summary, _) = store.get_run(run_id).await.expect("get");
+    assert_eq!(summary.jobs_running, 12);
+    assert_eq!(summary.state, RunState::Running);
+}
+
+async fn jobs_go_only_to_workers_whose_interpreter_meets_the_requirement(store: Arc<dyn Store>) {
+    let mut spec = spec(&["a"], 2);
+    spec.requirement = InterpreterRequirement {
+        python_version: Some("3.13".into()),
+        free_threaded: true,
+        tsan: false,
+    };
+    submit(&store, &spec, 0).await;
+    assert!(
+        claim(&store, &worker("gil"), &profile("3.13", false), &[], 5, 0)
+            .await
+            .is_empty()
+    );
+    assert!(
+        claim(&store, &worker("old"), &profile("3.14", true), &[], 5, 0)
+            .await
+            .is_empty()
+    );
+    let mut tsan_only = spec.clone();
+    tsan_only.requirement.tsan = true;
+    tsan_only.label = "tsan".into();
+    submit(&store, &tsan_only, 1).await;
+    let got = claim(&store, &worker("ft"), &profile("3.13", true), &[], 5, 0).await;
+    assert_eq!(got.len(), 2, "the free-threaded worker gets the free-threaded run only");
+    assert!(got.iter().all(|a| a.attempt == 1));
+}
+
+async fn an_outcome_is_recorded_once_and_duplicates_and_stale_tokens_are_ignored(store: Arc<dyn Store>) {
+    submit(&store, &spec(&["a"], 1), 0).await;
+    let job = claim(&store, &worker("w"), &profile("3.13", true), &[], 1, 0)
+        .await
+        .remove(0);
+    let stranger = store
+        .complete_job(job.job_id, LeaseToken::random(), &outcome(1, IterationStatus::Fail), 5)
+        .await
+        .expect("stale");
+    assert_eq!(stranger.ack, OutcomeAck::Stale);
+    let first = store
+        .complete_job(job.job_id, job.lease_token, &outcome(1, IterationStatus::Pass), 10)
+        .await
+        .expect("first");
+    assert_eq!(first.ack, OutcomeAck::Recorded);
+    let again = store
+        .complete_job(job.job_id, job.lease_token, &outcome(1, IterationStatus::Fail), 20)
+        .await
+        .expect("again");
+    assert_eq!(again.ack, OutcomeAck::Duplicate);
+    let results = store.package_results(job.run_id, &[], false).await.expect("results");
+    assert_eq!(results[0].iterations.len(), 1);
+    assert_eq!(
+        results[0].iterations[0].status,
+        IterationStatus::Pass,
+        "the first report stands"
+    );
+    let unknown = store
+        .complete_job(
+            domain::JobId(999_999),
+            LeaseToken::random(),
+            &outcome(1, IterationStatus::Pass),
+            30,
+        )
+        .await
+        .expect("unknown job");
+    assert_eq!(unknown.ack, OutcomeAck::Stale);
+}
+
+async fn an_expired_lease_is_reclaimed_by_another_worker_and_the_old_token_is_rejected(store: Arc<dyn Store>) {
+    submit(&store, &spec(&["a"], 1), 0).await;
+    let ft = profile("3.13", true);
+    let first = claim(&store, &worker("w1"), &ft, &[], 1, 0).await.remove(0);
+    let early = store.reap_expired(3, LEASE_MS - 1).await.expect("reap");
+    assert_eq!(early.requeued, 0, "a live lease is not reaped");
+    let report = store.reap_expired(3, LEASE_MS + 1).await.expect("reap");
+    assert_eq!(report.requeued, 1);
+    let second = claim(&store, &worker("w2"), &ft, &[], 1, LEASE_MS + 2).await.remove(0);
+    assert_eq!(second.job_id, first.job_id);
+    assert_eq!(second.attempt, 2);
+    let late = store
+        .complete_job(
+            first.job_id,
+            first.lease_token,
+            &outcome(1, IterationStatus::Fail),
+            3_000,
+        )
+        .await;
+    assert_eq!(late.expect("late").ack, OutcomeAck::Stale);
+    let current = store
+        .complete_job(
+            second.job_id,
+            second.lease_token,
+            &outcome(1, IterationStatus::Pass),
+            3_001,
+        )
+        .await;
+    assert_eq!(current.expect("current").ack, OutcomeAck::Recorded);
+}
+
+async fn a_job_leased_too_often_is_lost_and_never_counted_against_the_package(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["a"], 1), 0).await;
+    let ft = profile("3.13", true);
+    let mut now = 0;
+    for attempt in 1..=2 {
+        let job = claim(&store, &worker("w"), &ft, &[], 1, now).await.remove(0);
+        assert_eq!(job.attempt, attempt);
+        now += LEASE_MS + 1;
+        let report = store.reap_expired(2, now).await.expect("reap");
+        assert_eq!(
+            (report.requeued, report.lost),
+            if attempt < 2 { (1, 0) } else { (0, 1) }
+        );
+    }
+    let (summary, _) = store.get_run(run_id).await.expect("get");
+    assert_eq!(summary.state, RunState::Finished);
+    assert_eq!(summary.jobs_settled, 1);
+    let result = store
+        .package_results(run_id, &[], false)
+        .await
+        .expect("results")
+        .remove(0);
+    assert_eq!(result.category, Category::Unknown);
+    assert_eq!(result.counts.fail + result.counts.crash + result.counts.timeout, 0);
+}
+
+async fn a_heartbeat_extends_the_lease(store: Arc<dyn Store>) {
+    submit(&store, &spec(&["a"], 1), 0).await;
+    let w = worker("w");
+    let job = claim(&store, &w, &profile("3.13", true), &[], 1, 0).await.remove(0);
+    let extended = store
+        .heartbeat(&w, &[(job.job_id, job.lease_token)], LEASE_MS, 900)
+        .await
+        .expect("heartbeat");
+    assert_eq!(extended, 1);
+    assert_eq!(store.reap_expired(3, LEASE_MS + 100).await.expect("reap").requeued, 0);
+    let wrong = store
+        .heartbeat(&w, &[(job.job_id, LeaseToken::random())], LEASE_MS, 1_000)
+        .await
+        .expect("heartbeat");
+    assert_eq!(wrong, 0, "a heartbeat with a stale token extends nothing");
+    assert_eq!(
+        store.reap_expired(3, 900 + LEASE_MS + 1).await.expect("reap").requeued,
+        1
+    );
+}
+
+async fn a_setup_failure_cancels_the_packages_other_jobs_and_revokes_their_leases(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["broken", "fine"], 3), 0).await;
+    let ft = profile("3.13", true);
+    let warm = vec!["broken".to_string()];
+    let first = claim(&store, &worker("w1"), &ft, &warm, 1, 0).await.remove(0);
+    let second = claim(&store, &worker("w2"), &ft, &warm, 1, 0).await.remove(0);
+    assert_eq!(
+        (first.package.name.as_str(), second.package.name.as_str()),
+        ("broken", "broken")
+    );
+    let failure = JobResult::SetupFailed(SetupFailure {
+        stage: SetupStage::Install,
+        message: "install command exited with status 1".into(),
+        log_tail: "error: no".into(),
+        duration_ms: 5,
+    });
+    let completion = store
+        .complete_job(first.job_id, first.lease_token, &failure, 10)
+        .await
+        .expect("complete");
+    assert_eq!(completion.ack, OutcomeAck::Recorded);
+    assert_eq!(completion.revoked.len(), 1);
+    assert_eq!(completion.revoked[0].job_id, second.job_id);
+    assert_eq!(completion.revoked[0].worker_id, worker("w2"));
+    let rest = claim(&store, &worker("w3"), &ft, &[], 10, 20).await;
+    assert!(
+        rest.iter().all(|a| a.package.name == "fine"),
+        "no job of the broken package is handed out"
+    );
+    let broken = store
+        .package_results(run_id, &["broken".to_string()], true)
+        .await
+        .expect("results");
+    assert_eq!(broken.len(), 1);
+    assert_eq!(broken[0].category, Category::InstallFailure);
+    assert!(broken[0].finished);
+    let late = store
+        .complete_job(second.job_id, second.lease_token, &failure, 30)
+        .await
+        .expect("late");
+    assert_eq!(late.ack, OutcomeAck::Stale);
+}
+
+async fn cancelling_a_run_cancels_pending_jobs_and_revokes_leases(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["a", "b"], 2), 0).await;
+    let job = claim(&store, &worker("w"), &profile("3.13", true), &[], 1, 0)
+        .await
+        .remove(0);
+    let (summary, revoked) = store.cancel_run(run_id, 5).await.expect("cancel");
+    assert_eq!(summary.state, RunState::Cancelled);
+    assert_eq!(summary.jobs_settled, 4);
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].job_id, job.job_id);
+    assert!(
+        claim(&store, &worker("w"), &profile("3.13", true), &[], 5, 6)
+            .await
+            .is_empty()
+    );
+    let late = store
+        .complete_job(job.job_id, job.lease_token, &outcome(1, IterationStatus::Pass), 7)
+        .await;
+    assert_eq!(late.expect("late").ack, OutcomeAck::Stale);
+    let (again, revoked_again) = store.cancel_run(run_id, 8).await.expect("cancel twice");
+    assert_eq!(again.state, RunState::Cancelled);
+    assert!(revoked_again.is_empty());
+    let missing = store.cancel_run(RunId::new_at(9), 9).await;
+    assert!(matches!(missing, Err(coordinator::store::StoreError::RunNotFound(_))));
+}
+
+async fn verdicts_are_recomputed_as_outcomes_arrive_and_the_run_finishes(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["good", "flaky"], 2), 0).await;
+    let jobs = claim(&store, &worker("w"), &profile("3.13", true), &[], 10, 0).await;
+    assert_eq!(jobs.len(), 4);
+    for (n, job) in jobs.iter().enumerate() {
+        let status = if job.package.name == "flaky" && job.iteration == 2 {
+            IterationStatus::Fail
+        } else {
+            IterationStatus::Pass
+        };
+        let completion = store
+            .complete_job(
+                job.job_id,
+                job.lease_token,
+                &outcome(job.iteration, status),
+                10 + n as i64,
+            )
+            .await;
+        assert_eq!(completion.expect("complete").ack, OutcomeAck::Recorded);
+        let (summary, _) = store.get_run(run_id).await.expect("get");
+        assert_eq!(summary.jobs_settled, n as u64 + 1);
+        assert_eq!(summary.state == RunState::Finished, n == 3);
+    }
+    let results = store.package_results(run_id, &[], true).await.expect("results");
+    let categories: Vec<(&str, Category)> = results.iter().map(|r| (r.package.as_str(), r.category)).collect();
+    assert_eq!(
+        categories,
+        vec![("good", Category::Compatible), ("flaky", Category::Intermittent)]
+    );
+    let (summary, _) = store.get_run(run_id).await.expect("get");
+    assert_eq!(summary.packages_finished, 2);
+    assert_eq!(summary.categories.get(&Category::Intermittent), Some(&1));
+    assert_eq!(summary.finished_at_ms, Some(13));
+}
+
+async fn released_jobs_go_back_to_the_queue(store: Arc<dyn Store>) {
+    submit(&store, &spec(&["a"], 2), 0).await;
+    let ft = profile("3.13", true);
+    let jobs = claim(&store, &worker("w1"), &ft, &[], 2, 0).await;
+    let leases: Vec<_> = jobs.iter().map(|j| (j.job_id, j.lease_token)).collect();
+    let runs = store.release_jobs(&leases, 1).await.expect("release");
+    assert_eq!(runs, vec![jobs[0].run_id]);
+    let again = claim(&store, &worker("w2"), &ft, &[], 5, 2).await;
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|a| a.attempt == 2));
+    let stale = store.release_jobs(&leases, 3).await.expect("release stale");
+    assert!(stale.is_empty(), "old tokens release nothing");
+}
+
+async fn runs_are_listed_newest_first_and_counted(store: Arc<dyn Store>) {
+    let older = submit(&store, &spec(&["a"], 1), 1_000).await;
+    let newer = submit(&store, &spec(&["a", "b"], 5), 2_000).await;
+    let runs = store.list_runs(10).await.expect("list");
+    assert_eq!(runs.iter().map(|r| r.run_id).collect::<Vec<_>>(), vec![newer, older]);
+    assert_eq!(runs[0].jobs_total, 10);
+    assert_eq!(runs[0].packages_total, 2);
+    assert_eq!(store.list_runs(1).await.expect("list").len(), 1);
+    assert!(matches!(
+        store.get_run(RunId::new_at(5)).await,
+        Err(coordinator::store::StoreError::RunNotFound(_))
+    ));
+}
+
+async fn a_worker_is_preferred_for_packages_it_has_set_up(store: Arc<dyn Store>) {
+    submit(&store, &spec(&["a", "b", "c"], 3), 0).await;
+    let warm = vec!["c".to_string()];
+    let got = claim(&store, &worker("w"), &profile("3.13", true), &warm, 3, 0).await;
+    assert!(
+        got.iter().all(|a| a.package.name == "c"),
+        "{:?}",
+        got.iter().map(|a| &a.package.name).collect::<Vec<_>>()
+    );
+    let cold = claim(&store, &worker("v"), &profile("3.13", true), &[], 2, 0).await;
+    let names: Vec<&str> = cold.iter().map(|a| a.package.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["a", "b"],
+        "a cold worker spreads over packages, first iterations first"
+    );
+}
+
+async fn stop_on_first_pass_cancels_the_packages_remaining_jobs(store: Arc<dyn Store>) {
+    let mut spec = spec(&["a"], 5);
+    spec.options.stop_on_first_pass = true;
+    let run_id = submit(&store, &spec, 0).await;
+    let jobs = claim(&store, &worker("w"), &profile("3.13", true), &[], 2, 0).await;
+    let done = store
+        .complete_job(
+            jobs[0].job_id,
+            jobs[0].lease_token,
+            &outcome(1, IterationStatus::Pass),
+            5,
+        )
+        .await;
+    let done = done.expect("complete");
+    assert_eq!(done.revoked.len(), 1);
+    let (summary, _) = store.get_run(run_id).await.expect("get");
+    assert_eq!(summary.state, RunState::Finished);
+    let result = store
+        .package_results(run_id, &[], true)
+        .await
+        .expect("results")
+        .remove(0);
+    assert_eq!(result.category, Category::Compatible);
+}

@@ -1,0 +1,64 @@
+//! The ftsurvey worker: probes its target interpreter, connects to a coordinator, and runs the
+//! jobs it is given under supervision, reporting each outcome over its session.
+//!
+//! [`run`] takes a config and a shutdown token: the embedded CLI, the `worker` command and the
+//! tests start it the same way.
+
+mod job;
+pub mod probe;
+mod session;
+pub mod setup;
+mod source;
+pub mod spool;
+pub mod supervise;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use domain::WorkerId;
+use tokio_util::sync::CancellationToken;
+
+/// What a worker needs to run.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub worker_id: WorkerId,
+    /// e.g. `http://127.0.0.1:50051`.
+    pub coordinator_url: String,
+    pub target_python: PathBuf,
+    /// Jobs run at once.
+    pub slots: u32,
+    /// Sources, venvs and the outcome spool live here (under `workers/<id>` where per worker).
+    pub work_dir: PathBuf,
+    /// The pip cache shared by every venv.
+    pub pip_cache_dir: PathBuf,
+    /// `PATH` for package commands, after the venv's `bin`.
+    pub base_path: String,
+    /// Accept a target that is not free-threaded.
+    pub allow_gil_build: bool,
+}
+
+/// Runs the worker until `shutdown` is cancelled or the coordinator drains it.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let profile = probe::probe(&config.target_python)
+        .await
+        .with_context(|| format!("worker {} cannot use its target interpreter", config.worker_id))?;
+    if !profile.free_threaded && !config.allow_gil_build {
+        bail!(
+            "{} is not a free-threaded build ({}); pass --allow-gil-build to use it anyway",
+            config.target_python.display(),
+            profile.summary()
+        );
+    }
+    let worker_dir = config.work_dir.join("workers").join(config.worker_id.as_str());
+    let spool = spool::Spool::open(&worker_dir.join("spool"))
+        .with_context(|| format!("cannot create the outcome spool under {}", worker_dir.display()))?;
+    let setups = setup::Setups::new(
+        config.target_python.clone(),
+        &profile,
+        worker_dir.join("envs"),
+        config.pip_cache_dir.clone(),
+        config.base_path.clone(),
+        shutdown.child_token(),
+    );
+    session::Worker::new(config, profile, setups, spool).run(shutdown).await
+}

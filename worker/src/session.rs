@@ -1,0 +1,275 @@
+//! The worker side of the session protocol in `worker.proto`: hello, credits, assignments,
+//! heartbeats, outcomes until acknowledged, cancels, drain, and reconnects with backoff.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use domain::{Assignment, InterpreterProfile, JobId, JobResult, LeaseToken};
+use proto::v1;
+use proto::v1::coordinator_message::Msg as In;
+use proto::v1::worker_message::Msg as Out;
+use proto::v1::worker_service_client::WorkerServiceClient;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::WorkerConfig;
+use crate::setup::Setups;
+use crate::spool::{Spool, SpooledOutcome};
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Largest message the worker sends or accepts.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A job running on this worker.
+#[derive(Debug)]
+struct Running {
+    lease_token: LeaseToken,
+    cancel: CancellationToken,
+}
+
+/// A finished job, from its task to the session loop.
+#[derive(Debug)]
+struct Finished {
+    job_id: JobId,
+    /// `None` when the job was cancelled: nothing to report.
+    spooled: Option<SpooledOutcome>,
+}
+
+/// The worker's state across sessions.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    config: WorkerConfig,
+    profile: InterpreterProfile,
+    setups: Arc<Setups>,
+    spool: Spool,
+    running: Arc<Mutex<HashMap<JobId, Running>>>,
+    tasks: JoinSet<()>,
+    finished_tx: mpsc::Sender<Finished>,
+    finished_rx: mpsc::Receiver<Finished>,
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    Shutdown,
+    Drained,
+    Lost(anyhow::Error),
+}
+
+impl Worker {
+    pub(crate) fn new(config: WorkerConfig, profile: InterpreterProfile, setups: Setups, spool: Spool) -> Self {
+        let (finished_tx, finished_rx) = mpsc::channel(1024);
+        Worker {
+            config,
+            profile,
+            setups: Arc::new(setups),
+            spool,
+            running: Arc::new(Mutex::new(HashMap::new())),
+            tasks: JoinSet::new(),
+            finished_tx,
+            finished_rx,
+        }
+    }
+
+    /// Sessions until shutdown or drain, reconnecting with capped jittered backoff.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let started = Instant::now();
+            match self.session(&shutdown).await {
+                SessionEnd::Shutdown | SessionEnd::Drained => break,
+                SessionEnd::Lost(error) => {
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff = BACKOFF_START;
+                    }
+                    tracing::warn!(worker.id = %self.config.worker_id, error = %format!("{error:#}"), "session lost; reconnecting");
+                    let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 100);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff + jitter) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        self.stop_jobs().await;
+        Ok(())
+    }
+
+    async fn stop_jobs(&mut self) {
+        for job in self.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            job.cancel.cancel();
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    async fn session(&mut self, shutdown: &CancellationToken) -> SessionEnd {
+        let channel = match tonic::transport::Endpoint::from_shared(self.config.coordinator_url.clone()) {
+            Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(10)),
+            Err(error) => return SessionEnd::Lost(anyhow::anyhow!("bad coordinator url: {error}")),
+        };
+        let channel = tokio::select! {
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            connected = channel.connect() => match connected {
+                Ok(channel) => channel,
+                Err(error) => return SessionEnd::Lost(anyhow::anyhow!("cannot connect to {}: {error}", self.config.coordinator_url)),
+            },
+        };
+        let mut client = WorkerServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (out_tx, out_rx) = mpsc::channel::<v1::WorkerMessage>(256);
+        let hello = v1::Hello {
+            worker_id: self.config.worker_id.to_string(),
+            interpreter: Some((&self.profile).into()),
+            slots: self.config.slots,
+            warm_packages: self.setups.warm_packages(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let _ = out_tx.send(message(Out::Hello(hello))).await;
+        let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return SessionEnd::Lost(anyhow::anyhow!("session refused: {status}")),
+        };
+        let welcome = match inbound.message().await {
+            Ok(Some(v1::CoordinatorMessage {
+                msg: Some(In::Welcome(welcome)),
+            })) => welcome,
+            Ok(other) => return SessionEnd::Lost(anyhow::anyhow!("expected Welcome, got {other:?}")),
+            Err(status) => return SessionEnd::Lost(anyhow::anyhow!("session ended before Welcome: {status}")),
+        };
+        tracing::info!(worker.id = %self.config.worker_id, "connected to {}", self.config.coordinator_url);
+
+        // Outcomes not yet acknowledged go first, then the free slots as credits.
+        match self.spool.pending() {
+            Ok(pending) => {
+                for spooled in pending {
+                    let _ = out_tx.send(outcome_message(&spooled)).await;
+                }
+            }
+            Err(error) => tracing::error!(error = %error, "cannot read the outcome spool"),
+        }
+        let busy = self.running.lock().unwrap_or_else(|e| e.into_inner()).len() as u32;
+        let free = self.config.slots.saturating_sub(busy);
+        if free > 0 {
+            let _ = out_tx.send(message(Out::Credit(v1::Credit { count: free }))).await;
+        }
+        // Jobs assigned in this session: only their ends give credits back here.
+        let mut session_jobs: HashSet<JobId> = HashSet::new();
+        let mut draining = false;
+        let heartbeat_every = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            if draining && self.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+                return SessionEnd::Drained;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                _ = heartbeat.tick() => {
+                    let running = self.running.lock().unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .map(|(id, job)| v1::RunningJob { job_id: id.0, lease_token: job.lease_token.to_string() })
+                        .collect();
+                    if out_tx.send(message(Out::Heartbeat(v1::Heartbeat { running }))).await.is_err() {
+                        return SessionEnd::Lost(anyhow::anyhow!("session closed"));
+                    }
+                }
+                Some(finished) = self.finished_rx.recv() => {
+                    if let Some(spooled) = &finished.spooled
+                        && out_tx.send(outcome_message(spooled)).await.is_err()
+                    {
+                        return SessionEnd::Lost(anyhow::anyhow!("session closed"));
+                    }
+                    if session_jobs.remove(&finished.job_id) && !draining {
+                        let _ = out_tx.send(message(Out::Credit(v1::Credit { count: 1 }))).await;
+                    }
+                }
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                received = inbound.message() => match received {
+                    Ok(Some(v1::CoordinatorMessage { msg: Some(msg) })) => match msg {
+                        In::Assignment(assignment) => {
+                            let received_at = Instant::now();
+                            match Assignment::try_from(assignment) {
+                                Ok(assignment) => {
+                                    session_jobs.insert(assignment.job_id);
+                                    self.start(assignment, received_at);
+                                }
+                                Err(error) => tracing::error!(error = %error, "invalid assignment ignored"),
+                            }
+                        }
+                        In::Ack(ack) => {
+                            if let Err(error) = self.spool.remove(JobId(ack.job_id)) {
+                                tracing::error!(error = %error, "cannot remove an acknowledged outcome from the spool");
+                            }
+                        }
+                        In::Cancel(cancel) => {
+                            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(job) = running.get(&JobId(cancel.job_id)) {
+                                tracing::info!(job.id = cancel.job_id, reason = %cancel.reason, "job cancelled");
+                                job.cancel.cancel();
+                            }
+                        }
+                        In::Drain(drain) => {
+                            tracing::info!(reason = %drain.reason, "draining");
+                            draining = true;
+                        }
+                        In::Welcome(_) => {}
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) => return SessionEnd::Lost(anyhow::anyhow!("the coordinator ended the session")),
+                    Err(status) => return SessionEnd::Lost(anyhow::anyhow!("session failed: {status}")),
+                },
+            }
+        }
+    }
+
+    fn start(&mut self, assignment: Assignment, received_at: Instant) {
+        let cancel = CancellationToken::new();
+        let job_id = assignment.job_id;
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            job_id,
+            Running {
+                lease_token: assignment.lease_token,
+                cancel: cancel.clone(),
+            },
+        );
+        let setups = self.setups.clone();
+        let spool = self.spool.clone();
+        let running = self.running.clone();
+        let finished_tx = self.finished_tx.clone();
+        let worker_id = self.config.worker_id.to_string();
+        self.tasks.spawn(async move {
+            let result: Option<JobResult> =
+                crate::job::execute(&assignment, received_at, &setups, &worker_id, &cancel).await;
+            let spooled = result.map(|result| SpooledOutcome {
+                job_id,
+                lease_token: assignment.lease_token,
+                result,
+            });
+            if let Some(spooled) = &spooled
+                && let Err(error) = spool.put(spooled)
+            {
+                tracing::error!(job.id = %job_id, error = %error, "cannot spool an outcome; sending it anyway");
+            }
+            running.lock().unwrap_or_else(|e| e.into_inner()).remove(&job_id);
+            let _ = finished_tx.send(Finished { job_id, spooled }).await;
+        });
+    }
+}
+
+fn message(msg: Out) -> v1::WorkerMessage {
+    v1::WorkerMessage { msg: Some(msg) }
+}
+
+fn outcome_message(spooled: &SpooledOutcome) -> v1::WorkerMessage {
+    message(Out::Outcome(v1::JobOutcome {
+        job_id: spooled.job_id.0,
+        lease_token: spooled.lease_token.to_string(),
+        result: Some((&spooled.result).into()),
+    }))
+}

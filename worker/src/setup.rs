@@ -1,0 +1,311 @@
+//! Sets a package up on this worker: source, venv, install, import check. Once per package per
+//! worker; every iteration the worker runs for the package reuses it, and a failure is
+//! remembered so later jobs of the package report it at once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use domain::spec::RunOptions;
+use domain::{InterpreterProfile, PackageSpec, SetupFailure, SetupStage};
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::source::{fetch, shell_quote};
+use crate::supervise::{CommandSpec, Ending, Supervised, run_command};
+
+/// Installs get this long.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Bytes of a failing setup command's output kept in the result.
+const LOG_TAIL_BYTES: usize = 4096;
+/// Variables never passed to package commands: they would make the venv's python load
+/// another installation's modules.
+pub(crate) const REMOVED_ENV: [&str; 3] = ["PYTHONPATH", "PYTHONHOME", "PYTHON_GIL"];
+
+/// A package ready to test.
+#[derive(Debug)]
+pub struct Prepared {
+    pub source_dir: PathBuf,
+    pub venv_dir: PathBuf,
+    /// Environment every command of the package gets (PATH, VIRTUAL_ENV, pip settings).
+    pub env: Vec<(String, String)>,
+}
+
+/// Why setting a package up failed.
+#[derive(Debug, Clone)]
+pub(crate) struct SetupError {
+    pub(crate) stage: SetupStage,
+    pub(crate) message: String,
+    pub(crate) log_tail: String,
+}
+
+impl SetupError {
+    pub(crate) fn new(stage: SetupStage, message: String) -> Self {
+        SetupError {
+            stage,
+            message,
+            log_tail: String::new(),
+        }
+    }
+}
+
+type SetupCell = Arc<OnceCell<Result<Arc<Prepared>, SetupFailure>>>;
+
+/// The packages this worker has set up or failed to set up.
+#[derive(Debug)]
+pub struct Setups {
+    python: PathBuf,
+    profile_fingerprint: String,
+    /// `<work_dir>/envs/<worker id>`: one directory per package setup.
+    root: PathBuf,
+    pip_cache_dir: PathBuf,
+    base_path: String,
+    cells: Mutex<HashMap<String, SetupCell>>,
+    /// Kills setup commands when the worker stops.
+    shutdown: CancellationToken,
+}
+
+impl Setups {
+    pub fn new(
+        python: PathBuf,
+        profile: &InterpreterProfile,
+        root: PathBuf,
+        pip_cache_dir: PathBuf,
+        base_path: String,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Setups {
+            shutdown,
+            python,
+            profile_fingerprint: profile.fingerprint_source(),
+            root,
+            pip_cache_dir,
+            base_path,
+            cells: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Names of the packages set up successfully so far.
+    pub fn warm_packages(&self) -> Vec<String> {
+        let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = cells
+            .iter()
+            .filter(|(_, cell)| matches!(cell.get(), Some(Ok(_))))
+            .map(|(key, _)| key.split('\n').next().unwrap_or_default().to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Sets the package up, or waits for the setup another slot started, or returns the
+    /// earlier result.
+    pub async fn prepare(&self, package: &PackageSpec, options: &RunOptions) -> Result<Arc<Prepared>, SetupFailure> {
+        let key = format!(
+            "{}\n{:?}\n{:?}\n{}\n{}\n{}",
+            package.name,
+            package.version,
+            package.source,
+            self.profile_fingerprint,
+            package.install_command,
+            options.extra_deps.join(" ")
+        );
+        let cell = {
+            let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+            cells.entry(key.clone()).or_default().clone()
+        };
+        cell.get_or_init(|| async {
+            let started = Instant::now();
+            let digest = hex::encode(&Sha256::digest(key.as_bytes())[..8]);
+            let dir = self.root.join(format!("{}-{digest}", sanitize(&package.name)));
+            let result = self.set_up(package, options, &dir).await;
+            let duration_ms = started.elapsed().as_millis() as u64;
+            match result {
+                Ok(prepared) => {
+                    tracing::info!(package.name = %package.name, duration_ms, "package set up");
+                    Ok(Arc::new(prepared))
+                }
+                Err(error) => {
+                    tracing::info!(package.name = %package.name, stage = error.stage.as_str(), message = %error.message, "setup failed");
+                    Err(SetupFailure { stage: error.stage, message: error.message, log_tail: error.log_tail, duration_ms })
+                }
+            }
+        })
+        .await
+        .clone()
+    }
+
+    async fn set_up(&self, package: &PackageSpec, options: &RunOptions, dir: &Path) -> Result<Prepared, SetupError> {
+        let io = |stage: SetupStage, e: std::io::Error| SetupError::new(stage, format!("{}: {e}", dir.display()));
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| io(SetupStage::Source, e))?;
+        }
+        std::fs::create_dir_all(dir).map_err(|e| io(SetupStage::Source, e))?;
+        let venv_dir = dir.join("venv");
+        let bin_dir = venv_dir.join("bin");
+        let mut env = vec![
+            ("PATH".to_string(), format!("{}:{}", bin_dir.display(), self.base_path)),
+            ("VIRTUAL_ENV".to_string(), venv_dir.display().to_string()),
+            ("PIP_CACHE_DIR".to_string(), self.pip_cache_dir.display().to_string()),
+            ("PIP_DISABLE_PIP_VERSION_CHECK".to_string(), "1".to_string()),
+            ("PIP_NO_INPUT".to_string(), "1".to_string()),
+        ];
+        env.extend(package.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(options.env.iter().cloned());
+
+        let cancel = &self.shutdown;
+        let source_dir = fetch(package, &self.python, &dir.join("src"), &env, cancel).await?;
+
+        let python = shell_quote(&self.python.display().to_string());
+        let venv = format!("{python} -m venv {}", shell_quote(&venv_dir.display().to_string()));
+        step(SetupStage::Install, "creating the venv", &venv, dir, &env, cancel).await?;
+        step(
+            SetupStage::Install,
+            "install command",
+            &package.install_command,
+            &source_dir,
+            &env,
+            cancel,
+        )
+        .await?;
+        if !options.extra_deps.is_empty() {
+            let deps: Vec<String> = options.extra_deps.iter().map(|d| shell_quote(d)).collect();
+            let install = format!("python -m pip install {}", deps.join(" "));
+            step(
+                SetupStage::Install,
+                "installing --extra-deps",
+                &install,
+                &source_dir,
+                &env,
+                cancel,
+            )
+            .await?;
+        }
+
+        // From an empty directory, so the source tree cannot shadow the installed package.
+        let neutral = dir.join("import-check");
+        std::fs::create_dir_all(&neutral).map_err(|e| io(SetupStage::Import, e))?;
+        let import = format!("python -c {}", shell_quote(&format!("import {}", package.import_name)));
+        let result = run(&import, &neutral, &env, cancel).await?;
+        if !matches!(result.ending, Ending::Exited { code: Some(0), .. }) {
+            let last = result
+                .stderr_tail
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("no output");
+            return Err(SetupError {
+                stage: SetupStage::Import,
+                message: format!("import {} failed: {last}", package.import_name),
+                log_tail: tail(&format!("{}{}", result.stdout_tail, result.stderr_tail)),
+            });
+        }
+        Ok(Prepared {
+            source_dir,
+            venv_dir,
+            env,
+        })
+    }
+}
+
+async fn step(
+    stage: SetupStage,
+    what: &str,
+    command: &str,
+    cwd: &Path,
+    env: &[(String, String)],
+    cancel: &CancellationToken,
+) -> Result<(), SetupError> {
+    let result = run(command, cwd, env, cancel).await.map_err(|mut e| {
+        e.stage = stage;
+        e
+    })?;
+    match command_failure(&result, what) {
+        Some((message, log_tail)) => Err(SetupError {
+            stage,
+            message,
+            log_tail,
+        }),
+        None => Ok(()),
+    }
+}
+
+async fn run(
+    command: &str,
+    cwd: &Path,
+    env: &[(String, String)],
+    cancel: &CancellationToken,
+) -> Result<Supervised, SetupError> {
+    let spec = CommandSpec {
+        shell_command: command,
+        cwd,
+        env,
+        env_remove: &REMOVED_ENV,
+        timeout: INSTALL_TIMEOUT,
+    };
+    run_command(&spec, cancel)
+        .await
+        .map_err(|e| SetupError::new(SetupStage::Install, format!("cannot start `{command}`: {e}")))
+}
+
+/// A one-line message and the output's tail when a setup command did not succeed.
+pub(crate) fn command_failure(result: &Supervised, what: &str) -> Option<(String, String)> {
+    let message = match result.ending {
+        Ending::Exited { code: Some(0), .. } => return None,
+        Ending::Exited { code: Some(code), .. } => format!("{what} exited with status {code}"),
+        Ending::Exited {
+            signal: Some(signal), ..
+        } => format!("{what} was killed by signal {signal}"),
+        Ending::Exited { .. } => format!("{what} ended abnormally"),
+        Ending::TimedOut => format!("{what} timed out"),
+        Ending::Cancelled => format!("{what} was cancelled"),
+    };
+    let last = result
+        .stderr_tail
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| is_informative(l));
+    let message = match last {
+        Some(line) => format!("{message}: {}", line.chars().take(300).collect::<String>()),
+        None => message,
+    };
+    Some((message, tail(&format!("{}{}", result.stdout_tail, result.stderr_tail))))
+}
+
+/// Whether a line of a failing command's stderr says something specific: pip ends its errors
+/// with generic notes and hints.
+fn is_informative(line: &str) -> bool {
+    const GENERIC: [&str; 6] = [
+        "note:",
+        "hint:",
+        "error: subprocess-exited-with-error",
+        "error: metadata-generation-failed",
+        "×",
+        "╰─>",
+    ];
+    !line.is_empty() && !GENERIC.iter().any(|g| line.starts_with(g)) && !line.starts_with('[') && !line.starts_with('│')
+}
+
+fn tail(text: &str) -> String {
+    let start = text.len().saturating_sub(LOG_TAIL_BYTES);
+    let start = (start..=text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].to_string()
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

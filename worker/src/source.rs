@@ -1,0 +1,199 @@
+//! Gets a package's source tree: a copy of a local path, an unpacked sdist from PyPI, or a
+//! shallow git clone.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use domain::{PackageSpec, SetupStage, Source};
+use tokio_util::sync::CancellationToken;
+
+use crate::setup::{SetupError, command_failure};
+use crate::supervise::{CommandSpec, run_command};
+
+/// Downloads and clones get this long.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// Names not copied from a local source: build products and VCS data.
+const SKIPPED_NAMES: [&str; 6] = [".git", "build", "dist", "__pycache__", ".venv", ".pytest_cache"];
+
+/// Puts the package's source tree under `dest` (which must not exist) and returns its root.
+pub(crate) async fn fetch(
+    package: &PackageSpec,
+    python: &Path,
+    dest: &Path,
+    env: &[(String, String)],
+    cancel: &CancellationToken,
+) -> Result<PathBuf, SetupError> {
+    match &package.source {
+        Source::Path { path } => {
+            let from = PathBuf::from(path);
+            let to = dest.to_path_buf();
+            tokio::task::spawn_blocking(move || copy_tree(&from, &to).map(|()| to))
+                .await
+                .map_err(|e| SetupError::new(SetupStage::Source, format!("copy task failed: {e}")))?
+                .map_err(|e| SetupError::new(SetupStage::Source, format!("cannot copy {path}: {e}")))
+        }
+        Source::Sdist => {
+            let download = dest.with_extension("download");
+            std::fs::create_dir_all(&download).map_err(|e| io_error(&download, &e))?;
+            let requirement = match &package.version {
+                Some(version) => format!("{}=={version}", package.name),
+                None => package.name.clone(),
+            };
+            let command = format!(
+                "{} -m pip download --no-deps --no-binary :all: --dest {} {}",
+                shell_quote(&python.display().to_string()),
+                shell_quote(&download.display().to_string()),
+                shell_quote(&requirement)
+            );
+            run_step(&command, &download, env, "pip download", cancel).await?;
+            let archive = only_file(&download)?;
+            let unpack = format!(
+                "{} -c 'import shutil, sys; shutil.unpack_archive(sys.argv[1], sys.argv[2])' {} {}",
+                shell_quote(&python.display().to_string()),
+                shell_quote(&archive.display().to_string()),
+                shell_quote(&dest.display().to_string())
+            );
+            run_step(&unpack, &download, env, "unpacking the sdist", cancel).await?;
+            single_top_dir(dest)
+        }
+        Source::Git { url, rev, depth } => {
+            let depth = depth.map(|d| format!("--depth {d} ")).unwrap_or_default();
+            let mut command = format!(
+                "git clone --quiet {depth}{} {}",
+                shell_quote(url),
+                shell_quote(&dest.display().to_string())
+            );
+            if let Some(rev) = rev {
+                command.push_str(&format!(
+                    " && cd {} && git checkout --quiet {}",
+                    shell_quote(&dest.display().to_string()),
+                    shell_quote(rev)
+                ));
+            }
+            let parent = dest.parent().unwrap_or(Path::new("/"));
+            run_step(&command, parent, env, "git clone", cancel).await?;
+            Ok(dest.to_path_buf())
+        }
+    }
+}
+
+async fn run_step(
+    command: &str,
+    cwd: &Path,
+    env: &[(String, String)],
+    what: &str,
+    cancel: &CancellationToken,
+) -> Result<(), SetupError> {
+    let spec = CommandSpec {
+        shell_command: command,
+        cwd,
+        env,
+        env_remove: &[],
+        timeout: FETCH_TIMEOUT,
+    };
+    let result = run_command(&spec, cancel)
+        .await
+        .map_err(|e| SetupError::new(SetupStage::Source, format!("cannot run {what}: {e}")))?;
+    match command_failure(&result, what) {
+        Some((message, log_tail)) => Err(SetupError {
+            stage: SetupStage::Source,
+            message,
+            log_tail,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name_str = name.to_string_lossy();
+        if SKIPPED_NAMES.contains(&name_str.as_ref()) || name_str.ends_with(".egg-info") {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        let target = to.join(&name);
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+fn only_file(dir: &Path) -> Result<PathBuf, SetupError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| io_error(dir, &e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    match files.len() {
+        1 => Ok(files.remove(0)),
+        n => Err(SetupError::new(
+            SetupStage::Source,
+            format!("expected one sdist in {}, found {n}", dir.display()),
+        )),
+    }
+}
+
+/// An sdist unpacks to one `name-version/` directory; that is the source root.
+fn single_top_dir(dest: &Path) -> Result<PathBuf, SetupError> {
+    let entries: Vec<PathBuf> = std::fs::read_dir(dest)
+        .map_err(|e| io_error(dest, &e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    match entries.as_slice() {
+        [only] if only.is_dir() => Ok(only.clone()),
+        _ => Ok(dest.to_path_buf()),
+    }
+}
+
+fn io_error(path: &Path, error: &std::io::Error) -> SetupError {
+    SetupError::new(SetupStage::Source, format!("{}: {error}", path.display()))
+}
+
+/// Quotes `value` for `sh`.
+pub(crate) fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copying_skips_build_products() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        for path in [
+            "pkg/__init__.py",
+            "pkg/__pycache__/x.pyc",
+            "build/lib/x.py",
+            "a.egg-info/PKG-INFO",
+            "tests/t.py",
+        ] {
+            let path = src.join(path);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, "x").expect("write");
+        }
+        let dest = dir.path().join("dest");
+        copy_tree(&src, &dest).expect("copy");
+        assert!(dest.join("pkg/__init__.py").exists());
+        assert!(dest.join("tests/t.py").exists());
+        assert!(!dest.join("pkg/__pycache__").exists());
+        assert!(!dest.join("build").exists());
+        assert!(!dest.join("a.egg-info").exists());
+    }
+
+    #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

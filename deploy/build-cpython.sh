@@ -69,7 +69,10 @@ fi
 configure_args=(--prefix="$prefix" --disable-gil --with-ensurepip=install)
 if [ "$variant" = tsan ]; then
   configure_args+=(--with-thread-sanitizer)
-  export CC="${CC:-clang}"
+  # ThreadSanitizer works with clang or gcc (libtsan); take clang when the machine has it.
+  if [ -z "${CC:-}" ]; then
+    if command -v clang >/dev/null 2>&1; then export CC=clang; else export CC=gcc; fi
+  fi
 fi
 
 rm -rf "$prefix"

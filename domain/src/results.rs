@@ -1,115 +1,357 @@
 //! The records of a results folder: `ft_meta.json` (the run) and `ft_results.jsonl` (one line
-//! per package). Field names follow the tool ftsurvey replaces, with more fields added; every
-//! field has a default when read, so folders written by that tool read too.
+//! per package).
+//!
+//! Field names are those of the tool ftsurvey replaces (`labeille ft`), with more fields added.
+//! Every field has a default when read, so hand-written lines and folders written by that tool
+//! read too. Where the two tools disagree on a name, ftsurvey writes the old name and reads both.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::classify::PackageResult;
+use crate::category::Category;
+use crate::classify::{PackageResult, StatusCounts};
 use crate::interpreter::InterpreterProfile;
-use crate::outcome::signal_name;
+use crate::outcome::{IterationOutcome, IterationStatus, SetupStage, signal_name};
+use crate::spec::Mode;
 
-/// `ft_meta.json`.
+/// `ft_meta.json`: what was run, where, and with which options.
+///
+/// Read leniently: a field of an unexpected shape (another tool's `config`, say) reads as its
+/// default instead of making the whole file unreadable, because the file only informs headers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct RunMeta {
+    /// The coordinator's run id (a UUIDv7), or the old tool's `ft_YYYYMMDD_HHMMSS`.
+    #[serde(default, deserialize_with = "lenient")]
     pub run_id: String,
+    #[serde(default, deserialize_with = "lenient")]
     pub label: String,
     /// When the run started, RFC 3339.
+    #[serde(default, deserialize_with = "lenient")]
     pub timestamp: String,
+    /// When the run ended, RFC 3339; `None` while it runs (or if it died without saying).
+    #[serde(default, deserialize_with = "lenient")]
     pub finished_at: Option<String>,
     /// Ctrl-C or a failure stopped the run before every package finished.
+    #[serde(default, deserialize_with = "lenient")]
     pub interrupted: bool,
+    /// Path of the interpreter the tests ran on.
+    #[serde(default, deserialize_with = "lenient")]
     pub target_python: String,
+    /// `sys.version` of the target.
+    #[serde(default, deserialize_with = "lenient")]
     pub python_version: String,
+    /// The probed target; `None` in folders written by the old tool.
+    #[serde(default, deserialize_with = "lenient")]
     pub interpreter: Option<InterpreterProfile>,
+    /// The machine that ran the survey (the coordinator's, for a fleet run).
+    #[serde(default, deserialize_with = "lenient")]
     pub system: SystemInfo,
+    #[serde(default, deserialize_with = "lenient")]
     pub config: RunConfig,
 }
 
-/// The machine the run was made on.
+/// The machine a run was made on, as the caller found it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct SystemInfo {
+    #[serde(default, deserialize_with = "lenient")]
     pub hostname: String,
+    /// e.g. `linux`.
+    #[serde(default, deserialize_with = "lenient")]
     pub os: String,
+    /// e.g. `x86_64`.
+    #[serde(default, deserialize_with = "lenient")]
     pub arch: String,
+    #[serde(default, deserialize_with = "lenient")]
     pub cpu_count: u32,
 }
 
-/// The options the run was made with.
+/// The options a run was made with; names follow the `run` flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct RunConfig {
+    /// Iterations per package and mode.
+    #[serde(default, deserialize_with = "lenient")]
     pub iterations: u32,
+    /// Per-iteration timeout, seconds.
+    #[serde(default, deserialize_with = "lenient")]
     pub timeout: u64,
+    /// Seconds without output and CPU progress before an iteration counts as stalled.
+    #[serde(default, deserialize_with = "lenient")]
     pub stall_threshold: u64,
+    /// The packages selected, in the order they were submitted.
+    #[serde(default, deserialize_with = "lenient")]
     pub packages: Vec<String>,
+    /// `--env` values.
+    #[serde(default, deserialize_with = "lenient")]
     pub env: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "lenient")]
     pub extra_deps: Vec<String>,
+    #[serde(default, deserialize_with = "lenient")]
     pub test_command_suffix: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
     pub test_command_override: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
     pub stop_on_first_pass: bool,
+    /// Local workers of an embedded run.
+    #[serde(default, deserialize_with = "lenient")]
     pub workers: u32,
+    #[serde(default, deserialize_with = "lenient")]
     pub registry_dir: Option<String>,
+    /// `ft`, and `gil` with `--compare-with-gil`.
+    #[serde(default, deserialize_with = "lenient")]
     pub modes: Vec<String>,
 }
 
 /// One line of `ft_results.jsonl`: a package's verdict and its iterations.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Counts, pass rate and `iterations` cover the free-threaded (`ft`) iterations; GIL-mode
+/// iterations of `--compare-with-gil` go to `gil_enabled_iterations`, as the old tool wrote them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PackageRecord {
     pub package: String,
-    /// A category name, as `Category::as_str` writes it.
+    /// A category name, as [`Category::as_str`] writes it; see [`PackageRecord::category`].
     pub category: String,
+    /// Sentences justifying the category, most important first.
     pub evidence: Vec<String>,
+    /// Iterations the run asked for, per mode.
     pub iterations_planned: u32,
+    /// Iterations that say something about the package: all but harness errors.
     pub iterations_completed: u32,
     pub pass_count: u32,
     pub fail_count: u32,
     pub crash_count: u32,
     pub deadlock_count: u32,
+    /// Timeouts that were not stalls (the old tool counted deadlocks here too).
     pub timeout_count: u32,
+    /// Iterations where the test harness itself failed; not in `iterations_completed`.
     pub harness_error_count: u32,
     /// Passes over completed iterations; `None` when none completed.
     pub pass_rate: Option<f64>,
+    /// Mean duration of the iterations that took any time, seconds.
+    pub mean_duration_s: f64,
+    /// Distinct crash signatures, sorted.
+    pub failure_signatures: Vec<String>,
+    /// False when getting the source, making the venv or installing failed.
     pub install_ok: bool,
+    pub install_error: Option<String>,
+    /// False when the installed package did not import (true when import was never tried).
     pub import_ok: bool,
+    pub import_error: Option<String>,
+    /// The setup step that failed: `source`, `install` or `import`.
     pub setup_stage: Option<String>,
+    /// What failed in setup, whichever the step (the same text as `install_error` or `import_error`).
     pub setup_error: Option<String>,
+    /// The end of the failing setup command's output.
     pub setup_log_tail: Option<String>,
+    /// No job of the package was left pending or running; false in an interrupted run.
+    pub finished: bool,
+    /// The free-threaded iterations, in order.
     pub iterations: Vec<IterationRecord>,
+    /// Pass rate of the GIL-mode iterations, when the run compared with the GIL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gil_enabled_pass_rate: Option<f64>,
+    /// The GIL-mode iterations, when the run compared with the GIL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gil_enabled_iterations: Option<Vec<IterationRecord>>,
 }
 
-/// One iteration of a package.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// One iteration of a package's test suite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct IterationRecord {
+    /// Iteration number within its mode, from 1.
     pub index: u32,
+    /// `ft` or `gil`.
     pub mode: String,
+    /// An [`IterationStatus`] name: `pass`, `fail`, `crash`, `deadlock`, `timeout`, `harness_error`.
     pub status: String,
     pub exit_code: Option<i32>,
+    /// The signal that ended the test process, if any (a kill at a timeout too).
     pub signal: Option<i32>,
-    /// e.g. `SIGSEGV`.
+    /// The name of the fatal signal of a crash, e.g. `SIGSEGV`; `None` unless status is `crash`.
     pub crash_signal: Option<String>,
     pub duration_s: f64,
     pub duration_ms: u64,
+    /// User + system CPU time of the test process tree.
+    pub cpu_time_ms: Option<u64>,
+    /// Largest resident set of any process in the tree, KiB.
+    pub max_rss_kb: Option<u64>,
+    /// Killed because it stalled: no output and no CPU progress.
+    #[serde(rename = "output_stalled", alias = "stalled")]
     pub stalled: bool,
+    /// The last non-empty line either stream printed.
     pub last_output_line: String,
     pub stdout_tail: String,
     pub stderr_tail: String,
+    /// A stable identifier of the crash, from the faulthandler stack.
     pub crash_signature: Option<String>,
+    /// Why the harness failed, when status is `harness_error`.
     pub harness_error: Option<String>,
     pub worker_id: String,
+    /// Which attempt of the job this was (a job whose lease expired is run again).
     pub attempt: u32,
+    /// Milliseconds from the worker receiving the job to the test process starting.
     pub start_latency_ms: Option<u64>,
+}
+
+impl Default for PackageRecord {
+    /// An empty record; install and import count as fine until a record says otherwise, as the
+    /// old tool read them.
+    fn default() -> Self {
+        PackageRecord {
+            package: String::new(),
+            category: Category::Unknown.as_str().to_string(),
+            evidence: Vec::new(),
+            iterations_planned: 0,
+            iterations_completed: 0,
+            pass_count: 0,
+            fail_count: 0,
+            crash_count: 0,
+            deadlock_count: 0,
+            timeout_count: 0,
+            harness_error_count: 0,
+            pass_rate: None,
+            mean_duration_s: 0.0,
+            failure_signatures: Vec::new(),
+            install_ok: true,
+            install_error: None,
+            import_ok: true,
+            import_error: None,
+            setup_stage: None,
+            setup_error: None,
+            setup_log_tail: None,
+            finished: true,
+            iterations: Vec::new(),
+            gil_enabled_pass_rate: None,
+            gil_enabled_iterations: None,
+        }
+    }
+}
+
+impl Default for IterationRecord {
+    fn default() -> Self {
+        IterationRecord {
+            index: 0,
+            mode: Mode::Ft.as_str().to_string(),
+            status: String::new(),
+            exit_code: None,
+            signal: None,
+            crash_signal: None,
+            duration_s: 0.0,
+            duration_ms: 0,
+            cpu_time_ms: None,
+            max_rss_kb: None,
+            stalled: false,
+            last_output_line: String::new(),
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            crash_signature: None,
+            harness_error: None,
+            worker_id: String::new(),
+            attempt: 1,
+            start_latency_ms: None,
+        }
+    }
+}
+
+impl RunMeta {
+    /// Parses `ft_meta.json`. Only text that is not a JSON object at all is an error.
+    pub fn parse(text: &str) -> Result<RunMeta, serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        if !value.is_object() {
+            return Err(serde::de::Error::custom("ft_meta.json is not a JSON object"));
+        }
+        serde_json::from_value(value)
+    }
+}
+
+impl PackageRecord {
+    /// Parses one line of `ft_results.jsonl`; missing fields take their defaults.
+    pub fn parse_line(line: &str) -> Result<PackageRecord, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+
+    /// The category, if its name is one ftsurvey knows.
+    pub fn category(&self) -> Option<Category> {
+        self.category.parse().ok()
+    }
+
+    /// Iterations that say something about the package.
+    ///
+    /// The written counts are trusted; a hand-written line with iterations but no counts is
+    /// counted from its iterations.
+    pub fn completed_iterations(&self) -> u32 {
+        if self.counts_are_written() {
+            self.iterations_completed
+        } else {
+            self.tally().completed()
+        }
+    }
+
+    /// Passing iterations, counted as [`PackageRecord::completed_iterations`] counts.
+    pub fn passed_iterations(&self) -> u32 {
+        if self.counts_are_written() {
+            self.pass_count
+        } else {
+            self.tally().pass
+        }
+    }
+
+    /// Crashed iterations, counted as [`PackageRecord::completed_iterations`] counts.
+    pub fn crashed_iterations(&self) -> u32 {
+        if self.counts_are_written() {
+            self.crash_count
+        } else {
+            self.tally().crash
+        }
+    }
+
+    /// The pass rate when any iteration completed: the written one, else passes over completed.
+    pub fn known_pass_rate(&self) -> Option<f64> {
+        let completed = self.completed_iterations();
+        if completed == 0 {
+            return None;
+        }
+        Some(
+            self.pass_rate
+                .unwrap_or_else(|| f64::from(self.passed_iterations()) / f64::from(completed)),
+        )
+    }
+
+    fn counts_are_written(&self) -> bool {
+        self.iterations_completed > 0 || self.harness_error_count > 0 || self.iterations.is_empty()
+    }
+
+    fn tally(&self) -> StatusCounts {
+        let mut counts = StatusCounts::default();
+        for status in self.iterations.iter().filter_map(|i| i.status.parse().ok()) {
+            counts.add(status);
+        }
+        counts
+    }
 }
 
 impl From<&PackageResult> for PackageRecord {
     fn from(result: &PackageResult) -> Self {
         let setup = result.setup_failure.as_ref();
         let stage = setup.map(|f| f.stage);
+        let install_failed = matches!(stage, Some(SetupStage::Source | SetupStage::Install));
+        let import_failed = stage == Some(SetupStage::Import);
+        let (ft, gil): (Vec<&IterationOutcome>, Vec<&IterationOutcome>) =
+            result.iterations.iter().partition(|o| o.mode == Mode::Ft);
+
+        let timed: Vec<u64> = ft.iter().map(|o| o.duration_ms).filter(|ms| *ms > 0).collect();
+        let mean_duration_s = if timed.is_empty() {
+            0.0
+        } else {
+            timed.iter().sum::<u64>() as f64 / timed.len() as f64 / 1000.0
+        };
+        let mut failure_signatures: Vec<String> = ft.iter().filter_map(|o| o.crash_signature.clone()).collect();
+        failure_signatures.sort();
+        failure_signatures.dedup();
+
         PackageRecord {
             package: result.package.clone(),
             category: result.category.as_str().to_string(),
@@ -123,66 +365,82 @@ impl From<&PackageResult> for PackageRecord {
             timeout_count: result.counts.timeout,
             harness_error_count: result.counts.harness_error,
             pass_rate: result.pass_rate(),
-            install_ok: !matches!(stage, Some(crate::SetupStage::Source | crate::SetupStage::Install)),
-            import_ok: stage.is_none(),
+            mean_duration_s,
+            failure_signatures,
+            install_ok: !install_failed,
+            install_error: setup.filter(|_| install_failed).map(|f| f.message.clone()),
+            import_ok: !import_failed,
+            import_error: setup.filter(|_| import_failed).map(|f| f.message.clone()),
             setup_stage: stage.map(|s| s.as_str().to_string()),
             setup_error: setup.map(|f| f.message.clone()),
             setup_log_tail: setup.map(|f| f.log_tail.clone()),
-            iterations: result
-                .iterations
-                .iter()
-                .map(|o| IterationRecord {
-                    index: o.iteration,
-                    mode: o.mode.as_str().to_string(),
-                    status: o.status.as_str().to_string(),
-                    exit_code: o.exit_code,
-                    signal: o.signal,
-                    crash_signal: o.signal.map(signal_name),
-                    duration_s: o.duration_ms as f64 / 1000.0,
-                    duration_ms: o.duration_ms,
-                    stalled: o.stalled,
-                    last_output_line: o.last_output_line.clone(),
-                    stdout_tail: o.stdout_tail.clone(),
-                    stderr_tail: o.stderr_tail.clone(),
-                    crash_signature: o.crash_signature.clone(),
-                    harness_error: o.harness_error.clone(),
-                    worker_id: o.worker_id.clone(),
-                    attempt: o.attempt,
-                    start_latency_ms: o.start_latency_ms,
-                })
-                .collect(),
+            finished: result.finished,
+            iterations: ft.iter().map(|o| IterationRecord::from(*o)).collect(),
+            gil_enabled_pass_rate: (!gil.is_empty())
+                .then(|| StatusCounts::of(gil.iter().copied()).pass_rate())
+                .flatten(),
+            gil_enabled_iterations: (!gil.is_empty()).then(|| gil.iter().map(|o| IterationRecord::from(*o)).collect()),
         }
     }
 }
 
-impl PackageRecord {
-    /// Parses one line of `ft_results.jsonl`.
-    pub fn parse_line(line: &str) -> Result<PackageRecord, serde_json::Error> {
-        serde_json::from_str(line)
+impl From<&IterationOutcome> for IterationRecord {
+    fn from(outcome: &IterationOutcome) -> Self {
+        let crashed = outcome.status == IterationStatus::Crash;
+        IterationRecord {
+            index: outcome.iteration,
+            mode: outcome.mode.as_str().to_string(),
+            status: outcome.status.as_str().to_string(),
+            exit_code: outcome.exit_code,
+            signal: outcome.signal,
+            crash_signal: outcome.signal.filter(|_| crashed).map(signal_name),
+            duration_s: outcome.duration_ms as f64 / 1000.0,
+            duration_ms: outcome.duration_ms,
+            cpu_time_ms: outcome.cpu_time_ms,
+            max_rss_kb: outcome.max_rss_kb,
+            stalled: outcome.stalled,
+            last_output_line: outcome.last_output_line.clone(),
+            stdout_tail: outcome.stdout_tail.clone(),
+            stderr_tail: outcome.stderr_tail.clone(),
+            crash_signature: outcome.crash_signature.clone(),
+            harness_error: outcome.harness_error.clone(),
+            worker_id: outcome.worker_id.clone(),
+            attempt: outcome.attempt,
+            start_latency_ms: outcome.start_latency_ms,
+        }
     }
+}
+
+/// Reads a field, falling back to its default when it has another shape (or is `null`).
+fn lenient<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned + Default,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::{IterationOutcome, IterationStatus};
-    use crate::spec::Mode;
+    use crate::outcome::SetupFailure;
 
-    fn outcome(iteration: u32, status: IterationStatus, signal: Option<i32>) -> IterationOutcome {
+    fn outcome(iteration: u32, mode: Mode, status: IterationStatus, signal: Option<i32>) -> IterationOutcome {
         IterationOutcome {
             iteration,
-            mode: Mode::Ft,
+            mode,
             status,
-            exit_code: None,
+            exit_code: (status == IterationStatus::Pass).then_some(0),
             signal,
             duration_ms: 1500,
-            cpu_time_ms: None,
-            max_rss_kb: None,
+            cpu_time_ms: Some(900),
+            max_rss_kb: Some(40_000),
             stalled: false,
-            last_output_line: String::new(),
+            last_output_line: "tests/test_x.py ..".into(),
             stdout_tail: String::new(),
             stderr_tail: "Fatal Python error: Segmentation fault".into(),
-            crash_signature: None,
+            crash_signature: (status == IterationStatus::Crash).then(|| "dict_resize<-insertdict".to_string()),
             harness_error: None,
             worker_id: "w1".into(),
             attempt: 1,
@@ -197,13 +455,14 @@ mod tests {
             2,
             None,
             vec![
-                outcome(1, IterationStatus::Pass, None),
-                outcome(2, IterationStatus::Crash, Some(11)),
+                outcome(1, Mode::Ft, IterationStatus::Pass, None),
+                outcome(2, Mode::Ft, IterationStatus::Crash, Some(11)),
             ],
             true,
         );
         let record = PackageRecord::from(&result);
         assert_eq!(record.category, "crash");
+        assert_eq!(record.category(), Some(Category::Crash));
         assert_eq!(
             (record.pass_count, record.crash_count, record.iterations_completed),
             (1, 1, 2)
@@ -211,20 +470,162 @@ mod tests {
         assert_eq!(record.pass_rate, Some(0.5));
         assert_eq!(record.iterations[1].crash_signal.as_deref(), Some("SIGSEGV"));
         assert_eq!(record.iterations[1].duration_s, 1.5);
-        assert!(record.install_ok && record.import_ok);
+        assert_eq!(record.failure_signatures, vec!["dict_resize<-insertdict".to_string()]);
+        assert_eq!(record.mean_duration_s, 1.5);
+        assert!(record.install_ok && record.import_ok && record.finished);
+        assert_eq!(record.gil_enabled_iterations, None);
+
         let line = serde_json::to_string(&record).expect("serialize");
+        assert!(!line.contains('\n'), "one line: {line}");
+        assert!(line.contains("\"output_stalled\":false"), "the old tool's name: {line}");
+        assert!(!line.contains("gil_enabled"), "absent without GIL runs: {line}");
         assert_eq!(PackageRecord::parse_line(&line).expect("parse"), record);
+    }
+
+    #[test]
+    fn only_crashes_name_a_crash_signal() {
+        let mut killed = outcome(1, Mode::Ft, IterationStatus::Timeout, Some(9));
+        killed.exit_code = None;
+        let record = IterationRecord::from(&killed);
+        assert_eq!((record.signal, record.crash_signal), (Some(9), None));
+    }
+
+    #[test]
+    fn gil_mode_iterations_are_kept_apart() {
+        let result = PackageResult::build(
+            "p",
+            2,
+            None,
+            vec![
+                outcome(1, Mode::Ft, IterationStatus::Pass, None),
+                outcome(1, Mode::Gil, IterationStatus::Pass, None),
+                outcome(2, Mode::Gil, IterationStatus::Fail, None),
+            ],
+            true,
+        );
+        let record = PackageRecord::from(&result);
+        assert_eq!(record.iterations.len(), 1);
+        assert_eq!(record.gil_enabled_pass_rate, Some(0.5));
+        let gil = record.gil_enabled_iterations.expect("gil iterations");
+        assert!(gil.iter().all(|i| i.mode == "gil"), "{gil:?}");
+    }
+
+    #[test]
+    fn setup_failures_fill_the_old_tools_error_fields() {
+        let failure = |stage| SetupFailure {
+            stage,
+            message: "install command exited with 1".into(),
+            log_tail: "error: no".into(),
+            duration_ms: 5,
+        };
+        let cases = [
+            (SetupStage::Source, (false, true), "install_failure"),
+            (SetupStage::Install, (false, true), "install_failure"),
+            (SetupStage::Import, (true, false), "import_failure"),
+        ];
+        for (stage, (install_ok, import_ok), category) in cases {
+            let record = PackageRecord::from(&PackageResult::build("p", 2, Some(failure(stage)), Vec::new(), true));
+            assert_eq!(record.category, category, "{stage:?}");
+            assert_eq!(
+                (record.install_ok, record.import_ok),
+                (install_ok, import_ok),
+                "{stage:?}"
+            );
+            let error = if install_ok {
+                &record.import_error
+            } else {
+                &record.install_error
+            };
+            assert_eq!(error.as_deref(), Some("install command exited with 1"), "{stage:?}");
+            assert_eq!(record.setup_stage.as_deref(), Some(stage.as_str()));
+            assert_eq!(record.setup_error, *error);
+            assert_eq!(record.setup_log_tail.as_deref(), Some("error: no"));
+        }
     }
 
     #[test]
     fn minimal_seed_style_lines_parse() {
         let record = PackageRecord::parse_line(
-            r#"{"package": "six", "category": "compatible", "pass_rate": 1.0,
-            "iterations": [{"index": 1, "status": "pass", "exit_code": 0, "duration_s": 2.5}]}"#,
+            r#"{"package": "six", "category": "intermittent",
+            "iterations": [{"index": 1, "status": "pass", "exit_code": 0, "duration_s": 2.5},
+                           {"index": 2, "status": "fail", "exit_code": 1, "output_stalled": false}]}"#,
         )
         .expect("parse");
         assert_eq!(record.package, "six");
-        assert_eq!(record.iterations[0].status, "pass");
+        assert_eq!(record.category(), Some(Category::Intermittent));
+        assert!(record.install_ok && record.import_ok && record.finished, "{record:?}");
+        assert_eq!(record.iterations[0].mode, "ft");
+        assert_eq!(record.iterations[1].status, "fail");
+        assert_eq!(
+            (record.completed_iterations(), record.passed_iterations()),
+            (2, 1),
+            "counted from the iterations when no counts are written"
+        );
+        assert_eq!(record.known_pass_rate(), Some(0.5));
+
+        let bare = PackageRecord::parse_line(r#"{"package": "x"}"#).expect("parse");
+        assert_eq!(
+            (bare.category(), bare.known_pass_rate()),
+            (Some(Category::Unknown), None)
+        );
         assert!(PackageRecord::parse_line("{\"package\": ").is_err());
+        assert!(PackageRecord::parse_line(r#"{"package": "x", "pass_count": "many"}"#).is_err());
+    }
+
+    #[test]
+    fn written_counts_win_over_the_iterations() {
+        let record = PackageRecord::parse_line(
+            r#"{"package": "p", "iterations_completed": 10, "pass_count": 7, "pass_rate": 0.7,
+            "iterations": [{"index": 1, "status": "pass"}]}"#,
+        )
+        .expect("parse");
+        assert_eq!((record.completed_iterations(), record.passed_iterations()), (10, 7));
+    }
+
+    #[test]
+    fn run_meta_round_trips() {
+        let meta = RunMeta {
+            run_id: "0190f1c2-0000-7000-8000-000000000000".into(),
+            label: "2 packages x 10".into(),
+            timestamp: "2026-03-03T14:00:00Z".into(),
+            finished_at: Some("2026-03-03T15:00:00Z".into()),
+            interrupted: true,
+            target_python: "/opt/py/bin/python3.13t".into(),
+            python_version: "3.13.5 experimental free-threading build".into(),
+            interpreter: None,
+            system: SystemInfo {
+                hostname: "h".into(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                cpu_count: 8,
+            },
+            config: RunConfig {
+                iterations: 10,
+                timeout: 600,
+                stall_threshold: 60,
+                packages: vec!["six".into(), "attrs".into()],
+                env: BTreeMap::from([("PYTHONMALLOC".to_string(), "debug".to_string())]),
+                modes: vec!["ft".into()],
+                ..RunConfig::default()
+            },
+        };
+        let text = serde_json::to_string_pretty(&meta).expect("serialize");
+        assert_eq!(RunMeta::parse(&text).expect("parse"), meta);
+    }
+
+    #[test]
+    fn the_old_tools_meta_reads_with_what_fits() {
+        let meta = RunMeta::parse(
+            r#"{"run_id": "ft_20260303_140000", "timestamp": "2026-03-03T14:00:00+0100",
+            "system_profile": {"cpu_model": "AMD Ryzen 9"}, "python_profile": {"version": "3.14.0b2"},
+            "config": {"target_python": "/py", "iterations": 10, "timeout": 600.5, "extra_deps": null},
+            "cli_args": ["--top", "5"], "packages_total": 5}"#,
+        )
+        .expect("parse");
+        assert_eq!(meta.run_id, "ft_20260303_140000");
+        assert_eq!(meta.config.iterations, 10);
+        assert_eq!(meta.config.timeout, 0, "a float timeout reads as the default");
+        assert!(meta.config.extra_deps.is_empty());
+        assert!(RunMeta::parse("[1, 2]").is_err());
     }
 }

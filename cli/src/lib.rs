@@ -4,10 +4,12 @@
 //! and a non-zero exit.
 
 mod embedded;
+mod python_cmd;
 pub mod registry_dir;
 mod results_dir;
 mod run_cmd;
 mod show_cmd;
+mod stability;
 
 use std::process::ExitCode;
 
@@ -30,6 +32,9 @@ enum Command {
     Run(Box<run_cmd::RunArgs>),
     /// Summarise a results folder.
     Show(show_cmd::ShowArgs),
+    /// Free-threaded interpreters: build one from source.
+    #[command(subcommand)]
+    Python(python_cmd::PythonCommand),
 }
 
 /// Parses the command line, runs the command, and turns any error into one line on stderr.
@@ -39,6 +44,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_async(run_cmd::run(*args)),
         Command::Show(args) => show_cmd::run_show(&args).map(|()| ExitCode::SUCCESS),
+        Command::Python(command) => python_cmd::run(command),
     };
     match result {
         Ok(code) => code,

@@ -64,6 +64,23 @@ pub(crate) struct RunArgs {
     /// Stop testing a package once one iteration passes.
     #[arg(long, env = "FTSURVEY_STOP_ON_FIRST_PASS")]
     pub(crate) stop_on_first_pass: bool,
+    /// Also run every iteration with the GIL enabled (PYTHON_GIL=1) and tell free-threading
+    /// failures (`ft_specific`) from failures the package has anyway (`pre_existing`).
+    #[arg(long, env = "FTSURVEY_COMPARE_WITH_GIL")]
+    pub(crate) compare_with_gil: bool,
+    /// Import each package and its extension modules with PYTHON_GIL unset to see which
+    /// re-enable the GIL (default: on).
+    #[arg(long, overrides_with = "no_detect_extensions")]
+    pub(crate) detect_extensions: bool,
+    /// Skip the extension probe.
+    #[arg(long, env = "FTSURVEY_NO_DETECT_EXTENSIONS")]
+    pub(crate) no_detect_extensions: bool,
+    /// Parse ThreadSanitizer reports; the target must be a TSAN build.
+    #[arg(long, env = "FTSURVEY_TSAN")]
+    pub(crate) tsan: bool,
+    /// Check load and free memory before starting and refuse to start on a busy machine.
+    #[arg(long, env = "FTSURVEY_CHECK_STABILITY")]
+    pub(crate) check_stability: bool,
     /// The pip cache shared by every venv (default: `<work-dir>/pip-cache`).
     #[arg(long, env = "FTSURVEY_PIP_CACHE_DIR")]
     pub(crate) pip_cache_dir: Option<PathBuf>,
@@ -93,6 +110,16 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             args.target_python.display(),
             profile.summary()
         );
+    }
+    if args.tsan && !profile.tsan {
+        bail!(
+            "--tsan needs a ThreadSanitizer build, and --target-python {} is not one ({}); build one with `ftsurvey python build --tsan`",
+            args.target_python.display(),
+            profile.summary()
+        );
+    }
+    if args.check_stability {
+        eprintln!("{}", crate::stability::Figures::read()?.judge()?);
     }
     let registry = registry_dir::load_registry(&args.registry_dir)?;
     for warning in &registry.warnings {
@@ -129,7 +156,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
         packages: selected.specs,
         iterations: args.iterations,
-        modes: vec![Mode::Ft],
+        modes: if args.compare_with_gil {
+            vec![Mode::Ft, Mode::Gil]
+        } else {
+            vec![Mode::Ft]
+        },
         options: RunOptions {
             timeout_secs: args.timeout,
             stall_threshold_secs: args.stall_threshold,
@@ -138,12 +169,13 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             test_command_suffix: args.test_command_suffix.clone(),
             test_command_override: args.test_command_override.clone(),
             stop_on_first_pass: args.stop_on_first_pass,
-            ..RunOptions::default()
+            detect_extensions: args.detect_extensions || !args.no_detect_extensions,
+            tsan: args.tsan,
         },
         requirement: InterpreterRequirement {
             python_version: Some(profile.major_minor.clone()),
             free_threaded: profile.free_threaded,
-            tsan: false,
+            tsan: args.tsan,
         },
         registry: Some(registry.dir.display().to_string()),
     };

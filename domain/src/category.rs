@@ -25,6 +25,9 @@ pub enum Category {
     InstallFailure,
     /// The package installed but does not import.
     ImportFailure,
+    /// Every iteration was a harness error (pytest usage or internal error, no tests
+    /// collected): nothing is known about free-threading.
+    HarnessError,
     /// No completed iteration to judge by.
     Unknown,
     /// Passed, but an extension module re-enabled the GIL at import.
@@ -37,7 +40,7 @@ pub enum Category {
 
 impl Category {
     /// Every category, in severity order (most severe first): the order of summaries.
-    pub const ALL: [Category; 11] = [
+    pub const ALL: [Category; 12] = [
         Category::Crash,
         Category::Deadlock,
         Category::Intermittent,
@@ -45,6 +48,7 @@ impl Category {
         Category::TsanWarnings,
         Category::InstallFailure,
         Category::ImportFailure,
+        Category::HarnessError,
         Category::Unknown,
         Category::CompatibleGilFallback,
         Category::Compatible,
@@ -62,6 +66,7 @@ impl Category {
             Category::TsanWarnings => "tsan_warnings",
             Category::InstallFailure => "install_failure",
             Category::ImportFailure => "import_failure",
+            Category::HarnessError => "harness_error",
             Category::Unknown => "unknown",
             Category::CompatibleByWheel => "compatible_by_wheel",
         }

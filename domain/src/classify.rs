@@ -74,7 +74,7 @@ pub struct Classification {
 }
 
 /// Classifies a package. First match wins: install failure; import failure; nothing completed
-/// (unknown); any deadlock; any crash; all pass (TSAN warnings, else GIL fallback, else
+/// (harness error when harness errors were all there was, else unknown); any deadlock; any crash; all pass (TSAN warnings, else GIL fallback, else
 /// compatible); all fail (incompatible); otherwise intermittent.
 pub fn classify(input: ClassifyInput<'_>) -> Classification {
     if let Some(failure) = input.setup_failure {
@@ -102,13 +102,13 @@ pub fn classify(input: ClassifyInput<'_>) -> Classification {
         ));
     }
     if completed == 0 {
-        if counts.total() == 0 {
+        let category = if counts.harness_error > 0 {
+            Category::HarnessError
+        } else {
             evidence.push("no iteration completed".to_string());
-        }
-        return Classification {
-            category: Category::Unknown,
-            evidence,
+            Category::Unknown
         };
+        return Classification { category, evidence };
     }
     if counts.timeout > 0 {
         evidence.push(format!("{} of {completed} iterations timed out", counts.timeout));
@@ -119,6 +119,15 @@ pub fn classify(input: ClassifyInput<'_>) -> Classification {
             0,
             format!("{} of {completed} iterations stalled and were killed", counts.deadlock),
         );
+        if let Some(stacks) = ft.iter().find_map(|o| o.evidence.stacks.as_deref()) {
+            evidence.insert(
+                1,
+                format!(
+                    "{} thread stacks were dumped at the stall",
+                    crate::faulthandler::count_threads(stacks)
+                ),
+            );
+        }
         return Classification {
             category: Category::Deadlock,
             evidence,
@@ -139,6 +148,17 @@ pub fn classify(input: ClassifyInput<'_>) -> Classification {
             format!(" ({})", signals.join(", "))
         };
         evidence.insert(0, format!("{} of {completed} iterations crashed{by}", counts.crash));
+        let mut signatures: Vec<&str> = ft.iter().filter_map(|o| o.crash_signature.as_deref()).collect();
+        signatures.sort_unstable();
+        signatures.dedup();
+        if let Some(first) = signatures.first() {
+            let more = if signatures.len() > 1 {
+                format!(" (and {} other signatures)", signatures.len() - 1)
+            } else {
+                String::new()
+            };
+            evidence.insert(1, format!("crash signature: {first}{more}"));
+        }
         return Classification {
             category: Category::Crash,
             evidence,
@@ -146,7 +166,10 @@ pub fn classify(input: ClassifyInput<'_>) -> Classification {
     }
     if counts.pass == completed {
         let category = if input.tsan_warning_count > 0 {
-            evidence.push(format!("{} ThreadSanitizer warnings", input.tsan_warning_count));
+            evidence.push(format!(
+                "{} distinct ThreadSanitizer warnings",
+                input.tsan_warning_count
+            ));
             Category::TsanWarnings
         } else if !input.gil_fallback_modules.is_empty() {
             evidence.push(format!(
@@ -189,6 +212,99 @@ pub struct PackageResult {
     pub iterations: Vec<IterationOutcome>,
     /// No job of this package is pending or running.
     pub finished: bool,
+    /// The free-threaded iterations against the GIL-enabled ones, with `--compare-with-gil`.
+    #[serde(default)]
+    pub gil_comparison: Option<GilComparison>,
+}
+
+/// Extension modules that re-enabled the GIL according to the probes behind `outcomes`,
+/// sorted; a placeholder when the GIL came on without the interpreter naming a module.
+pub fn gil_fallback_modules(outcomes: &[&IterationOutcome]) -> Vec<String> {
+    let reports = || outcomes.iter().filter_map(|o| o.evidence.extensions.as_ref());
+    let mut modules: Vec<String> = reports().flat_map(|e| e.gil_enabled_by.iter().cloned()).collect();
+    modules.sort();
+    modules.dedup();
+    if modules.is_empty() && reports().any(|e| e.gil_enabled_after_import == Some(true)) {
+        modules.push("(a module the interpreter did not name)".to_string());
+    }
+    modules
+}
+
+/// Distinct ThreadSanitizer warnings (by signature) across the iterations.
+fn distinct_tsan_warnings(outcomes: &[&IterationOutcome]) -> usize {
+    let signatures: std::collections::BTreeSet<&str> = outcomes
+        .iter()
+        .flat_map(|o| o.evidence.tsan.iter().map(|w| w.signature.as_str()))
+        .collect();
+    signatures.len()
+}
+
+/// How a package fared with the GIL disabled against with it enabled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GilComparison {
+    /// Counts over the GIL-enabled (`gil`) iterations.
+    pub gil_counts: StatusCounts,
+    /// `ft_specific` when the free-threaded iterations had failures (of any kind) and the
+    /// GIL-enabled ones passed; `pre_existing` when both failed; `none` when the free-threaded
+    /// ones all passed.
+    pub verdict: String,
+    /// Tests that failed in some free-threaded iteration and in no GIL-enabled one, sorted.
+    pub ft_only_failing_tests: Vec<String>,
+}
+
+impl GilComparison {
+    /// The comparison, when `outcomes` has GIL-enabled iterations that completed.
+    pub fn of(outcomes: &[IterationOutcome]) -> Option<GilComparison> {
+        let gil: Vec<&IterationOutcome> = outcomes.iter().filter(|o| o.mode == Mode::Gil).collect();
+        let ft: Vec<&IterationOutcome> = outcomes.iter().filter(|o| o.mode == Mode::Ft).collect();
+        let gil_counts = StatusCounts::of(gil.iter().copied());
+        let ft_counts = StatusCounts::of(ft.iter().copied());
+        if gil_counts.completed() == 0 {
+            return None;
+        }
+        let ft_failed = ft_counts.completed() > ft_counts.pass;
+        let gil_failed = gil_counts.completed() > gil_counts.pass;
+        let verdict = match (ft_failed, gil_failed) {
+            (false, _) => "none",
+            (true, false) => "ft_specific",
+            (true, true) => "pre_existing",
+        };
+        let failing = |side: &[&IterationOutcome]| -> std::collections::BTreeSet<String> {
+            side.iter()
+                .filter_map(|o| o.evidence.tests.as_ref())
+                .flat_map(|t| t.failing.iter().cloned())
+                .collect()
+        };
+        let gil_failing = failing(&gil);
+        let ft_only_failing_tests = failing(&ft).into_iter().filter(|t| !gil_failing.contains(t)).collect();
+        Some(GilComparison {
+            gil_counts,
+            verdict: verdict.to_string(),
+            ft_only_failing_tests,
+        })
+    }
+
+    /// One sentence for the evidence list.
+    pub fn sentence(&self) -> String {
+        let gil = format!(
+            "{} of {} GIL-enabled iterations passed",
+            self.gil_counts.pass,
+            self.gil_counts.completed()
+        );
+        let mut sentence = match self.verdict.as_str() {
+            "ft_specific" => format!("free-threading specific: {gil}"),
+            "pre_existing" => format!("pre-existing: fails with the GIL too ({gil})"),
+            _ => gil,
+        };
+        if !self.ft_only_failing_tests.is_empty() {
+            let shown: Vec<&str> = self.ft_only_failing_tests.iter().take(5).map(String::as_str).collect();
+            sentence.push_str(&format!("; failing only without the GIL: {}", shown.join(", ")));
+            if self.ft_only_failing_tests.len() > shown.len() {
+                sentence.push_str(&format!(" and {} more", self.ft_only_failing_tests.len() - shown.len()));
+            }
+        }
+        sentence
+    }
 }
 
 impl PackageResult {
@@ -201,13 +317,25 @@ impl PackageResult {
         finished: bool,
     ) -> Self {
         outcomes.sort_by_key(|o| (o.mode, o.iteration));
-        let classification = classify(ClassifyInput {
+        let ft: Vec<&IterationOutcome> = outcomes.iter().filter(|o| o.mode == Mode::Ft).collect();
+        let gil_fallback_modules = gil_fallback_modules(&ft);
+        let tsan_warning_count = distinct_tsan_warnings(&ft);
+        let mut classification = classify(ClassifyInput {
             setup_failure: setup_failure.as_ref(),
             outcomes: &outcomes,
-            gil_fallback_modules: &[],
-            tsan_warning_count: 0,
+            gil_fallback_modules: &gil_fallback_modules,
+            tsan_warning_count,
         });
-        let counts = StatusCounts::of(outcomes.iter().filter(|o| o.mode == Mode::Ft));
+        let gil_comparison = GilComparison::of(&outcomes);
+        if let Some(comparison) = &gil_comparison
+            && matches!(
+                classification.category,
+                Category::Crash | Category::Deadlock | Category::Intermittent | Category::Incompatible
+            )
+        {
+            classification.evidence.push(comparison.sentence());
+        }
+        let counts = StatusCounts::of(ft.iter().copied());
         PackageResult {
             package: package.to_string(),
             category: classification.category,
@@ -217,6 +345,7 @@ impl PackageResult {
             setup_failure,
             iterations: outcomes,
             finished,
+            gil_comparison,
         }
     }
 
@@ -253,6 +382,7 @@ mod tests {
             worker_id: "w".into(),
             attempt: 1,
             start_latency_ms: None,
+            evidence: Default::default(),
         }
     }
 
@@ -281,7 +411,7 @@ mod tests {
         use IterationStatus::{Crash, Deadlock, Fail, HarnessError, Pass, Timeout};
         let table: &[(&[IterationStatus], Category)] = &[
             (&[], Category::Unknown),
-            (&[HarnessError, HarnessError], Category::Unknown),
+            (&[HarnessError, HarnessError], Category::HarnessError),
             (&[Pass, Pass, Pass], Category::Compatible),
             (&[Pass, HarnessError], Category::Compatible),
             (&[Fail, Fail], Category::Incompatible),
@@ -406,7 +536,7 @@ mod tests {
             ],
             true,
         );
-        assert_eq!(result.category, Category::Unknown);
+        assert_eq!(result.category, Category::HarnessError);
         assert_eq!(result.pass_rate(), None);
         assert!(
             result.evidence[0].contains("no tests collected"),

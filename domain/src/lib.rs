@@ -6,14 +6,19 @@
 
 pub mod category;
 pub mod classify;
+pub mod evidence;
+pub mod faulthandler;
 pub mod ids;
 pub mod interpreter;
+pub mod junit;
 pub mod outcome;
 pub mod registry;
 pub mod results;
 pub mod run;
 pub mod show;
 pub mod spec;
+pub mod tsan;
+pub mod unittest;
 
 pub use category::Category;
 pub use classify::{PackageResult, StatusCounts, classify};

@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::evidence::IterationEvidence;
 use crate::spec::Mode;
 
 /// How one iteration of a test suite ended.
@@ -129,6 +130,9 @@ pub struct IterationOutcome {
     pub attempt: u32,
     /// Milliseconds from the worker receiving the job to the test process starting.
     pub start_latency_ms: Option<u64>,
+    /// Per-test results, stacks, TSAN warnings, the extension probe, where the logs are.
+    #[serde(default, skip_serializing_if = "IterationEvidence::is_empty")]
+    pub evidence: IterationEvidence,
 }
 
 impl IterationOutcome {
@@ -185,6 +189,9 @@ pub struct SetupFailure {
 }
 
 /// What a worker reports for one job.
+// An iteration's outcome is much larger than a setup failure; both are built once per job and
+// moved a handful of times, so boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobResult {

@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::category::Category;
-use crate::classify::{PackageResult, StatusCounts};
+use crate::classify::{GilComparison, PackageResult, StatusCounts};
+use crate::evidence::{ExtensionReport, TestReport, TsanWarning};
 use crate::interpreter::InterpreterProfile;
 use crate::outcome::{IterationOutcome, IterationStatus, SetupStage, signal_name};
 use crate::spec::Mode;
@@ -155,6 +156,17 @@ pub struct PackageRecord {
     /// The GIL-mode iterations, when the run compared with the GIL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gil_enabled_iterations: Option<Vec<IterationRecord>>,
+    /// `ft_specific`, `pre_existing` or `none`, and the tests failing only without the GIL,
+    /// when the run compared with the GIL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gil_comparison: Option<GilComparison>,
+    /// What importing the package did to the GIL, and its sources' declarations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<ExtensionReport>,
+    /// Extension modules that re-enabled the GIL at import.
+    pub gil_fallback_modules: Vec<String>,
+    /// Distinct ThreadSanitizer warnings over all free-threaded iterations, counts summed.
+    pub tsan_warnings: Vec<TsanWarning>,
 }
 
 /// One iteration of a package's test suite.
@@ -194,6 +206,20 @@ pub struct IterationRecord {
     pub attempt: u32,
     /// Milliseconds from the worker receiving the job to the test process starting.
     pub start_latency_ms: Option<u64>,
+    /// Per-test counts and failing tests, from JUnit XML or the unittest summary.
+    pub tests: Option<TestReport>,
+    /// Every thread's stack, dumped when the iteration stalled.
+    pub stacks: Option<String>,
+    /// Distinct ThreadSanitizer warnings of this iteration.
+    pub tsan_warnings: Vec<TsanWarning>,
+    /// The worker's directory with this iteration's full logs and JUnit XML.
+    pub log_dir: Option<String>,
+    /// Bytes the test printed on both streams.
+    pub output_bytes: u64,
+    /// Processes the test left running, killed by the worker.
+    pub leftover_processes: u32,
+    /// For a stall: milliseconds from the last output or CPU progress to the verdict.
+    pub stall_detected_after_ms: Option<u64>,
 }
 
 impl Default for PackageRecord {
@@ -226,6 +252,10 @@ impl Default for PackageRecord {
             iterations: Vec::new(),
             gil_enabled_pass_rate: None,
             gil_enabled_iterations: None,
+            gil_comparison: None,
+            extensions: None,
+            gil_fallback_modules: Vec::new(),
+            tsan_warnings: Vec::new(),
         }
     }
 }
@@ -252,6 +282,13 @@ impl Default for IterationRecord {
             worker_id: String::new(),
             attempt: 1,
             start_latency_ms: None,
+            tests: None,
+            stacks: None,
+            tsan_warnings: Vec::new(),
+            log_dir: None,
+            output_bytes: 0,
+            leftover_processes: 0,
+            stall_detected_after_ms: None,
         }
     }
 }
@@ -380,6 +417,10 @@ impl From<&PackageResult> for PackageRecord {
                 .then(|| StatusCounts::of(gil.iter().copied()).pass_rate())
                 .flatten(),
             gil_enabled_iterations: (!gil.is_empty()).then(|| gil.iter().map(|o| IterationRecord::from(*o)).collect()),
+            gil_comparison: result.gil_comparison.clone(),
+            extensions: ft.iter().find_map(|o| o.evidence.extensions.clone()),
+            gil_fallback_modules: crate::classify::gil_fallback_modules(&ft),
+            tsan_warnings: merge_tsan(&ft),
         }
     }
 }
@@ -407,8 +448,27 @@ impl From<&IterationOutcome> for IterationRecord {
             worker_id: outcome.worker_id.clone(),
             attempt: outcome.attempt,
             start_latency_ms: outcome.start_latency_ms,
+            tests: outcome.evidence.tests.clone(),
+            stacks: outcome.evidence.stacks.clone(),
+            tsan_warnings: outcome.evidence.tsan.clone(),
+            log_dir: outcome.evidence.log_dir.clone(),
+            output_bytes: outcome.evidence.output_bytes,
+            leftover_processes: outcome.evidence.leftover_processes,
+            stall_detected_after_ms: outcome.evidence.stall_detected_after_ms,
         }
     }
+}
+
+/// The distinct TSAN warnings of several iterations, by signature, in first-seen order.
+fn merge_tsan(outcomes: &[&IterationOutcome]) -> Vec<TsanWarning> {
+    let mut merged: Vec<TsanWarning> = Vec::new();
+    for warning in outcomes.iter().flat_map(|o| o.evidence.tsan.iter()) {
+        match merged.iter_mut().find(|w| w.signature == warning.signature) {
+            Some(known) => known.count += warning.count,
+            None => merged.push(warning.clone()),
+        }
+    }
+    merged
 }
 
 /// Reads a field, falling back to its default when it has another shape (or is `null`).
@@ -445,6 +505,7 @@ mod tests {
             worker_id: "w1".into(),
             attempt: 1,
             start_latency_ms: Some(12),
+            evidence: Default::default(),
         }
     }
 

@@ -122,6 +122,7 @@ impl From<Category> for v1::Category {
             Category::InstallFailure => v1::Category::InstallFailure,
             Category::ImportFailure => v1::Category::ImportFailure,
             Category::Unknown => v1::Category::Unknown,
+            Category::HarnessError => v1::Category::HarnessError,
             Category::CompatibleByWheel => v1::Category::CompatibleByWheel,
         }
     }
@@ -139,6 +140,7 @@ fn category_from_wire(value: i32) -> Result<Category, WireError> {
         Ok(v1::Category::InstallFailure) => Category::InstallFailure,
         Ok(v1::Category::ImportFailure) => Category::ImportFailure,
         Ok(v1::Category::Unknown) => Category::Unknown,
+        Ok(v1::Category::HarnessError) => Category::HarnessError,
         Ok(v1::Category::CompatibleByWheel) => Category::CompatibleByWheel,
         _ => return Err(invalid("category", format!("unknown category {value}"))),
     };
@@ -444,6 +446,11 @@ impl From<&IterationOutcome> for v1::IterationOutcome {
             worker_id: o.worker_id.clone(),
             attempt: o.attempt,
             start_latency_ms: o.start_latency_ms,
+            evidence_json: if o.evidence.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string(&o.evidence).unwrap_or_default()
+            },
         }
     }
 }
@@ -470,6 +477,11 @@ impl TryFrom<v1::IterationOutcome> for IterationOutcome {
             worker_id: w.worker_id,
             attempt: w.attempt,
             start_latency_ms: w.start_latency_ms,
+            evidence: if w.evidence_json.is_empty() {
+                Default::default()
+            } else {
+                serde_json::from_str(&w.evidence_json).map_err(|e| invalid("outcome.evidence_json", e.to_string()))?
+            },
         })
     }
 }
@@ -558,6 +570,11 @@ impl From<&PackageResult> for v1::PackageResult {
             setup_failure: r.setup_failure.as_ref().map(Into::into),
             iterations: r.iterations.iter().map(Into::into).collect(),
             finished: r.finished,
+            gil_comparison: r.gil_comparison.as_ref().map(|c| v1::GilComparison {
+                gil_counts: Some((&c.gil_counts).into()),
+                verdict: c.verdict.clone(),
+                ft_only_failing_tests: c.ft_only_failing_tests.clone(),
+            }),
         }
     }
 }
@@ -579,6 +596,11 @@ impl TryFrom<v1::PackageResult> for PackageResult {
                 .map(IterationOutcome::try_from)
                 .collect::<Result<_, _>>()?,
             finished: w.finished,
+            gil_comparison: w.gil_comparison.map(|c| domain::classify::GilComparison {
+                gil_counts: c.gil_counts.map(StatusCounts::from).unwrap_or_default(),
+                verdict: c.verdict,
+                ft_only_failing_tests: c.ft_only_failing_tests,
+            }),
         })
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use domain::results::{PackageRecord, RunMeta};
 use tests::fixture_registry;
 
-fn ftsurvey() -> Command {
+pub(crate) fn ftsurvey() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ftsurvey-under-test"));
     command.env_remove("FTSURVEY_LOG");
     command
@@ -26,7 +26,7 @@ fn machine_python() -> PathBuf {
 }
 
 /// The free-threaded interpreter `tests/run.sh` builds; its absence fails the test.
-fn free_threaded_python() -> PathBuf {
+pub(crate) fn free_threaded_python() -> PathBuf {
     let path = std::env::var_os("FTSURVEY_TEST_FT_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_default();
@@ -39,12 +39,12 @@ fn free_threaded_python() -> PathBuf {
 }
 
 /// A survey of the whole fixture registry, in a fresh work dir and results dir.
-struct Survey {
-    dir: tempfile::TempDir,
+pub(crate) struct Survey {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Survey {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Survey {
             dir: tempfile::tempdir().expect("tempdir"),
         }
@@ -54,7 +54,7 @@ impl Survey {
         self.dir.path().join("results")
     }
 
-    fn command(&self, python: &Path) -> Command {
+    pub(crate) fn command(&self, python: &Path) -> Command {
         let mut command = ftsurvey();
         command
             .arg("run")
@@ -70,7 +70,7 @@ impl Survey {
     }
 
     /// The one results folder the run made.
-    fn folder(&self) -> PathBuf {
+    pub(crate) fn folder(&self) -> PathBuf {
         let mut folders: Vec<PathBuf> = std::fs::read_dir(self.results_root())
             .expect("results dir exists")
             .map(|e| e.expect("entry").path())
@@ -79,7 +79,7 @@ impl Survey {
         folders.remove(0)
     }
 
-    fn records(&self) -> Vec<PackageRecord> {
+    pub(crate) fn records(&self) -> Vec<PackageRecord> {
         let text = std::fs::read_to_string(self.folder().join("ft_results.jsonl")).expect("ft_results.jsonl");
         text.lines()
             .map(|l| PackageRecord::parse_line(l).expect("a valid line"))
@@ -92,7 +92,7 @@ impl Survey {
     }
 }
 
-fn assert_success(output: &Output) {
+pub(crate) fn assert_success(output: &Output) {
     assert!(
         output.status.success(),
         "status {}\nstdout:\n{}\nstderr:\n{}",
@@ -102,7 +102,7 @@ fn assert_success(output: &Output) {
     );
 }
 
-fn category_of<'a>(records: &'a [PackageRecord], package: &str) -> &'a PackageRecord {
+pub(crate) fn category_of<'a>(records: &'a [PackageRecord], package: &str) -> &'a PackageRecord {
     records
         .iter()
         .find(|r| r.package == package)
@@ -114,6 +114,10 @@ fn survey_classifies_every_fixture(python: &Path, allow_gil_build: bool) {
     let survey = Survey::new();
     let mut command = survey.command(python);
     command.args(["--iterations", "2", "--timeout", "8", "--workers", "2"]);
+    command.args([
+        "--packages",
+        "ftfix-pass,ftfix-fail,ftfix-segfault,ftfix-import-error,ftfix-build-error,ftfix-timeout",
+    ]);
     if allow_gil_build {
         command.arg("--allow-gil-build");
     }

@@ -1,6 +1,8 @@
-//! The one end-to-end test binary: the store conformance suite, the gRPC surface and the CLI.
+//! The one end-to-end test binary: the store conformance suite, the gRPC surface, the CLI, and
+//! detection on real free-threaded and ThreadSanitizer builds.
 
 mod cli;
+mod detection;
 mod protocol;
 mod registry;
 mod store;

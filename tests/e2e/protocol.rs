@@ -78,6 +78,7 @@ fn pass(iteration: u32) -> v1::JobResult {
         worker_id: "w".to_string(),
         attempt: 1,
         start_latency_ms: Some(1),
+        evidence: Default::default(),
     };
     (&JobResult::Iteration(outcome)).into()
 }

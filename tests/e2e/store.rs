@@ -116,6 +116,7 @@ fn outcome(iteration: u32, status: IterationStatus) -> JobResult {
         worker_id: "w".to_string(),
         attempt: 1,
         start_latency_ms: None,
+        evidence: Default::default(),
     })
 }
 

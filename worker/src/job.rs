@@ -1,13 +1,19 @@
 //! Runs one assigned job: set the package up (or reuse its setup), then one supervised
-//! iteration of its test command.
+//! iteration of its test command, and gather the evidence it left: per-test results, the
+//! crash signature, the stacks of a stall, ThreadSanitizer warnings.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use domain::{Assignment, IterationOutcome, JobResult};
+use domain::evidence::{IterationEvidence, TestReport};
+use domain::{Assignment, IterationOutcome, IterationStatus, JobResult};
 use tokio_util::sync::CancellationToken;
 
-use crate::setup::{REMOVED_ENV, Setups};
-use crate::supervise::{CommandSpec, Ending, iteration_status, run_command};
+use crate::setup::{Prepared, REMOVED_ENV, Setups};
+use crate::supervise::{CommandSpec, Ending, Supervised, iteration_status, run_command};
+
+/// Bytes of the end of `stderr.log` searched for a crash's faulthandler output.
+const CRASH_SEARCH_BYTES: u64 = 256 * 1024;
 
 /// Runs the job; `None` when it was cancelled and nothing should be reported.
 pub(crate) async fn execute(
@@ -28,13 +34,20 @@ pub(crate) async fn execute(
         Ok(prepared) => prepared,
         Err(failure) => return Some(JobResult::SetupFailed(failure)),
     };
-    let mut env = prepared.env.clone();
-    env.push(("PYTHON_GIL".to_string(), assignment.mode.python_gil_value().to_string()));
-    env.push(("PYTHONFAULTHANDLER".to_string(), "1".to_string()));
-    env.push(("PYTHONUNBUFFERED".to_string(), "1".to_string()));
-    env.extend(assignment.options.env.iter().cloned());
+    let log_dir = setups.log_dir(assignment);
+    let log_dir = match std::fs::create_dir_all(&log_dir) {
+        Ok(()) => Some(log_dir),
+        Err(error) => {
+            tracing::warn!(dir = %log_dir.display(), %error, "cannot create the iteration's log directory");
+            None
+        }
+    };
+    let junit_path = log_dir.as_ref().map(|dir| dir.join("junit.xml"));
+    let env = iteration_env(assignment, &prepared, setups, junit_path.as_deref(), log_dir.as_deref());
     let command = assignment.options.effective_test_command(package);
     let timeout = Duration::from_secs(assignment.options.effective_timeout_secs(package));
+    let stall_threshold = (assignment.options.stall_threshold_secs > 0)
+        .then(|| Duration::from_secs(assignment.options.stall_threshold_secs));
     let removed: Vec<&str> = REMOVED_ENV.iter().copied().filter(|k| *k != "PYTHON_GIL").collect();
     let spec = CommandSpec {
         shell_command: &command,
@@ -42,6 +55,8 @@ pub(crate) async fn execute(
         env: &env,
         env_remove: &removed,
         timeout,
+        log_dir: log_dir.as_deref(),
+        stall_threshold,
     };
     let supervised = match run_command(&spec, cancel).await {
         Ok(supervised) => supervised,
@@ -65,6 +80,30 @@ pub(crate) async fn execute(
         .spawned_at
         .saturating_duration_since(received_at)
         .saturating_sub(setup_time);
+    let stderr_end = log_dir
+        .as_ref()
+        .and_then(|dir| read_end(&dir.join("stderr.log"), CRASH_SEARCH_BYTES))
+        .unwrap_or_else(|| supervised.stderr_tail.clone());
+    let crash_signature = (status == IterationStatus::Crash)
+        .then(|| domain::faulthandler::crash_signature(&stderr_end))
+        .flatten();
+    let evidence = IterationEvidence {
+        tests: test_report(junit_path.as_deref(), &package.test_framework, &supervised, &stderr_end),
+        stacks: supervised
+            .stall_dump
+            .as_deref()
+            .and_then(domain::faulthandler::thread_stacks),
+        tsan: if setups.tsan_build() {
+            tsan_warnings(log_dir.as_deref(), &supervised, &prepared, &package.import_name)
+        } else {
+            Vec::new()
+        },
+        extensions: prepared.extensions.clone(),
+        log_dir: log_dir.as_ref().map(|d| d.display().to_string()),
+        output_bytes: supervised.stdout_bytes + supervised.stderr_bytes,
+        leftover_processes: supervised.leftover_processes as u32,
+        stall_detected_after_ms: supervised.stall_detected_after.map(|d| d.as_millis() as u64),
+    };
     tracing::debug!(
         package.name = %package.name, job.id = %assignment.job_id, status = status.as_str(),
         duration_ms = supervised.duration.as_millis() as u64, start_latency_ms = start_latency.as_millis() as u64,
@@ -77,25 +116,149 @@ pub(crate) async fn execute(
         exit_code,
         signal,
         duration_ms: supervised.duration.as_millis() as u64,
-        cpu_time_ms: None,
-        max_rss_kb: None,
-        stalled: false,
+        cpu_time_ms: supervised.cpu_time_ms,
+        max_rss_kb: supervised.max_rss_kb,
+        stalled: supervised.ending == Ending::Stalled,
         last_output_line: supervised.last_output_line,
         stdout_tail: supervised.stdout_tail,
         stderr_tail: supervised.stderr_tail,
-        crash_signature: None,
+        crash_signature,
         harness_error,
         worker_id: worker_id.to_string(),
         attempt: assignment.attempt,
         start_latency_ms: Some(start_latency.as_millis() as u64),
+        evidence,
     }))
+}
+
+/// The test command's environment: the package's, then the tool's variables, then the user's
+/// `--env`, with pytest's options and TSAN's merged rather than replaced.
+fn iteration_env(
+    assignment: &Assignment,
+    prepared: &Prepared,
+    setups: &Setups,
+    junit_path: Option<&Path>,
+    log_dir: Option<&Path>,
+) -> Vec<(String, String)> {
+    let mut env = prepared.env.clone();
+    env.push(("PYTHON_GIL".to_string(), assignment.mode.python_gil_value().to_string()));
+    env.push(("PYTHONFAULTHANDLER".to_string(), "1".to_string()));
+    env.push(("PYTHONUNBUFFERED".to_string(), "1".to_string()));
+    env.extend(assignment.options.env.iter().cloned());
+    // What the user set, through the registry or `--env`: merged after the tool's options.
+    let user = |key: &str| {
+        assignment
+            .options
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .or_else(|| assignment.package.env.get(key).cloned())
+    };
+    let mut extra = Vec::new();
+    if assignment.package.test_framework == "pytest"
+        && let Some(junit) = junit_path
+    {
+        // pytest's own faulthandler plugin would point crash dumps at its captured stderr; the
+        // venv's hook already points them at the real one.
+        let ours = format!("--junitxml={} -p no:faulthandler", junit.display());
+        let value = match user("PYTEST_ADDOPTS") {
+            Some(theirs) => format!("{ours} {theirs}"),
+            None => ours,
+        };
+        extra.push(("PYTEST_ADDOPTS".to_string(), value));
+    }
+    if setups.tsan_build() {
+        // Warnings must not change the exit status (TSAN's default is 66), and a report must
+        // not stop the run.
+        // pytest captures fd 2 during tests, which would swallow the reports: each process
+        // writes its own `tsan.<pid>` file in the log directory instead.
+        let mut value = setups.tsan_options();
+        if let Some(dir) = log_dir {
+            value = format!("{value} log_path={}", dir.join("tsan").display());
+        }
+        if let Some(theirs) = user("TSAN_OPTIONS") {
+            value = format!("{value} {theirs}");
+        }
+        extra.push(("TSAN_OPTIONS".to_string(), value));
+    }
+    env.extend(extra);
+    env
+}
+
+/// Per-test results: pytest's JUnit XML, or the summary `python -m unittest` prints.
+fn test_report(junit: Option<&Path>, framework: &str, supervised: &Supervised, stderr_end: &str) -> Option<TestReport> {
+    if let Some(path) = junit
+        && let Ok(xml) = std::fs::read_to_string(path)
+    {
+        match domain::junit::parse_junit(&xml) {
+            Ok(report) => return Some(report),
+            Err(error) => tracing::warn!(path = %path.display(), %error, "unreadable JUnit XML"),
+        }
+    }
+    if framework == "unittest" {
+        return domain::unittest::parse_summary(stderr_end)
+            .or_else(|| domain::unittest::parse_summary(&supervised.stdout_tail));
+    }
+    None
+}
+
+fn tsan_warnings(
+    log_dir: Option<&Path>,
+    supervised: &Supervised,
+    prepared: &Prepared,
+    import_name: &str,
+) -> Vec<domain::evidence::TsanWarning> {
+    // The reports are in the per-process `tsan.<pid>` files, or on stderr without a log dir.
+    let mut text = String::new();
+    match log_dir {
+        Some(dir) => {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            files.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tsan.")));
+            files.push(dir.join("stderr.log"));
+            files.sort();
+            for file in files {
+                if let Ok(bytes) = std::fs::read(&file) {
+                    text.push_str(&String::from_utf8_lossy(&bytes));
+                    text.push('\n');
+                }
+            }
+        }
+        None => text.push_str(&supervised.stderr_tail),
+    }
+    let source_dir = prepared.source_dir.display().to_string();
+    let mut markers: Vec<String> = vec![import_name.to_string(), source_dir];
+    if let Some(extensions) = &prepared.extensions {
+        markers.extend(
+            extensions
+                .modules
+                .iter()
+                .filter_map(|m| m.rsplit('.').next().map(str::to_string)),
+        );
+    }
+    let markers: Vec<&str> = markers.iter().map(String::as_str).collect();
+    domain::tsan::parse_reports(&text, &markers)
+}
+
+/// The last `bytes` of a file, as text.
+fn read_end(path: &Path, bytes: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(bytes))).ok()?;
+    let mut buffer = Vec::new();
+    file.read_to_end(&mut buffer).ok()?;
+    Some(String::from_utf8_lossy(&buffer).into_owned())
 }
 
 fn harness_error(assignment: &Assignment, worker_id: &str, reason: String) -> IterationOutcome {
     IterationOutcome {
         iteration: assignment.iteration,
         mode: assignment.mode,
-        status: domain::IterationStatus::HarnessError,
+        status: IterationStatus::HarnessError,
         exit_code: None,
         signal: None,
         duration_ms: 0,
@@ -110,5 +273,18 @@ fn harness_error(assignment: &Assignment, worker_id: &str, reason: String) -> It
         worker_id: worker_id.to_string(),
         attempt: assignment.attempt,
         start_latency_ms: None,
+        evidence: IterationEvidence::default(),
     }
+}
+
+/// `<logs>/<run>/<package>/<mode>-<iteration>-a<attempt>`.
+pub(crate) fn log_dir_under(root: &Path, assignment: &Assignment) -> PathBuf {
+    root.join(assignment.run_id.to_string())
+        .join(crate::setup::sanitize(&assignment.package.name))
+        .join(format!(
+            "{}-{}-a{}",
+            assignment.mode.as_str(),
+            assignment.iteration,
+            assignment.attempt
+        ))
 }

@@ -4,8 +4,11 @@
 //! [`run`] takes a config and a shutdown token: the embedded CLI, the `worker` command and the
 //! tests start it the same way.
 
+mod extensions;
 mod job;
+mod output;
 pub mod probe;
+pub mod proctree;
 mod session;
 pub mod setup;
 mod source;
@@ -49,6 +52,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             profile.summary()
         );
     }
+    proctree::become_subreaper();
     let worker_dir = config.work_dir.join("workers").join(config.worker_id.as_str());
     let spool = spool::Spool::open(&worker_dir.join("spool"))
         .with_context(|| format!("cannot create the outcome spool under {}", worker_dir.display()))?;

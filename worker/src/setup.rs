@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use domain::evidence::ExtensionReport;
 use domain::spec::RunOptions;
 use domain::{InterpreterProfile, PackageSpec, SetupFailure, SetupStage};
 use sha2::{Digest, Sha256};
@@ -24,6 +25,9 @@ const LOG_TAIL_BYTES: usize = 4096;
 /// another installation's modules.
 pub(crate) const REMOVED_ENV: [&str; 3] = ["PYTHONPATH", "PYTHONHOME", "PYTHON_GIL"];
 
+/// ThreadSanitizer suppressions for CPython-internal reports, shipped with the tool.
+const TSAN_SUPPRESSIONS: &str = include_str!("../../deploy/tsan-suppressions.txt");
+
 /// A package ready to test.
 #[derive(Debug)]
 pub struct Prepared {
@@ -31,6 +35,8 @@ pub struct Prepared {
     pub venv_dir: PathBuf,
     /// Environment every command of the package gets (PATH, VIRTUAL_ENV, pip settings).
     pub env: Vec<(String, String)>,
+    /// What importing the package did to the GIL; `None` when not probed.
+    pub extensions: Option<ExtensionReport>,
 }
 
 /// Why setting a package up failed.
@@ -58,6 +64,12 @@ type SetupCell = Arc<OnceCell<Result<Arc<Prepared>, SetupFailure>>>;
 pub struct Setups {
     python: PathBuf,
     profile_fingerprint: String,
+    /// Extension probes only mean something on a free-threaded build.
+    free_threaded: bool,
+    /// A ThreadSanitizer build: iterations get TSAN_OPTIONS and their reports are parsed.
+    tsan_build: bool,
+    /// The shipped suppression file, written next to the setups on first use.
+    tsan_suppressions: std::sync::OnceLock<Option<PathBuf>>,
     /// `<work_dir>/envs/<worker id>`: one directory per package setup.
     root: PathBuf,
     pip_cache_dir: PathBuf,
@@ -80,11 +92,52 @@ impl Setups {
             shutdown,
             python,
             profile_fingerprint: profile.fingerprint_source(),
+            free_threaded: profile.free_threaded,
+            tsan_build: profile.tsan,
+            tsan_suppressions: std::sync::OnceLock::new(),
             root,
             pip_cache_dir,
             base_path,
             cells: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether the target is a ThreadSanitizer build.
+    pub fn tsan_build(&self) -> bool {
+        self.tsan_build
+    }
+
+    /// Where one iteration's logs go: under `logs/` beside the setups.
+    pub(crate) fn log_dir(&self, assignment: &domain::Assignment) -> PathBuf {
+        crate::job::log_dir_under(&self.root.with_file_name("logs"), assignment)
+    }
+
+    /// `TSAN_OPTIONS` for every command on a TSAN build: the suppressions, reports that do
+    /// not stop the process or change its exit status (TSAN's default is 66).
+    pub fn tsan_options(&self) -> String {
+        let mut value = "halt_on_error=0 exitcode=0".to_string();
+        if let Some(path) = self.tsan_suppressions() {
+            value = format!("suppressions={} {value}", path.display());
+        }
+        value
+    }
+
+    /// The shipped TSAN suppression file, written beside the setups; `None` if it cannot be.
+    pub fn tsan_suppressions(&self) -> Option<PathBuf> {
+        self.tsan_suppressions
+            .get_or_init(|| {
+                let path = self.root.with_file_name("tsan-suppressions.txt");
+                let written =
+                    std::fs::create_dir_all(&self.root).and_then(|()| std::fs::write(&path, TSAN_SUPPRESSIONS));
+                match written {
+                    Ok(()) => Some(path),
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "cannot write the TSAN suppression file");
+                        None
+                    }
+                }
+            })
+            .clone()
     }
 
     /// Names of the packages set up successfully so far.
@@ -152,6 +205,10 @@ impl Setups {
             ("PIP_DISABLE_PIP_VERSION_CHECK".to_string(), "1".to_string()),
             ("PIP_NO_INPUT".to_string(), "1".to_string()),
         ];
+        if self.tsan_build {
+            // Interpreter-internal reports would fail pip's build subprocesses otherwise.
+            env.push(("TSAN_OPTIONS".to_string(), self.tsan_options()));
+        }
         env.extend(package.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(options.env.iter().cloned());
 
@@ -161,6 +218,9 @@ impl Setups {
         let python = shell_quote(&self.python.display().to_string());
         let venv = format!("{python} -m venv {}", shell_quote(&venv_dir.display().to_string()));
         step(SetupStage::Install, "creating the venv", &venv, dir, &env, cancel).await?;
+        if let Err(error) = crate::extensions::install_hooks(&venv_dir) {
+            tracing::warn!(venv = %venv_dir.display(), %error, "cannot install the stack-dump hook; stalls will have no stacks");
+        }
         step(
             SetupStage::Install,
             "install command",
@@ -203,10 +263,18 @@ impl Setups {
                 log_tail: tail(&format!("{}{}", result.stdout_tail, result.stderr_tail)),
             });
         }
+        let extensions = if options.detect_extensions && self.free_threaded {
+            let mut report = crate::extensions::probe(&package.import_name, &neutral, &env, cancel).await;
+            report.declarations = crate::extensions::scan_declarations(&source_dir);
+            Some(report)
+        } else {
+            None
+        };
         Ok(Prepared {
             source_dir,
             venv_dir,
             env,
+            extensions,
         })
     }
 }
@@ -245,6 +313,8 @@ async fn run(
         env,
         env_remove: &REMOVED_ENV,
         timeout: INSTALL_TIMEOUT,
+        log_dir: None,
+        stall_threshold: None,
     };
     run_command(&spec, cancel)
         .await
@@ -261,6 +331,7 @@ pub(crate) fn command_failure(result: &Supervised, what: &str) -> Option<(String
         } => format!("{what} was killed by signal {signal}"),
         Ending::Exited { .. } => format!("{what} ended abnormally"),
         Ending::TimedOut => format!("{what} timed out"),
+        Ending::Stalled => format!("{what} stalled"),
         Ending::Cancelled => format!("{what} was cancelled"),
     };
     let last = result
@@ -298,7 +369,7 @@ fn tail(text: &str) -> String {
     text[start..].to_string()
 }
 
-fn sanitize(name: &str) -> String {
+pub(crate) fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {

@@ -91,6 +91,8 @@ async fn run_step(
         env,
         env_remove: &[],
         timeout: FETCH_TIMEOUT,
+        log_dir: None,
+        stall_threshold: None,
     };
     let result = run_command(&spec, cancel)
         .await

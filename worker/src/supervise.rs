@@ -1,24 +1,38 @@
-//! Runs one command under supervision: its own process group, both streams read into bounded
-//! tails, a timeout and a cancel that kill the whole group, and an exit mapped to a status.
+//! Runs one command under supervision: its own process group and a marker every descendant
+//! inherits, both streams read into bounded tails and capped log files, a stall check (no
+//! output and no CPU progress), a timeout and a cancel that kill the whole tree, and an exit
+//! mapped to a status with the CPU time and peak memory the kernel accounted.
 
+use std::collections::VecDeque;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use domain::IterationStatus;
 use domain::outcome::CRASH_SIGNALS;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
+use wait4::Wait4;
 
-/// Bytes of each stream kept in memory.
-pub const TAIL_BYTES: usize = 16 * 1024;
-/// Time between SIGTERM and SIGKILL when a group is stopped.
+pub use crate::output::{LOG_CAP_BYTES, TAIL_BYTES};
+use crate::output::{Output, Stream, read_stream};
+use crate::proctree::{self, MARKER_VAR, Tree};
+
+/// Time between SIGTERM and SIGKILL when a tree is stopped.
 const KILL_GRACE: Duration = Duration::from_secs(5);
-/// How long to keep reading pipes after the command exited; an orphan may hold them open.
+/// How long to keep reading pipes after the tree is gone; a process that hid from the tree
+/// may still hold them open.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// How often the tree's CPU use and the streams' silence are checked.
+const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// How long a stack dump may take to arrive after the dump signal.
+const DUMP_WAIT: Duration = Duration::from_secs(3);
+/// The signal that asks Python processes for their stacks (see [`DUMP_SIGNAL_VAR`]).
+pub const DUMP_SIGNAL: Signal = Signal::SIGUSR1;
+/// Set in every supervised command's environment to the dump signal's number: the worker's
+/// startup hook in each venv registers faulthandler for it.
+pub const DUMP_SIGNAL_VAR: &str = "FTSURVEY_DUMP_SIGNAL";
 
 /// One command to run.
 #[derive(Debug, Clone)]
@@ -31,6 +45,12 @@ pub struct CommandSpec<'a> {
     /// Removed from the inherited environment.
     pub env_remove: &'a [&'a str],
     pub timeout: Duration,
+    /// Where `stdout.log` and `stderr.log` go (capped at [`LOG_CAP_BYTES`] each); `None` keeps
+    /// only the tails.
+    pub log_dir: Option<&'a Path>,
+    /// Silence on both streams and no CPU progress of the tree for this long is a stall;
+    /// `None` never checks.
+    pub stall_threshold: Option<Duration>,
 }
 
 /// How a supervised command ended.
@@ -40,6 +60,8 @@ pub enum Ending {
     Exited { code: Option<i32>, signal: Option<i32> },
     /// Killed at the timeout.
     TimedOut,
+    /// Killed because it stalled: no output and no CPU progress for the stall threshold.
+    Stalled,
     /// Killed because the job was cancelled.
     Cancelled,
 }
@@ -54,14 +76,28 @@ pub struct Supervised {
     pub spawned_at: Instant,
     pub stdout_tail: String,
     pub stderr_tail: String,
+    /// Bytes each stream printed in all.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
     /// The last non-empty line either stream printed.
     pub last_output_line: String,
+    /// User + system CPU time of the command and the descendants it waited for.
+    pub cpu_time_ms: Option<u64>,
+    /// Largest resident set of the command or a descendant it waited for, KiB.
+    pub max_rss_kb: Option<u64>,
+    /// What the processes printed after the dump signal at a stall: their thread stacks.
+    pub stall_dump: Option<String>,
+    /// Processes of the tree still alive after it ended (or was stopped), all killed.
+    pub leftover_processes: usize,
+    /// From the stall's onset (the last output or CPU progress) to the kill.
+    pub stall_detected_after: Option<Duration>,
 }
 
-/// Runs the command until it exits, times out or is cancelled. Only a failure to start it is
-/// an error; whatever happens after is in the result.
+/// Runs the command until it exits, stalls, times out or is cancelled. Only a failure to start
+/// it is an error; whatever happens after is in the result.
 pub async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationToken) -> std::io::Result<Supervised> {
-    let mut command = tokio::process::Command::new("sh");
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let mut command = std::process::Command::new("sh");
     command
         .arg("-c")
         .arg(spec.shell_command)
@@ -69,67 +105,214 @@ pub async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationToken) -> 
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
     for key in spec.env_remove {
         command.env_remove(key);
     }
     for (key, value) in spec.env {
         command.env(key, value);
     }
+    command.env(MARKER_VAR, &marker);
+    command.env(DUMP_SIGNAL_VAR, (DUMP_SIGNAL as i32).to_string());
     let mut child = command.spawn()?;
     let spawned_at = Instant::now();
-    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
-    // If this future is dropped midway (its job was cancelled), the group dies with it.
-    let mut guard = GroupGuard(pgid);
-    let last_line = Arc::new(Mutex::new(String::new()));
-    let stdout_buffer = Arc::new(Mutex::new(Vec::new()));
-    let stderr_buffer = Arc::new(Mutex::new(Vec::new()));
-    let stdout = child
-        .stdout
-        .take()
-        .map(|s| tokio::spawn(read_tail(s, stdout_buffer.clone(), last_line.clone())));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| tokio::spawn(read_tail(s, stderr_buffer.clone(), last_line.clone())));
+    let root = child.id() as i32;
+    proctree::register_root(root);
+    // If this future is dropped midway (its job was cancelled), the tree dies with it.
+    let mut guard = TreeGuard(Some(Tree::new(root, &marker)));
+    let output = Output::new(spawned_at);
+    let readers = [
+        child
+            .stdout
+            .take()
+            .and_then(|s| tokio::process::ChildStdout::from_std(s).ok())
+            .map(|s| {
+                let log_dir = spec.log_dir.map(Path::to_path_buf);
+                let output = output.clone();
+                tokio::spawn(async move { read_stream(s, Stream::Stdout, output, log_dir.as_deref()).await })
+            }),
+        child
+            .stderr
+            .take()
+            .and_then(|s| tokio::process::ChildStderr::from_std(s).ok())
+            .map(|s| {
+                let log_dir = spec.log_dir.map(Path::to_path_buf);
+                let output = output.clone();
+                tokio::spawn(async move { read_stream(s, Stream::Stderr, output, log_dir.as_deref()).await })
+            }),
+    ];
+    let mut waiter = tokio::task::spawn_blocking(move || child.wait4());
 
-    let ending = tokio::select! {
-        status = child.wait() => exited(status?),
-        _ = tokio::time::sleep(spec.timeout) => {
-            stop_group(&mut child, pgid).await;
-            Ending::TimedOut
+    let mut stall = StallCheck::new(spec.stall_threshold);
+    let mut sampler = tokio::time::interval(SAMPLE_EVERY);
+    sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = tokio::time::sleep(spec.timeout);
+    tokio::pin!(deadline);
+    let mut stall_dump = None;
+    let mut stall_detected_after = None;
+    let (ending, usage) = loop {
+        tokio::select! {
+            waited = &mut waiter => break (None, waited),
+            _ = &mut deadline => break (Some(Ending::TimedOut), Ok(Err(std::io::Error::other("killed")))),
+            _ = cancel.cancelled() => break (Some(Ending::Cancelled), Ok(Err(std::io::Error::other("killed")))),
+            _ = sampler.tick() => {
+                let Some(tree) = guard.0.as_mut() else { continue };
+                if let Some(onset) = stall.observe(tree, &output) {
+                    stall_detected_after = Some(onset.elapsed());
+                    stall_dump = Some(dump_stacks(tree, &output).await);
+                    break (Some(Ending::Stalled), Ok(Err(std::io::Error::other("killed"))));
+                }
+            }
         }
-        _ = cancel.cancelled() => {
-            stop_group(&mut child, pgid).await;
-            Ending::Cancelled
+    };
+    let (ending, usage) = match ending {
+        None => (None, usage),
+        Some(ending) => {
+            // Stop the tree, then collect the root's exit and usage.
+            let usage = match guard.0.as_mut() {
+                Some(tree) => stop_tree(tree, &mut waiter).await,
+                None => (&mut waiter).await,
+            };
+            (Some(ending), usage)
         }
     };
     let duration = spawned_at.elapsed();
-    // Whatever the command left running in its group goes too.
-    if let Some(pgid) = guard.0.take() {
-        let _ = killpg(pgid, Signal::SIGKILL);
+    proctree::release_root(root);
+    let usage = usage.ok().and_then(Result::ok);
+    let ending = match ending {
+        Some(ending) => ending,
+        None => match &usage {
+            Some(usage) => exited(usage.status),
+            None => Ending::Exited {
+                code: None,
+                signal: None,
+            },
+        },
+    };
+    // Whatever the command left running goes too: its group, and escapees found by marker.
+    let leftover_processes = match guard.0.take() {
+        Some(mut tree) => tokio::task::spawn_blocking(move || tree.kill_all()).await.unwrap_or(0),
+        None => 0,
+    };
+    for reader in readers.into_iter().flatten() {
+        let mut reader = reader;
+        if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reader).await.is_err() {
+            reader.abort();
+        }
     }
-    let stdout_tail = collect(stdout, &stdout_buffer).await;
-    let stderr_tail = collect(stderr, &stderr_buffer).await;
-    let last_output_line = last_line.lock().map(|l| l.clone()).unwrap_or_default();
     Ok(Supervised {
         ending,
         duration,
         spawned_at,
-        stdout_tail,
-        stderr_tail,
-        last_output_line,
+        stdout_tail: output.tail(Stream::Stdout),
+        stderr_tail: output.tail(Stream::Stderr),
+        stdout_bytes: output.total_bytes(Stream::Stdout),
+        stderr_bytes: output.total_bytes(Stream::Stderr),
+        last_output_line: output.last_line(),
+        cpu_time_ms: usage
+            .as_ref()
+            .map(|u| (u.rusage.utime + u.rusage.stime).as_millis() as u64),
+        max_rss_kb: usage.as_ref().map(|u| u.rusage.maxrss / 1024),
+        stall_dump,
+        leftover_processes,
+        stall_detected_after,
     })
 }
 
-/// Kills a process group when dropped, unless already done.
-struct GroupGuard(Option<Pid>);
+type Waited = Result<std::io::Result<wait4::ResUse>, tokio::task::JoinError>;
 
-impl Drop for GroupGuard {
+/// Decides when a command has stalled: silent on both streams for the threshold, and its tree
+/// used less than 2% of a core over that time.
+#[derive(Debug)]
+struct StallCheck {
+    threshold: Option<Duration>,
+    /// CPU ticks per sample, newest last, covering the threshold.
+    history: VecDeque<(Instant, u64)>,
+    /// When the tree last used CPU noticeably (or the command started).
+    last_busy: Instant,
+    ticks_per_second: u64,
+}
+
+impl StallCheck {
+    fn new(threshold: Option<Duration>) -> Self {
+        let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .map_or(100, |t| t.max(1) as u64);
+        StallCheck {
+            threshold,
+            history: VecDeque::new(),
+            last_busy: Instant::now(),
+            ticks_per_second,
+        }
+    }
+
+    /// Samples the tree; returns when the stall began if it has stalled.
+    fn observe(&mut self, tree: &mut Tree, output: &Output) -> Option<Instant> {
+        let threshold = self.threshold?;
+        let now = Instant::now();
+        let ticks = tree.cpu_progress();
+        self.history.push_back((now, ticks));
+        while self
+            .history
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > threshold)
+        {
+            self.history.pop_front();
+        }
+        // 2% of a core over one sample counts as busy.
+        let busy_per_sample = (self.ticks_per_second * SAMPLE_EVERY.as_millis() as u64 / 1000 / 50).max(1);
+        if ticks >= busy_per_sample {
+            self.last_busy = now;
+        }
+        let window_ticks: u64 = self.history.iter().map(|(_, t)| t).sum();
+        let allowed = (self.ticks_per_second * threshold.as_secs() / 50).max(1);
+        let quiet = output.quiet_for();
+        let idle = now.duration_since(self.last_busy);
+        if quiet >= threshold && idle >= threshold && window_ticks < allowed {
+            Some(now - quiet.min(idle))
+        } else {
+            None
+        }
+    }
+}
+
+/// Asks every Python process of the tree for its thread stacks and waits for them to arrive:
+/// until the dump has been quiet for a moment, or [`DUMP_WAIT`].
+async fn dump_stacks(tree: &mut Tree, output: &Output) -> String {
+    output.mark();
+    let asked = tree.signal_catchers(DUMP_SIGNAL);
+    if asked == 0 {
+        return String::new();
+    }
+    let started = Instant::now();
+    while started.elapsed() < DUMP_WAIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let got = output.captured();
+        if !got.is_empty() && output.quiet_for() >= Duration::from_millis(300) {
+            break;
+        }
+    }
+    output.captured()
+}
+
+/// SIGTERM to the tree, a grace period, then SIGKILL to every member; returns the root's wait.
+async fn stop_tree(tree: &mut Tree, waiter: &mut tokio::task::JoinHandle<std::io::Result<wait4::ResUse>>) -> Waited {
+    tree.signal_all(Signal::SIGTERM);
+    if let Ok(waited) = tokio::time::timeout(KILL_GRACE, &mut *waiter).await {
+        return waited;
+    }
+    tree.signal_all(Signal::SIGKILL);
+    waiter.await
+}
+
+/// Kills a command's whole tree when dropped, unless already done.
+struct TreeGuard(Option<Tree>);
+
+impl Drop for TreeGuard {
     fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            let _ = killpg(pgid, Signal::SIGKILL);
+        if let Some(mut tree) = self.0.take() {
+            tree.kill_all();
         }
     }
 }
@@ -138,6 +321,7 @@ impl Drop for GroupGuard {
 pub fn iteration_status(ending: &Ending, test_framework: &str) -> (IterationStatus, Option<i32>, Option<String>) {
     match *ending {
         Ending::TimedOut => (IterationStatus::Timeout, None, None),
+        Ending::Stalled => (IterationStatus::Deadlock, None, None),
         Ending::Cancelled => (IterationStatus::HarnessError, None, Some("cancelled".to_string())),
         Ending::Exited {
             signal: Some(signal), ..
@@ -155,6 +339,11 @@ pub fn iteration_status(ending: &Ending, test_framework: &str) -> (IterationStat
             };
             (IterationStatus::HarnessError, None, Some(reason.to_string()))
         }
+        Ending::Exited { code: Some(5), .. } if test_framework == "unittest" => (
+            IterationStatus::HarnessError,
+            None,
+            Some("unittest ran no tests (exit 5)".to_string()),
+        ),
         Ending::Exited { signal, .. } => (IterationStatus::Fail, signal, None),
     }
 }
@@ -165,58 +354,6 @@ fn exited(status: ExitStatus) -> Ending {
         code: status.code(),
         signal: status.signal(),
     }
-}
-
-/// SIGTERM to the group, a grace period, then SIGKILL; waits for the direct child.
-async fn stop_group(child: &mut tokio::process::Child, pgid: Option<Pid>) {
-    if let Some(pgid) = pgid {
-        let _ = killpg(pgid, Signal::SIGTERM);
-        if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_ok() {
-            return;
-        }
-        let _ = killpg(pgid, Signal::SIGKILL);
-    }
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-}
-
-/// Reads a stream to its end into `tail`, keeping its last `TAIL_BYTES` and the last
-/// non-empty line.
-async fn read_tail(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Vec<u8>>>, last_line: Arc<Mutex<String>>) {
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let data = &chunk[..n];
-        let text = String::from_utf8_lossy(data);
-        if let Some(line) = text.lines().rev().map(str::trim).find(|l| !l.is_empty())
-            && let Ok(mut last) = last_line.lock()
-        {
-            *last = line.chars().take(500).collect();
-        }
-        if let Ok(mut tail) = tail.lock() {
-            tail.extend_from_slice(data);
-            if tail.len() > 2 * TAIL_BYTES {
-                let excess = tail.len() - TAIL_BYTES;
-                tail.drain(..excess);
-            }
-        }
-    }
-}
-
-/// What a reader collected, waiting only briefly for it to finish: an orphan may hold the
-/// pipe open, and then the reader is stopped and the tail so far is kept.
-async fn collect(reader: Option<tokio::task::JoinHandle<()>>, tail: &Mutex<Vec<u8>>) -> String {
-    if let Some(mut reader) = reader
-        && tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reader).await.is_err()
-    {
-        reader.abort();
-    }
-    let tail = tail.lock().map(|t| t.clone()).unwrap_or_default();
-    let start = tail.len().saturating_sub(TAIL_BYTES);
-    String::from_utf8_lossy(&tail[start..]).into_owned()
 }
 
 #[cfg(test)]
@@ -231,6 +368,8 @@ mod tests {
             env: &[],
             env_remove: &[],
             timeout,
+            log_dir: None,
+            stall_threshold: None,
         };
         run_command(&spec, &CancellationToken::new()).await.expect("spawn")
     }
@@ -247,7 +386,8 @@ mod tests {
             (exit(Some(130), None), "pytest", IterationStatus::Fail, None),
             (exit(None, Some(9)), "pytest", IterationStatus::Fail, Some(9)),
             (exit(Some(5), None), "pytest", IterationStatus::HarnessError, None),
-            (exit(Some(5), None), "unittest", IterationStatus::Fail, None),
+            (exit(Some(5), None), "unittest", IterationStatus::HarnessError, None),
+            (exit(Some(5), None), "other", IterationStatus::Fail, None),
             (Ending::TimedOut, "pytest", IterationStatus::Timeout, None),
         ];
         for (ending, framework, status, signal) in cases {
@@ -312,11 +452,20 @@ mod tests {
         );
     }
 
+    fn running(marker: &str) -> String {
+        let found = std::process::Command::new("pgrep")
+            .args(["-f", marker])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&found.stdout).into_owned()
+    }
+
     #[tokio::test]
-    async fn an_orphan_holding_the_pipes_does_not_hang_the_supervisor() {
-        // setsid puts the background sleep outside the group: it keeps stdout open.
+    async fn an_escaped_grandchild_holding_the_pipes_is_found_and_killed() {
+        // setsid puts the background sleep outside the group, holding stdout open; the marker
+        // in its environment still ties it to the command.
         let started = Instant::now();
-        let result = run("setsid sleep 30 & echo done", Duration::from_secs(60)).await;
+        let result = run("setsid sleep 1238 & echo done", Duration::from_secs(60)).await;
         assert_eq!(
             result.ending,
             Ending::Exited {
@@ -325,12 +474,74 @@ mod tests {
             }
         );
         assert_eq!(result.stdout_tail, "done\n");
+        assert!(result.leftover_processes >= 1, "{result:?}");
         assert!(
-            started.elapsed() < Duration::from_secs(15),
+            started.elapsed() < Duration::from_secs(5),
             "took {:?}",
             started.elapsed()
         );
-        let _ = std::process::Command::new("pkill").args(["-f", "^sleep 30$"]).status();
+        assert_eq!(running("^sleep 1238$"), "", "the escapee outlived its command");
+    }
+
+    async fn run_with_stall_check(command: &str, threshold: Duration) -> Supervised {
+        let dir = std::env::temp_dir();
+        let spec = CommandSpec {
+            shell_command: command,
+            cwd: &dir,
+            env: &[],
+            env_remove: &[],
+            timeout: Duration::from_secs(60),
+            log_dir: None,
+            stall_threshold: Some(threshold),
+        };
+        run_command(&spec, &CancellationToken::new()).await.expect("spawn")
+    }
+
+    #[tokio::test]
+    async fn silence_without_cpu_is_a_stall_but_silent_work_is_not() {
+        let stalled = run_with_stall_check("echo started; sleep 1240", Duration::from_secs(1)).await;
+        assert_eq!(stalled.ending, Ending::Stalled);
+        assert!(stalled.duration < Duration::from_secs(10), "{:?}", stalled.duration);
+        let after = stalled.stall_detected_after.expect("stall onset");
+        assert!(after >= Duration::from_secs(1), "{after:?}");
+        assert_eq!(running("^sleep 1240$"), "");
+
+        // Three seconds of silent busy work with a one-second threshold.
+        let busy = run_with_stall_check(
+            "end=$(($(date +%s) + 3)); while [ $(date +%s) -lt $end ]; do :; done; echo finished",
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(
+            busy.ending,
+            Ending::Exited {
+                code: Some(0),
+                signal: None
+            },
+            "{busy:?}"
+        );
+        assert_eq!(busy.stdout_tail, "finished\n");
+    }
+
+    #[tokio::test]
+    async fn cpu_time_and_peak_memory_are_measured() {
+        let result = run(
+            "python3 -c 'x = bytearray(64 * 1024 * 1024); sum(range(3_000_000))'",
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(
+            result.ending,
+            Ending::Exited {
+                code: Some(0),
+                signal: None
+            },
+            "{result:?}"
+        );
+        let rss = result.max_rss_kb.expect("max rss");
+        assert!(rss >= 64 * 1024, "max rss {rss} KiB");
+        let cpu = result.cpu_time_ms.expect("cpu time");
+        assert!(cpu > 0, "cpu {cpu} ms");
     }
 
     #[tokio::test]
@@ -356,6 +567,8 @@ mod tests {
             env: &[],
             env_remove: &[],
             timeout: Duration::from_secs(600),
+            log_dir: None,
+            stall_threshold: None,
         };
         let cancel = CancellationToken::new();
         cancel.cancel();

@@ -1,0 +1,140 @@
+//! Evidence an iteration or a package setup leaves behind, beyond its status: per-test
+//! results, ThreadSanitizer warnings, stacks, and what importing the package did to the GIL.
+
+use serde::{Deserialize, Serialize};
+
+/// Per-test results of one iteration, from the JUnit XML the test harness wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TestReport {
+    pub total: u32,
+    pub passed: u32,
+    pub failed: u32,
+    pub errors: u32,
+    pub skipped: u32,
+    /// Ids (`classname::name`) of the tests that failed or errored, sorted, at most
+    /// [`TestReport::MAX_NAMED`].
+    pub failing: Vec<String>,
+}
+
+impl TestReport {
+    /// Failing tests named per iteration; the counts stay exact beyond it.
+    pub const MAX_NAMED: usize = 200;
+}
+
+/// Which code a ThreadSanitizer warning belongs to, judged by the binaries in its stacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TsanAttribution {
+    /// Frames in the package's own extension modules.
+    Package,
+    /// Only the interpreter (the python binary, libpython, its standard extension modules).
+    Cpython,
+    /// Some other shared library.
+    Other,
+}
+
+impl TsanAttribution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TsanAttribution::Package => "package",
+            TsanAttribution::Cpython => "cpython",
+            TsanAttribution::Other => "other",
+        }
+    }
+}
+
+/// One frame of a ThreadSanitizer stack.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TsanFrame {
+    pub function: String,
+    /// `file:line[:col]`, when the binary has debug info.
+    pub location: Option<String>,
+    /// The binary the frame's code is in, as TSAN printed it (a path).
+    pub binary: String,
+}
+
+/// One distinct ThreadSanitizer warning: reports with the same kind and normalised stacks are one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TsanWarning {
+    /// e.g. `data race`, `heap-use-after-free`, `lock-order-inversion (potential deadlock)`.
+    pub kind: String,
+    /// A stable id: a hash of the kind and the normalised top frames.
+    pub signature: String,
+    /// The `SUMMARY:` line.
+    pub summary: String,
+    /// The first stack of the report (the racing access), top frame first.
+    pub frames: Vec<TsanFrame>,
+    pub attribution: TsanAttribution,
+    /// How many reports had this signature.
+    pub count: u32,
+}
+
+/// What importing a package did to the GIL, and what its sources declare.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExtensionReport {
+    /// Extension modules found in the installed package (dotted names), sorted.
+    pub modules: Vec<String>,
+    /// Extension modules whose import re-enabled the GIL, named by the interpreter's warning.
+    pub gil_enabled_by: Vec<String>,
+    /// `sys._is_gil_enabled()` after importing the package and all its extension modules.
+    pub gil_enabled_after_import: Option<bool>,
+    /// Modules that failed to import during the probe, with the error (not a package failure).
+    pub import_errors: Vec<(String, String)>,
+    /// Free-threading declarations found in the sources (report only).
+    pub declarations: Vec<Declaration>,
+    /// Why the probe itself could not run, if it could not.
+    pub probe_error: Option<String>,
+}
+
+impl ExtensionReport {
+    /// Whether the package ships no extension modules.
+    pub fn is_pure(&self) -> bool {
+        self.modules.is_empty()
+    }
+}
+
+/// A free-threading declaration found in a source file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Declaration {
+    /// Path relative to the source tree.
+    pub file: String,
+    pub line: u32,
+    /// `Py_mod_gil`, `PyUnstable_Module_SetGIL`, `freethreading_compatible` or `gil_used`.
+    pub kind: String,
+    /// The line, trimmed, at most 200 characters.
+    pub text: String,
+    /// `Some(true)` when it declares the module runs without the GIL, `Some(false)` when it
+    /// declares the module needs it, `None` when the line does not say.
+    pub gil_not_used: Option<bool>,
+}
+
+/// Everything an iteration leaves behind beyond its status and output tails.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IterationEvidence {
+    /// Per-test results, when the harness wrote JUnit XML (pytest) or a unittest summary.
+    pub tests: Option<TestReport>,
+    /// Every thread's Python stack, dumped at a stall before the kill.
+    pub stacks: Option<String>,
+    /// Distinct unsuppressed ThreadSanitizer warnings, on a TSAN build.
+    pub tsan: Vec<TsanWarning>,
+    /// What importing the package did to the GIL, from the worker that ran this iteration.
+    pub extensions: Option<ExtensionReport>,
+    /// The directory on the worker holding `stdout.log`, `stderr.log` and `junit.xml`.
+    pub log_dir: Option<String>,
+    /// Bytes the two streams printed in all (the logs keep at most a capped part).
+    pub output_bytes: u64,
+    /// Processes of the test's tree still alive after it ended, killed by the worker.
+    pub leftover_processes: u32,
+    /// Milliseconds from the last output or CPU progress to the stall verdict.
+    pub stall_detected_after_ms: Option<u64>,
+}
+
+impl IterationEvidence {
+    pub fn is_empty(&self) -> bool {
+        *self == IterationEvidence::default()
+    }
+}

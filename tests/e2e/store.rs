@@ -1,6 +1,7 @@
 //! The store conformance suite: every backend must pass every case.
 //!
-//! Each case is an `async fn(Arc<dyn Store>)`; `conformance!` instantiates it per backend.
+//! Each case is an `async fn(Arc<dyn Store>)`; `conformance!` instantiates it per backend:
+//! SQLite in a temp file, PostgreSQL in a throwaway cluster the harness starts.
 
 use std::sync::Arc;
 
@@ -22,6 +23,17 @@ macro_rules! conformance {
                     let dir = tempfile::tempdir().expect("tempdir");
                     let url = format!("sqlite://{}", dir.path().join("store.db").display());
                     let store = coordinator::store::open(&url).await.expect("open sqlite store");
+                    super::$case(store).await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let cluster = tests::postgres::TestPostgres::start().expect("start a throwaway PostgreSQL");
+                    let store = coordinator::store::open(&cluster.url()).await.expect("open postgres store");
                     super::$case(store).await;
                 }
             )*

@@ -1,5 +1,7 @@
 //! Harness for the end-to-end tests: a coordinator on loopback, raw worker sessions, the CLI.
 
+pub mod postgres;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -4,6 +4,8 @@
 //! a lease names the lease token in its `WHERE`, so a worker holding an old lease cannot
 //! change a job that has moved on. Time is an argument (`now_ms`), never read inside.
 
+mod common;
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -11,6 +13,7 @@ use domain::{
     Assignment, InterpreterProfile, JobId, JobResult, LeaseToken, PackageResult, RunId, RunSpec, RunSummary, WorkerId,
 };
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A store failure.
@@ -130,13 +133,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// Opens the store a URL names and brings its schema up to date: `sqlite://PATH` (created if
-/// missing) or `sqlite::memory:`.
+/// missing), `sqlite::memory:`, or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`.
 pub async fn open(database_url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if database_url.starts_with("sqlite:") {
         return Ok(std::sync::Arc::new(SqliteStore::open(database_url).await?));
     }
+    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(PostgresStore::open(database_url).await?));
+    }
     Err(StoreError::InvalidRun(format!(
-        "unsupported database url scheme in {:?}: expected sqlite://PATH",
+        "unsupported database url scheme in {:?}: expected sqlite://PATH or postgres://...",
         redact_url(database_url)
     )))
 }

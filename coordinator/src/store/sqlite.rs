@@ -3,19 +3,19 @@
 //! SQLite serialises writers, so the pool holds one connection and every method runs in one
 //! transaction on it; a claim is a single `UPDATE ... WHERE id = (SELECT ...) RETURNING`.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::spec::RunOptions;
 use domain::{
-    Assignment, Category, InterpreterRequirement, JobId, JobResult, LeaseToken, Mode, OutcomeAck, PackageResult,
-    PackageSpec, RunId, RunSpec, RunState, RunSummary, WorkerId,
+    Assignment, InterpreterRequirement, JobId, JobResult, LeaseToken, Mode, OutcomeAck, PackageResult, PackageSpec,
+    RunId, RunSpec, RunState, RunSummary, WorkerId,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
+use super::common::{self, LIVE_JOB_STATES, RunRow, from_json, package_result, parse_run_id, revoked, to_json, to_u32};
 use super::{ClaimRequest, Completion, ReapReport, RevokedLease, Store, StoreError};
 
 /// A store in one SQLite database.
@@ -42,8 +42,6 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 }
-
-const LIVE_JOB_STATES: &str = "('pending', 'leased')";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -482,27 +480,13 @@ async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx
     .await?;
     let name: String = row.try_get("name")?;
     let iterations = u32_column(&row, "iterations")?;
-    let jobs = sqlx::query("SELECT state, result_json FROM jobs WHERE run_id = ?1 AND package_idx = ?2")
-        .bind(run_id.to_string())
-        .bind(package_idx)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut live = false;
-    let mut setup_failure = None;
-    let mut outcomes = Vec::new();
-    for job in jobs {
-        let state: String = job.try_get("state")?;
-        live |= state == "pending" || state == "leased";
-        if let Some(json) = job.try_get::<Option<&str>, _>("result_json")? {
-            match from_json::<JobResult>(json)? {
-                JobResult::Iteration(outcome) => outcomes.push(outcome),
-                JobResult::SetupFailed(failure) => {
-                    setup_failure.get_or_insert(failure);
-                }
-            }
-        }
-    }
-    let result = PackageResult::build(&name, iterations, setup_failure, outcomes, !live);
+    let jobs: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT state, result_json FROM jobs WHERE run_id = ?1 AND package_idx = ?2")
+            .bind(run_id.to_string())
+            .bind(package_idx)
+            .fetch_all(&mut *conn)
+            .await?;
+    let result = package_result(&name, iterations, jobs)?;
     sqlx::query(
         "UPDATE packages SET category = ?3, finished = ?4, result_json = ?5 WHERE run_id = ?1 AND package_idx = ?2",
     )
@@ -540,56 +524,33 @@ async fn run_state(conn: &mut SqliteConnection, run_id: RunId) -> Result<RunStat
 }
 
 async fn run_summary(conn: &mut SqliteConnection, run_id: RunId) -> Result<RunSummary, StoreError> {
-    let run = sqlx::query("SELECT label, state, created_at_ms, finished_at_ms FROM runs WHERE id = ?1")
-        .bind(run_id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(StoreError::RunNotFound(run_id))?;
-    let job_counts = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs WHERE run_id = ?1 GROUP BY state")
+    let run: (String, String, i64, Option<i64>) =
+        sqlx::query_as("SELECT label, state, created_at_ms, finished_at_ms FROM runs WHERE id = ?1")
+            .bind(run_id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(StoreError::RunNotFound(run_id))?;
+    let job_counts = sqlx::query_as("SELECT state, COUNT(*) FROM jobs WHERE run_id = ?1 GROUP BY state")
         .bind(run_id.to_string())
         .fetch_all(&mut *conn)
         .await?;
-    let (mut jobs_total, mut jobs_settled, mut jobs_running) = (0u64, 0u64, 0u64);
-    for row in job_counts {
-        let state: String = row.try_get("state")?;
-        let n = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
-        jobs_total += n;
-        match state.as_str() {
-            "leased" => jobs_running += n,
-            "pending" => {}
-            _ => jobs_settled += n,
-        }
-    }
-    let packages =
-        sqlx::query("SELECT category, finished, COUNT(*) AS n FROM packages WHERE run_id = ?1 GROUP BY 1, 2")
+    let package_counts =
+        sqlx::query_as("SELECT category, finished, COUNT(*) FROM packages WHERE run_id = ?1 GROUP BY 1, 2")
             .bind(run_id.to_string())
             .fetch_all(&mut *conn)
             .await?;
-    let (mut packages_total, mut packages_finished) = (0u32, 0u32);
-    let mut categories = BTreeMap::new();
-    for row in packages {
-        let n = u32::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
-        packages_total += n;
-        if row.try_get::<bool, _>("finished")? {
-            packages_finished += n;
-            let category =
-                Category::from_str(row.try_get("category")?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            *categories.entry(category).or_insert(0) += n;
-        }
-    }
-    Ok(RunSummary {
+    let (label, state, created_at_ms, finished_at_ms) = run;
+    common::run_summary(
         run_id,
-        label: run.try_get("label")?,
-        state: RunState::from_str(run.try_get("state")?).map_err(StoreError::Corrupt)?,
-        created_at_ms: run.try_get("created_at_ms")?,
-        finished_at_ms: run.try_get("finished_at_ms")?,
-        packages_total,
-        packages_finished,
-        jobs_total,
-        jobs_settled,
-        jobs_running,
-        categories,
-    })
+        RunRow {
+            label,
+            state,
+            created_at_ms,
+            finished_at_ms,
+        },
+        job_counts,
+        package_counts,
+    )
 }
 
 /// The leased jobs matching `filter` (bound to the run id and optionally a package index).
@@ -604,16 +565,7 @@ async fn leased_jobs(
     if let Some(package_idx) = package_idx {
         query = query.bind(package_idx);
     }
-    let rows = query.fetch_all(&mut *conn).await?;
-    rows.into_iter()
-        .map(|(id, worker)| {
-            let worker_id = WorkerId::parse(&worker).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Ok(RevokedLease {
-                job_id: JobId(id),
-                worker_id,
-            })
-        })
-        .collect()
+    revoked(query.fetch_all(&mut *conn).await?)
 }
 
 async fn package_and_options(
@@ -636,18 +588,5 @@ async fn package_and_options(
 }
 
 fn u32_column(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<u32, StoreError> {
-    let value: i64 = row.try_get(column)?;
-    u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column} out of range: {value}")))
-}
-
-fn parse_run_id(value: &str) -> Result<RunId, StoreError> {
-    RunId::from_str(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+    to_u32(column, row.try_get(column)?)
 }

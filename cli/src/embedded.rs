@@ -50,7 +50,7 @@ impl Embedded {
             coordinator_shutdown.clone(),
         ));
         let url = format!("http://{address}");
-        let client = connect(&url).await?;
+        let client = crate::remote::connect(&url).await?;
 
         let workers_shutdown = CancellationToken::new();
         let mut workers = Vec::new();
@@ -104,15 +104,4 @@ impl Embedded {
 /// The embedded store lives in the work dir.
 pub(crate) fn database_path(work_dir: &Path) -> PathBuf {
     work_dir.join("ftsurvey.db")
-}
-
-async fn connect(url: &str) -> anyhow::Result<SurveyServiceClient<Channel>> {
-    let channel = Channel::from_shared(url.to_string())
-        .context("bad coordinator url")?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to the embedded coordinator at {url}"))?;
-    Ok(SurveyServiceClient::new(channel)
-        .max_decoding_message_size(coordinator::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(coordinator::MAX_MESSAGE_BYTES))
 }

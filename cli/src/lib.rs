@@ -4,8 +4,10 @@
 //! and a non-zero exit.
 
 mod embedded;
+mod fleet_cmd;
 mod python_cmd;
 pub mod registry_dir;
+mod remote;
 mod results_dir;
 mod run_cmd;
 mod show_cmd;
@@ -32,6 +34,10 @@ enum Command {
     Run(Box<run_cmd::RunArgs>),
     /// Summarise a results folder.
     Show(show_cmd::ShowArgs),
+    /// Serve a coordinator for a fleet of workers (gRPC), on PostgreSQL or SQLite.
+    Serve(fleet_cmd::ServeArgs),
+    /// Run a worker: pull jobs from a coordinator, run them under supervision, report back.
+    Worker(Box<fleet_cmd::WorkerArgs>),
     /// Free-threaded interpreters: build one from source.
     #[command(subcommand)]
     Python(python_cmd::PythonCommand),
@@ -45,6 +51,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run_async(run_cmd::run(*args)),
         Command::Show(args) => show_cmd::run_show(&args).map(|()| ExitCode::SUCCESS),
         Command::Python(command) => python_cmd::run(command),
+        Command::Serve(args) => run_async(fleet_cmd::serve(args)),
+        Command::Worker(args) => run_async(fleet_cmd::worker(*args)),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,8 @@ use domain::results::{PackageRecord, RunConfig, RunMeta, SystemInfo};
 use domain::spec::RunOptions;
 use domain::{InterpreterProfile, InterpreterRequirement, Mode, PackageResult, RunSpec, RunSummary};
 use proto::v1;
+use proto::v1::survey_service_client::SurveyServiceClient;
+use tonic::transport::Channel;
 
 use crate::embedded::{Embedded, EmbeddedConfig};
 use crate::registry_dir;
@@ -19,9 +21,16 @@ use crate::results_dir::ResultsDir;
 /// Flags of `ftsurvey run`; names follow the tool ftsurvey replaces.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// The interpreter to test with: a free-threaded CPython build.
+    /// The interpreter to test with: a free-threaded CPython build. With --coordinator it may
+    /// instead be a request the fleet's workers must meet, such as `3.13t` or `3.13t-tsan`.
     #[arg(long, env = "FTSURVEY_TARGET_PYTHON", value_name = "PATH")]
     pub(crate) target_python: PathBuf,
+    /// Submit to this coordinator (a fleet) instead of running embedded, then follow the run.
+    #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
+    pub(crate) coordinator: Option<String>,
+    /// With --coordinator: print the run id once submitted and return.
+    #[arg(long, requires = "coordinator")]
+    pub(crate) detach: bool,
     /// Accept a target that is not free-threaded (the GIL stays on; for testing the tool).
     #[arg(long, env = "FTSURVEY_ALLOW_GIL_BUILD")]
     pub(crate) allow_gil_build: bool,
@@ -96,16 +105,50 @@ fn parse_env_pair(value: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Runs a survey embedded; returns the exit code (130 when interrupted).
-pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let started_at = jiff::Timestamp::now();
+/// The interpreter a run is for: probed here, or (for a fleet) only requested.
+#[derive(Debug)]
+enum Target {
+    Local(InterpreterProfile),
+    Requested(InterpreterRequirement),
+}
+
+impl Target {
+    fn profile(&self) -> Option<&InterpreterProfile> {
+        match self {
+            Target::Local(profile) => Some(profile),
+            Target::Requested(_) => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Local(profile) => profile.summary(),
+            Target::Requested(requirement) => format!("workers with {}", requirement.describe()),
+        }
+    }
+}
+
+/// Probes `--target-python`, or with a coordinator reads it as a request when it is not a
+/// file here; refuses what the flags do not allow.
+async fn resolve_target(args: &RunArgs) -> anyhow::Result<Target> {
+    if args.coordinator.is_some() && !args.target_python.exists() {
+        let text = args.target_python.display().to_string();
+        let mut requirement: InterpreterRequirement = text.parse().map_err(|e: String| {
+            anyhow::anyhow!("--target-python {text:?} is neither a file here nor a request: {e}")
+        })?;
+        requirement.tsan |= args.tsan;
+        if !requirement.free_threaded && !args.allow_gil_build {
+            bail!("--target-python {text} requests a GIL build; add `t` (e.g. 3.13t) or pass --allow-gil-build");
+        }
+        return Ok(Target::Requested(requirement));
+    }
     let target_python = absolute(&args.target_python)?;
     let profile = worker::probe::probe(&target_python)
         .await
         .with_context(|| format!("cannot use --target-python {}", args.target_python.display()))?;
     if !profile.free_threaded && !args.allow_gil_build {
         bail!(
-            "--target-python {} is not a free-threaded build ({}); build one with deploy/build-cpython.sh, \
+            "--target-python {} is not a free-threaded build ({}); build one with `ftsurvey python build`, \
              or pass --allow-gil-build to use it anyway",
             args.target_python.display(),
             profile.summary()
@@ -118,6 +161,21 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             profile.summary()
         );
     }
+    Ok(Target::Local(profile))
+}
+
+/// Runs a survey, embedded or on a fleet; returns the exit code (130 when interrupted).
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let started_at = jiff::Timestamp::now();
+    let target = resolve_target(&args).await?;
+    let requirement = match &target {
+        Target::Local(profile) => InterpreterRequirement {
+            python_version: Some(profile.major_minor.clone()),
+            free_threaded: profile.free_threaded,
+            tsan: args.tsan,
+        },
+        Target::Requested(requirement) => requirement.clone(),
+    };
     if args.check_stability {
         eprintln!("{}", crate::stability::Figures::read()?.judge()?);
     }
@@ -128,7 +186,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let selection = domain::registry::Selection {
         packages: (!args.packages.is_empty()).then(|| args.packages.clone()),
         top: args.top,
-        python_version: Some(profile.major_minor.clone()),
+        python_version: requirement.python_version.clone(),
     };
     let selected = domain::registry::select(&registry.index, &registry.entries, &registry.dir, &selection)?;
     for (name, reason) in &selected.excluded {
@@ -140,19 +198,14 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             registry.dir.display()
         );
     }
-    let work_dir = match &args.work_dir {
-        Some(dir) => absolute(dir)?,
-        None => default_work_dir()?,
-    };
-    std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create work dir {}", work_dir.display()))?;
-    let results = ResultsDir::create(&absolute(&args.results_dir)?, started_at)?;
+    let results_root = absolute(&args.results_dir)?;
 
     let spec = RunSpec {
         label: format!(
             "{} packages x {} on {}",
             selected.specs.len(),
             args.iterations,
-            profile.version_short
+            requirement.describe()
         ),
         packages: selected.specs,
         iterations: args.iterations,
@@ -172,17 +225,33 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             detect_extensions: args.detect_extensions || !args.no_detect_extensions,
             tsan: args.tsan,
         },
-        requirement: InterpreterRequirement {
-            python_version: Some(profile.major_minor.clone()),
-            free_threaded: profile.free_threaded,
-            tsan: args.tsan,
-        },
+        requirement,
         registry: Some(registry.dir.display().to_string()),
     };
 
+    if let Some(url) = &args.coordinator {
+        let mut client = crate::remote::connect(url).await?;
+        if args.detach {
+            let summary = submit(&mut client, &spec).await?;
+            println!("{}", summary.run_id);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let results = ResultsDir::create(&results_root, started_at)?;
+        return survey(&mut client, None, &spec, &args, &target, &results, started_at).await;
+    }
+    let Target::Local(profile) = &target else {
+        bail!("an embedded run needs --target-python to be an interpreter on this machine");
+    };
+    let work_dir = match &args.work_dir {
+        Some(dir) => absolute(dir)?,
+        None => default_work_dir()?,
+    };
+    std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create work dir {}", work_dir.display()))?;
+    let results = ResultsDir::create(&results_root, started_at)?;
+
     let mut embedded = Embedded::start(EmbeddedConfig {
         work_dir: work_dir.clone(),
-        target_python: target_python.clone(),
+        target_python: profile.executable.clone().into(),
         n_workers: args.workers,
         allow_gil_build: args.allow_gil_build,
         pip_cache_dir: match &args.pip_cache_dir {
@@ -191,47 +260,63 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
     })
     .await?;
-    let outcome = survey(&mut embedded, &spec, &args, &profile, &results, started_at).await;
+    let mut client = embedded.client.clone();
+    let outcome = survey(
+        &mut client,
+        Some(&mut embedded),
+        &spec,
+        &args,
+        &target,
+        &results,
+        started_at,
+    )
+    .await;
     let stopped = embedded.stop().await;
     let code = outcome?;
     stopped?;
     Ok(code)
 }
 
+/// Submits the run; returns its summary.
+async fn submit(client: &mut SurveyServiceClient<Channel>, spec: &RunSpec) -> anyhow::Result<RunSummary> {
+    let request = v1::SubmitRunRequest {
+        spec: Some(spec.into()),
+        client_token: uuid::Uuid::new_v4().to_string(),
+    };
+    let submitted = client
+        .submit_run(request)
+        .await
+        .map_err(|s| crate::remote::status_error(&s))
+        .context("submitting the run")?
+        .into_inner();
+    Ok(RunSummary::try_from(submitted.run.context("coordinator sent no run")?)?)
+}
+
 /// Submits the run, follows it, writes each package as it finishes; Ctrl-C cancels the run
-/// and writes what there is.
+/// and writes what there is. `embedded` is watched for workers that stop.
+#[allow(clippy::too_many_arguments)]
 async fn survey(
-    embedded: &mut Embedded,
+    client: &mut SurveyServiceClient<Channel>,
+    mut embedded: Option<&mut Embedded>,
     spec: &RunSpec,
     args: &RunArgs,
-    profile: &InterpreterProfile,
+    target: &Target,
     results: &ResultsDir,
     started_at: jiff::Timestamp,
 ) -> anyhow::Result<ExitCode> {
-    let request = v1::SubmitRunRequest {
-        spec: Some(spec.into()),
-        client_token: String::new(),
-    };
-    let submitted = embedded
-        .client
-        .submit_run(request)
-        .await
-        .context("submitting the run")?
-        .into_inner();
-    let summary = RunSummary::try_from(submitted.run.context("coordinator sent no run")?)?;
+    let summary = submit(client, spec).await?;
     let run_id = summary.run_id;
-    let mut meta = run_meta(run_id, spec, args, profile, started_at);
+    let mut meta = run_meta(run_id, spec, args, target.profile(), started_at);
     results.write_meta(&meta)?;
     eprintln!(
         "run {run_id}: {} packages x {} iterations on {} -> {}",
         spec.packages.len(),
         spec.iterations,
-        profile.summary(),
+        target.describe(),
         results.path().display()
     );
 
-    let mut events = embedded
-        .client
+    let mut events = client
         .watch_run(v1::WatchRunRequest {
             run_id: run_id.to_string(),
         })
@@ -258,13 +343,13 @@ async fn survey(
             }
             _ = tokio::signal::ctrl_c() => break true,
             _ = check_workers.tick() => {
-                if let Some(stopped) = embedded.first_finished_worker() {
+                if let Some(stopped) = embedded.as_deref_mut().and_then(Embedded::first_finished_worker) {
                     let error = match stopped.await {
                         Ok(Ok(())) => anyhow::anyhow!("a local worker stopped"),
                         Ok(Err(error)) => error,
                         Err(join) => anyhow::anyhow!("a local worker panicked: {join}"),
                     };
-                    let _ = embedded.client.cancel_run(v1::CancelRunRequest { run_id: run_id.to_string() }).await;
+                    let _ = client.cancel_run(v1::CancelRunRequest { run_id: run_id.to_string() }).await;
                     return Err(error.context("the survey cannot go on"));
                 }
             }
@@ -272,15 +357,13 @@ async fn survey(
     };
     if interrupted {
         eprintln!("interrupted: cancelling run {run_id} and writing what has finished");
-        embedded
-            .client
+        client
             .cancel_run(v1::CancelRunRequest {
                 run_id: run_id.to_string(),
             })
             .await
             .context("cancelling")?;
-        let partial = embedded
-            .client
+        let partial = client
             .query_package_results(v1::QueryPackageResultsRequest {
                 run_id: run_id.to_string(),
                 ..Default::default()
@@ -316,7 +399,7 @@ fn run_meta(
     run_id: domain::RunId,
     spec: &RunSpec,
     args: &RunArgs,
-    profile: &InterpreterProfile,
+    profile: Option<&InterpreterProfile>,
     started_at: jiff::Timestamp,
 ) -> RunMeta {
     RunMeta {
@@ -325,9 +408,9 @@ fn run_meta(
         timestamp: started_at.to_string(),
         finished_at: None,
         interrupted: false,
-        target_python: profile.executable.clone(),
-        python_version: profile.version.clone(),
-        interpreter: Some(profile.clone()),
+        target_python: profile.map_or_else(|| spec.requirement.describe(), |p| p.executable.clone()),
+        python_version: profile.map(|p| p.version.clone()).unwrap_or_default(),
+        interpreter: profile.cloned(),
         system: SystemInfo {
             hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
@@ -361,12 +444,12 @@ fn progress_line(result: &PackageResult) -> String {
     format!("{}: {} ({detail})", result.package, result.category)
 }
 
-fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
 }
 
 /// `$XDG_CACHE_HOME/ftsurvey/work`, or `~/.cache/ftsurvey/work`.
-fn default_work_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn default_work_dir() -> anyhow::Result<PathBuf> {
     let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => {

@@ -91,9 +91,52 @@ impl InterpreterRequirement {
     }
 }
 
+impl std::str::FromStr for InterpreterRequirement {
+    type Err = String;
+
+    /// Parses the human form: `3.13t`, `3.13t-tsan`, `3.13`, `any`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "any" {
+            return Ok(InterpreterRequirement::any());
+        }
+        let (version, tsan) = match s.strip_suffix("-tsan") {
+            Some(version) => (version, true),
+            None => (s, false),
+        };
+        let (version, free_threaded) = match version.strip_suffix('t') {
+            Some(version) => (version, true),
+            None => (version, false),
+        };
+        let valid = version
+            .split_once('.')
+            .is_some_and(|(major, minor)| major.parse::<u32>().is_ok() && minor.parse::<u32>().is_ok());
+        if !valid {
+            return Err(format!(
+                "expected MAJOR.MINOR with an optional t and -tsan, such as 3.13t or 3.13t-tsan, got {s:?}"
+            ));
+        }
+        Ok(InterpreterRequirement {
+            python_version: Some(version.to_string()),
+            free_threaded: free_threaded || tsan,
+            tsan,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_parse_and_print_back() {
+        for text in ["3.13t", "3.13t-tsan", "3.14", "any"] {
+            let requirement: InterpreterRequirement = text.parse().expect(text);
+            assert_eq!(requirement.describe(), text);
+        }
+        assert!("python3".parse::<InterpreterRequirement>().is_err());
+        assert!("/usr/bin/python3".parse::<InterpreterRequirement>().is_err());
+    }
 
     fn profile(major_minor: &str, free_threaded: bool, tsan: bool) -> InterpreterProfile {
         InterpreterProfile {

@@ -280,9 +280,9 @@ impl Store for PostgresStore {
             let package_idx: i32 = row.try_get("package_idx")?;
             let (package, options) = match specs.entry((run_id, package_idx)) {
                 std::collections::hash_map::Entry::Occupied(known) => known.get().clone(),
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(package_and_options(&mut tx, run_id, package_idx).await?).clone()
-                }
+                std::collections::hash_map::Entry::Vacant(slot) => slot
+                    .insert(package_and_options(&mut tx, run_id, package_idx).await?)
+                    .clone(),
             };
             let n: i64 = row.try_get("n")?;
             claimed.push((

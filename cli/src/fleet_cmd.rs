@@ -1,0 +1,134 @@
+//! The fleet's long-running commands: `ftsurvey serve` (a coordinator) and `ftsurvey worker`
+//! (a worker pulling jobs from one). Both run until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use domain::WorkerId;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `ftsurvey serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The store: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` or `sqlite://PATH`; migrations
+    /// are applied at start.
+    #[arg(long, env = "FTSURVEY_DATABASE_URL", value_name = "URL")]
+    database_url: String,
+    /// Address to serve gRPC on.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:50051",
+        env = "FTSURVEY_LISTEN",
+        value_name = "ADDR"
+    )]
+    listen: SocketAddr,
+}
+
+/// Flags of `ftsurvey worker`.
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// The coordinator, e.g. `http://coordinator:50051`.
+    #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
+    coordinator: String,
+    /// The free-threaded interpreter this worker tests with.
+    #[arg(long, env = "FTSURVEY_TARGET_PYTHON", value_name = "PATH")]
+    target_python: PathBuf,
+    /// Iterations run at once.
+    #[arg(long, default_value_t = 1, env = "FTSURVEY_SLOTS", value_parser = clap::value_parser!(u32).range(1..=256))]
+    slots: u32,
+    /// Sources, venvs, logs and the outcome spool (default: `~/.cache/ftsurvey/work`).
+    #[arg(long, env = "FTSURVEY_WORK_DIR", value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// This worker's name, unique in the fleet (default: `<hostname>-<pid>`). Keep it across
+    /// restarts so the spool's outcomes are delivered.
+    #[arg(long, env = "FTSURVEY_WORKER_ID")]
+    worker_id: Option<String>,
+    /// The pip cache shared by every venv (default: `<work-dir>/pip-cache`).
+    #[arg(long, env = "FTSURVEY_PIP_CACHE_DIR", value_name = "DIR")]
+    pip_cache_dir: Option<PathBuf>,
+    /// Accept a target that is not free-threaded.
+    #[arg(long, env = "FTSURVEY_ALLOW_GIL_BUILD")]
+    allow_gil_build: bool,
+}
+
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let shutdown = CancellationToken::new();
+    spawn_stop_on_signal(shutdown.clone());
+    eprintln!(
+        "coordinator on {} with store {}",
+        listener.local_addr()?,
+        coordinator::store::redact_url(&args.database_url)
+    );
+    let config = coordinator::Config {
+        database_url: args.database_url,
+        settings: coordinator::Settings::default(),
+    };
+    coordinator::run(config, listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let work_dir = match &args.work_dir {
+        Some(dir) => crate::run_cmd::absolute(dir)?,
+        None => crate::run_cmd::default_work_dir()?,
+    };
+    let worker_id = match &args.worker_id {
+        Some(id) => id.clone(),
+        None => format!("{}-{}", hostname(), std::process::id()),
+    };
+    let config = worker::WorkerConfig {
+        worker_id: WorkerId::parse(&worker_id).with_context(|| format!("invalid --worker-id {worker_id:?}"))?,
+        coordinator_url: args.coordinator.clone(),
+        target_python: crate::run_cmd::absolute(&args.target_python)?,
+        slots: args.slots,
+        pip_cache_dir: match &args.pip_cache_dir {
+            Some(dir) => crate::run_cmd::absolute(dir)?,
+            None => work_dir.join("pip-cache"),
+        },
+        work_dir,
+        base_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+        allow_gil_build: args.allow_gil_build,
+    };
+    let shutdown = CancellationToken::new();
+    spawn_stop_on_signal(shutdown.clone());
+    eprintln!(
+        "worker {worker_id}: {} slots, {} -> {}",
+        args.slots,
+        args.target_python.display(),
+        args.coordinator
+    );
+    worker::run(config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+fn spawn_stop_on_signal(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        shutdown.cancel();
+    });
+}
+
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".to_string())
+}

@@ -1,0 +1,132 @@
+//! Fleet mode as an operator runs it: `ftsurvey serve` on a throwaway PostgreSQL, two
+//! `ftsurvey worker` processes on the free-threaded build, `ftsurvey run --coordinator`.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tests::fixture_registry;
+use tests::postgres::TestPostgres;
+
+use crate::cli::{Survey, assert_success, category_of, free_threaded_python, ftsurvey};
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(command: &mut Command, log: &Path) -> Process {
+    let log = std::fs::File::create(log).expect("log file");
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    Process(child)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits until something accepts connections on `port`.
+fn wait_for_port(port: u16, log: &Path) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing listens on {port}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_postgres_coordinator_and_two_workers_classify_the_fixtures_as_embedded_mode_does() {
+    let postgres = TestPostgres::start().expect("start a throwaway PostgreSQL");
+    let survey = Survey::new();
+    let logs = survey.dir.path();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _coordinator = spawn(
+        ftsurvey()
+            .arg("serve")
+            .arg("--database-url")
+            .arg(postgres.url())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}")),
+        &logs.join("serve.log"),
+    );
+    wait_for_port(port, &logs.join("serve.log"));
+    let python = free_threaded_python();
+    let _workers: Vec<Process> = ["w1", "w2"]
+        .iter()
+        .map(|id| {
+            spawn(
+                ftsurvey()
+                    .arg("worker")
+                    .args(["--coordinator", &url, "--worker-id", id])
+                    .arg("--target-python")
+                    .arg(&python)
+                    .arg("--work-dir")
+                    .arg(logs.join(id)),
+                &logs.join(format!("{id}.log")),
+            )
+        })
+        .collect();
+
+    let packages = "ftfix-pass,ftfix-fail,ftfix-segfault,ftfix-import-error,ftfix-build-error,ftfix-timeout,\
+                    ftfix-ext-fallback,ftfix-no-tests";
+    let output = ftsurvey()
+        .arg("run")
+        .args(["--coordinator", &url, "--target-python", "3.13t"])
+        .arg("--registry-dir")
+        .arg(fixture_registry())
+        .arg("--results-dir")
+        .arg(survey.dir.path().join("results"))
+        .args(["--packages", packages, "--iterations", "2", "--timeout", "8"])
+        .output()
+        .expect("run ftsurvey");
+    assert_success(&output);
+    let records = survey.records();
+    let expected = [
+        ("ftfix-pass", "compatible"),
+        ("ftfix-fail", "incompatible"),
+        ("ftfix-segfault", "crash"),
+        ("ftfix-import-error", "import_failure"),
+        ("ftfix-build-error", "install_failure"),
+        ("ftfix-timeout", "incompatible"),
+        ("ftfix-ext-fallback", "compatible_gil_fallback"),
+        ("ftfix-no-tests", "harness_error"),
+    ];
+    assert_eq!(records.len(), expected.len());
+    for (package, category) in expected {
+        assert_eq!(category_of(&records, package).category, category, "{package}");
+    }
+    // Each (package, iteration) exactly once, and both workers took part.
+    let mut workers = std::collections::BTreeSet::new();
+    for record in &records {
+        let mut indexes: Vec<u32> = record.iterations.iter().map(|i| i.index).collect();
+        indexes.sort_unstable();
+        if record.setup_stage.is_none() {
+            assert_eq!(indexes, [1, 2], "{}", record.package);
+        }
+        workers.extend(record.iterations.iter().map(|i| i.worker_id.clone()));
+    }
+    assert_eq!(
+        workers.into_iter().collect::<Vec<_>>(),
+        ["w1", "w2"],
+        "both workers ran iterations"
+    );
+}

@@ -10,6 +10,7 @@ pub mod registry_dir;
 mod remote;
 mod results_dir;
 mod run_cmd;
+mod runs_cmd;
 mod show_cmd;
 mod stability;
 
@@ -38,6 +39,11 @@ enum Command {
     Serve(fleet_cmd::ServeArgs),
     /// Run a worker: pull jobs from a coordinator, run them under supervision, report back.
     Worker(Box<fleet_cmd::WorkerArgs>),
+    /// A coordinator's connected workers and the runs it is working through.
+    Status(runs_cmd::CoordinatorArg),
+    /// Runs on a coordinator: list them, cancel one.
+    #[command(subcommand)]
+    Runs(runs_cmd::RunsCommand),
     /// Free-threaded interpreters: build one from source.
     #[command(subcommand)]
     Python(python_cmd::PythonCommand),
@@ -52,6 +58,8 @@ pub fn main() -> ExitCode {
         Command::Show(args) => show_cmd::run_show(&args).map(|()| ExitCode::SUCCESS),
         Command::Python(command) => python_cmd::run(command),
         Command::Serve(args) => run_async(fleet_cmd::serve(args)),
+        Command::Status(args) => run_async(runs_cmd::status(args)),
+        Command::Runs(command) => run_async(runs_cmd::runs(command)),
         Command::Worker(args) => run_async(fleet_cmd::worker(*args)),
     };
     match result {

@@ -26,6 +26,8 @@ pub(crate) struct Hub {
     pub(crate) jobs_available: Notify,
     /// Carries the id of every run whose progress changed.
     pub(crate) run_changed: broadcast::Sender<RunId>,
+    /// What `GetStatus` shows of each connected worker.
+    workers: Mutex<HashMap<WorkerId, v1::WorkerStatus>>,
 }
 
 impl Hub {
@@ -37,7 +39,30 @@ impl Hub {
             next_session: Mutex::new(0),
             jobs_available: Notify::new(),
             run_changed: broadcast::channel(1024).0,
+            workers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records or replaces what a connected worker looks like.
+    pub(crate) fn update_worker(&self, worker_id: &WorkerId, status: v1::WorkerStatus) {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        workers.insert(worker_id.clone(), status);
+    }
+
+    /// Changes a connected worker's entry in place.
+    pub(crate) fn touch_worker(&self, worker_id: &WorkerId, change: impl FnOnce(&mut v1::WorkerStatus)) {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(status) = workers.get_mut(worker_id) {
+            change(status);
+        }
+    }
+
+    /// Connected workers, by id.
+    pub(crate) fn workers(&self) -> Vec<v1::WorkerStatus> {
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<v1::WorkerStatus> = workers.values().cloned().collect();
+        list.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        list
     }
 
     /// Registers a session; returns its number and the session it replaces, if any.
@@ -57,6 +82,7 @@ impl Hub {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if sessions.get(worker_id).is_some_and(|(n, _)| *n == number) {
             sessions.remove(worker_id);
+            self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(worker_id);
         }
     }
 

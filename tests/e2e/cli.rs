@@ -113,7 +113,7 @@ pub(crate) fn category_of<'a>(records: &'a [PackageRecord], package: &str) -> &'
 fn survey_classifies_every_fixture(python: &Path, allow_gil_build: bool) {
     let survey = Survey::new();
     let mut command = survey.command(python);
-    command.args(["--iterations", "2", "--timeout", "8", "--workers", "2"]);
+    command.args(["--iterations", "2", "--timeout", "120", "--workers", "2"]);
     command.args([
         "--packages",
         "ftfix-pass,ftfix-fail,ftfix-segfault,ftfix-import-error,ftfix-build-error,ftfix-timeout",

@@ -95,7 +95,7 @@ fn a_postgres_coordinator_and_two_workers_classify_the_fixtures_as_embedded_mode
         .arg(fixture_registry())
         .arg("--results-dir")
         .arg(survey.dir.path().join("results"))
-        .args(["--packages", packages, "--iterations", "2", "--timeout", "8"])
+        .args(["--packages", packages, "--iterations", "2", "--timeout", "120"])
         .output()
         .expect("run ftsurvey");
     assert_success(&output);
@@ -128,5 +128,71 @@ fn a_postgres_coordinator_and_two_workers_classify_the_fixtures_as_embedded_mode
         workers.into_iter().collect::<Vec<_>>(),
         ["w1", "w2"],
         "both workers ran iterations"
+    );
+
+    // The operator's view: both workers connected, nothing queued.
+    let status = ftsurvey()
+        .args(["status", "--coordinator", &url])
+        .output()
+        .expect("status");
+    assert_success(&status);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.starts_with("2 workers connected"), "{text}");
+    assert!(
+        text.contains("w1") && text.contains("w2") && text.contains("free-threaded"),
+        "{text}"
+    );
+    assert!(text.contains("0 runs queued or running"), "{text}");
+
+    // A detached run, seen running, then cancelled from another command.
+    let detached = ftsurvey()
+        .arg("run")
+        .args(["--coordinator", &url, "--target-python", "3.13t", "--detach"])
+        .arg("--registry-dir")
+        .arg(fixture_registry())
+        .args(["--packages", "ftfix-deadlock", "--iterations", "2", "--timeout", "600"])
+        .args(["--stall-threshold", "600"])
+        .output()
+        .expect("run --detach");
+    assert_success(&detached);
+    let run_id = String::from_utf8_lossy(&detached.stdout).trim().to_string();
+    let started = Instant::now();
+    loop {
+        let status = ftsurvey()
+            .args(["status", "--coordinator", &url])
+            .output()
+            .expect("status");
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        if text.contains(&run_id) && text.contains("running") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the run never started:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let cancel = ftsurvey()
+        .args(["runs", "cancel", "--coordinator", &url, &run_id])
+        .output()
+        .expect("runs cancel");
+    assert_success(&cancel);
+    assert!(
+        String::from_utf8_lossy(&cancel.stdout).contains("cancelled"),
+        "{cancel:?}"
+    );
+    let list = ftsurvey()
+        .args(["runs", "list", "--coordinator", &url])
+        .output()
+        .expect("runs list");
+    assert_success(&list);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.lines().any(|l| l.contains(&run_id) && l.contains("cancelled")),
+        "{text}"
+    );
+    assert!(
+        text.lines().filter(|l| l.contains("finished")).count() == 1,
+        "the first run is listed as finished:\n{text}"
     );
 }

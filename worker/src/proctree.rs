@@ -67,6 +67,9 @@ pub(crate) struct Tree {
     seen: HashSet<i32>,
     /// CPU ticks of each live member at the last sample.
     ticks: HashMap<i32, u64>,
+    /// The root has been waited for: its pid (and, once empty, its group id) may belong to
+    /// someone else now, so only the marker identifies members.
+    root_reaped: bool,
 }
 
 impl Tree {
@@ -78,7 +81,13 @@ impl Tree {
             root,
             seen: HashSet::new(),
             ticks: HashMap::new(),
+            root_reaped: false,
         }
+    }
+
+    /// Says the root process has been waited for.
+    pub(crate) fn root_reaped(&mut self) {
+        self.root_reaped = true;
     }
 
     /// Live (not zombie) members now.
@@ -95,7 +104,8 @@ impl Tree {
             if stat.state == 'Z' || stat.state == 'X' {
                 continue;
             }
-            if pid == self.root || stat.pgrp == self.root || self.has_marker(pid) {
+            let by_root = !self.root_reaped && (pid == self.root || stat.pgrp == self.root);
+            if by_root || self.has_marker(pid) {
                 self.seen.insert(pid);
                 members.push((pid, stat));
             }
@@ -137,10 +147,15 @@ impl Tree {
         sent
     }
 
-    /// Sends `signal` to the group and to every member.
+    /// Sends `signal` to the group and to every member. The group is signalled only while a
+    /// member is in it: an empty group's id is free for the kernel to reuse, and a process
+    /// group that took it over is not ours.
     pub(crate) fn signal_all(&mut self, signal: Signal) {
-        let _ = killpg(Pid::from_raw(self.root), signal);
-        for (pid, _) in self.members() {
+        let members = self.members();
+        if !self.root_reaped && members.iter().any(|(_, stat)| stat.pgrp == self.root) {
+            let _ = killpg(Pid::from_raw(self.root), signal);
+        }
+        for (pid, _) in members {
             let _ = kill(Pid::from_raw(pid), signal);
         }
     }

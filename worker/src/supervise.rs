@@ -152,6 +152,8 @@ pub async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationToken) -> 
     let mut stall_detected_after = None;
     let (ending, usage) = loop {
         tokio::select! {
+            // The exit first: once the root is reaped its pid is free, and sampling must stop.
+            biased;
             waited = &mut waiter => break (None, waited),
             _ = &mut deadline => break (Some(Ending::TimedOut), Ok(Err(std::io::Error::other("killed")))),
             _ = cancel.cancelled() => break (Some(Ending::Cancelled), Ok(Err(std::io::Error::other("killed")))),
@@ -178,6 +180,9 @@ pub async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationToken) -> 
     };
     let duration = spawned_at.elapsed();
     proctree::release_root(root);
+    if let Some(tree) = guard.0.as_mut() {
+        tree.root_reaped();
+    }
     let usage = usage.ok().and_then(Result::ok);
     let ending = match ending {
         Some(ending) => ending,

@@ -74,6 +74,22 @@ impl SurveyService for Survey {
         }))
     }
 
+    async fn get_status(
+        &self,
+        _request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::GetStatusResponse>, Status> {
+        let runs = self.hub.store.list_runs(1000).await.map_err(status_from_store)?;
+        Ok(Response::new(v1::GetStatusResponse {
+            workers: self.hub.workers(),
+            active_runs: runs
+                .iter()
+                .filter(|run| !run.state.is_terminal())
+                .map(Into::into)
+                .collect(),
+            now_ms: now_ms(),
+        }))
+    }
+
     async fn cancel_run(
         &self,
         request: Request<v1::CancelRunRequest>,

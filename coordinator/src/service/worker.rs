@@ -93,6 +93,17 @@ async fn run_session(
         let _ = old.try_send(Err(Status::aborted("replaced by a newer session of the same worker")));
     }
     tracing::info!(worker.id = %worker_id, slots = hello.slots, interpreter = %profile.summary(), "worker connected");
+    hub.update_worker(
+        &worker_id,
+        v1::WorkerStatus {
+            worker_id: worker_id.to_string(),
+            interpreter: profile.summary(),
+            slots: hello.slots,
+            running_jobs: 0,
+            last_heartbeat_ms: now_ms(),
+            connected_at_ms: now_ms(),
+        },
+    );
     let settings = hub.settings.clone();
     let welcome = v1::Welcome {
         heartbeat_interval_ms: settings.heartbeat_interval.as_millis() as u32,
@@ -122,9 +133,14 @@ async fn run_session(
         let _ = sender.send(Err(status.clone())).await;
     }
     let leases: Vec<(JobId, LeaseToken)> = session.running.drain().collect();
-    match hub.store.release_jobs(&leases, now_ms()).await {
-        Ok(runs) => runs.into_iter().for_each(|run| hub.notify_run(run)),
-        Err(error) => tracing::error!(worker.id = %worker_id, error = %error, "could not release leases"),
+    // A worker that went away gives its jobs back at once. When the coordinator itself stops,
+    // the workers are fine: their leases stay, their heartbeats keep them after the restart,
+    // and expiry reclaims those of workers that do not come back.
+    if !shutdown.is_cancelled() {
+        match hub.store.release_jobs(&leases, now_ms()).await {
+            Ok(runs) => runs.into_iter().for_each(|run| hub.notify_run(run)),
+            Err(error) => tracing::error!(worker.id = %worker_id, error = %error, "could not release leases"),
+        }
     }
     hub.unregister_session(&worker_id, number);
     hub.jobs_available.notify_waiters();
@@ -151,11 +167,9 @@ impl Session {
             }
             let hub = self.hub.clone();
             tokio::select! {
-                _ = shutdown.cancelled() => {
-                    let drain = v1::Drain { reason: "coordinator shutting down".to_string() };
-                    let _ = self.sender.try_send(Ok(v1::CoordinatorMessage { msg: Some(Out::Drain(drain)) }));
-                    return Ok(());
-                }
+                // Not a drain: the worker reconnects to the coordinator that comes back, and its
+                // leases stay valid until then (see run_session).
+                _ = shutdown.cancelled() => return Err(Status::unavailable("coordinator shutting down")),
                 _ = self.sender.closed() => return Ok(()),
                 message = inbound.message() => match message {
                     Ok(Some(message)) => self.handle(message).await?,
@@ -183,6 +197,13 @@ impl Session {
                         .map_err(status_from_wire)?;
                     running.push((JobId(job.job_id), token));
                 }
+                // Jobs from before a reconnect are this session's now: released if it drops.
+                self.running.extend(running.iter().copied());
+                let running_jobs = running.len() as u32;
+                self.hub.touch_worker(&self.worker_id, |status| {
+                    status.running_jobs = running_jobs;
+                    status.last_heartbeat_ms = now_ms();
+                });
                 let lease_ms = self.hub.settings.lease_duration.as_millis() as i64;
                 self.hub
                     .store
@@ -212,6 +233,7 @@ impl Session {
             .map_err(status_from_store)?;
         if self.running.get(&job_id) == Some(&token) {
             self.running.remove(&job_id);
+            self.report_running();
         }
         tracing::debug!(worker.id = %self.worker_id, job.id = %job_id, ack = ?completion.ack, "outcome");
         let ack = v1::Ack {
@@ -235,6 +257,13 @@ impl Session {
     }
 
     /// Leases as many jobs as the worker has credits for and sends them.
+    /// Shows the session's running jobs in the fleet status.
+    fn report_running(&self) {
+        let running = self.running.len() as u32;
+        self.hub
+            .touch_worker(&self.worker_id, |status| status.running_jobs = running);
+    }
+
     async fn dispatch(&mut self) -> Result<(), Status> {
         let max_jobs = self.credits.min(32);
         let tokens: Vec<LeaseToken> = (0..max_jobs).map(|_| LeaseToken::random()).collect();
@@ -255,6 +284,7 @@ impl Session {
         for assignment in assignments {
             self.credits -= 1;
             self.running.insert(assignment.job_id, assignment.lease_token);
+            self.report_running();
             if !self.warm_packages.contains(&assignment.package.name) {
                 self.warm_packages.push(assignment.package.name.clone());
             }

@@ -1,0 +1,151 @@
+//! Reading and steering a coordinator from anywhere: `ftsurvey status` (workers and queues)
+//! and `ftsurvey runs list|cancel`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use comfy_table::Table;
+use domain::RunSummary;
+use proto::v1;
+
+use crate::remote::{connect, status_error};
+
+/// Where the coordinator is; shared by these commands.
+#[derive(Debug, Args)]
+pub(crate) struct CoordinatorArg {
+    /// The coordinator, e.g. `http://coordinator:50051`.
+    #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
+    coordinator: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RunsCommand {
+    /// Runs, newest first, with their progress.
+    List {
+        #[command(flatten)]
+        coordinator: CoordinatorArg,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Cancels a run: pending jobs at once, running ones are stopped on their workers.
+    Cancel {
+        #[command(flatten)]
+        coordinator: CoordinatorArg,
+        /// The run's id.
+        run_id: String,
+    },
+}
+
+pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        RunsCommand::List { coordinator, limit } => {
+            let mut client = connect(&coordinator.coordinator).await?;
+            let listed = client
+                .list_runs(v1::ListRunsRequest { limit })
+                .await
+                .map_err(|s| status_error(&s))
+                .context("listing runs")?
+                .into_inner();
+            let runs = listed
+                .runs
+                .into_iter()
+                .map(RunSummary::try_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            println!("{}", runs_table(&runs));
+        }
+        RunsCommand::Cancel { coordinator, run_id } => {
+            let mut client = connect(&coordinator.coordinator).await?;
+            let cancelled = client
+                .cancel_run(v1::CancelRunRequest { run_id: run_id.clone() })
+                .await
+                .map_err(|s| status_error(&s))
+                .with_context(|| format!("cancelling run {run_id}"))?
+                .into_inner();
+            let run = RunSummary::try_from(cancelled.run.context("coordinator sent no run")?)?;
+            println!(
+                "run {}: {} ({} of {} jobs settled)",
+                run.run_id, run.state, run.jobs_settled, run.jobs_total
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn status(coordinator: CoordinatorArg) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&coordinator.coordinator).await?;
+    let status = client
+        .get_status(v1::GetStatusRequest {})
+        .await
+        .map_err(|s| status_error(&s))
+        .context("reading the coordinator's status")?
+        .into_inner();
+    let mut workers = table(&["Worker", "Interpreter", "Slots", "Busy", "Last heartbeat", "Connected"]);
+    for worker in &status.workers {
+        workers.add_row(vec![
+            worker.worker_id.clone(),
+            worker.interpreter.clone(),
+            worker.slots.to_string(),
+            worker.running_jobs.to_string(),
+            ago(status.now_ms, worker.last_heartbeat_ms),
+            ago(status.now_ms, worker.connected_at_ms),
+        ]);
+    }
+    println!("{} workers connected", status.workers.len());
+    if !status.workers.is_empty() {
+        println!("{workers}");
+    }
+    let runs = status
+        .active_runs
+        .into_iter()
+        .map(RunSummary::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    println!("{} runs queued or running", runs.len());
+    if !runs.is_empty() {
+        println!("{}", runs_table(&runs));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runs_table(runs: &[RunSummary]) -> Table {
+    let mut table = table(&[
+        "Run",
+        "State",
+        "Label",
+        "Packages done",
+        "Jobs done",
+        "Running",
+        "Pending",
+    ]);
+    for run in runs {
+        let pending = run.jobs_total.saturating_sub(run.jobs_settled + run.jobs_running);
+        table.add_row(vec![
+            run.run_id.to_string(),
+            run.state.to_string(),
+            run.label.clone(),
+            format!("{}/{}", run.packages_finished, run.packages_total),
+            format!("{}/{}", run.jobs_settled, run.jobs_total),
+            run.jobs_running.to_string(),
+            pending.to_string(),
+        ]);
+    }
+    table
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_style(comfy_table::presets::ASCII_BORDERS_ONLY_CONDENSED);
+    table.set_header(header.to_vec());
+    table
+}
+
+/// `3s ago`, from two epoch-millisecond times.
+fn ago(now_ms: i64, then_ms: i64) -> String {
+    let seconds = (now_ms - then_ms).max(0) / 1000;
+    match seconds {
+        0..=119 => format!("{seconds}s ago"),
+        120..=7199 => format!("{}m ago", seconds / 60),
+        _ => format!("{}h ago", seconds / 3600),
+    }
+}

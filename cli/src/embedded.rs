@@ -7,16 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use domain::WorkerId;
-use proto::v1::survey_service_client::SurveyServiceClient;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// A running coordinator and its local workers.
 #[derive(Debug)]
 pub(crate) struct Embedded {
-    pub(crate) client: SurveyServiceClient<Channel>,
+    pub(crate) client: crate::remote::Client,
     coordinator: JoinHandle<anyhow::Result<()>>,
     workers: Vec<JoinHandle<anyhow::Result<()>>>,
     coordinator_shutdown: CancellationToken,
@@ -40,17 +38,15 @@ impl Embedded {
             .context("cannot bind a loopback port")?;
         let address: SocketAddr = listener.local_addr()?;
         let coordinator_shutdown = CancellationToken::new();
-        let coordinator_config = coordinator::Config {
-            database_url: format!("sqlite://{}", database_path(&config.work_dir).display()),
-            settings: coordinator::Settings::default(),
-        };
+        let coordinator_config =
+            coordinator::Config::new(format!("sqlite://{}", database_path(&config.work_dir).display()));
         let coordinator = tokio::spawn(coordinator::run(
             coordinator_config,
             listener,
             coordinator_shutdown.clone(),
         ));
         let url = format!("http://{address}");
-        let client = crate::remote::connect(&url).await?;
+        let client = crate::remote::connect(&url, None, None).await?;
 
         let workers_shutdown = CancellationToken::new();
         let mut workers = Vec::new();
@@ -64,6 +60,8 @@ impl Embedded {
                 pip_cache_dir: config.pip_cache_dir.clone(),
                 base_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
                 allow_gil_build: config.allow_gil_build,
+                token: None,
+                ca_cert: None,
             };
             workers.push(tokio::spawn(worker::run(worker_config, workers_shutdown.clone())));
         }

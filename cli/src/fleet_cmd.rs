@@ -25,6 +25,18 @@ pub(crate) struct ServeArgs {
         value_name = "ADDR"
     )]
     listen: SocketAddr,
+    /// Require this bearer token of workers.
+    #[arg(long, env = "FTSURVEY_WORKER_TOKEN", hide_env_values = true)]
+    worker_token: Option<String>,
+    /// Require this bearer token of clients (run, status, runs).
+    #[arg(long, env = "FTSURVEY_CLIENT_TOKEN", hide_env_values = true)]
+    client_token: Option<String>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "FTSURVEY_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, env = "FTSURVEY_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Flags of `ftsurvey worker`.
@@ -52,6 +64,12 @@ pub(crate) struct WorkerArgs {
     /// Accept a target that is not free-threaded.
     #[arg(long, env = "FTSURVEY_ALLOW_GIL_BUILD")]
     allow_gil_build: bool,
+    /// The bearer token the coordinator requires of workers.
+    #[arg(long = "token", env = "FTSURVEY_WORKER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Trust this CA certificate (PEM) for an `https://` coordinator.
+    #[arg(long, env = "FTSURVEY_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -65,9 +83,18 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         listener.local_addr()?,
         coordinator::store::redact_url(&args.database_url)
     );
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(coordinator::TlsFiles {
+            cert_pem: std::fs::read(cert).with_context(|| format!("cannot read --tls-cert {}", cert.display()))?,
+            key_pem: std::fs::read(key).with_context(|| format!("cannot read --tls-key {}", key.display()))?,
+        }),
+        _ => None,
+    };
     let config = coordinator::Config {
-        database_url: args.database_url,
-        settings: coordinator::Settings::default(),
+        worker_token: args.worker_token,
+        client_token: args.client_token,
+        tls,
+        ..coordinator::Config::new(args.database_url)
     };
     coordinator::run(config, listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
@@ -94,6 +121,13 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         work_dir,
         base_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
         allow_gil_build: args.allow_gil_build,
+        token: args.token.clone(),
+        ca_cert: match &args.ca_cert {
+            Some(path) => {
+                Some(std::fs::read(path).with_context(|| format!("cannot read --ca-cert {}", path.display()))?)
+            }
+            None => None,
+        },
     };
     let shutdown = CancellationToken::new();
     spawn_stop_on_signal(shutdown.clone());

@@ -11,8 +11,8 @@ use domain::results::{PackageRecord, RunConfig, RunMeta, SystemInfo};
 use domain::spec::RunOptions;
 use domain::{InterpreterProfile, InterpreterRequirement, Mode, PackageResult, RunSpec, RunSummary};
 use proto::v1;
-use proto::v1::survey_service_client::SurveyServiceClient;
-use tonic::transport::Channel;
+
+use crate::remote::Client;
 
 use crate::embedded::{Embedded, EmbeddedConfig};
 use crate::registry_dir;
@@ -28,6 +28,12 @@ pub(crate) struct RunArgs {
     /// Submit to this coordinator (a fleet) instead of running embedded, then follow the run.
     #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
     pub(crate) coordinator: Option<String>,
+    /// With --coordinator: the bearer token it requires of clients.
+    #[arg(long = "token", env = "FTSURVEY_CLIENT_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// With --coordinator: trust this CA certificate (PEM) for an `https://` URL.
+    #[arg(long, env = "FTSURVEY_CA_CERT", value_name = "FILE")]
+    pub(crate) ca_cert: Option<PathBuf>,
     /// With --coordinator: print the run id once submitted and return.
     #[arg(long, requires = "coordinator")]
     pub(crate) detach: bool,
@@ -230,7 +236,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
 
     if let Some(url) = &args.coordinator {
-        let mut client = crate::remote::connect(url).await?;
+        let mut client = crate::remote::connect(url, args.token.as_deref(), args.ca_cert.as_ref()).await?;
         if args.detach {
             let summary = submit(&mut client, &spec).await?;
             println!("{}", summary.run_id);
@@ -278,7 +284,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Submits the run; returns its summary.
-async fn submit(client: &mut SurveyServiceClient<Channel>, spec: &RunSpec) -> anyhow::Result<RunSummary> {
+async fn submit(client: &mut Client, spec: &RunSpec) -> anyhow::Result<RunSummary> {
     let request = v1::SubmitRunRequest {
         spec: Some(spec.into()),
         client_token: uuid::Uuid::new_v4().to_string(),
@@ -296,7 +302,7 @@ async fn submit(client: &mut SurveyServiceClient<Channel>, spec: &RunSpec) -> an
 /// and writes what there is. `embedded` is watched for workers that stop.
 #[allow(clippy::too_many_arguments)]
 async fn survey(
-    client: &mut SurveyServiceClient<Channel>,
+    client: &mut Client,
     mut embedded: Option<&mut Embedded>,
     spec: &RunSpec,
     args: &RunArgs,

@@ -9,14 +9,13 @@ use comfy_table::Table;
 use domain::RunSummary;
 use proto::v1;
 
-use crate::remote::{connect, status_error};
+use crate::remote::{CoordinatorArgs, status_error};
 
 /// Where the coordinator is; shared by these commands.
 #[derive(Debug, Args)]
 pub(crate) struct CoordinatorArg {
-    /// The coordinator, e.g. `http://coordinator:50051`.
-    #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
-    coordinator: String,
+    #[command(flatten)]
+    coordinator: CoordinatorArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,7 +40,7 @@ pub(crate) enum RunsCommand {
 pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
     match command {
         RunsCommand::List { coordinator, limit } => {
-            let mut client = connect(&coordinator.coordinator).await?;
+            let mut client = coordinator.coordinator.connect().await?;
             let listed = client
                 .list_runs(v1::ListRunsRequest { limit })
                 .await
@@ -56,7 +55,7 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
             println!("{}", runs_table(&runs));
         }
         RunsCommand::Cancel { coordinator, run_id } => {
-            let mut client = connect(&coordinator.coordinator).await?;
+            let mut client = coordinator.coordinator.connect().await?;
             let cancelled = client
                 .cancel_run(v1::CancelRunRequest { run_id: run_id.clone() })
                 .await
@@ -74,7 +73,7 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn status(coordinator: CoordinatorArg) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&coordinator.coordinator).await?;
+    let mut client = coordinator.coordinator.connect().await?;
     let status = client
         .get_status(v1::GetStatusRequest {})
         .await

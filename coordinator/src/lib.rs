@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use proto::auth::RequireToken;
 use proto::v1::survey_service_server::SurveyServiceServer;
 use proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::hub::Hub;
 use crate::service::survey::Survey;
@@ -29,9 +31,40 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// What the coordinator needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `sqlite://PATH` (created if missing).
+    /// `postgres://...` or `sqlite://PATH` (created if missing).
     pub database_url: String,
     pub settings: Settings,
+    /// Bearer tokens required of workers and of clients; `None` requires none.
+    pub worker_token: Option<String>,
+    pub client_token: Option<String>,
+    /// Serve TLS with this certificate chain and key (PEM).
+    pub tls: Option<TlsFiles>,
+}
+
+impl Config {
+    /// A coordinator on `database_url` with default timing, no tokens and no TLS.
+    pub fn new(database_url: String) -> Self {
+        Config {
+            database_url,
+            settings: Settings::default(),
+            worker_token: None,
+            client_token: None,
+            tls: None,
+        }
+    }
+}
+
+/// A TLS identity, read from PEM files.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsFiles { .. }")
+    }
 }
 
 /// Timing of leases and the reaper.
@@ -75,16 +108,25 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let survey = InterceptedService::new(survey, RequireToken::new(config.client_token.as_deref(), "client"));
     let workers = WorkerServiceServer::new(Workers {
         hub: hub.clone(),
         shutdown: shutdown.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = InterceptedService::new(workers, RequireToken::new(config.worker_token.as_deref(), "worker"));
 
     let address = listener.local_addr().context("listener has no address")?;
-    tracing::info!(%address, "coordinator listening");
-    tonic::transport::Server::builder()
+    tracing::info!(%address, tls = config.tls.is_some(), "coordinator listening");
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .context("invalid TLS certificate or key")?;
+    }
+    server
         .add_service(health_service)
         .add_service(survey)
         .add_service(workers)

@@ -8,6 +8,7 @@ pub mod v1 {
     tonic::include_proto!("ftsurvey.v1");
 }
 
+pub mod auth;
 pub mod convert;
 
 pub use convert::WireError;

@@ -1,7 +1,7 @@
 //! Fleet mode as an operator runs it: `ftsurvey serve` on a throwaway PostgreSQL, two
 //! `ftsurvey worker` processes on the free-threaded build, `ftsurvey run --coordinator`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -195,4 +195,180 @@ fn a_postgres_coordinator_and_two_workers_classify_the_fixtures_as_embedded_mode
         text.lines().filter(|l| l.contains("finished")).count() == 1,
         "the first run is listed as finished:\n{text}"
     );
+}
+
+/// A test CA and a server certificate it signed for `localhost` and 127.0.0.1, made with
+/// openssl: (CA certificate, server certificate, server key).
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed to make test certificates");
+        assert!(output.status.success(), "openssl {args:?}: {output:?}");
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=ftsurvey test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "server.csr"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+#[test]
+fn tokens_tls_and_the_database_password_are_handled() {
+    let postgres = TestPostgres::start().expect("start a throwaway PostgreSQL");
+    let survey = Survey::new();
+    let dir = survey.dir.path();
+    let (ca, cert, key) = test_certificates(dir);
+    let port = free_port();
+    let url = format!("https://localhost:{port}");
+    // The test cluster trusts every local connection, so any password is accepted: it must
+    // still never be printed.
+    let database_url = postgres.url().replace("postgres@", "postgres:sekret-password@");
+    let serve_log = dir.join("serve.log");
+    let _coordinator = spawn(
+        ftsurvey()
+            .env("FTSURVEY_LOG", "info")
+            .arg("serve")
+            .args([
+                "--database-url",
+                &database_url,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["--worker-token", "worker-secret", "--client-token", "client-secret"])
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key),
+        &serve_log,
+    );
+    wait_for_port(port, &serve_log);
+
+    let status = |token: Option<&str>, url: &str, trust: bool| {
+        let mut command = ftsurvey();
+        command.args(["status", "--coordinator", url]);
+        if let Some(token) = token {
+            command.args(["--token", token]);
+        }
+        if trust {
+            command.arg("--ca-cert").arg(&ca);
+        }
+        command.output().expect("status")
+    };
+    let ok = status(Some("client-secret"), &url, true);
+    assert_success(&ok);
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("0 workers connected"));
+
+    let one_line_error = |output: std::process::Output, expected: &str| {
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains(expected), "{stderr}");
+    };
+    one_line_error(status(None, &url, true), "a client token is required");
+    one_line_error(status(Some("guess"), &url, true), "wrong client token");
+    one_line_error(status(Some("worker-secret"), &url, true), "wrong client token");
+    one_line_error(
+        status(Some("client-secret"), &format!("http://127.0.0.1:{port}"), false),
+        "reading the coordinator's status",
+    );
+
+    // A worker with the wrong token is refused for good and says so.
+    let refused = ftsurvey()
+        .arg("worker")
+        .args([
+            "--coordinator",
+            &url,
+            "--worker-id",
+            "intruder",
+            "--token",
+            "client-secret",
+        ])
+        .arg("--ca-cert")
+        .arg(&ca)
+        .arg("--target-python")
+        .arg(free_threaded_python())
+        .arg("--work-dir")
+        .arg(dir.join("intruder"))
+        .output()
+        .expect("worker");
+    one_line_error(refused, "the coordinator refused this worker: wrong worker token");
+
+    // The right token over TLS: the worker is seen connected.
+    let _worker = spawn(
+        ftsurvey()
+            .arg("worker")
+            .args(["--coordinator", &url, "--worker-id", "w1", "--token", "worker-secret"])
+            .arg("--ca-cert")
+            .arg(&ca)
+            .arg("--target-python")
+            .arg(free_threaded_python())
+            .arg("--work-dir")
+            .arg(dir.join("w1")),
+        &dir.join("w1.log"),
+    );
+    let started = Instant::now();
+    loop {
+        let text = String::from_utf8_lossy(&status(Some("client-secret"), &url, true).stdout).into_owned();
+        if text.starts_with("1 workers connected") && text.contains("w1") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the worker never connected:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let log = std::fs::read_to_string(&serve_log).expect("serve log");
+    assert!(log.contains("coordinator on 127.0.0.1"), "{log}");
+    assert!(!log.contains("sekret-password"), "the password leaked:\n{log}");
+    assert!(log.contains("postgres:***@"), "{log}");
 }

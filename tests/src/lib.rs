@@ -41,8 +41,8 @@ impl TestCluster {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
         let config = coordinator::Config {
-            database_url: format!("sqlite://{}", dir.path().join("coordinator.db").display()),
             settings,
+            ..coordinator::Config::new(format!("sqlite://{}", dir.path().join("coordinator.db").display()))
         };
         let coordinator = tokio::spawn(coordinator::run(config, listener, shutdown.clone()));
         TestCluster {

@@ -38,6 +38,10 @@ pub struct WorkerConfig {
     pub base_path: String,
     /// Accept a target that is not free-threaded.
     pub allow_gil_build: bool,
+    /// The bearer token the coordinator requires of workers.
+    pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for an `https://` coordinator.
+    pub ca_cert: Option<Vec<u8>>,
 }
 
 /// Runs the worker until `shutdown` is cancelled or the coordinator drains it.

@@ -57,6 +57,8 @@ enum SessionEnd {
     Shutdown,
     Drained,
     Lost(anyhow::Error),
+    /// The coordinator refuses this worker (a wrong token): retrying cannot help.
+    Refused(anyhow::Error),
 }
 
 impl Worker {
@@ -81,6 +83,10 @@ impl Worker {
             let started = Instant::now();
             match self.session(&shutdown).await {
                 SessionEnd::Shutdown | SessionEnd::Drained => break,
+                SessionEnd::Refused(error) => {
+                    self.stop_jobs().await;
+                    return Err(error);
+                }
                 SessionEnd::Lost(error) => {
                     if started.elapsed() > Duration::from_secs(10) {
                         backoff = BACKOFF_START;
@@ -107,10 +113,19 @@ impl Worker {
     }
 
     async fn session(&mut self, shutdown: &CancellationToken) -> SessionEnd {
-        let channel = match tonic::transport::Endpoint::from_shared(self.config.coordinator_url.clone()) {
+        let mut endpoint = match tonic::transport::Endpoint::from_shared(self.config.coordinator_url.clone()) {
             Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(10)),
-            Err(error) => return SessionEnd::Lost(anyhow::anyhow!("bad coordinator url: {error}")),
+            Err(error) => return SessionEnd::Refused(anyhow::anyhow!("bad coordinator url: {error}")),
         };
+        if let Some(ca) = &self.config.ca_cert {
+            let tls =
+                tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            endpoint = match endpoint.tls_config(tls) {
+                Ok(endpoint) => endpoint,
+                Err(error) => return SessionEnd::Refused(anyhow::anyhow!("invalid TLS settings: {error}")),
+            };
+        }
+        let channel = endpoint;
         let channel = tokio::select! {
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
             connected = channel.connect() => match connected {
@@ -118,7 +133,11 @@ impl Worker {
                 Err(error) => return SessionEnd::Lost(anyhow::anyhow!("cannot connect to {}: {error}", self.config.coordinator_url)),
             },
         };
-        let mut client = WorkerServiceClient::new(channel)
+        let token = match proto::auth::BearerToken::new(self.config.token.as_deref()) {
+            Ok(token) => token,
+            Err(error) => return SessionEnd::Refused(anyhow::anyhow!("invalid --token: {error}")),
+        };
+        let mut client = WorkerServiceClient::with_interceptor(channel, token)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (out_tx, out_rx) = mpsc::channel::<v1::WorkerMessage>(256);
@@ -132,6 +151,12 @@ impl Worker {
         let _ = out_tx.send(message(Out::Hello(hello))).await;
         let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
             Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                return SessionEnd::Refused(anyhow::anyhow!(
+                    "the coordinator refused this worker: {}",
+                    status.message()
+                ));
+            }
             Err(status) => return SessionEnd::Lost(anyhow::anyhow!("session refused: {status}")),
         };
         let welcome = match inbound.message().await {

@@ -1,0 +1,101 @@
+//! Bearer tokens on the wire: the client side adds `authorization: Bearer <token>` to every
+//! request, the server side refuses requests without the token it expects.
+
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// Adds a bearer token (if any) to every outgoing request.
+#[derive(Debug, Clone, Default)]
+pub struct BearerToken(Option<AsciiMetadataValue>);
+
+impl BearerToken {
+    /// A token to send; `None` sends none. Fails on characters a header cannot carry.
+    pub fn new(token: Option<&str>) -> Result<Self, String> {
+        match token {
+            None => Ok(BearerToken(None)),
+            Some(token) => MetadataValue::try_from(format!("Bearer {token}"))
+                .map(|value| BearerToken(Some(value)))
+                .map_err(|_| "the token must be printable ASCII".to_string()),
+        }
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Lets through only requests carrying the expected bearer token (any request when none is
+/// expected). `who` names the callers in the refusal: `worker` or `client`.
+#[derive(Clone)]
+pub struct RequireToken {
+    expected: Option<Vec<u8>>,
+    who: &'static str,
+}
+
+impl std::fmt::Debug for RequireToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequireToken")
+            .field("who", &self.who)
+            .field("required", &self.expected.is_some())
+            .finish()
+    }
+}
+
+impl RequireToken {
+    pub fn new(expected: Option<&str>, who: &'static str) -> Self {
+        RequireToken {
+            expected: expected.map(|t| format!("Bearer {t}").into_bytes()),
+            who,
+        }
+    }
+}
+
+impl Interceptor for RequireToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(request);
+        };
+        match request.metadata().get("authorization") {
+            Some(given) if constant_time_eq(given.as_bytes(), expected) => Ok(request),
+            Some(_) => Err(Status::unauthenticated(format!("wrong {} token", self.who))),
+            None => Err(Status::unauthenticated(format!(
+                "a {} token is required (authorization: Bearer ...)",
+                self.who
+            ))),
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not tell how much of a
+/// guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_expected_token_passes() {
+        let mut require = RequireToken::new(Some("s3cret"), "worker");
+        let mut send = BearerToken::new(Some("s3cret")).expect("token");
+        assert!(require.call(send.call(Request::new(())).expect("send")).is_ok());
+        let mut wrong = BearerToken::new(Some("guess")).expect("token");
+        let refused = require
+            .call(wrong.call(Request::new(())).expect("send"))
+            .expect_err("wrong");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert_eq!(refused.message(), "wrong worker token");
+        let missing = require.call(Request::new(())).expect_err("missing");
+        assert!(missing.message().contains("a worker token is required"));
+        assert!(RequireToken::new(None, "client").call(Request::new(())).is_ok());
+        assert!(BearerToken::new(Some("bad\ntoken")).is_err());
+    }
+}

@@ -29,7 +29,9 @@ pub(crate) struct CoordinatorArgs {
 
 /// Connects to the coordinator at `url` (`http://HOST:PORT`, or `https://` with `ca_cert`).
 pub(crate) async fn connect(url: &str, token: Option<&str>, ca_cert: Option<&PathBuf>) -> anyhow::Result<Client> {
-    let mut endpoint = Channel::from_shared(url.to_string()).with_context(|| format!("bad coordinator url {url:?}"))?;
+    let mut endpoint = Channel::from_shared(url.to_string())
+        .with_context(|| format!("bad coordinator url {url:?}"))?
+        .connect_timeout(std::time::Duration::from_secs(10));
     if let Some(path) = ca_cert {
         let pem = std::fs::read(path).with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
         endpoint = endpoint

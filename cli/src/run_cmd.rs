@@ -322,21 +322,81 @@ async fn survey(
         results.path().display()
     );
 
-    let mut events = client
-        .watch_run(v1::WatchRunRequest {
-            run_id: run_id.to_string(),
-        })
-        .await
-        .context("watching the run")?
-        .into_inner();
     let mut written: HashSet<String> = HashSet::new();
     let mut records = Vec::new();
     let total = spec.packages.len();
     let mut check_workers = tokio::time::interval(Duration::from_secs(1));
+    // The watch stream, reopened when the coordinator goes away: each new stream starts with a
+    // snapshot, and packages already written are skipped.
+    let mut events: Option<tonic::Streaming<v1::RunEvent>> = None;
+    let mut first_watch = true;
+    let mut run_over = false;
+    let mut retry_at = tokio::time::Instant::now();
     let interrupted = loop {
+        if run_over {
+            break false;
+        }
+        if events.is_none() {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break true,
+                _ = tokio::time::sleep_until(retry_at) => {}
+            }
+            // A coordinator that went away is connected to afresh (a remote one; the embedded
+            // one does not go away).
+            if let Some(url) = &args.coordinator
+                && !first_watch
+            {
+                match crate::remote::connect(url, args.token.as_deref(), args.ca_cert.as_ref()).await {
+                    Ok(fresh) => *client = fresh,
+                    Err(error) => {
+                        eprintln!("cannot reach the coordinator ({error:#}); retrying in 2 s");
+                        retry_at = tokio::time::Instant::now() + Duration::from_secs(2);
+                        continue;
+                    }
+                }
+            }
+            first_watch = false;
+            let watch = client.watch_run(v1::WatchRunRequest {
+                run_id: run_id.to_string(),
+            });
+            let watched = match tokio::time::timeout(Duration::from_secs(30), watch).await {
+                Ok(watched) => watched,
+                Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 30 s")),
+            };
+            match watched {
+                Ok(response) => events = Some(response.into_inner()),
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated
+                    ) =>
+                {
+                    return Err(crate::remote::status_error(&status).context("watching the run"));
+                }
+                Err(status) => {
+                    eprintln!("cannot watch the run ({}); retrying in 2 s", status.message());
+                    retry_at = tokio::time::Instant::now() + Duration::from_secs(2);
+                }
+            }
+            continue;
+        }
+        let Some(stream) = events.as_mut() else { continue };
         tokio::select! {
-            event = events.message() => {
-                let Some(event) = event.context("the run's progress stream failed")? else { break false };
+            event = stream.message() => {
+                let event = match event {
+                    Ok(Some(event)) => event,
+                    Ok(None) | Err(_) => {
+                        if !run_over {
+                            eprintln!("lost the coordinator's progress stream; reconnecting");
+                        }
+                        events = None;
+                        retry_at = tokio::time::Instant::now() + Duration::from_secs(1);
+                        continue;
+                    }
+                };
+                if let Some(summary) = event.run.clone().and_then(|r| RunSummary::try_from(r).ok()) {
+                    run_over = summary.state.is_terminal();
+                }
                 for package in event.finished_packages {
                     let result = PackageResult::try_from(package)?;
                     if written.insert(result.package.clone()) {

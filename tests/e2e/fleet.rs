@@ -11,7 +11,7 @@ use tests::postgres::TestPostgres;
 use crate::cli::{Survey, assert_success, category_of, free_threaded_python, ftsurvey};
 
 /// A child process killed when dropped.
-struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -20,7 +20,7 @@ impl Drop for Process {
     }
 }
 
-fn spawn(command: &mut Command, log: &Path) -> Process {
+pub(crate) fn spawn(command: &mut Command, log: &Path) -> Process {
     let log = std::fs::File::create(log).expect("log file");
     let child = command
         .stdin(Stdio::null())
@@ -31,7 +31,7 @@ fn spawn(command: &mut Command, log: &Path) -> Process {
     Process(child)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -40,7 +40,7 @@ fn free_port() -> u16 {
 }
 
 /// Waits until something accepts connections on `port`.
-fn wait_for_port(port: u16, log: &Path) {
+pub(crate) fn wait_for_port(port: u16, log: &Path) {
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

@@ -3,6 +3,7 @@
 
 mod cli;
 mod detection;
+mod faults;
 mod fleet;
 mod protocol;
 mod registry;

@@ -58,6 +58,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     }
     proctree::become_subreaper();
     let worker_dir = config.work_dir.join("workers").join(config.worker_id.as_str());
+    let leftovers = proctree::kill_leftovers(&worker_dir);
+    if leftovers > 0 {
+        tracing::warn!(worker.id = %config.worker_id, killed = leftovers, "killed processes an earlier run of this worker left behind");
+    }
     let spool = spool::Spool::open(&worker_dir.join("spool"))
         .with_context(|| format!("cannot create the outcome spool under {}", worker_dir.display()))?;
     let setups = setup::Setups::new(

@@ -47,6 +47,46 @@ pub fn become_subreaper() {
     }
 }
 
+/// The variable that marks every command a worker runs with the worker's directory, so a
+/// restarted worker can find what its previous incarnation left running.
+pub(crate) const WORKER_VAR: &str = "FTSURVEY_WORKER_DIR";
+
+/// Kills every process started by an earlier worker with this directory (one killed with
+/// SIGKILL leaves its iterations running). Returns how many there were.
+pub fn kill_leftovers(worker_dir: &std::path::Path) -> usize {
+    let marker = format!("{WORKER_VAR}={}", worker_dir.display()).into_bytes();
+    let me = std::process::id() as i32;
+    let mut killed = 0;
+    for _ in 0..20 {
+        let found: Vec<i32> = all_pids()
+            .filter(|pid| *pid != me)
+            .filter(|pid| environ_has(*pid, &marker))
+            .collect();
+        if found.is_empty() {
+            break;
+        }
+        for pid in &found {
+            if kill(Pid::from_raw(*pid), Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    killed
+}
+
+fn all_pids() -> impl Iterator<Item = i32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+}
+
+fn environ_has(pid: i32, marker: &[u8]) -> bool {
+    fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| environ.split(|b| *b == 0).any(|var| var == marker))
+}
+
 /// One process as `/proc/<pid>/stat` describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stat {
@@ -93,13 +133,7 @@ impl Tree {
     /// Live (not zombie) members now.
     pub(crate) fn members(&mut self) -> Vec<(i32, Stat)> {
         let mut members = Vec::new();
-        let Ok(entries) = fs::read_dir("/proc") else {
-            return members;
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
+        for pid in all_pids() {
             let Some(stat) = read_stat(pid) else { continue };
             if stat.state == 'Z' || stat.state == 'X' {
                 continue;
@@ -114,10 +148,7 @@ impl Tree {
     }
 
     fn has_marker(&self, pid: i32) -> bool {
-        let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
-            return false;
-        };
-        environ.split(|b| *b == 0).any(|var| var == self.marker.as_slice())
+        environ_has(pid, &self.marker)
     }
 
     /// CPU ticks the tree used since the last sample: the growth of every member's counter,

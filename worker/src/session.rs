@@ -177,13 +177,20 @@ impl Worker {
             }
             Err(error) => tracing::error!(error = %error, "cannot read the outcome spool"),
         }
-        let busy = self.running.lock().unwrap_or_else(|e| e.into_inner()).len() as u32;
-        let free = self.config.slots.saturating_sub(busy);
+        // Jobs whose end gives a credit back in this session: those still running from an
+        // earlier session (their slots are not granted below), then those assigned in this one.
+        // A job that ended before this point is already counted as a free slot.
+        let mut session_jobs: HashSet<JobId> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let free = self.config.slots.saturating_sub(session_jobs.len() as u32);
         if free > 0 {
             let _ = out_tx.send(message(Out::Credit(v1::Credit { count: free }))).await;
         }
-        // Jobs assigned in this session: only their ends give credits back here.
-        let mut session_jobs: HashSet<JobId> = HashSet::new();
         let mut draining = false;
         let heartbeat_every = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
         let mut heartbeat = tokio::time::interval(heartbeat_every);

@@ -204,6 +204,11 @@ impl Setups {
             ("PIP_CACHE_DIR".to_string(), self.pip_cache_dir.display().to_string()),
             ("PIP_DISABLE_PIP_VERSION_CHECK".to_string(), "1".to_string()),
             ("PIP_NO_INPUT".to_string(), "1".to_string()),
+            // Lets a restarted worker find what this one leaves running if it is killed.
+            (
+                crate::proctree::WORKER_VAR.to_string(),
+                self.root.parent().unwrap_or(&self.root).display().to_string(),
+            ),
         ];
         if self.tsan_build {
             // Interpreter-internal reports would fail pip's build subprocesses otherwise.

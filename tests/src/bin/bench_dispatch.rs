@@ -1,0 +1,406 @@
+//! The dispatch benchmark: how fast a coordinator hands out jobs and commits their outcomes.
+//!
+//! ```sh
+//! cargo run --release -p tests --bin bench-dispatch -- [--backend sqlite|postgres|both]
+//!     [--jobs N] [--workers 1,16,256] [--submit-jobs 100000] [--soak-secs 0]
+//! ```
+//!
+//! For each backend (PostgreSQL is a throwaway cluster started like the tests' one) it prints:
+//! the time to submit a run of `--submit-jobs` jobs; a store loop without gRPC claiming and
+//! completing one job at a time and ten at a time (the ceiling); then, for each K in
+//! `--workers`, K simulated workers over real gRPC on loopback whose executor returns at
+//! once: jobs per second (claim + outcome committed) and the p50/p99 time from a worker's
+//! credit to its assignment. `--soak-secs` keeps 256 workers busy that long and prints the
+//! rate per minute, the first against the last.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use coordinator::store::{ClaimRequest, Store};
+use domain::spec::RunOptions;
+use domain::{
+    InterpreterRequirement, IterationOutcome, IterationStatus, JobResult, LeaseToken, Mode, PackageSpec, RunId,
+    RunSpec, Source, WorkerId,
+};
+use proto::v1;
+use proto::v1::survey_service_client::SurveyServiceClient;
+use proto::v1::worker_service_client::WorkerServiceClient;
+use tests::ft_profile;
+use tests::postgres::TestPostgres;
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug)]
+struct Options {
+    backends: Vec<String>,
+    jobs: u64,
+    workers: Vec<usize>,
+    submit_jobs: u64,
+    soak_secs: u64,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options {
+        backends: vec!["sqlite".into(), "postgres".into()],
+        jobs: 20_000,
+        workers: vec![1, 16, 256],
+        submit_jobs: 100_000,
+        soak_secs: 0,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--backend" => {
+                options.backends = match value()?.as_str() {
+                    "both" => vec!["sqlite".into(), "postgres".into()],
+                    one @ ("sqlite" | "postgres") => vec![one.to_string()],
+                    other => return Err(format!("unknown backend {other:?}: sqlite, postgres or both")),
+                };
+            }
+            "--jobs" => options.jobs = value()?.parse().map_err(|e| format!("--jobs: {e}"))?,
+            "--submit-jobs" => options.submit_jobs = value()?.parse().map_err(|e| format!("--submit-jobs: {e}"))?,
+            "--soak-secs" => options.soak_secs = value()?.parse().map_err(|e| format!("--soak-secs: {e}"))?,
+            "--workers" => {
+                options.workers = value()?
+                    .split(',')
+                    .map(|k| k.trim().parse::<usize>().map_err(|e| format!("--workers: {e}")))
+                    .collect::<Result<_, _>>()?;
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(options)
+}
+
+fn main() {
+    let options = match options() {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    for backend in &options.backends {
+        if let Err(error) = runtime.block_on(bench_backend(backend, &options)) {
+            eprintln!("error: {backend}: {error:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// A run of `jobs` jobs: packages of 10 iterations each.
+fn run_spec(jobs: u64) -> RunSpec {
+    let packages = jobs.div_ceil(10).max(1);
+    RunSpec {
+        label: format!("bench {jobs}"),
+        packages: (0..packages)
+            .map(|i| PackageSpec {
+                name: format!("pkg-{i}"),
+                version: None,
+                source: Source::Sdist,
+                install_command: "true".into(),
+                test_command: "true".into(),
+                test_framework: "pytest".into(),
+                import_name: format!("pkg_{i}"),
+                timeout_secs: None,
+                env: Default::default(),
+                download_count: None,
+                extension_type: None,
+            })
+            .collect(),
+        iterations: 10,
+        modes: vec![Mode::Ft],
+        options: RunOptions::default(),
+        requirement: InterpreterRequirement {
+            python_version: Some("3.13".into()),
+            free_threaded: true,
+            tsan: false,
+        },
+        registry: None,
+    }
+}
+
+fn pass() -> JobResult {
+    JobResult::Iteration(IterationOutcome {
+        iteration: 1,
+        mode: Mode::Ft,
+        status: IterationStatus::Pass,
+        exit_code: Some(0),
+        signal: None,
+        duration_ms: 1,
+        cpu_time_ms: None,
+        max_rss_kb: None,
+        stalled: false,
+        last_output_line: String::new(),
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        crash_signature: None,
+        harness_error: None,
+        worker_id: "bench".into(),
+        attempt: 1,
+        start_latency_ms: None,
+        evidence: Default::default(),
+    })
+}
+
+async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let postgres = if backend == "postgres" {
+        Some(TestPostgres::start()?)
+    } else {
+        None
+    };
+    let url = match &postgres {
+        Some(cluster) => cluster.url(),
+        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    };
+    println!("== {backend}");
+
+    // A coordinator on loopback.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = format!("http://{}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(coordinator::run(
+        coordinator::Config::new(url.clone()),
+        listener,
+        shutdown.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = SurveyServiceClient::connect(address.clone())
+        .await?
+        .max_encoding_message_size(coordinator::MAX_MESSAGE_BYTES * 4)
+        .max_decoding_message_size(coordinator::MAX_MESSAGE_BYTES * 4);
+
+    // Submitting a big run, through gRPC.
+    if options.submit_jobs > 0 {
+        let spec = run_spec(options.submit_jobs);
+        let started = Instant::now();
+        let submitted = client
+            .submit_run(v1::SubmitRunRequest {
+                spec: Some((&spec).into()),
+                client_token: String::new(),
+            })
+            .await?
+            .into_inner();
+        println!(
+            "submit: a run of {} jobs in {:.2} s",
+            options.submit_jobs,
+            started.elapsed().as_secs_f64()
+        );
+        let run_id = submitted.run.map(|r| r.run_id).unwrap_or_default();
+        client.cancel_run(v1::CancelRunRequest { run_id }).await?;
+    }
+
+    // The ceiling: the store's own claim + complete in a loop, no gRPC.
+    let store = coordinator::store::open(&url).await?;
+    for batch in [1u32, 10] {
+        let rate = store_loop(store.as_ref(), options.jobs.min(5_000), batch).await?;
+        println!("store loop (no gRPC), batch {batch:>2}: {rate:>8.0} jobs/s");
+    }
+
+    for &workers in &options.workers {
+        let (rate, p50, p99) = simulated(&mut client, &address, options.jobs, workers).await?;
+        println!(
+            "{workers:>3} simulated workers over gRPC: {rate:>8.0} jobs/s, credit-to-assignment p50 {:.2} ms, p99 {:.2} ms",
+            p50.as_secs_f64() * 1000.0,
+            p99.as_secs_f64() * 1000.0
+        );
+    }
+
+    if options.soak_secs > 0 {
+        soak(&mut client, &address, options.soak_secs).await?;
+    }
+    shutdown.cancel();
+    let _ = server.await;
+    Ok(())
+}
+
+/// Jobs per second of a sequential claim + complete loop on the store.
+async fn store_loop(store: &dyn Store, jobs: u64, batch: u32) -> anyhow::Result<f64> {
+    let spec = run_spec(jobs);
+    store
+        .submit_run(RunId::new_at(now_ms() as u64), &spec, None, now_ms())
+        .await?;
+    let worker = WorkerId::parse("bench-loop").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let profile = ft_profile();
+    let result = pass();
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < jobs {
+        let tokens: Vec<LeaseToken> = (0..batch).map(|_| LeaseToken::random()).collect();
+        let claimed = store
+            .claim_jobs(
+                ClaimRequest {
+                    worker_id: &worker,
+                    profile: &profile,
+                    warm_packages: &[],
+                    max_jobs: batch,
+                    lease_duration_ms: 60_000,
+                    lease_tokens: &tokens,
+                },
+                now_ms(),
+            )
+            .await?;
+        if claimed.is_empty() {
+            break;
+        }
+        for assignment in claimed {
+            store
+                .complete_job(assignment.job_id, assignment.lease_token, &result, now_ms())
+                .await?;
+            done += 1;
+        }
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs `jobs` jobs through `workers` simulated workers; returns jobs/s, p50 and p99 latency.
+async fn simulated(
+    client: &mut SurveyServiceClient<tonic::transport::Channel>,
+    address: &str,
+    jobs: u64,
+    workers: usize,
+) -> anyhow::Result<(f64, Duration, Duration)> {
+    let spec = run_spec(jobs);
+    client
+        .submit_run(v1::SubmitRunRequest {
+            spec: Some((&spec).into()),
+            client_token: String::new(),
+        })
+        .await?;
+    let done = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(jobs as usize)));
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..workers {
+        tasks.push(tokio::spawn(sim_worker(
+            address.to_string(),
+            format!("sim-{n}"),
+            done.clone(),
+            jobs,
+            latencies.clone(),
+            stop.clone(),
+        )));
+    }
+    while done.load(Ordering::Relaxed) < jobs {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("{} of {jobs} jobs done after 10 minutes", done.load(Ordering::Relaxed));
+        }
+    }
+    let elapsed = started.elapsed();
+    stop.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut latencies = latencies.lock().await.clone();
+    latencies.sort_unstable();
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    Ok((jobs as f64 / elapsed.as_secs_f64(), pick(0.5), pick(0.99)))
+}
+
+/// A worker whose executor returns at once: credit, assignment, outcome, ack, credit.
+async fn sim_worker(
+    address: String,
+    id: String,
+    done: Arc<AtomicU64>,
+    target: u64,
+    latencies: Arc<Mutex<Vec<Duration>>>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    use v1::coordinator_message::Msg as In;
+    use v1::worker_message::Msg as Out;
+    let mut client = WorkerServiceClient::connect(address).await?;
+    let (tx, rx) = mpsc::channel(16);
+    let send = |msg: Out| v1::WorkerMessage { msg: Some(msg) };
+    tx.send(send(Out::Hello(v1::Hello {
+        worker_id: id,
+        interpreter: Some((&ft_profile()).into()),
+        slots: 1,
+        warm_packages: Vec::new(),
+        agent_version: "bench".into(),
+    })))
+    .await?;
+    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let result: v1::JobResult = (&pass()).into();
+    let mut credit_at = Instant::now();
+    tx.send(send(Out::Credit(v1::Credit { count: 1 }))).await?;
+    let mut mine = Vec::new();
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => break,
+            message = inbound.message() => message?,
+        };
+        match message.and_then(|m| m.msg) {
+            Some(In::Assignment(assignment)) => {
+                mine.push(credit_at.elapsed());
+                tx.send(send(Out::Outcome(v1::JobOutcome {
+                    job_id: assignment.job_id,
+                    lease_token: assignment.lease_token,
+                    result: Some(result.clone()),
+                })))
+                .await?;
+            }
+            Some(In::Ack(_)) => {
+                if done.fetch_add(1, Ordering::Relaxed) + 1 >= target {
+                    break;
+                }
+                credit_at = Instant::now();
+                tx.send(send(Out::Credit(v1::Credit { count: 1 }))).await?;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    latencies.lock().await.extend(mine);
+    Ok(())
+}
+
+/// 256 workers for `seconds`, fed run after run; prints jobs per minute.
+async fn soak(
+    client: &mut SurveyServiceClient<tonic::transport::Channel>,
+    address: &str,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut per_minute = Vec::new();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let minute = Instant::now();
+        let mut jobs_this_minute = 0u64;
+        while minute.elapsed() < Duration::from_secs(60) && started.elapsed() < Duration::from_secs(seconds) {
+            let (rate, _, _) = simulated(client, address, 20_000, 256).await?;
+            jobs_this_minute += 20_000;
+            let _ = rate;
+        }
+        let rate = jobs_this_minute as f64 / minute.elapsed().as_secs_f64();
+        println!("soak minute {}: {rate:.0} jobs/s", per_minute.len() + 1);
+        per_minute.push(rate);
+    }
+    if let (Some(first), Some(last)) = (per_minute.first(), per_minute.last()) {
+        println!(
+            "soak: last minute {last:.0} jobs/s against the first {first:.0} ({:+.1}%)",
+            (last / first - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

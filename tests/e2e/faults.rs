@@ -147,6 +147,18 @@ impl Fleet {
         }
     }
 
+    /// Starts the run and waits until both workers hold a job.
+    async fn run_until_both_workers_are_busy(&self) -> (std::process::Child, PgPool) {
+        let pool = self.pool().await;
+        let client = self.run();
+        wait_until("jobs are running", Duration::from_secs(120), || {
+            let pool = pool.clone();
+            async move { leased(&pool).await.len() == 2 }
+        })
+        .await;
+        (client, pool)
+    }
+
     async fn pool(&self) -> PgPool {
         PgPool::connect(&self.postgres.url())
             .await
@@ -315,13 +327,7 @@ async fn a_worker_killed_mid_iteration_loses_nothing_and_its_job_runs_elsewhere(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_restart_mid_run_loses_nothing() {
     let mut fleet = Fleet::start();
-    let pool = fleet.pool().await;
-    let client = fleet.run();
-    wait_until("jobs are running", Duration::from_secs(120), || {
-        let pool = pool.clone();
-        async move { leased(&pool).await.len() == 2 }
-    })
-    .await;
+    let (client, _pool) = fleet.run_until_both_workers_are_busy().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     fleet.stop_coordinator();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -338,13 +344,7 @@ async fn a_coordinator_restart_mid_run_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_restart_mid_run_loses_nothing() {
     let mut fleet = Fleet::start();
-    let pool = fleet.pool().await;
-    let client = fleet.run();
-    wait_until("jobs are running", Duration::from_secs(120), || {
-        let pool = pool.clone();
-        async move { leased(&pool).await.len() == 2 }
-    })
-    .await;
+    let (client, pool) = fleet.run_until_both_workers_are_busy().await;
     pool.close().await;
     fleet.postgres.stop().expect("stop PostgreSQL");
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use domain::{Category, JobId, JobResult, PackageResult, RunId, RunState, RunSummary, WorkerId};
+use domain::{
+    Category, InterpreterRequirement, JobId, JobResult, Mode, PackageResult, PackageSpec, RunId, RunSpec, RunState,
+    RunSummary, WorkerId,
+};
 
 use super::{RevokedLease, StoreError};
 
@@ -113,4 +116,43 @@ pub(super) fn run_summary(
         jobs_running,
         categories,
     })
+}
+
+/// The columns of a run row that make its spec, with `iterations` as a 64-bit integer.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct RunSpecRow {
+    label: String,
+    iterations: i64,
+    modes_json: String,
+    options_json: String,
+    registry: Option<String>,
+    req_python_version: Option<String>,
+    req_free_threaded: bool,
+    req_tsan: bool,
+}
+
+impl RunSpecRow {
+    /// The run's spec, with its packages' specs (JSON, in package order).
+    pub(super) fn into_spec(self, package_specs: &[String]) -> Result<RunSpec, StoreError> {
+        let modes: Vec<String> = from_json(&self.modes_json)?;
+        Ok(RunSpec {
+            label: self.label,
+            packages: package_specs
+                .iter()
+                .map(|s| from_json::<PackageSpec>(s))
+                .collect::<Result<_, _>>()?,
+            iterations: to_u32("iterations", self.iterations)?,
+            modes: modes
+                .iter()
+                .map(|m| Mode::from_str(m).map_err(StoreError::Corrupt))
+                .collect::<Result<_, _>>()?,
+            options: from_json(&self.options_json)?,
+            requirement: InterpreterRequirement {
+                python_version: self.req_python_version,
+                free_threaded: self.req_free_threaded,
+                tsan: self.req_tsan,
+            },
+            registry: self.registry,
+        })
+    }
 }

@@ -11,13 +11,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use domain::spec::RunOptions;
 use domain::{
-    Assignment, InterpreterRequirement, JobId, JobResult, LeaseToken, Mode, OutcomeAck, PackageResult, PackageSpec,
-    RunId, RunSpec, RunState, RunSummary, WorkerId,
+    Assignment, JobId, JobResult, LeaseToken, Mode, OutcomeAck, PackageResult, PackageSpec, RunId, RunSpec, RunState,
+    RunSummary, WorkerId,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
 
-use super::common::{self, LIVE_JOB_STATES, RunRow, from_json, package_result, parse_run_id, revoked, to_json, to_u32};
+use super::common::{
+    self, LIVE_JOB_STATES, RunRow, RunSpecRow, from_json, package_result, parse_run_id, revoked, to_json, to_u32,
+};
 use super::{ClaimRequest, Completion, ReapReport, RevokedLease, Store, StoreError};
 
 /// Connections in the pool: claims and outcomes from many workers run side by side.
@@ -134,41 +136,20 @@ impl Store for PostgresStore {
     async fn get_run(&self, run_id: RunId) -> Result<(RunSummary, RunSpec), StoreError> {
         let mut tx = self.pool.begin().await?;
         let summary = run_summary(&mut tx, run_id).await?;
-        let row = sqlx::query(
-            "SELECT label, iterations, modes_json, options_json, registry, req_python_version, req_free_threaded,
-                    req_tsan
+        let row: RunSpecRow = sqlx::query_as(
+            "SELECT label, iterations::bigint AS iterations, modes_json, options_json, registry, req_python_version,
+                    req_free_threaded, req_tsan
              FROM runs WHERE id = $1",
         )
         .bind(run_id.to_string())
         .fetch_one(&mut *tx)
         .await?;
-        let modes: Vec<String> = from_json(row.try_get("modes_json")?)?;
-        let modes = modes
-            .iter()
-            .map(|m| Mode::from_str(m).map_err(StoreError::Corrupt))
-            .collect::<Result<_, _>>()?;
         let specs: Vec<String> =
             sqlx::query_scalar("SELECT spec_json FROM packages WHERE run_id = $1 ORDER BY package_idx")
                 .bind(run_id.to_string())
                 .fetch_all(&mut *tx)
                 .await?;
-        let packages = specs
-            .iter()
-            .map(|s| from_json::<PackageSpec>(s))
-            .collect::<Result<_, _>>()?;
-        let spec = RunSpec {
-            label: row.try_get("label")?,
-            packages,
-            iterations: to_u32("iterations", i64::from(row.try_get::<i32, _>("iterations")?))?,
-            modes,
-            options: from_json(row.try_get("options_json")?)?,
-            requirement: InterpreterRequirement {
-                python_version: row.try_get("req_python_version")?,
-                free_threaded: row.try_get("req_free_threaded")?,
-                tsan: row.try_get("req_tsan")?,
-            },
-            registry: row.try_get("registry")?,
-        };
+        let spec = row.into_spec(&specs)?;
         tx.commit().await?;
         Ok((summary, spec))
     }

@@ -411,7 +411,7 @@ mod tests {
     const SEGFAULT_IN_MAIN: &str = r#"Fatal Python error: Segmentation fault
 
 Current thread 0x00007faaf76e5740 (most recent call first):
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/ctypes/__init__.py", line 538 in string_at
+  File "/opt/python3.13t/lib/python3.13t/ctypes/__init__.py", line 538 in string_at
   File "<string>", line 1 in <module>
 "#;
 
@@ -420,14 +420,14 @@ Current thread 0x00007faaf76e5740 (most recent call first):
 
 Current thread 0x00007f65fb70b6c0 (most recent call first):
   File "/tmp/h1fh/abort_thread.py", line 4 in work
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 994 in run
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1014 in _bootstrap
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 994 in run
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1014 in _bootstrap
 
 Thread 0x00007f65fb767740 (most recent call first):
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 359 in wait
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 659 in wait
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 981 in start
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 359 in wait
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 659 in wait
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 981 in start
   File "/tmp/h1fh/abort_thread.py", line 7 in <module>
 "#;
 
@@ -435,22 +435,22 @@ Thread 0x00007f65fb767740 (most recent call first):
     const SEGFAULT_IN_THREAD: &str = r#"Fatal Python error: Segmentation fault
 
 Current thread 0x00007f3fc7f126c0 (most recent call first):
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/ctypes/__init__.py", line 538 in string_at
+  File "/opt/python3.13t/lib/python3.13t/ctypes/__init__.py", line 538 in string_at
   File "/tmp/h1fh/segv_thread.py", line 4 in work
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 994 in run
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1014 in _bootstrap
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 994 in run
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1014 in _bootstrap
 
 Thread 0x00007f3fc87136c0 (most recent call first):
   File "/tmp/h1fh/segv_thread.py", line 7 in idle
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 994 in run
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1014 in _bootstrap
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 994 in run
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1014 in _bootstrap
 
 Thread 0x00007f3fc87b8740 (most recent call first):
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 359 in wait
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 659 in wait
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 981 in start
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 359 in wait
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 659 in wait
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 981 in start
   File "/tmp/h1fh/segv_thread.py", line 11 in <module>
 "#;
 
@@ -465,7 +465,7 @@ collected 1 item
 tests/test_main.py Fatal Python error: Segmentation fault
 
 Current thread 0x00007fa10fce9740 (most recent call first):
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/ctypes/__init__.py", line 538 in string_at
+  File "/opt/python3.13t/lib/python3.13t/ctypes/__init__.py", line 538 in string_at
   File "/tmp/ftsurvey-aaa111/venv/lib/python3.13t/site-packages/crashy/core.py", line 5 in deref_null
   File "/tmp/ftsurvey-aaa111/venv/lib/python3.13t/site-packages/crashy/core.py", line 10 in work
   File "/tmp/ftsurvey-aaa111/src/tests/test_main.py", line 5 in test_crash_in_main
@@ -486,7 +486,7 @@ collected 1 item
 tests/test_main.py Fatal Python error: Segmentation fault
 
 Current thread 0x00007f2203905740 (most recent call first):
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/ctypes/__init__.py", line 538 in string_at
+  File "/opt/python3.13t/lib/python3.13t/ctypes/__init__.py", line 538 in string_at
   File "/tmp/ftsurvey-bbb222/venv/lib/python3.13t/site-packages/crashy/core.py", line 5 in deref_null
   File "/tmp/ftsurvey-bbb222/venv/lib/python3.13t/site-packages/crashy/core.py", line 10 in work
   File "/tmp/ftsurvey-bbb222/src/tests/test_main.py", line 5 in test_crash_in_main
@@ -508,15 +508,15 @@ collected 2 items
 tests/test_crash.py .Fatal Python error: Segmentation fault
 
 Current thread 0x00007fdd773d86c0 (most recent call first):
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/ctypes/__init__.py", line 538 in string_at
+  File "/opt/python3.13t/lib/python3.13t/ctypes/__init__.py", line 538 in string_at
   File "/tmp/h1ftvenv/lib/python3.13t/site-packages/crashy/core.py", line 5 in deref_null
   File "/tmp/h1ftvenv/lib/python3.13t/site-packages/crashy/core.py", line 10 in work
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 994 in run
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1014 in _bootstrap
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 994 in run
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1014 in _bootstrap
 
 Thread 0x00007fdd77c3b740 (most recent call first):
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1094 in join
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1094 in join
   File "/tmp/ftsurvey-aaa111/src/tests/test_crash.py", line 14 in test_crash_in_thread
   File "/tmp/h1ftvenv/lib/python3.13t/site-packages/_pytest/python.py", line 187 in pytest_pyfunc_call
   File "/tmp/h1ftvenv/lib/python3.13t/site-packages/pluggy/_execution.py", line 147 in _multicall
@@ -535,15 +535,15 @@ Extension modules: markupsafe._speedups (total: 1)
     /// `faulthandler.register(signal.SIGUSR1, all_threads=True)`.
     const DEADLOCK_DUMP: &str = r#"Thread 0x00007f82b7fff6c0 (most recent call first):
   File "/tmp/h1fh/deadlock.py", line 17 in second
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 994 in run
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1014 in _bootstrap
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 994 in run
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1014 in _bootstrap
 
 Thread 0x00007f82bcad56c0 (most recent call first):
   File "/tmp/h1fh/deadlock.py", line 11 in first
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 994 in run
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1014 in _bootstrap
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 994 in run
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1014 in _bootstrap
 
 Current thread 0x00007f82bcb31740 (most recent call first):
   File "/tmp/h1fh/deadlock.py", line 24 in <module>
@@ -553,33 +553,33 @@ Current thread 0x00007f82bcb31740 (most recent call first):
     /// the second dump follows the first with no line between them.
     const DEADLOCK_TWO_DUMPS: &str = r#"Thread 0x00007f508725b6c0 (most recent call first):
   File "/tmp/h1fh/deadlock_ext.py", line 17 in second
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 994 in run
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1014 in _bootstrap
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 994 in run
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1014 in _bootstrap
 
 Thread 0x00007f5087a606c0 (most recent call first):
   File "/tmp/h1fh/deadlock_ext.py", line 11 in first
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 994 in run
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1014 in _bootstrap
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 994 in run
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1014 in _bootstrap
 
 Current thread 0x00007f5087abc740 (most recent call first):
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1094 in join
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1094 in join
   File "/tmp/h1fh/deadlock_ext.py", line 23 in <module>
 Thread 0x00007f508725b6c0 (most recent call first):
   File "/tmp/h1fh/deadlock_ext.py", line 17 in second
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 994 in run
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1014 in _bootstrap
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 994 in run
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1014 in _bootstrap
 
 Thread 0x00007f5087a606c0 (most recent call first):
   File "/tmp/h1fh/deadlock_ext.py", line 11 in first
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 994 in run
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1014 in _bootstrap
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 994 in run
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1043 in _bootstrap_inner
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1014 in _bootstrap
 
 Current thread 0x00007f5087abc740 (most recent call first):
-  File "/root/.cache/ftsurvey/pythons/ft-93e583f243454e6e/lib/python3.13t/threading.py", line 1094 in join
+  File "/opt/python3.13t/lib/python3.13t/threading.py", line 1094 in join
   File "/tmp/h1fh/deadlock_ext.py", line 23 in <module>
 "#;
 

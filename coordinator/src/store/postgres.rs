@@ -91,18 +91,22 @@ impl Store for PostgresStore {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        let mut indexes = Vec::with_capacity(spec.packages.len());
-        let mut names = Vec::with_capacity(spec.packages.len());
-        let mut specs = Vec::with_capacity(spec.packages.len());
-        let mut results = Vec::with_capacity(spec.packages.len());
-        for (package_idx, package) in spec.packages.iter().enumerate() {
-            let initial = PackageResult::build(&package.name, spec.iterations, None, Vec::new(), false);
-            indexes.push(package_idx as i32);
-            names.push(package.name.clone());
-            specs.push(to_json(package)?);
-            results.push(to_json(&initial)?);
-        }
-        let category = PackageResult::build("", spec.iterations, None, Vec::new(), false).category;
+        // Every package starts with the same empty verdict; only its name differs.
+        let empty = PackageResult::build("", spec.iterations, None, Vec::new(), false);
+        let category = empty.category;
+        let indexes: Vec<i32> = (0..spec.packages.len() as i32).collect();
+        let names: Vec<String> = spec.packages.iter().map(|p| p.name.clone()).collect();
+        let specs = spec.packages.iter().map(to_json).collect::<Result<Vec<_>, _>>()?;
+        let results = spec
+            .packages
+            .iter()
+            .map(|package| {
+                to_json(&PackageResult {
+                    package: package.name.clone(),
+                    ..empty.clone()
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         sqlx::query(
             "INSERT INTO packages (run_id, package_idx, name, spec_json, category, finished, result_json)
              SELECT $1, idx, name, spec, $5, FALSE, result

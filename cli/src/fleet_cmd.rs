@@ -37,6 +37,15 @@ pub(crate) struct ServeArgs {
     /// The TLS certificate's private key (PEM).
     #[arg(long, env = "FTSURVEY_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// Seconds a lease lasts without a heartbeat: how long a worker cut off from the network
+    /// keeps its jobs before they go to others. Workers heartbeat every 2 s.
+    #[arg(long, default_value_t = 15, env = "FTSURVEY_LEASE_DURATION", value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(5..=3600))]
+    lease_duration: u64,
+    /// Leases a job may get before it is recorded as lost (an infrastructure result).
+    #[arg(long, default_value_t = 3, env = "FTSURVEY_MAX_ATTEMPTS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
 }
 
 /// Flags of `ftsurvey worker`.
@@ -94,6 +103,11 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         worker_token: args.worker_token,
         client_token: args.client_token,
         tls,
+        settings: coordinator::Settings {
+            lease_duration: std::time::Duration::from_secs(args.lease_duration),
+            max_attempts: args.max_attempts,
+            ..coordinator::Settings::default()
+        },
         ..coordinator::Config::new(args.database_url)
     };
     coordinator::run(config, listener, shutdown).await?;

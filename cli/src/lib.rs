@@ -44,6 +44,8 @@ enum Command {
     /// Runs on a coordinator: list them, cancel one.
     #[command(subcommand)]
     Runs(runs_cmd::RunsCommand),
+    /// Retire a worker: it finishes the jobs it runs, takes no new ones, and exits.
+    Drain(runs_cmd::DrainArgs),
     /// Free-threaded interpreters: build one from source.
     #[command(subcommand)]
     Python(python_cmd::PythonCommand),
@@ -60,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => run_async(fleet_cmd::serve(args)),
         Command::Status(args) => run_async(runs_cmd::status(args)),
         Command::Runs(command) => run_async(runs_cmd::runs(command)),
+        Command::Drain(args) => run_async(runs_cmd::drain(args)),
         Command::Worker(args) => run_async(fleet_cmd::worker(*args)),
     };
     match result {

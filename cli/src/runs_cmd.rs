@@ -1,5 +1,5 @@
-//! Reading and steering a coordinator from anywhere: `ftsurvey status` (workers and queues)
-//! and `ftsurvey runs list|cancel`.
+//! Reading and steering a coordinator from anywhere: `ftsurvey status` (workers and queues),
+//! `ftsurvey runs list|cancel` and `ftsurvey drain` (retire a worker).
 
 use std::process::ExitCode;
 
@@ -72,6 +72,36 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Flags of `ftsurvey drain`.
+#[derive(Debug, Args)]
+pub(crate) struct DrainArgs {
+    #[command(flatten)]
+    coordinator: CoordinatorArg,
+    /// The worker's id, as `ftsurvey status` lists it.
+    worker_id: String,
+    /// Why, for the worker's log.
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+pub(crate) async fn drain(args: DrainArgs) -> anyhow::Result<ExitCode> {
+    let mut client = args.coordinator.coordinator.connect().await?;
+    let drained = client
+        .drain_worker(v1::DrainWorkerRequest {
+            worker_id: args.worker_id.clone(),
+            reason: args.reason,
+        })
+        .await
+        .map_err(|s| status_error(&s))
+        .with_context(|| format!("draining worker {}", args.worker_id))?
+        .into_inner();
+    println!(
+        "worker {}: draining; it finishes its {} running jobs, takes no new ones, then exits",
+        args.worker_id, drained.running_jobs
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) async fn status(coordinator: CoordinatorArg) -> anyhow::Result<ExitCode> {
     let mut client = coordinator.coordinator.connect().await?;
     let status = client
@@ -103,6 +133,27 @@ pub(crate) async fn status(coordinator: CoordinatorArg) -> anyhow::Result<ExitCo
     println!("{} runs queued or running", runs.len());
     if !runs.is_empty() {
         println!("{}", runs_table(&runs));
+    }
+    if let Some(dispatch) = status.dispatch {
+        let mean = |items: u64, batches: u64| {
+            if batches == 0 {
+                0.0
+            } else {
+                items as f64 / batches as f64
+            }
+        };
+        println!(
+            "dispatch since start: {} jobs claimed in {} transactions ({:.1} each, {:.2} ms each), \
+             {} outcomes recorded in {} ({:.1} each, {:.2} ms each)",
+            dispatch.jobs_claimed,
+            dispatch.claim_batches,
+            mean(dispatch.jobs_claimed, dispatch.claim_batches),
+            mean(dispatch.claim_micros, dispatch.claim_batches) / 1000.0,
+            dispatch.outcomes,
+            dispatch.outcome_batches,
+            mean(dispatch.outcomes, dispatch.outcome_batches),
+            mean(dispatch.outcome_micros, dispatch.outcome_batches) / 1000.0,
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

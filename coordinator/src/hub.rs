@@ -1,7 +1,7 @@
 //! State shared by the coordinator's services: the store, the live worker sessions and the
 //! signals that wake dispatchers and watchers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,6 +9,7 @@ use domain::{RunId, WorkerId};
 use proto::v1;
 use tokio::sync::{Notify, broadcast, mpsc};
 
+use crate::batch::Batcher;
 use crate::store::{RevokedLease, Store};
 
 /// Messages to one worker session.
@@ -18,6 +19,8 @@ pub(crate) type SessionSender = mpsc::Sender<Result<v1::CoordinatorMessage, toni
 #[derive(Debug)]
 pub(crate) struct Hub {
     pub(crate) store: Arc<dyn Store>,
+    /// Claims and outcomes of all sessions, batched into store transactions.
+    pub(crate) batcher: Batcher,
     pub(crate) settings: crate::Settings,
     /// Live sessions by worker id, each with a number that tells a session from its replacement.
     sessions: Mutex<HashMap<WorkerId, (u64, SessionSender)>>,
@@ -28,11 +31,14 @@ pub(crate) struct Hub {
     pub(crate) run_changed: broadcast::Sender<RunId>,
     /// What `GetStatus` shows of each connected worker.
     workers: Mutex<HashMap<WorkerId, v1::WorkerStatus>>,
+    /// Workers an operator drained: their sessions get no new jobs.
+    draining: Mutex<HashSet<WorkerId>>,
 }
 
 impl Hub {
     pub(crate) fn new(store: Arc<dyn Store>, settings: crate::Settings) -> Self {
         Hub {
+            batcher: Batcher::start(store.clone(), settings.lease_duration),
             store,
             settings,
             sessions: Mutex::new(HashMap::new()),
@@ -40,6 +46,7 @@ impl Hub {
             jobs_available: Notify::new(),
             run_changed: broadcast::channel(1024).0,
             workers: Mutex::new(HashMap::new()),
+            draining: Mutex::new(HashSet::new()),
         }
     }
 
@@ -74,7 +81,40 @@ impl Hub {
         };
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let replaced = sessions.insert(worker_id.clone(), (number, sender)).map(|(_, s)| s);
+        // A worker that says Hello again starts afresh: a drained one exited and was restarted.
+        self.draining
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(worker_id);
         (number, replaced)
+    }
+
+    /// Tells a connected worker to drain; returns the jobs it still runs, or `None` when no
+    /// worker of that id is connected.
+    pub(crate) fn drain_worker(&self, worker_id: &WorkerId, reason: &str) -> Option<u32> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, sender) = sessions.get(worker_id)?;
+        self.draining
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(worker_id.clone());
+        let drain = v1::Drain {
+            reason: reason.to_string(),
+        };
+        let message = v1::CoordinatorMessage {
+            msg: Some(v1::coordinator_message::Msg::Drain(drain)),
+        };
+        // A full channel: the session is far behind; it still gets no new jobs.
+        let _ = sender.try_send(Ok(message));
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        Some(workers.get(worker_id).map_or(0, |status| status.running_jobs))
+    }
+
+    pub(crate) fn is_draining(&self, worker_id: &WorkerId) -> bool {
+        self.draining
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(worker_id)
     }
 
     /// Forgets a session unless it has already been replaced.

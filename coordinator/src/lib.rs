@@ -4,6 +4,7 @@
 //! [`run`] is the whole server: it takes an open listener and a shutdown token, so the
 //! embedded CLI, the `serve` command and the tests all start it the same way.
 
+mod batch;
 mod hub;
 mod reaper;
 mod service;
@@ -17,9 +18,9 @@ use proto::auth::RequireToken;
 use proto::v1::survey_service_server::SurveyServiceServer;
 use proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 
 use crate::hub::Hub;
 use crate::service::survey::Survey;
@@ -119,6 +120,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
 
     let address = listener.local_addr().context("listener has no address")?;
     tracing::info!(%address, tls = config.tls.is_some(), "coordinator listening");
+    // Small messages both ways (credits, assignments, acks): send each at once rather than
+    // waiting for the peer's delayed ACK; keepalive finds peers that vanished from the network.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(30)));
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
@@ -130,7 +136,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .add_service(health_service)
         .add_service(survey)
         .add_service(workers)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await
         .context("grpc server failed")?;
     reaper.await.context("reaper task panicked")?;

@@ -333,3 +333,50 @@ async fn an_invalid_run_is_refused_and_stores_nothing() {
     assert_eq!(missing.expect_err("bad id").code(), tonic::Code::InvalidArgument);
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_drained_worker_finishes_its_job_and_gets_no_new_one() {
+    let cluster = TestCluster::start().await;
+    submit(&cluster, &spec(&["a"], 3)).await;
+    let mut session = cluster.session().await;
+    session.hello("w1", &ft_profile(), 2).await;
+    session.send(In::Credit(v1::Credit { count: 1 })).await;
+    let running = expect_assignment(&mut session).await;
+    let drained = cluster
+        .survey()
+        .await
+        .drain_worker(v1::DrainWorkerRequest {
+            worker_id: "w1".into(),
+            reason: "maintenance".into(),
+        })
+        .await
+        .expect("drain")
+        .into_inner();
+    assert_eq!(drained.running_jobs, 1);
+    match session.next().await.expect("message") {
+        Out::Drain(drain) => assert_eq!(drain.reason, "maintenance"),
+        other => panic!("expected a drain, got {other:?}"),
+    }
+    // Its outcome still counts; new credits bring nothing (two dispatch polls and more).
+    report(&session, &running, &running.lease_token).await;
+    assert_eq!(expect_ack(&mut session, running.job_id).await, v1::AckStatus::Recorded);
+    session.send(In::Credit(v1::Credit { count: 1 })).await;
+    let next = session.next_within(Duration::from_millis(1500)).await;
+    assert!(next.is_none(), "a drained worker got {next:?}");
+    let unknown = cluster
+        .survey()
+        .await
+        .drain_worker(v1::DrainWorkerRequest {
+            worker_id: "nobody".into(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("no such worker");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    // Another worker takes the rest.
+    let mut other = cluster.session().await;
+    other.hello("w2", &ft_profile(), 1).await;
+    other.send(In::Credit(v1::Credit { count: 1 })).await;
+    expect_assignment(&mut other).await;
+    cluster.stop().await;
+}

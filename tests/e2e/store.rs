@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use coordinator::store::{ClaimRequest, Store};
+use coordinator::store::{ClaimBatch, ClaimRequest, ClaimWant, Report, Store};
 use domain::spec::RunOptions;
 use domain::{
     Category, InterpreterProfile, InterpreterRequirement, IterationOutcome, IterationStatus, JobResult, LeaseToken,
@@ -57,6 +57,9 @@ conformance!(
     runs_are_listed_newest_first_and_counted,
     a_worker_is_preferred_for_packages_it_has_set_up,
     stop_on_first_pass_cancels_the_packages_remaining_jobs,
+    a_batch_claim_gives_each_worker_its_share_and_warm_packages_to_who_set_them_up,
+    concurrent_runs_share_the_fleet,
+    a_batch_of_outcomes_records_each_job_once,
 );
 
 fn package(name: &str) -> PackageSpec {
@@ -146,14 +149,12 @@ async fn claim(
     max_jobs: u32,
     now_ms: i64,
 ) -> Vec<domain::Assignment> {
-    let tokens: Vec<LeaseToken> = (0..max_jobs).map(|_| LeaseToken::random()).collect();
     let request = ClaimRequest {
         worker_id,
         profile,
         warm_packages: warm,
         max_jobs,
         lease_duration_ms: LEASE_MS,
-        lease_tokens: &tokens,
     };
     store.claim_jobs(request, now_ms).await.expect("claim")
 }
@@ -550,4 +551,151 @@ async fn stop_on_first_pass_cancels_the_packages_remaining_jobs(store: Arc<dyn S
         .expect("results")
         .remove(0);
     assert_eq!(result.category, Category::Compatible);
+}
+
+async fn a_batch_claim_gives_each_worker_its_share_and_warm_packages_to_who_set_them_up(store: Arc<dyn Store>) {
+    submit(&store, &spec(&["a", "b", "c"], 3), 0).await;
+    let ft = profile("3.13", true);
+    let (warm_worker, cold_worker) = (worker("warm"), worker("cold"));
+    let warm = vec!["c".to_string()];
+    let wants = [
+        ClaimWant {
+            worker_id: &cold_worker,
+            warm_packages: &[],
+            max_jobs: 3,
+        },
+        ClaimWant {
+            worker_id: &warm_worker,
+            warm_packages: &warm,
+            max_jobs: 2,
+        },
+    ];
+    let batch = ClaimBatch {
+        profile: &ft,
+        wants: &wants,
+        lease_duration_ms: LEASE_MS,
+    };
+    let mut got = store.claim_batch(batch, 0).await.expect("batch claim");
+    assert_eq!(got.len(), 2, "one list per want");
+    let (warm_jobs, cold_jobs) = (got.pop().expect("warm"), got.pop().expect("cold"));
+    assert_eq!(warm_jobs.len(), 2);
+    assert!(warm_jobs.iter().all(|a| a.package.name == "c"), "{warm_jobs:?}");
+    assert_eq!(cold_jobs.len(), 3);
+    let mut ids: Vec<_> = warm_jobs.iter().chain(&cold_jobs).map(|a| a.job_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "no job given twice");
+    // Each lease is the worker's it was given to: only that worker's heartbeat extends it.
+    let warm_held: Vec<_> = warm_jobs.iter().map(|a| (a.job_id, a.lease_token)).collect();
+    assert_eq!(
+        store
+            .heartbeat(&cold_worker, &warm_held, LEASE_MS, 10)
+            .await
+            .expect("hb"),
+        0
+    );
+    assert_eq!(
+        store
+            .heartbeat(&warm_worker, &warm_held, LEASE_MS, 10)
+            .await
+            .expect("hb"),
+        2
+    );
+}
+
+async fn concurrent_runs_share_the_fleet(store: Arc<dyn Store>) {
+    let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let first = submit(&store, &spec(&names, 2), 1_000).await;
+    let second = submit(&store, &spec(&names, 2), 2_000).await;
+    let ft = profile("3.13", true);
+    let got = claim(&store, &worker("w1"), &ft, &[], 10, 3_000).await;
+    let from = |run: RunId, jobs: &[domain::Assignment]| jobs.iter().filter(|a| a.run_id == run).count();
+    assert_eq!(
+        (from(first, &got), from(second, &got)),
+        (5, 5),
+        "one claim takes an equal share of each run"
+    );
+    // The run with fewer running jobs comes first: after 3 of the second run's jobs finish,
+    // the next small claims all go to it.
+    for job in got.iter().filter(|a| a.run_id == second).take(3) {
+        store
+            .complete_job(
+                job.job_id,
+                job.lease_token,
+                &outcome(job.iteration, IterationStatus::Pass),
+                3_100,
+            )
+            .await
+            .expect("complete");
+    }
+    let mut next = Vec::new();
+    for n in 0..3 {
+        next.extend(claim(&store, &worker(&format!("v{n}")), &ft, &[], 1, 3_200).await);
+    }
+    assert_eq!(from(second, &next), 3, "{next:?}");
+}
+
+async fn a_batch_of_outcomes_records_each_job_once(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["a", "b"], 1), 0).await;
+    let jobs = claim(&store, &worker("w"), &profile("3.13", true), &[], 2, 0).await;
+    let pass = outcome(1, IterationStatus::Pass);
+    let fail = outcome(1, IterationStatus::Fail);
+    let reports = [
+        Report {
+            job_id: jobs[0].job_id,
+            lease_token: jobs[0].lease_token,
+            result: &pass,
+        },
+        Report {
+            job_id: jobs[0].job_id,
+            lease_token: jobs[0].lease_token,
+            result: &fail,
+        },
+        Report {
+            job_id: jobs[1].job_id,
+            lease_token: LeaseToken::random(),
+            result: &fail,
+        },
+        Report {
+            job_id: jobs[1].job_id,
+            lease_token: jobs[1].lease_token,
+            result: &fail,
+        },
+        Report {
+            job_id: domain::JobId(999_999),
+            lease_token: LeaseToken::random(),
+            result: &pass,
+        },
+    ];
+    let acks: Vec<OutcomeAck> = store
+        .complete_batch(&reports, 10)
+        .await
+        .expect("batch")
+        .into_iter()
+        .map(|c| c.ack)
+        .collect();
+    assert_eq!(
+        acks,
+        vec![
+            OutcomeAck::Recorded,
+            OutcomeAck::Duplicate,
+            OutcomeAck::Stale,
+            OutcomeAck::Recorded,
+            OutcomeAck::Stale
+        ]
+    );
+    let results = store.package_results(run_id, &[], true).await.expect("results");
+    let statuses: Vec<(String, IterationStatus)> = results
+        .iter()
+        .map(|r| (r.package.clone(), r.iterations[0].status))
+        .collect();
+    let (a, b) = (jobs[0].package.name.clone(), jobs[1].package.name.clone());
+    let mut expected = vec![(a, IterationStatus::Pass), (b, IterationStatus::Fail)];
+    expected.sort();
+    let mut statuses = statuses;
+    statuses.sort();
+    assert_eq!(statuses, expected, "the first report of each job stands");
+    let (summary, _) = store.get_run(run_id).await.expect("get");
+    assert_eq!(summary.state, RunState::Finished);
 }

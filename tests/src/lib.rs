@@ -114,6 +114,18 @@ impl RawSession {
         Ok(message.expect("stream still open").msg.expect("message has a body"))
     }
 
+    /// The next message if one comes within `limit`; `None` if none does.
+    pub async fn next_within(&mut self, limit: Duration) -> Option<v1::coordinator_message::Msg> {
+        let message = tokio::time::timeout(limit, self.inbound.message()).await.ok()?;
+        Some(
+            message
+                .expect("stream healthy")
+                .expect("stream still open")
+                .msg
+                .expect("message has a body"),
+        )
+    }
+
     /// Says hello and waits for the welcome.
     pub async fn hello(&mut self, worker_id: &str, profile: &InterpreterProfile, slots: u32) -> v1::Welcome {
         let hello = v1::Hello {

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{RunId, RunSpec};
+use domain::{RunId, RunSpec, WorkerId};
 use futures::Stream;
 use proto::convert::parse_run_id;
 use proto::v1;
@@ -87,7 +87,28 @@ impl SurveyService for Survey {
                 .map(Into::into)
                 .collect(),
             now_ms: now_ms(),
+            dispatch: Some(self.hub.batcher.stats.snapshot()),
         }))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<v1::DrainWorkerRequest>,
+    ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
+        let request = request.into_inner();
+        let worker_id = WorkerId::parse(&request.worker_id)
+            .map_err(|e| Status::invalid_argument(format!("invalid field worker_id: {e}")))?;
+        let reason = if request.reason.is_empty() {
+            "drained by an operator"
+        } else {
+            request.reason.as_str()
+        };
+        let running_jobs = self
+            .hub
+            .drain_worker(&worker_id, reason)
+            .ok_or_else(|| Status::not_found(format!("no worker {worker_id} is connected")))?;
+        tracing::info!(worker.id = %worker_id, running_jobs, reason, "worker drained");
+        Ok(Response::new(v1::DrainWorkerResponse { running_jobs }))
     }
 
     async fn cancel_run(

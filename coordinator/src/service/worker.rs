@@ -20,7 +20,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::hub::{Hub, SessionSender, now_ms};
 use crate::service::{status_from_store, status_from_wire};
-use crate::store::ClaimRequest;
 
 /// The `WorkerService` implementation.
 #[derive(Debug, Clone)]
@@ -37,6 +36,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 const DISPATCH_POLL: Duration = Duration::from_millis(500);
 /// Credits beyond this are ignored: no worker runs that many jobs at once.
 const MAX_CREDITS: u32 = 1024;
+/// A claim prefers jobs of this many of the worker's most recently set-up packages.
+const WARM_PER_CLAIM: usize = 4;
+/// Set-up packages remembered per session, most recent last.
+const MAX_WARM: usize = 256;
 
 #[tonic::async_trait]
 impl WorkerService for Workers {
@@ -126,7 +129,11 @@ async fn run_session(
         sender: sender.clone(),
         credits: 0,
         running: HashMap::new(),
-        warm_packages: hello.warm_packages,
+        warm_packages: {
+            let mut warm = hello.warm_packages;
+            warm.drain(..warm.len().saturating_sub(MAX_WARM));
+            warm
+        },
     };
     let end = session.serve(&mut inbound, &shutdown).await;
     if let Err(status) = &end {
@@ -162,6 +169,9 @@ impl Session {
         let mut poll = tokio::time::interval(DISPATCH_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if self.credits > 0 && self.hub.is_draining(&self.worker_id) {
+                self.credits = 0;
+            }
             if self.credits > 0 {
                 self.dispatch().await?;
             }
@@ -225,12 +235,7 @@ impl Session {
             .result
             .ok_or_else(|| Status::invalid_argument("missing field outcome.result"))?;
         let result = JobResult::try_from(result).map_err(status_from_wire)?;
-        let completion = self
-            .hub
-            .store
-            .complete_job(job_id, token, &result, now_ms())
-            .await
-            .map_err(status_from_store)?;
+        let completion = self.hub.batcher.complete(job_id, token, result).await?;
         if self.running.get(&job_id) == Some(&token) {
             self.running.remove(&job_id);
             self.report_running();
@@ -266,27 +271,22 @@ impl Session {
 
     async fn dispatch(&mut self) -> Result<(), Status> {
         let max_jobs = self.credits.min(32);
-        let tokens: Vec<LeaseToken> = (0..max_jobs).map(|_| LeaseToken::random()).collect();
-        let request = ClaimRequest {
-            worker_id: &self.worker_id,
-            profile: &self.profile,
-            warm_packages: &self.warm_packages,
-            max_jobs,
-            lease_duration_ms: self.hub.settings.lease_duration.as_millis() as i64,
-            lease_tokens: &tokens,
-        };
+        // The packages set up most recently are the ones worth steering jobs to; asking for
+        // all of a long-lived worker's packages would make every claim search them all.
+        let recent = &self.warm_packages[self.warm_packages.len().saturating_sub(WARM_PER_CLAIM)..];
         let assignments = self
             .hub
-            .store
-            .claim_jobs(request, now_ms())
-            .await
-            .map_err(status_from_store)?;
+            .batcher
+            .claim(&self.worker_id, &self.profile, recent, max_jobs)
+            .await?;
         for assignment in assignments {
             self.credits -= 1;
             self.running.insert(assignment.job_id, assignment.lease_token);
             self.report_running();
-            if !self.warm_packages.contains(&assignment.package.name) {
-                self.warm_packages.push(assignment.package.name.clone());
+            self.warm_packages.retain(|name| *name != assignment.package.name);
+            self.warm_packages.push(assignment.package.name.clone());
+            if self.warm_packages.len() > MAX_WARM {
+                self.warm_packages.remove(0);
             }
             tracing::debug!(
                 worker.id = %self.worker_id, job.id = %assignment.job_id, run.id = %assignment.run_id,

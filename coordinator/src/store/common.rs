@@ -1,15 +1,17 @@
 //! What the backends share besides SQL: row values to domain types, JSON columns, and
 //! rebuilding a package's verdict and a run's summary from what the queries return.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
+use domain::spec::RunOptions;
 use domain::{
-    Category, InterpreterRequirement, JobId, JobResult, Mode, PackageResult, PackageSpec, RunId, RunSpec, RunState,
-    RunSummary, WorkerId,
+    Assignment, Category, InterpreterRequirement, IterationStatus, JobId, JobResult, LeaseToken, Mode, PackageResult,
+    PackageSpec, RunId, RunSpec, RunState, RunSummary, WorkerId,
 };
 
-use super::{RevokedLease, StoreError};
+use super::{ClaimWant, RevokedLease, StoreError};
 
 /// Job states that still need a worker.
 pub(super) const LIVE_JOB_STATES: &str = "('pending', 'leased')";
@@ -155,4 +157,158 @@ impl RunSpecRow {
             registry: self.registry,
         })
     }
+}
+
+/// A pending job a claim has locked, before it is given to a worker.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(super) struct PickedJob {
+    pub(super) id: i64,
+    pub(super) run_id: String,
+    pub(super) package_idx: i64,
+    pub(super) mode: String,
+    pub(super) iteration: i64,
+}
+
+/// How many jobs one claim transaction leases at most, whatever the wants add up to.
+pub(super) const MAX_CLAIM_BATCH: u32 = 256;
+
+/// The total a batch asks for, capped at [`MAX_CLAIM_BATCH`], and how much of it comes from
+/// wants with warm packages.
+pub(super) fn batch_totals(wants: &[ClaimWant<'_>]) -> (u32, u32) {
+    let total: u32 = wants.iter().map(|w| w.max_jobs).sum::<u32>().min(MAX_CLAIM_BATCH);
+    let warm: u32 = wants
+        .iter()
+        .filter(|w| !w.warm_packages.is_empty())
+        .map(|w| w.max_jobs)
+        .sum::<u32>()
+        .min(total);
+    (total, warm)
+}
+
+/// The warm package names of all wants, each once.
+pub(super) fn warm_names(wants: &[ClaimWant<'_>]) -> Vec<String> {
+    let mut names: Vec<String> = wants.iter().flat_map(|w| w.warm_packages.iter().cloned()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Which want gets each picked job (`None`: nobody, it stays pending). A job of a package a
+/// want has set up goes to that want first; the others go round the wants with room left, so
+/// one package's iterations spread over workers.
+pub(super) fn distribute(wants: &[ClaimWant<'_>], names: &[&str]) -> Vec<Option<usize>> {
+    let mut room: Vec<u32> = wants.iter().map(|w| w.max_jobs).collect();
+    let mut owners = vec![None; names.len()];
+    for (job, name) in names.iter().enumerate() {
+        let warm = (0..wants.len()).find(|&i| room[i] > 0 && wants[i].warm_packages.iter().any(|p| p == name));
+        if let Some(i) = warm {
+            room[i] -= 1;
+            owners[job] = Some(i);
+        }
+    }
+    let mut next = 0;
+    for owner in owners.iter_mut().filter(|o| o.is_none()) {
+        let Some(i) = (0..wants.len())
+            .map(|k| (next + k) % wants.len())
+            .find(|&i| room[i] > 0)
+        else {
+            break;
+        };
+        room[i] -= 1;
+        *owner = Some(i);
+        next = i + 1;
+    }
+    owners
+}
+
+/// Per-run shares of a claim: runs come ordered by their running jobs, fewest first; each
+/// gets an equal part of `total` on the first pass.
+pub(super) fn fair_share(total: u32, runs: usize) -> u32 {
+    if runs == 0 { 0 } else { total.div_ceil(runs as u32) }
+}
+
+/// Whether a recorded result settles its package at once: a failed setup, or a pass when the
+/// run stops on the first one.
+pub(super) fn settles_package(result: &JobResult, options: &RunOptions) -> bool {
+    match result {
+        JobResult::SetupFailed(_) => true,
+        JobResult::Iteration(outcome) => outcome.status == IterationStatus::Pass && options.stop_on_first_pass,
+    }
+}
+
+/// Package specs and run options never change once a run is submitted: claims and outcomes
+/// read them from here instead of the database.
+#[derive(Debug, Default)]
+pub(super) struct SpecCache {
+    entries: Mutex<SpecEntries>,
+}
+
+#[derive(Debug, Default)]
+struct SpecEntries {
+    packages: HashMap<(RunId, i64), Arc<PackageSpec>>,
+    options: HashMap<RunId, Arc<RunOptions>>,
+}
+
+/// Entries kept before the cache starts over; a few runs' worth.
+const SPEC_CACHE_LIMIT: usize = 200_000;
+
+impl SpecCache {
+    pub(super) fn package(&self, run_id: RunId, package_idx: i64) -> Option<Arc<PackageSpec>> {
+        self.lock().packages.get(&(run_id, package_idx)).cloned()
+    }
+
+    pub(super) fn options(&self, run_id: RunId) -> Option<Arc<RunOptions>> {
+        self.lock().options.get(&run_id).cloned()
+    }
+
+    pub(super) fn insert(&self, run_id: RunId, package_idx: i64, spec: PackageSpec, options: RunOptions) {
+        let mut entries = self.lock();
+        if entries.packages.len() >= SPEC_CACHE_LIMIT {
+            entries.packages.clear();
+            entries.options.clear();
+        }
+        entries.packages.insert((run_id, package_idx), Arc::new(spec));
+        entries.options.entry(run_id).or_insert_with(|| Arc::new(options));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpecEntries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The assignments for each want from the picked jobs, their owners, the attempts the lease
+/// update returned (by job id) and the specs.
+pub(super) fn assignments(
+    wants: &[ClaimWant<'_>],
+    picked: &[PickedJob],
+    owners: &[Option<usize>],
+    tokens: &[LeaseToken],
+    attempts: &HashMap<i64, i64>,
+    cache: &SpecCache,
+) -> Result<Vec<Vec<Assignment>>, StoreError> {
+    let mut out: Vec<Vec<Assignment>> = vec![Vec::new(); wants.len()];
+    for ((job, owner), token) in picked.iter().zip(owners).zip(tokens) {
+        let Some(owner) = owner else { continue };
+        let run_id = parse_run_id(&job.run_id)?;
+        let package = cache
+            .package(run_id, job.package_idx)
+            .ok_or_else(|| StoreError::Corrupt(format!("no package {} in run {run_id}", job.package_idx)))?;
+        let options = cache
+            .options(run_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("no options for run {run_id}")))?;
+        let attempt = attempts
+            .get(&job.id)
+            .ok_or_else(|| StoreError::Corrupt(format!("job {} was not leased", job.id)))?;
+        out[*owner].push(Assignment {
+            job_id: JobId(job.id),
+            lease_token: *token,
+            attempt: to_u32("attempt", *attempt)?,
+            run_id,
+            package: (*package).clone(),
+            mode: Mode::from_str(&job.mode).map_err(StoreError::Corrupt)?,
+            iteration: to_u32("iteration", job.iteration)?,
+            options: (*options).clone(),
+        });
+    }
+    Ok(out)
 }

@@ -47,8 +47,31 @@ pub struct ClaimRequest<'a> {
     pub warm_packages: &'a [String],
     pub max_jobs: u32,
     pub lease_duration_ms: i64,
-    /// One fresh token per job that may be claimed; at least `max_jobs` of them.
-    pub lease_tokens: &'a [LeaseToken],
+}
+
+/// One worker's part of a batched claim.
+#[derive(Debug, Clone)]
+pub struct ClaimWant<'a> {
+    pub worker_id: &'a WorkerId,
+    /// Packages this worker has already set up; their jobs go to it first.
+    pub warm_packages: &'a [String],
+    pub max_jobs: u32,
+}
+
+/// Claims of several workers with the same interpreter, leased in one transaction.
+#[derive(Debug, Clone)]
+pub struct ClaimBatch<'a> {
+    pub profile: &'a InterpreterProfile,
+    pub wants: &'a [ClaimWant<'a>],
+    pub lease_duration_ms: i64,
+}
+
+/// An outcome to record under the lease it was run with.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a> {
+    pub job_id: JobId,
+    pub lease_token: LeaseToken,
+    pub result: &'a JobResult,
 }
 
 /// What recording an outcome did.
@@ -92,8 +115,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Cancels the run's pending and leased jobs. Returns the run and the leases revoked.
     async fn cancel_run(&self, run_id: RunId, now_ms: i64) -> Result<(RunSummary, Vec<RevokedLease>), StoreError>;
 
-    /// Leases up to `max_jobs` pending jobs whose run the worker's interpreter can serve.
-    async fn claim_jobs(&self, request: ClaimRequest<'_>, now_ms: i64) -> Result<Vec<Assignment>, StoreError>;
+    /// Leases pending jobs whose run the batch's interpreter can serve: up to `max_jobs` for
+    /// each want, returned in want order. A want's warm packages go to it first; the rest is
+    /// shared between runs, those with the fewest running jobs first; within a run, first
+    /// iterations first.
+    async fn claim_batch(&self, batch: ClaimBatch<'_>, now_ms: i64) -> Result<Vec<Vec<Assignment>>, StoreError>;
+
+    /// Leases up to `max_jobs` pending jobs for one worker: a batch of one.
+    async fn claim_jobs(&self, request: ClaimRequest<'_>, now_ms: i64) -> Result<Vec<Assignment>, StoreError> {
+        let want = ClaimWant {
+            worker_id: request.worker_id,
+            warm_packages: request.warm_packages,
+            max_jobs: request.max_jobs,
+        };
+        let batch = ClaimBatch {
+            profile: request.profile,
+            wants: std::slice::from_ref(&want),
+            lease_duration_ms: request.lease_duration_ms,
+        };
+        Ok(self.claim_batch(batch, now_ms).await?.pop().unwrap_or_default())
+    }
 
     /// Extends the leases the worker still holds. Returns how many were extended.
     async fn heartbeat(
@@ -104,15 +145,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now_ms: i64,
     ) -> Result<u64, StoreError>;
 
-    /// Records a job's result under its lease. Once per job: a second report is a duplicate,
-    /// a report under a lease that is no longer current is stale; neither changes anything.
+    /// Records jobs' results under their leases, in one transaction; one completion per report,
+    /// in order. Once per job: a second report is a duplicate, a report under a lease that is
+    /// no longer current is stale; neither changes anything.
+    async fn complete_batch(&self, reports: &[Report<'_>], now_ms: i64) -> Result<Vec<Completion>, StoreError>;
+
+    /// Records one job's result under its lease: a batch of one.
     async fn complete_job(
         &self,
         job_id: JobId,
         lease_token: LeaseToken,
         result: &JobResult,
         now_ms: i64,
-    ) -> Result<Completion, StoreError>;
+    ) -> Result<Completion, StoreError> {
+        let report = Report {
+            job_id,
+            lease_token,
+            result,
+        };
+        let mut completions = self.complete_batch(&[report], now_ms).await?;
+        completions
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("no completion for a recorded report".into()))
+    }
 
     /// Gives leased jobs back to the queue at once (a worker's session ended). Only the named
     /// leases are touched. Returns the runs affected.

@@ -6,21 +6,21 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::spec::RunOptions;
 use domain::{
-    Assignment, JobId, JobResult, LeaseToken, Mode, OutcomeAck, PackageResult, PackageSpec, RunId, RunSpec, RunState,
-    RunSummary, WorkerId,
+    Assignment, JobId, LeaseToken, OutcomeAck, PackageResult, RunId, RunSpec, RunState, RunSummary, WorkerId,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
 use super::common::{
-    self, LIVE_JOB_STATES, RunRow, RunSpecRow, from_json, package_result, parse_run_id, revoked, to_json, to_u32,
+    self, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json, package_result, parse_run_id, revoked,
+    to_json, to_u32,
 };
-use super::{ClaimRequest, Completion, ReapReport, RevokedLease, Store, StoreError};
+use super::{ClaimBatch, Completion, ReapReport, Report, RevokedLease, Store, StoreError};
 
 /// Connections in the pool: claims and outcomes from many workers run side by side.
 const POOL_SIZE: u32 = 16;
@@ -29,6 +29,7 @@ const POOL_SIZE: u32 = 16;
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    specs: Arc<SpecCache>,
 }
 
 impl PostgresStore {
@@ -41,7 +42,10 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            specs: Arc::default(),
+        })
     }
 }
 
@@ -203,99 +207,148 @@ impl Store for PostgresStore {
                     .bind(run_id.to_string())
                     .fetch_all(&mut *tx)
                     .await?;
-            for package_idx in indexes {
-                refresh_package(&mut tx, run_id, package_idx).await?;
-            }
+            let packages: Vec<(RunId, i64)> = indexes.into_iter().map(|idx| (run_id, i64::from(idx))).collect();
+            refresh_packages(&mut tx, &packages).await?;
         }
         let summary = run_summary(&mut tx, run_id).await?;
         tx.commit().await?;
         Ok((summary, revoked_leases))
     }
 
-    async fn claim_jobs(&self, request: ClaimRequest<'_>, now_ms: i64) -> Result<Vec<Assignment>, StoreError> {
-        let tokens: Vec<String> = request
-            .lease_tokens
-            .iter()
-            .take(request.max_jobs as usize)
-            .map(ToString::to_string)
-            .collect();
-        if tokens.is_empty() {
-            return Ok(Vec::new());
+    async fn claim_batch(&self, batch: ClaimBatch<'_>, now_ms: i64) -> Result<Vec<Vec<Assignment>>, StoreError> {
+        let wants = batch.wants;
+        let (total, warm_total) = common::batch_totals(wants);
+        if total == 0 {
+            return Ok(vec![Vec::new(); wants.len()]);
         }
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(
-            "WITH picked AS (
-                 SELECT j.id, (p.name = ANY($7)) AS warm, j.iteration, r.created_at_ms, j.package_idx, j.mode
-                 FROM jobs j
-                 JOIN runs r ON r.id = j.run_id
-                 JOIN packages p ON p.run_id = j.run_id AND p.package_idx = j.package_idx
-                 WHERE j.state = 'pending' AND r.state IN ('queued', 'running')
-                   AND (r.req_python_version IS NULL OR r.req_python_version = $4)
-                   AND (NOT r.req_free_threaded OR $5)
-                   AND (NOT r.req_tsan OR $6)
-                 ORDER BY (p.name = ANY($7)) DESC, j.iteration, r.created_at_ms, j.package_idx, j.mode
-                 LIMIT $8
-                 FOR UPDATE OF j SKIP LOCKED
-             ), numbered AS (
-                 SELECT id, row_number() OVER (ORDER BY warm DESC, iteration, created_at_ms, package_idx, mode) AS n
-                 FROM picked
-             )
-             UPDATE jobs
-             SET state = 'leased', worker_id = $1, lease_token = ($2::text[])[numbered.n],
-                 lease_expires_at_ms = $3, attempt = jobs.attempt + 1
-             FROM numbered
-             WHERE jobs.id = numbered.id
-             RETURNING jobs.id, jobs.run_id, jobs.package_idx, jobs.mode, jobs.iteration, jobs.attempt,
-                       numbered.n",
+        // The runs this interpreter can serve, those with the fewest running jobs first.
+        let runs: Vec<(String, String)> = sqlx::query_as(
+            "SELECT r.id, r.state FROM runs r
+             WHERE r.state IN ('queued', 'running')
+               AND (r.req_python_version IS NULL OR r.req_python_version = $1)
+               AND (NOT r.req_free_threaded OR $2)
+               AND (NOT r.req_tsan OR $3)
+             ORDER BY (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.id AND j.state = 'leased'), r.id",
         )
-        .bind(request.worker_id.as_str())
-        .bind(&tokens)
-        .bind(now_ms + request.lease_duration_ms)
-        .bind(&request.profile.major_minor)
-        .bind(request.profile.free_threaded)
-        .bind(request.profile.tsan)
-        .bind(request.warm_packages)
-        .bind(tokens.len() as i64)
+        .bind(&batch.profile.major_minor)
+        .bind(batch.profile.free_threaded)
+        .bind(batch.profile.tsan)
         .fetch_all(&mut *tx)
         .await?;
-        let mut specs: HashMap<(RunId, i32), (PackageSpec, RunOptions)> = HashMap::new();
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let run_id = parse_run_id(row.try_get("run_id")?)?;
-            let package_idx: i32 = row.try_get("package_idx")?;
-            let (package, options) = match specs.entry((run_id, package_idx)) {
-                std::collections::hash_map::Entry::Occupied(known) => known.get().clone(),
-                std::collections::hash_map::Entry::Vacant(slot) => slot
-                    .insert(package_and_options(&mut tx, run_id, package_idx).await?)
-                    .clone(),
-            };
-            let n: i64 = row.try_get("n")?;
-            claimed.push((
-                n,
-                Assignment {
-                    job_id: JobId(row.try_get("id")?),
-                    lease_token: request.lease_tokens[(n - 1) as usize],
-                    attempt: to_u32("attempt", i64::from(row.try_get::<i32, _>("attempt")?))?,
-                    run_id,
-                    package,
-                    mode: Mode::from_str(row.try_get("mode")?).map_err(StoreError::Corrupt)?,
-                    iteration: to_u32("iteration", i64::from(row.try_get::<i32, _>("iteration")?))?,
-                    options,
-                },
-            ));
+        if runs.is_empty() {
+            tx.commit().await?;
+            return Ok(vec![Vec::new(); wants.len()]);
         }
-        let mut runs: Vec<String> = claimed.iter().map(|(_, a)| a.run_id.to_string()).collect();
-        runs.sort();
-        runs.dedup();
-        if !runs.is_empty() {
+        let run_ids: Vec<String> = runs.iter().map(|(id, _)| id.clone()).collect();
+        let mut picked: Vec<PickedJob> = Vec::new();
+        let warm = common::warm_names(wants);
+        if !warm.is_empty() && warm_total > 0 {
+            picked = sqlx::query_as(
+                "SELECT j.id, j.run_id, j.package_idx::bigint AS package_idx, j.mode, j.iteration::bigint AS iteration
+                 FROM packages p
+                 JOIN jobs j ON j.run_id = p.run_id AND j.package_idx = p.package_idx
+                 WHERE p.run_id = ANY($1) AND p.name = ANY($2) AND j.state = 'pending'
+                 ORDER BY j.iteration, j.run_id, j.package_idx, j.mode
+                 LIMIT $3
+                 FOR UPDATE OF j SKIP LOCKED",
+            )
+            .bind(&run_ids)
+            .bind(&warm)
+            .bind(i64::from(warm_total))
+            .fetch_all(&mut *tx)
+            .await?;
+        }
+        // The rest: an equal share from each run, then whatever runs still have.
+        let mut exhausted = vec![false; run_ids.len()];
+        for pass in 0..2 {
+            for (r, run_id) in run_ids.iter().enumerate() {
+                let room = total.saturating_sub(picked.len() as u32);
+                if room == 0 {
+                    break;
+                }
+                if exhausted[r] {
+                    continue;
+                }
+                let want = if pass == 0 {
+                    room.min(common::fair_share(total, run_ids.len()))
+                } else {
+                    room
+                };
+                let taken: Vec<i64> = picked.iter().map(|j| j.id).collect();
+                let more: Vec<PickedJob> = sqlx::query_as(
+                    "SELECT id, run_id, package_idx::bigint AS package_idx, mode, iteration::bigint AS iteration
+                     FROM jobs
+                     WHERE run_id = $1 AND state = 'pending' AND NOT (id = ANY($2))
+                     ORDER BY iteration, package_idx, mode
+                     LIMIT $3
+                     FOR UPDATE SKIP LOCKED",
+                )
+                .bind(run_id)
+                .bind(&taken)
+                .bind(i64::from(want))
+                .fetch_all(&mut *tx)
+                .await?;
+                exhausted[r] = (more.len() as u32) < want;
+                picked.extend(more);
+            }
+        }
+        if picked.is_empty() {
+            tx.commit().await?;
+            return Ok(vec![Vec::new(); wants.len()]);
+        }
+        load_specs(&mut tx, &self.specs, &picked).await?;
+        let names: Vec<String> = picked
+            .iter()
+            .map(|job| {
+                let run_id = parse_run_id(&job.run_id)?;
+                self.specs
+                    .package(run_id, job.package_idx)
+                    .map(|spec| spec.name.clone())
+                    .ok_or_else(|| StoreError::Corrupt(format!("no package {} in run {run_id}", job.package_idx)))
+            })
+            .collect::<Result<_, _>>()?;
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let owners = common::distribute(wants, &names);
+        let tokens: Vec<LeaseToken> = picked.iter().map(|_| LeaseToken::random()).collect();
+        let (mut ids, mut workers, mut lease_tokens) = (Vec::new(), Vec::new(), Vec::new());
+        for ((job, owner), token) in picked.iter().zip(&owners).zip(&tokens) {
+            if let Some(owner) = owner {
+                ids.push(job.id);
+                workers.push(wants[*owner].worker_id.as_str());
+                lease_tokens.push(token.to_string());
+            }
+        }
+        let attempts: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i32)>(
+            "UPDATE jobs
+             SET state = 'leased', worker_id = x.worker, lease_token = x.token, lease_expires_at_ms = $4,
+                 attempt = jobs.attempt + 1
+             FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS x (id, worker, token)
+             WHERE jobs.id = x.id
+             RETURNING jobs.id, jobs.attempt",
+        )
+        .bind(&ids)
+        .bind(&workers)
+        .bind(&lease_tokens)
+        .bind(now_ms + batch.lease_duration_ms)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(id, attempt)| (id, i64::from(attempt)))
+        .collect();
+        let queued: Vec<&String> = runs
+            .iter()
+            .filter(|(id, state)| state == "queued" && picked.iter().any(|j| &j.run_id == id))
+            .map(|(id, _)| id)
+            .collect();
+        if !queued.is_empty() {
             sqlx::query("UPDATE runs SET state = 'running' WHERE id = ANY($1) AND state = 'queued'")
-                .bind(&runs)
+                .bind(&queued)
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
-        claimed.sort_by_key(|(n, _)| *n);
-        Ok(claimed.into_iter().map(|(_, a)| a).collect())
+        common::assignments(wants, &picked, &owners, &tokens, &attempts, &self.specs)
     }
 
     async fn heartbeat(
@@ -326,89 +379,151 @@ impl Store for PostgresStore {
         Ok(extended)
     }
 
-    async fn complete_job(
-        &self,
-        job_id: JobId,
-        lease_token: LeaseToken,
-        result: &JobResult,
-        now_ms: i64,
-    ) -> Result<Completion, StoreError> {
+    async fn complete_batch(&self, reports: &[Report<'_>], now_ms: i64) -> Result<Vec<Completion>, StoreError> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = reports.iter().map(|r| r.job_id.0).collect();
+        let tokens: Vec<String> = reports.iter().map(|r| r.lease_token.to_string()).collect();
+        let results = reports
+            .iter()
+            .map(|r| to_json(r.result))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.pool.begin().await?;
-        let recorded: Option<(String, i32)> = sqlx::query_as(
-            "UPDATE jobs SET state = 'done', result_json = $3, settled_at_ms = $4
-             WHERE id = $1 AND lease_token = $2 AND state = 'leased'
-             RETURNING run_id, package_idx",
+        // A job reported twice in one batch is recorded by its first report under its lease.
+        let recorded: Vec<(i64, i64, String, i32)> = sqlx::query_as(
+            "UPDATE jobs SET state = 'done', result_json = x.result, settled_at_ms = $4
+             FROM (SELECT DISTINCT ON (r.id) r.id, r.token, r.result, r.n
+                   FROM UNNEST($1::bigint[], $2::text[], $3::text[]) WITH ORDINALITY AS r (id, token, result, n)
+                   JOIN jobs j ON j.id = r.id AND j.lease_token = r.token AND j.state = 'leased'
+                   ORDER BY r.id, r.n) AS x
+             WHERE jobs.id = x.id AND jobs.lease_token = x.token AND jobs.state = 'leased'
+             RETURNING x.n, jobs.id, jobs.run_id, jobs.package_idx",
         )
-        .bind(job_id.0)
-        .bind(lease_token.to_string())
-        .bind(to_json(result)?)
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(&results)
         .bind(now_ms)
-        .fetch_optional(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
-        let Some((run_id, package_idx)) = recorded else {
-            let current: Option<(String, String, Option<String>)> =
-                sqlx::query_as("SELECT run_id, state, lease_token FROM jobs WHERE id = $1")
-                    .bind(job_id.0)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            tx.commit().await?;
-            let Some((run_id, state, token)) = current else {
-                return Ok(Completion {
-                    ack: OutcomeAck::Stale,
-                    run_id: None,
-                    revoked: Vec::new(),
-                });
-            };
-            let same_lease = token.as_deref() == Some(lease_token.to_string().as_str());
-            let ack = if state == "done" && same_lease {
-                OutcomeAck::Duplicate
-            } else {
-                OutcomeAck::Stale
-            };
-            return Ok(Completion {
-                ack,
-                run_id: Some(parse_run_id(&run_id)?),
+        let mut outcome: Vec<Option<Completion>> = vec![None; reports.len()];
+        // Recorded jobs: their package, and the report that recorded them.
+        let mut recorded_jobs: Vec<(RunId, i64, usize)> = Vec::with_capacity(recorded.len());
+        for (n, _, run, idx) in recorded {
+            let run_id = parse_run_id(&run)?;
+            let i = usize::try_from(n - 1).map_err(|_| StoreError::Corrupt(format!("report number {n}")))?;
+            outcome[i] = Some(Completion {
+                ack: OutcomeAck::Recorded,
+                run_id: Some(run_id),
                 revoked: Vec::new(),
             });
-        };
-        let run_id = parse_run_id(&run_id)?;
-        // Outcomes of one package settle one at a time, so each verdict sees all before it.
-        sqlx::query("SELECT 1 FROM packages WHERE run_id = $1 AND package_idx = $2 FOR UPDATE")
-            .bind(run_id.to_string())
-            .bind(package_idx)
+            recorded_jobs.push((run_id, i64::from(idx), i));
+        }
+        let others: Vec<i64> = reports
+            .iter()
+            .zip(&outcome)
+            .filter(|(_, c)| c.is_none())
+            .map(|(r, _)| r.job_id.0)
+            .collect();
+        if !others.is_empty() {
+            let current: HashMap<i64, (String, String, Option<String>)> =
+                sqlx::query_as::<_, (i64, String, String, Option<String>)>(
+                    "SELECT id, run_id, state, lease_token FROM jobs WHERE id = ANY($1)",
+                )
+                .bind(&others)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|(id, run, state, token)| (id, (run, state, token)))
+                .collect();
+            for (i, report) in reports.iter().enumerate() {
+                if outcome[i].is_some() {
+                    continue;
+                }
+                outcome[i] = Some(match current.get(&report.job_id.0) {
+                    None => Completion {
+                        ack: OutcomeAck::Stale,
+                        run_id: None,
+                        revoked: Vec::new(),
+                    },
+                    Some((run, state, token)) => {
+                        let same_lease = token.as_deref() == Some(report.lease_token.to_string().as_str());
+                        Completion {
+                            ack: if state == "done" && same_lease {
+                                OutcomeAck::Duplicate
+                            } else {
+                                OutcomeAck::Stale
+                            },
+                            run_id: Some(parse_run_id(run)?),
+                            revoked: Vec::new(),
+                        }
+                    }
+                });
+            }
+        }
+        if !recorded_jobs.is_empty() {
+            let mut packages: Vec<(RunId, i64)> = recorded_jobs.iter().map(|(r, p, _)| (*r, *p)).collect();
+            packages.sort();
+            packages.dedup();
+            // Outcomes of one package settle one batch at a time, so each verdict sees all before it.
+            let (runs, indexes) = package_keys(&packages);
+            sqlx::query(
+                "SELECT 1 FROM packages
+                 WHERE (run_id, package_idx) IN (SELECT * FROM UNNEST($1::text[], $2::int[]))
+                 ORDER BY run_id, package_idx
+                 FOR UPDATE",
+            )
+            .bind(&runs)
+            .bind(&indexes)
             .execute(&mut *tx)
             .await?;
-        let settles_package = match result {
-            JobResult::SetupFailed(_) => true,
-            JobResult::Iteration(outcome) => {
-                outcome.status == domain::IterationStatus::Pass && {
-                    let (_, options) = package_and_options(&mut tx, run_id, package_idx).await?;
-                    options.stop_on_first_pass
+            load_package_specs(&mut tx, &self.specs, &packages).await?;
+            let mut settled: Vec<(RunId, i64, usize)> = Vec::new();
+            for &(run_id, package_idx, i) in &recorded_jobs {
+                let options = self
+                    .specs
+                    .options(run_id)
+                    .ok_or_else(|| StoreError::Corrupt(format!("no options for run {run_id}")))?;
+                if common::settles_package(reports[i].result, &options)
+                    && !settled.iter().any(|(r, p, _)| (*r, *p) == (run_id, package_idx))
+                {
+                    settled.push((run_id, package_idx, i));
                 }
             }
-        };
-        let mut revoked_leases = Vec::new();
-        if settles_package {
-            let rows: Vec<(i64, Option<String>)> = sqlx::query_as(&format!(
-                "UPDATE jobs SET state = 'cancelled', settled_at_ms = $3
-                 WHERE run_id = $1 AND package_idx = $2 AND state IN {LIVE_JOB_STATES}
-                 RETURNING id, worker_id"
-            ))
-            .bind(run_id.to_string())
-            .bind(package_idx)
-            .bind(now_ms)
-            .fetch_all(&mut *tx)
-            .await?;
-            revoked_leases = revoked(rows.into_iter().filter_map(|(id, w)| w.map(|w| (id, w))).collect())?;
+            if !settled.is_empty() {
+                let (runs, indexes) = package_keys(&settled.iter().map(|(r, p, _)| (*r, *p)).collect::<Vec<_>>());
+                let rows: Vec<(i64, String, i32, Option<String>)> = sqlx::query_as(&format!(
+                    "UPDATE jobs SET state = 'cancelled', settled_at_ms = $3
+                     WHERE (run_id, package_idx) IN (SELECT * FROM UNNEST($1::text[], $2::int[]))
+                       AND state IN {LIVE_JOB_STATES}
+                     RETURNING id, run_id, package_idx, worker_id"
+                ))
+                .bind(&runs)
+                .bind(&indexes)
+                .bind(now_ms)
+                .fetch_all(&mut *tx)
+                .await?;
+                for (id, run, idx, worker) in rows {
+                    let Some(worker) = worker else { continue };
+                    let run_id = parse_run_id(&run)?;
+                    let Some((_, _, i)) = settled.iter().find(|(r, p, _)| (*r, *p) == (run_id, i64::from(idx))) else {
+                        continue;
+                    };
+                    if let Some(completion) = outcome[*i].as_mut() {
+                        completion.revoked.extend(revoked(vec![(id, worker)])?);
+                    }
+                }
+            }
+            let finished_runs = refresh_packages(&mut tx, &packages).await?;
+            for run_id in finished_runs {
+                refresh_run_state(&mut tx, run_id, now_ms).await?;
+            }
         }
-        refresh_package(&mut tx, run_id, package_idx).await?;
-        refresh_run_state(&mut tx, run_id, now_ms).await?;
         tx.commit().await?;
-        Ok(Completion {
-            ack: OutcomeAck::Recorded,
-            run_id: Some(run_id),
-            revoked: revoked_leases,
-        })
+        outcome
+            .into_iter()
+            .map(|c| c.ok_or_else(|| StoreError::Corrupt("a report without a completion".into())))
+            .collect()
     }
 
     async fn release_jobs(&self, leases: &[(JobId, LeaseToken)], _now_ms: i64) -> Result<Vec<RunId>, StoreError> {
@@ -466,15 +581,15 @@ impl Store for PostgresStore {
             } else {
                 report.requeued += 1;
             }
-            if !packages.contains(&(run_id, package_idx)) {
-                packages.push((run_id, package_idx));
+            if !packages.contains(&(run_id, i64::from(package_idx))) {
+                packages.push((run_id, i64::from(package_idx)));
             }
             if !report.runs_touched.contains(&run_id) {
                 report.runs_touched.push(run_id);
             }
         }
-        for (run_id, package_idx) in packages {
-            refresh_package(&mut tx, run_id, package_idx).await?;
+        if !packages.is_empty() {
+            refresh_packages(&mut tx, &packages).await?;
         }
         for run_id in &report.runs_touched {
             refresh_run_state(&mut tx, *run_id, now_ms).await?;
@@ -512,33 +627,114 @@ impl Store for PostgresStore {
     }
 }
 
-/// Recomputes one package's verdict from its jobs.
-async fn refresh_package(conn: &mut PgConnection, run_id: RunId, package_idx: i32) -> Result<(), StoreError> {
-    let (name, iterations): (String, i32) = sqlx::query_as(
-        "SELECT p.name, r.iterations FROM packages p JOIN runs r ON r.id = p.run_id
-         WHERE p.run_id = $1 AND p.package_idx = $2",
+/// Recomputes the verdicts of packages from their jobs. Returns the runs of the packages that
+/// have no live job left: those runs may have finished.
+async fn refresh_packages(conn: &mut PgConnection, packages: &[(RunId, i64)]) -> Result<Vec<RunId>, StoreError> {
+    let (runs, indexes) = package_keys(packages);
+    let heads: Vec<(String, i32, String, i32)> = sqlx::query_as(
+        "SELECT p.run_id, p.package_idx, p.name, r.iterations FROM packages p JOIN runs r ON r.id = p.run_id
+         WHERE (p.run_id, p.package_idx) IN (SELECT * FROM UNNEST($1::text[], $2::int[]))",
     )
-    .bind(run_id.to_string())
-    .bind(package_idx)
-    .fetch_one(&mut *conn)
+    .bind(&runs)
+    .bind(&indexes)
+    .fetch_all(&mut *conn)
     .await?;
-    let jobs: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT state, result_json FROM jobs WHERE run_id = $1 AND package_idx = $2")
-            .bind(run_id.to_string())
-            .bind(package_idx)
-            .fetch_all(&mut *conn)
-            .await?;
-    let result = package_result(&name, to_u32("iterations", i64::from(iterations))?, jobs)?;
-    sqlx::query(
-        "UPDATE packages SET category = $3, finished = $4, result_json = $5 WHERE run_id = $1 AND package_idx = $2",
+    let rows: Vec<(String, i32, String, Option<String>)> = sqlx::query_as(
+        "SELECT run_id, package_idx, state, result_json FROM jobs
+         WHERE (run_id, package_idx) IN (SELECT * FROM UNNEST($1::text[], $2::int[]))",
     )
-    .bind(run_id.to_string())
-    .bind(package_idx)
-    .bind(result.category.as_str())
-    .bind(result.finished)
-    .bind(to_json(&result)?)
+    .bind(&runs)
+    .bind(&indexes)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut jobs: HashMap<(String, i32), Vec<JobRow>> = HashMap::new();
+    for (run, idx, state, result) in rows {
+        jobs.entry((run, idx)).or_default().push((state, result));
+    }
+    let (mut out_runs, mut out_indexes, mut categories, mut finished, mut results) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut finished_runs = Vec::new();
+    for (run, idx, name, iterations) in heads {
+        let package_jobs = jobs.remove(&(run.clone(), idx)).unwrap_or_default();
+        let result = package_result(&name, to_u32("iterations", i64::from(iterations))?, package_jobs)?;
+        if result.finished {
+            let run_id = parse_run_id(&run)?;
+            if !finished_runs.contains(&run_id) {
+                finished_runs.push(run_id);
+            }
+        }
+        categories.push(result.category.as_str());
+        finished.push(result.finished);
+        results.push(to_json(&result)?);
+        out_runs.push(run);
+        out_indexes.push(idx);
+    }
+    sqlx::query(
+        "UPDATE packages SET category = x.category, finished = x.finished, result_json = x.result
+         FROM UNNEST($1::text[], $2::int[], $3::text[], $4::bool[], $5::text[])
+              AS x (run_id, package_idx, category, finished, result)
+         WHERE packages.run_id = x.run_id AND packages.package_idx = x.package_idx",
+    )
+    .bind(&out_runs)
+    .bind(&out_indexes)
+    .bind(&categories)
+    .bind(&finished)
+    .bind(&results)
     .execute(&mut *conn)
     .await?;
+    Ok(finished_runs)
+}
+
+/// A job's `(state, result_json)`, what a verdict is built from.
+type JobRow = (String, Option<String>);
+
+/// `(run, package)` keys as the two arrays `UNNEST` takes.
+fn package_keys(packages: &[(RunId, i64)]) -> (Vec<String>, Vec<i32>) {
+    packages.iter().map(|(run, idx)| (run.to_string(), *idx as i32)).unzip()
+}
+
+/// Puts the specs of the picked jobs' packages, and their runs' options, in the cache.
+async fn load_specs(conn: &mut PgConnection, cache: &SpecCache, picked: &[PickedJob]) -> Result<(), StoreError> {
+    let keys = picked
+        .iter()
+        .map(|job| Ok((parse_run_id(&job.run_id)?, job.package_idx)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    load_package_specs(conn, cache, &keys).await
+}
+
+/// Puts the specs of packages missing from the cache there, with their runs' options.
+async fn load_package_specs(
+    conn: &mut PgConnection,
+    cache: &SpecCache,
+    packages: &[(RunId, i64)],
+) -> Result<(), StoreError> {
+    let mut missing: Vec<(RunId, i64)> = packages
+        .iter()
+        .filter(|(run, idx)| cache.package(*run, *idx).is_none() || cache.options(*run).is_none())
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.sort();
+    missing.dedup();
+    let (runs, indexes) = package_keys(&missing);
+    let rows: Vec<(String, i32, String, String)> = sqlx::query_as(
+        "SELECT p.run_id, p.package_idx, p.spec_json, r.options_json FROM packages p JOIN runs r ON r.id = p.run_id
+         WHERE (p.run_id, p.package_idx) IN (SELECT * FROM UNNEST($1::text[], $2::int[]))",
+    )
+    .bind(&runs)
+    .bind(&indexes)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (run, idx, spec, options) in rows {
+        cache.insert(
+            parse_run_id(&run)?,
+            i64::from(idx),
+            from_json(&spec)?,
+            from_json(&options)?,
+        );
+    }
     Ok(())
 }
 
@@ -584,20 +780,4 @@ async fn run_summary(conn: &mut PgConnection, run_id: RunId) -> Result<RunSummar
         job_counts,
         package_counts,
     )
-}
-
-async fn package_and_options(
-    conn: &mut PgConnection,
-    run_id: RunId,
-    package_idx: i32,
-) -> Result<(PackageSpec, RunOptions), StoreError> {
-    let (spec, options): (String, String) = sqlx::query_as(
-        "SELECT p.spec_json, r.options_json FROM packages p JOIN runs r ON r.id = p.run_id
-         WHERE p.run_id = $1 AND p.package_idx = $2",
-    )
-    .bind(run_id.to_string())
-    .bind(package_idx)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok((from_json(&spec)?, from_json(&options)?))
 }

@@ -3,27 +3,29 @@
 //! SQLite serialises writers, so the pool holds one connection and every method runs in one
 //! transaction on it; a claim is a single `UPDATE ... WHERE id = (SELECT ...) RETURNING`.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::spec::RunOptions;
 use domain::{
-    Assignment, JobId, JobResult, LeaseToken, Mode, OutcomeAck, PackageResult, PackageSpec, RunId, RunSpec, RunState,
-    RunSummary, WorkerId,
+    Assignment, JobId, LeaseToken, OutcomeAck, PackageResult, RunId, RunSpec, RunState, RunSummary, WorkerId,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::common::{
-    self, LIVE_JOB_STATES, RunRow, RunSpecRow, from_json, package_result, parse_run_id, revoked, to_json, to_u32,
+    self, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json, package_result, parse_run_id, revoked,
+    to_json, to_u32,
 };
-use super::{ClaimRequest, Completion, ReapReport, RevokedLease, Store, StoreError};
+use super::{ClaimBatch, Completion, ReapReport, Report, RevokedLease, Store, StoreError};
 
 /// A store in one SQLite database.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    specs: Arc<SpecCache>,
 }
 
 impl SqliteStore {
@@ -41,7 +43,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            specs: Arc::default(),
+        })
     }
 }
 
@@ -87,35 +92,48 @@ impl Store for SqliteStore {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        for (package_idx, package) in spec.packages.iter().enumerate() {
-            let initial = PackageResult::build(&package.name, spec.iterations, None, Vec::new(), false);
-            sqlx::query(
-                "INSERT INTO packages (run_id, package_idx, name, spec_json, category, finished, result_json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
-            )
-            .bind(run_id.to_string())
-            .bind(package_idx as i64)
-            .bind(&package.name)
-            .bind(to_json(package)?)
-            .bind(initial.category.as_str())
-            .bind(to_json(&initial)?)
-            .execute(&mut *tx)
-            .await?;
-            for mode in &spec.modes {
-                for iteration in 1..=spec.iterations {
-                    sqlx::query(
-                        "INSERT INTO jobs (run_id, package_idx, mode, iteration, state)
-                         VALUES (?1, ?2, ?3, ?4, 'pending')",
-                    )
-                    .bind(run_id.to_string())
-                    .bind(package_idx as i64)
-                    .bind(mode.as_str())
-                    .bind(i64::from(iteration))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-        }
+        // Every package starts with the same empty verdict; only its name differs.
+        let empty = PackageResult::build("", spec.iterations, None, Vec::new(), false);
+        let names: Vec<&str> = spec.packages.iter().map(|p| p.name.as_str()).collect();
+        let specs = spec.packages.iter().map(to_json).collect::<Result<Vec<_>, _>>()?;
+        let results = spec
+            .packages
+            .iter()
+            .map(|package| {
+                to_json(&PackageResult {
+                    package: package.name.clone(),
+                    ..empty.clone()
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        sqlx::query(
+            "INSERT INTO packages (run_id, package_idx, name, spec_json, category, finished, result_json)
+             SELECT ?1, n.key, n.value, s.value, ?5, 0, r.value
+             FROM json_each(?2) n JOIN json_each(?3) s ON s.key = n.key JOIN json_each(?4) r ON r.key = n.key
+             ORDER BY n.key",
+        )
+        .bind(run_id.to_string())
+        .bind(to_json(&names)?)
+        .bind(to_json(&specs)?)
+        .bind(to_json(&results)?)
+        .bind(empty.category.as_str())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "WITH RECURSIVE
+                 package (idx) AS (SELECT 0 UNION ALL SELECT idx + 1 FROM package WHERE idx + 1 < ?2),
+                 iteration (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM iteration WHERE i < ?4)
+             INSERT INTO jobs (run_id, package_idx, mode, iteration, state)
+             SELECT ?1, package.idx, mode.value, iteration.i, 'pending'
+             FROM iteration, package, json_each(?3) AS mode
+             ORDER BY iteration.i, package.idx, mode.key",
+        )
+        .bind(run_id.to_string())
+        .bind(spec.packages.len() as i64)
+        .bind(to_json(&modes)?)
+        .bind(i64::from(spec.iterations))
+        .execute(&mut *tx)
+        .await?;
         let summary = run_summary(&mut tx, run_id).await?;
         tx.commit().await?;
         Ok(summary)
@@ -187,57 +205,127 @@ impl Store for SqliteStore {
         Ok((summary, revoked))
     }
 
-    async fn claim_jobs(&self, request: ClaimRequest<'_>, now_ms: i64) -> Result<Vec<Assignment>, StoreError> {
+    async fn claim_batch(&self, batch: ClaimBatch<'_>, now_ms: i64) -> Result<Vec<Vec<Assignment>>, StoreError> {
+        let wants = batch.wants;
+        let (total, warm_total) = common::batch_totals(wants);
+        if total == 0 {
+            return Ok(vec![Vec::new(); wants.len()]);
+        }
         let mut tx = self.pool.begin().await?;
-        let warm = to_json(&request.warm_packages)?;
-        let mut assignments = Vec::new();
-        for token in request.lease_tokens.iter().take(request.max_jobs as usize) {
-            let claimed = sqlx::query(
-                "UPDATE jobs
-                 SET state = 'leased', worker_id = ?1, lease_token = ?2, lease_expires_at_ms = ?3, attempt = attempt + 1
-                 WHERE id = (
-                     SELECT j.id FROM jobs j
-                     JOIN runs r ON r.id = j.run_id
-                     JOIN packages p ON p.run_id = j.run_id AND p.package_idx = j.package_idx
-                     WHERE j.state = 'pending' AND r.state IN ('queued', 'running')
-                       AND (r.req_python_version IS NULL OR r.req_python_version = ?4)
-                       AND (r.req_free_threaded = 0 OR ?5)
-                       AND (r.req_tsan = 0 OR ?6)
-                     ORDER BY EXISTS (SELECT 1 FROM json_each(?7) w WHERE w.value = p.name) DESC,
-                              j.iteration, r.created_at_ms, j.package_idx, j.mode
-                     LIMIT 1)
-                 RETURNING id, run_id, package_idx, mode, iteration, attempt",
+        // The runs this interpreter can serve, those with the fewest running jobs first.
+        let runs: Vec<(String, String)> = sqlx::query_as(
+            "SELECT r.id, r.state FROM runs r
+             WHERE r.state IN ('queued', 'running')
+               AND (r.req_python_version IS NULL OR r.req_python_version = ?1)
+               AND (r.req_free_threaded = 0 OR ?2)
+               AND (r.req_tsan = 0 OR ?3)
+             ORDER BY (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.id AND j.state = 'leased'), r.id",
+        )
+        .bind(&batch.profile.major_minor)
+        .bind(batch.profile.free_threaded)
+        .bind(batch.profile.tsan)
+        .fetch_all(&mut *tx)
+        .await?;
+        if runs.is_empty() {
+            tx.commit().await?;
+            return Ok(vec![Vec::new(); wants.len()]);
+        }
+        let run_ids: Vec<String> = runs.iter().map(|(id, _)| id.clone()).collect();
+        let mut picked: Vec<PickedJob> = Vec::new();
+        let warm = common::warm_names(wants);
+        if !warm.is_empty() && warm_total > 0 {
+            picked = sqlx::query_as(
+                "SELECT j.id, j.run_id, j.package_idx, j.mode, j.iteration
+                 FROM packages p
+                 JOIN jobs j ON j.run_id = p.run_id AND j.package_idx = p.package_idx
+                 WHERE p.run_id IN (SELECT value FROM json_each(?1))
+                   AND p.name IN (SELECT value FROM json_each(?2))
+                   AND j.state = 'pending'
+                 ORDER BY j.iteration, j.run_id, j.package_idx, j.mode
+                 LIMIT ?3",
             )
-            .bind(request.worker_id.as_str())
-            .bind(token.to_string())
-            .bind(now_ms + request.lease_duration_ms)
-            .bind(&request.profile.major_minor)
-            .bind(request.profile.free_threaded)
-            .bind(request.profile.tsan)
-            .bind(&warm)
-            .fetch_optional(&mut *tx)
+            .bind(to_json(&run_ids)?)
+            .bind(to_json(&warm)?)
+            .bind(i64::from(warm_total))
+            .fetch_all(&mut *tx)
             .await?;
-            let Some(row) = claimed else { break };
-            let run_id = parse_run_id(row.try_get("run_id")?)?;
-            let package_idx: i64 = row.try_get("package_idx")?;
-            let (package, options) = package_and_options(&mut tx, run_id, package_idx).await?;
-            sqlx::query("UPDATE runs SET state = 'running' WHERE id = ?1 AND state = 'queued'")
-                .bind(run_id.to_string())
-                .execute(&mut *tx)
+        }
+        // The rest: an equal share from each run, then whatever runs still have.
+        let mut exhausted = vec![false; run_ids.len()];
+        for pass in 0..2 {
+            for (r, run_id) in run_ids.iter().enumerate() {
+                let room = total.saturating_sub(picked.len() as u32);
+                if room == 0 {
+                    break;
+                }
+                if exhausted[r] {
+                    continue;
+                }
+                let want = if pass == 0 {
+                    room.min(common::fair_share(total, run_ids.len()))
+                } else {
+                    room
+                };
+                let taken: Vec<i64> = picked.iter().map(|j| j.id).collect();
+                let more: Vec<PickedJob> = sqlx::query_as(
+                    "SELECT id, run_id, package_idx, mode, iteration FROM jobs
+                     WHERE run_id = ?1 AND state = 'pending' AND id NOT IN (SELECT value FROM json_each(?2))
+                     ORDER BY iteration, package_idx, mode
+                     LIMIT ?3",
+                )
+                .bind(run_id)
+                .bind(to_json(&taken)?)
+                .bind(i64::from(want))
+                .fetch_all(&mut *tx)
                 .await?;
-            assignments.push(Assignment {
-                job_id: JobId(row.try_get("id")?),
-                lease_token: *token,
-                attempt: u32_column(&row, "attempt")?,
-                run_id,
-                package,
-                mode: Mode::from_str(row.try_get("mode")?).map_err(StoreError::Corrupt)?,
-                iteration: u32_column(&row, "iteration")?,
-                options,
-            });
+                exhausted[r] = (more.len() as u32) < want;
+                picked.extend(more);
+            }
+        }
+        if picked.is_empty() {
+            tx.commit().await?;
+            return Ok(vec![Vec::new(); wants.len()]);
+        }
+        let mut names = Vec::with_capacity(picked.len());
+        for job in &picked {
+            let run_id = parse_run_id(&job.run_id)?;
+            load_spec(&mut tx, &self.specs, run_id, job.package_idx).await?;
+            let spec = self
+                .specs
+                .package(run_id, job.package_idx)
+                .ok_or_else(|| StoreError::Corrupt(format!("no package {} in run {run_id}", job.package_idx)))?;
+            names.push(spec.name.clone());
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let owners = common::distribute(wants, &names);
+        let tokens: Vec<LeaseToken> = picked.iter().map(|_| LeaseToken::random()).collect();
+        let mut attempts = HashMap::new();
+        for ((job, owner), token) in picked.iter().zip(&owners).zip(&tokens) {
+            let Some(owner) = owner else { continue };
+            let attempt: i64 = sqlx::query_scalar(
+                "UPDATE jobs
+                 SET state = 'leased', worker_id = ?2, lease_token = ?3, lease_expires_at_ms = ?4, attempt = attempt + 1
+                 WHERE id = ?1
+                 RETURNING attempt",
+            )
+            .bind(job.id)
+            .bind(wants[*owner].worker_id.as_str())
+            .bind(token.to_string())
+            .bind(now_ms + batch.lease_duration_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            attempts.insert(job.id, attempt);
+        }
+        for (id, state) in &runs {
+            if state == "queued" && picked.iter().any(|j| &j.run_id == id) {
+                sqlx::query("UPDATE runs SET state = 'running' WHERE id = ?1 AND state = 'queued'")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
-        Ok(assignments)
+        common::assignments(wants, &picked, &owners, &tokens, &attempts, &self.specs)
     }
 
     async fn heartbeat(
@@ -266,85 +354,67 @@ impl Store for SqliteStore {
         Ok(extended)
     }
 
-    async fn complete_job(
-        &self,
-        job_id: JobId,
-        lease_token: LeaseToken,
-        result: &JobResult,
-        now_ms: i64,
-    ) -> Result<Completion, StoreError> {
+    async fn complete_batch(&self, reports: &[Report<'_>], now_ms: i64) -> Result<Vec<Completion>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let recorded = sqlx::query(
-            "UPDATE jobs SET state = 'done', result_json = ?3, settled_at_ms = ?4
-             WHERE id = ?1 AND lease_token = ?2 AND state = 'leased'
-             RETURNING run_id, package_idx",
-        )
-        .bind(job_id.0)
-        .bind(lease_token.to_string())
-        .bind(to_json(result)?)
-        .bind(now_ms)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = recorded else {
-            let current = sqlx::query("SELECT run_id, state, lease_token FROM jobs WHERE id = ?1")
-                .bind(job_id.0)
-                .fetch_optional(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            let Some(current) = current else {
-                return Ok(Completion {
-                    ack: OutcomeAck::Stale,
-                    run_id: None,
-                    revoked: Vec::new(),
-                });
+        let mut completions = Vec::with_capacity(reports.len());
+        // Recorded jobs' packages, each with the report that settles it, if one does.
+        let mut packages: Vec<((RunId, i64), Option<usize>)> = Vec::new();
+        for (i, report) in reports.iter().enumerate() {
+            let recorded: Option<(String, i64)> = sqlx::query_as(
+                "UPDATE jobs SET state = 'done', result_json = ?3, settled_at_ms = ?4
+                 WHERE id = ?1 AND lease_token = ?2 AND state = 'leased'
+                 RETURNING run_id, package_idx",
+            )
+            .bind(report.job_id.0)
+            .bind(report.lease_token.to_string())
+            .bind(to_json(report.result)?)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((run_id, package_idx)) = recorded else {
+                completions.push(unrecorded(&mut tx, report).await?);
+                continue;
             };
-            let same_lease = current.try_get::<Option<String>, _>("lease_token")?.as_deref()
-                == Some(lease_token.to_string().as_str());
-            let done = current.try_get::<String, _>("state")? == "done";
-            let ack = if done && same_lease {
-                OutcomeAck::Duplicate
-            } else {
-                OutcomeAck::Stale
-            };
-            let run_id = parse_run_id(current.try_get("run_id")?)?;
-            return Ok(Completion {
-                ack,
+            let run_id = parse_run_id(&run_id)?;
+            load_spec(&mut tx, &self.specs, run_id, package_idx).await?;
+            let options = self
+                .specs
+                .options(run_id)
+                .ok_or_else(|| StoreError::Corrupt(format!("no options for run {run_id}")))?;
+            let settles = common::settles_package(report.result, &options).then_some(i);
+            match packages.iter_mut().find(|(key, _)| *key == (run_id, package_idx)) {
+                Some((_, settler)) => *settler = settler.or(settles),
+                None => packages.push(((run_id, package_idx), settles)),
+            }
+            completions.push(Completion {
+                ack: OutcomeAck::Recorded,
                 run_id: Some(run_id),
                 revoked: Vec::new(),
             });
-        };
-        let run_id = parse_run_id(row.try_get("run_id")?)?;
-        let package_idx: i64 = row.try_get("package_idx")?;
-        let settles_package = match result {
-            JobResult::SetupFailed(_) => true,
-            JobResult::Iteration(outcome) => {
-                outcome.status == domain::IterationStatus::Pass && {
-                    let (_, options) = package_and_options(&mut tx, run_id, package_idx).await?;
-                    options.stop_on_first_pass
-                }
-            }
-        };
-        let mut revoked = Vec::new();
-        if settles_package {
-            let filter = "run_id = ?1 AND package_idx = ?2";
-            revoked = leased_jobs(&mut tx, filter, &run_id.to_string(), Some(package_idx)).await?;
-            sqlx::query(&format!(
-                "UPDATE jobs SET state = 'cancelled', settled_at_ms = ?3 WHERE {filter} AND state IN {LIVE_JOB_STATES}"
-            ))
-            .bind(run_id.to_string())
-            .bind(package_idx)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
         }
-        refresh_package(&mut tx, run_id, package_idx).await?;
-        refresh_run_state(&mut tx, run_id, now_ms).await?;
+        let mut finished_runs: Vec<RunId> = Vec::new();
+        for ((run_id, package_idx), settler) in packages {
+            if let Some(i) = settler {
+                let filter = "run_id = ?1 AND package_idx = ?2";
+                completions[i].revoked = leased_jobs(&mut tx, filter, &run_id.to_string(), Some(package_idx)).await?;
+                sqlx::query(&format!(
+                    "UPDATE jobs SET state = 'cancelled', settled_at_ms = ?3 WHERE {filter} AND state IN {LIVE_JOB_STATES}"
+                ))
+                .bind(run_id.to_string())
+                .bind(package_idx)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if refresh_package(&mut tx, run_id, package_idx).await? && !finished_runs.contains(&run_id) {
+                finished_runs.push(run_id);
+            }
+        }
+        for run_id in finished_runs {
+            refresh_run_state(&mut tx, run_id, now_ms).await?;
+        }
         tx.commit().await?;
-        Ok(Completion {
-            ack: OutcomeAck::Recorded,
-            run_id: Some(run_id),
-            revoked,
-        })
+        Ok(completions)
     }
 
     async fn release_jobs(&self, leases: &[(JobId, LeaseToken)], _now_ms: i64) -> Result<Vec<RunId>, StoreError> {
@@ -449,8 +519,56 @@ impl Store for SqliteStore {
     }
 }
 
-/// Recomputes one package's verdict from its jobs.
-async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx: i64) -> Result<(), StoreError> {
+/// What a report that recorded nothing is: a duplicate of the job's recorded outcome, or stale.
+async fn unrecorded(conn: &mut SqliteConnection, report: &Report<'_>) -> Result<Completion, StoreError> {
+    let current: Option<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT run_id, state, lease_token FROM jobs WHERE id = ?1")
+            .bind(report.job_id.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((run_id, state, token)) = current else {
+        return Ok(Completion {
+            ack: OutcomeAck::Stale,
+            run_id: None,
+            revoked: Vec::new(),
+        });
+    };
+    let same_lease = token.as_deref() == Some(report.lease_token.to_string().as_str());
+    Ok(Completion {
+        ack: if state == "done" && same_lease {
+            OutcomeAck::Duplicate
+        } else {
+            OutcomeAck::Stale
+        },
+        run_id: Some(parse_run_id(&run_id)?),
+        revoked: Vec::new(),
+    })
+}
+
+/// Puts a package's spec and its run's options in the cache unless they are there.
+async fn load_spec(
+    conn: &mut SqliteConnection,
+    cache: &SpecCache,
+    run_id: RunId,
+    package_idx: i64,
+) -> Result<(), StoreError> {
+    if cache.package(run_id, package_idx).is_some() && cache.options(run_id).is_some() {
+        return Ok(());
+    }
+    let (spec, options): (String, String) = sqlx::query_as(
+        "SELECT p.spec_json, r.options_json FROM packages p JOIN runs r ON r.id = p.run_id
+         WHERE p.run_id = ?1 AND p.package_idx = ?2",
+    )
+    .bind(run_id.to_string())
+    .bind(package_idx)
+    .fetch_one(&mut *conn)
+    .await?;
+    cache.insert(run_id, package_idx, from_json(&spec)?, from_json(&options)?);
+    Ok(())
+}
+
+/// Recomputes one package's verdict from its jobs. Returns whether it is finished.
+async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx: i64) -> Result<bool, StoreError> {
     let row = sqlx::query(
         "SELECT p.name, r.iterations FROM packages p JOIN runs r ON r.id = p.run_id
          WHERE p.run_id = ?1 AND p.package_idx = ?2",
@@ -478,7 +596,7 @@ async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx
     .bind(to_json(&result)?)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(result.finished)
 }
 
 /// Marks a run finished once none of its jobs is pending or leased.
@@ -547,25 +665,6 @@ async fn leased_jobs(
         query = query.bind(package_idx);
     }
     revoked(query.fetch_all(&mut *conn).await?)
-}
-
-async fn package_and_options(
-    conn: &mut SqliteConnection,
-    run_id: RunId,
-    package_idx: i64,
-) -> Result<(PackageSpec, RunOptions), StoreError> {
-    let row = sqlx::query(
-        "SELECT p.spec_json, r.options_json FROM packages p JOIN runs r ON r.id = p.run_id
-         WHERE p.run_id = ?1 AND p.package_idx = ?2",
-    )
-    .bind(run_id.to_string())
-    .bind(package_idx)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok((
-        from_json(row.try_get("spec_json")?)?,
-        from_json(row.try_get("options_json")?)?,
-    ))
 }
 
 fn u32_column(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<u32, StoreError> {

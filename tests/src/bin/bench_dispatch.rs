@@ -6,22 +6,24 @@
 //! ```
 //!
 //! For each backend (PostgreSQL is a throwaway cluster started like the tests' one) it prints:
-//! the time to submit a run of `--submit-jobs` jobs; a store loop without gRPC claiming and
-//! completing one job at a time and ten at a time (the ceiling); then, for each K in
-//! `--workers`, K simulated workers over real gRPC on loopback whose executor returns at
-//! once: jobs per second (claim + outcome committed) and the p50/p99 time from a worker's
-//! credit to its assignment. `--soak-secs` keeps 256 workers busy that long and prints the
-//! rate per minute, the first against the last.
+//! the time to submit a run of `--submit-jobs` jobs; for each K in `--workers`, K simulated
+//! workers over real gRPC on loopback whose executor returns at once: jobs per second (claim +
+//! outcome committed), the p50/p99 time from a worker's credit to its assignment, and the mean
+//! number of jobs the coordinator claimed and recorded per store transaction; then the
+//! ceiling: a raw SQL loop on the same database claiming a batch of pending jobs with one
+//! statement and completing them with another, at batch sizes 1, 10 and each batch size the
+//! coordinator reached, with the coordinator's rate as a share of it. `--soak-secs` keeps 256
+//! workers busy that long and prints the rate per minute, the first against the last, and
+//! the jobs table's dead rows.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use coordinator::store::{ClaimRequest, Store};
 use domain::spec::RunOptions;
 use domain::{
     InterpreterRequirement, IterationOutcome, IterationStatus, JobResult, LeaseToken, Mode, PackageSpec, RunId,
-    RunSpec, Source, WorkerId,
+    RunSpec, Source,
 };
 use proto::v1;
 use proto::v1::survey_service_client::SurveyServiceClient;
@@ -198,67 +200,194 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
         client.cancel_run(v1::CancelRunRequest { run_id }).await?;
     }
 
-    // The ceiling: the store's own claim + complete in a loop, no gRPC.
-    let store = coordinator::store::open(&url).await?;
-    for batch in [1u32, 10] {
-        let rate = store_loop(store.as_ref(), options.jobs.min(5_000), batch).await?;
-        println!("store loop (no gRPC), batch {batch:>2}: {rate:>8.0} jobs/s");
-    }
-
+    let mut reached = Vec::new();
     for &workers in &options.workers {
-        let (rate, p50, p99) = simulated(&mut client, &address, options.jobs, workers).await?;
+        let before = dispatch_stats(&mut client).await?;
+        // A few seconds' worth each: one worker manages a few hundred jobs a second.
+        let jobs = options.jobs.min(2_000 * workers as u64);
+        let (rate, p50, p99) = simulated(&mut client, &address, jobs, workers).await?;
+        let after = dispatch_stats(&mut client).await?;
+        let claim_batch = per_batch(
+            after.jobs_claimed - before.jobs_claimed,
+            after.claim_batches - before.claim_batches,
+        );
+        let outcome_batch = per_batch(
+            after.outcomes - before.outcomes,
+            after.outcome_batches - before.outcome_batches,
+        );
+        let claim_ms = per_batch(
+            after.claim_micros - before.claim_micros,
+            after.claim_batches - before.claim_batches,
+        ) / 1000.0;
+        let outcome_ms = per_batch(
+            after.outcome_micros - before.outcome_micros,
+            after.outcome_batches - before.outcome_batches,
+        ) / 1000.0;
         println!(
-            "{workers:>3} simulated workers over gRPC: {rate:>8.0} jobs/s, credit-to-assignment p50 {:.2} ms, p99 {:.2} ms",
+            "{workers:>3} simulated workers over gRPC: {rate:>8.0} jobs/s, credit-to-assignment p50 {:.2} ms, p99 {:.2} ms; \
+             {claim_batch:.1} jobs per claim transaction ({claim_ms:.2} ms each), \
+             {outcome_batch:.1} outcomes per outcome transaction ({outcome_ms:.2} ms each)",
             p50.as_secs_f64() * 1000.0,
             p99.as_secs_f64() * 1000.0
         );
+        reached.push((workers, rate, claim_batch.round().max(1.0) as u32));
+    }
+
+    // The ceiling: raw SQL on the same database, no coordinator.
+    let raw = RawLoop::connect(&url).await?;
+    let mut sizes: Vec<u32> = vec![1, 10];
+    sizes.extend(reached.iter().map(|(_, _, batch)| *batch));
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut ceilings = Vec::new();
+    for batch in sizes {
+        let rate = raw.run(&url, options.jobs.min(20_000), batch).await?;
+        println!("raw SQL loop, batch {batch:>3}: {rate:>8.0} jobs/s");
+        ceilings.push((batch, rate));
+    }
+    for (workers, rate, batch) in &reached {
+        if let Some((_, ceiling)) = ceilings.iter().find(|(b, _)| b == batch) {
+            println!(
+                "{workers:>3} workers: {rate:.0} jobs/s is {:.0}% of the raw ceiling at batch {batch} ({ceiling:.0} jobs/s)",
+                rate / ceiling * 100.0
+            );
+        }
     }
 
     if options.soak_secs > 0 {
-        soak(&mut client, &address, options.soak_secs).await?;
+        soak(&mut client, &address, options.soak_secs, &raw).await?;
     }
     shutdown.cancel();
     let _ = server.await;
     Ok(())
 }
 
-/// Jobs per second of a sequential claim + complete loop on the store.
-async fn store_loop(store: &dyn Store, jobs: u64, batch: u32) -> anyhow::Result<f64> {
-    let spec = run_spec(jobs);
-    store
-        .submit_run(RunId::new_at(now_ms() as u64), &spec, None, now_ms())
-        .await?;
-    let worker = WorkerId::parse("bench-loop").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let profile = ft_profile();
-    let result = pass();
-    let started = Instant::now();
-    let mut done = 0u64;
-    while done < jobs {
-        let tokens: Vec<LeaseToken> = (0..batch).map(|_| LeaseToken::random()).collect();
-        let claimed = store
-            .claim_jobs(
-                ClaimRequest {
-                    worker_id: &worker,
-                    profile: &profile,
-                    warm_packages: &[],
-                    max_jobs: batch,
-                    lease_duration_ms: 60_000,
-                    lease_tokens: &tokens,
-                },
-                now_ms(),
-            )
-            .await?;
-        if claimed.is_empty() {
-            break;
-        }
-        for assignment in claimed {
-            store
-                .complete_job(assignment.job_id, assignment.lease_token, &result, now_ms())
-                .await?;
-            done += 1;
-        }
+/// Jobs per claim or outcome transaction.
+fn per_batch(items: u64, batches: u64) -> f64 {
+    if batches == 0 {
+        0.0
+    } else {
+        items as f64 / batches as f64
     }
-    Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn dispatch_stats(
+    client: &mut SurveyServiceClient<tonic::transport::Channel>,
+) -> anyhow::Result<v1::DispatchStats> {
+    let status = client.get_status(v1::GetStatusRequest {}).await?.into_inner();
+    status
+        .dispatch
+        .ok_or_else(|| anyhow::anyhow!("the coordinator's status has no dispatch figures"))
+}
+
+/// The ceiling: one statement leases a batch of pending jobs of a run in dispatch order
+/// (`FOR UPDATE SKIP LOCKED` on PostgreSQL), another records their outcomes, each in its own
+/// transaction; the same table, indexes and outcome JSON the coordinator uses.
+enum RawLoop {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+impl RawLoop {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        Ok(if url.starts_with("sqlite:") {
+            RawLoop::Sqlite(sqlx::SqlitePool::connect(url).await?)
+        } else {
+            RawLoop::Postgres(sqlx::PgPool::connect(url).await?)
+        })
+    }
+
+    /// The jobs table's live and dead rows and autovacuum passes, on PostgreSQL.
+    async fn table_health(&self) -> anyhow::Result<String> {
+        let RawLoop::Postgres(pool) = self else {
+            return Ok(String::new());
+        };
+        let (live, dead, autovacuums): (i64, i64, i64) = sqlx::query_as(
+            "SELECT n_live_tup, n_dead_tup, autovacuum_count FROM pg_stat_user_tables WHERE relname = 'jobs'",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(format!(
+            "; jobs table: {live} live rows, {dead} dead, {autovacuums} autovacuums so far"
+        ))
+    }
+
+    /// Jobs per second over `jobs` jobs of a fresh run, `batch` at a time.
+    async fn run(&self, url: &str, jobs: u64, batch: u32) -> anyhow::Result<f64> {
+        let store = coordinator::store::open(url).await?;
+        let run_id = RunId::new_at(now_ms() as u64);
+        store.submit_run(run_id, &run_spec(jobs), None, now_ms()).await?;
+        let run = run_id.to_string();
+        let result = serde_json::to_string(&pass())?;
+        let started = Instant::now();
+        let mut done = 0u64;
+        while done < jobs {
+            let token = LeaseToken::random().to_string();
+            let ids: Vec<i64> = match self {
+                RawLoop::Postgres(pool) => {
+                    sqlx::query_scalar(
+                        "UPDATE jobs SET state = 'leased', worker_id = 'raw', lease_token = $3,
+                                lease_expires_at_ms = $4, attempt = attempt + 1
+                         WHERE id = ANY(ARRAY(SELECT id FROM jobs WHERE run_id = $1 AND state = 'pending'
+                                      ORDER BY iteration, package_idx, mode LIMIT $2 FOR UPDATE SKIP LOCKED))
+                         RETURNING id",
+                    )
+                    .bind(&run)
+                    .bind(i64::from(batch))
+                    .bind(&token)
+                    .bind(now_ms() + 60_000)
+                    .fetch_all(pool)
+                    .await?
+                }
+                RawLoop::Sqlite(pool) => {
+                    sqlx::query_scalar(
+                        "UPDATE jobs SET state = 'leased', worker_id = 'raw', lease_token = ?3,
+                                lease_expires_at_ms = ?4, attempt = attempt + 1
+                         WHERE id IN (SELECT id FROM jobs WHERE run_id = ?1 AND state = 'pending'
+                                      ORDER BY iteration, package_idx, mode LIMIT ?2)
+                         RETURNING id",
+                    )
+                    .bind(&run)
+                    .bind(i64::from(batch))
+                    .bind(&token)
+                    .bind(now_ms() + 60_000)
+                    .fetch_all(pool)
+                    .await?
+                }
+            };
+            if ids.is_empty() {
+                break;
+            }
+            match self {
+                RawLoop::Postgres(pool) => {
+                    sqlx::query(
+                        "UPDATE jobs SET state = 'done', result_json = $2, settled_at_ms = $3
+                         WHERE id = ANY($1) AND state = 'leased'",
+                    )
+                    .bind(&ids)
+                    .bind(&result)
+                    .bind(now_ms())
+                    .execute(pool)
+                    .await?;
+                }
+                RawLoop::Sqlite(pool) => {
+                    sqlx::query(
+                        "UPDATE jobs SET state = 'done', result_json = ?2, settled_at_ms = ?3
+                         WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'leased'",
+                    )
+                    .bind(serde_json::to_string(&ids)?)
+                    .bind(&result)
+                    .bind(now_ms())
+                    .execute(pool)
+                    .await?;
+                }
+            }
+            done += ids.len() as u64;
+        }
+        let rate = done as f64 / started.elapsed().as_secs_f64();
+        store.cancel_run(run_id, now_ms()).await?;
+        Ok(rate)
+    }
 }
 
 /// Runs `jobs` jobs through `workers` simulated workers; returns jobs/s, p50 and p99 latency.
@@ -374,6 +503,7 @@ async fn soak(
     client: &mut SurveyServiceClient<tonic::transport::Channel>,
     address: &str,
     seconds: u64,
+    raw: &RawLoop,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut per_minute = Vec::new();
@@ -386,7 +516,11 @@ async fn soak(
             let _ = rate;
         }
         let rate = jobs_this_minute as f64 / minute.elapsed().as_secs_f64();
-        println!("soak minute {}: {rate:.0} jobs/s", per_minute.len() + 1);
+        println!(
+            "soak minute {}: {rate:.0} jobs/s{}",
+            per_minute.len() + 1,
+            raw.table_health().await?
+        );
         per_minute.push(rate);
     }
     if let (Some(first), Some(last)) = (per_minute.first(), per_minute.last()) {

@@ -1,0 +1,262 @@
+//! Group commit for the worker sessions: every claim and every outcome goes through one of two
+//! queues, and each store transaction serves everything waiting in its queue. With one worker
+//! a batch is one request and adds no wait; with hundreds, one transaction leases or records
+//! for many of them, which is what lets the store keep up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use domain::{Assignment, InterpreterProfile, JobId, JobResult, LeaseToken, WorkerId};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use crate::hub::now_ms;
+use crate::service::status_from_store;
+use crate::store::{ClaimBatch, ClaimWant, Completion, Report, Store};
+
+/// Requests one transaction serves at most.
+const MAX_BATCH: usize = 256;
+/// Jobs one claim transaction leases at most (the store's own cap).
+const MAX_CLAIM_JOBS: u32 = 256;
+
+/// The two queues, and what went through them.
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    claims: mpsc::UnboundedSender<ClaimJob>,
+    reports: mpsc::UnboundedSender<ReportJob>,
+    pub(crate) stats: Arc<BatchStats>,
+}
+
+/// Counters of the batches, for the fleet status.
+#[derive(Debug, Default)]
+pub(crate) struct BatchStats {
+    pub(crate) claim_batches: AtomicU64,
+    pub(crate) jobs_claimed: AtomicU64,
+    pub(crate) report_batches: AtomicU64,
+    pub(crate) reports: AtomicU64,
+    pub(crate) claim_micros: AtomicU64,
+    pub(crate) report_micros: AtomicU64,
+}
+
+impl BatchStats {
+    pub(crate) fn snapshot(&self) -> proto::v1::DispatchStats {
+        proto::v1::DispatchStats {
+            claim_batches: self.claim_batches.load(Ordering::Relaxed),
+            jobs_claimed: self.jobs_claimed.load(Ordering::Relaxed),
+            outcome_batches: self.report_batches.load(Ordering::Relaxed),
+            outcomes: self.reports.load(Ordering::Relaxed),
+            claim_micros: self.claim_micros.load(Ordering::Relaxed),
+            outcome_micros: self.report_micros.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ClaimJob {
+    worker_id: WorkerId,
+    profile: InterpreterProfile,
+    warm_packages: Vec<String>,
+    max_jobs: u32,
+    reply: oneshot::Sender<Result<Vec<Assignment>, Status>>,
+}
+
+#[derive(Debug)]
+struct ReportJob {
+    job_id: JobId,
+    lease_token: LeaseToken,
+    result: JobResult,
+    reply: oneshot::Sender<Result<Completion, Status>>,
+}
+
+impl Batcher {
+    /// Starts the two queues' tasks; they end when the batcher is dropped.
+    pub(crate) fn start(store: Arc<dyn Store>, lease_duration: Duration) -> Self {
+        let stats = Arc::new(BatchStats::default());
+        let (claims, claim_queue) = mpsc::unbounded_channel();
+        let (reports, report_queue) = mpsc::unbounded_channel();
+        let lease_ms = lease_duration.as_millis() as i64;
+        tokio::spawn(claim_loop(store.clone(), claim_queue, lease_ms, stats.clone()));
+        tokio::spawn(report_loop(store, report_queue, stats.clone()));
+        Batcher { claims, reports, stats }
+    }
+
+    /// Leases up to `max_jobs` jobs for a worker, in the next claim transaction.
+    pub(crate) async fn claim(
+        &self,
+        worker_id: &WorkerId,
+        profile: &InterpreterProfile,
+        warm_packages: &[String],
+        max_jobs: u32,
+    ) -> Result<Vec<Assignment>, Status> {
+        let (reply, answer) = oneshot::channel();
+        let job = ClaimJob {
+            worker_id: worker_id.clone(),
+            profile: profile.clone(),
+            warm_packages: warm_packages.to_vec(),
+            max_jobs,
+            reply,
+        };
+        self.claims
+            .send(job)
+            .map_err(|_| Status::unavailable("coordinator shutting down"))?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("coordinator shutting down"))?
+    }
+
+    /// Records an outcome in the next outcome transaction; returns once it is committed.
+    pub(crate) async fn complete(
+        &self,
+        job_id: JobId,
+        lease_token: LeaseToken,
+        result: JobResult,
+    ) -> Result<Completion, Status> {
+        let (reply, answer) = oneshot::channel();
+        let job = ReportJob {
+            job_id,
+            lease_token,
+            result,
+            reply,
+        };
+        self.reports
+            .send(job)
+            .map_err(|_| Status::unavailable("coordinator shutting down"))?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("coordinator shutting down"))?
+    }
+}
+
+/// Takes what is waiting in a queue, `first` included, up to `limit` requests.
+fn drain<T>(first: T, queue: &mut mpsc::UnboundedReceiver<T>, limit: usize) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < limit {
+        match queue.try_recv() {
+            Ok(more) => batch.push(more),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+async fn claim_loop(
+    store: Arc<dyn Store>,
+    mut queue: mpsc::UnboundedReceiver<ClaimJob>,
+    lease_ms: i64,
+    stats: Arc<BatchStats>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut waiting = drain(first, &mut queue, MAX_BATCH);
+        // One transaction per interpreter, and per MAX_CLAIM_JOBS jobs asked for.
+        while !waiting.is_empty() {
+            let profile = waiting[0].profile.clone();
+            let mut group = Vec::new();
+            let mut asked = 0u32;
+            let mut rest = Vec::new();
+            for job in waiting {
+                if job.profile == profile && (group.is_empty() || asked + job.max_jobs <= MAX_CLAIM_JOBS) {
+                    asked += job.max_jobs;
+                    group.push(job);
+                } else {
+                    rest.push(job);
+                }
+            }
+            waiting = rest;
+            claim_group(store.as_ref(), &profile, group, lease_ms, &stats).await;
+        }
+    }
+}
+
+async fn claim_group(
+    store: &dyn Store,
+    profile: &InterpreterProfile,
+    group: Vec<ClaimJob>,
+    lease_ms: i64,
+    stats: &BatchStats,
+) {
+    let wants: Vec<ClaimWant<'_>> = group
+        .iter()
+        .map(|job| ClaimWant {
+            worker_id: &job.worker_id,
+            warm_packages: &job.warm_packages,
+            max_jobs: job.max_jobs,
+        })
+        .collect();
+    let batch = ClaimBatch {
+        profile,
+        wants: &wants,
+        lease_duration_ms: lease_ms,
+    };
+    let started = Instant::now();
+    let result = store.claim_batch(batch, now_ms()).await;
+    stats.claim_batches.fetch_add(1, Ordering::Relaxed);
+    stats
+        .claim_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    match result {
+        Ok(per_want) => {
+            let claimed: usize = per_want.iter().map(Vec::len).sum();
+            stats.jobs_claimed.fetch_add(claimed as u64, Ordering::Relaxed);
+            for (job, assignments) in group.into_iter().zip(per_want) {
+                // A session that went away meanwhile: its leases expire or its replacement
+                // reports them; nothing is lost.
+                let _ = job.reply.send(Ok(assignments));
+            }
+        }
+        Err(error) => {
+            let status = status_from_store(error);
+            for job in group {
+                let _ = job.reply.send(Err(status.clone()));
+            }
+        }
+    }
+}
+
+async fn report_loop(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<ReportJob>, stats: Arc<BatchStats>) {
+    while let Some(first) = queue.recv().await {
+        let (items, replies): (Vec<_>, Vec<_>) = drain(first, &mut queue, MAX_BATCH)
+            .into_iter()
+            .map(|job| ((job.job_id, job.lease_token, job.result), job.reply))
+            .unzip();
+        let reports: Vec<Report<'_>> = items
+            .iter()
+            .map(|(job_id, lease_token, result)| Report {
+                job_id: *job_id,
+                lease_token: *lease_token,
+                result,
+            })
+            .collect();
+        stats.report_batches.fetch_add(1, Ordering::Relaxed);
+        stats.reports.fetch_add(reports.len() as u64, Ordering::Relaxed);
+        let started = Instant::now();
+        let recorded = store.complete_batch(&reports, now_ms()).await;
+        stats
+            .report_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match recorded {
+            Ok(completions) => {
+                for (reply, completion) in replies.into_iter().zip(completions) {
+                    let _ = reply.send(Ok(completion));
+                }
+            }
+            // One report must not fail the others: record them one by one.
+            Err(error) if reports.len() > 1 => {
+                tracing::warn!(error = %error, reports = reports.len(), "an outcome batch failed; recording one by one");
+                for (reply, report) in replies.into_iter().zip(&reports) {
+                    let result = store
+                        .complete_job(report.job_id, report.lease_token, report.result, now_ms())
+                        .await
+                        .map_err(status_from_store);
+                    let _ = reply.send(result);
+                }
+            }
+            Err(error) => {
+                let status = status_from_store(error);
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Faults a fleet must survive, each ending with every (package, iteration) recorded exactly
 //! once and the run finished: a worker killed with SIGKILL mid-iteration, the coordinator
-//! stopped and restarted, PostgreSQL stopped and restarted.
+//! stopped and restarted, PostgreSQL stopped and restarted, a worker cut off the network (in
+//! its own network namespace) mid-iteration and let back.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -19,20 +20,17 @@ const ITERATIONS: u32 = 6;
 struct Fleet {
     postgres: TestPostgres,
     survey: Survey,
+    /// The address the coordinator listens on and everyone reaches it at.
+    host: String,
     port: u16,
+    serve_args: Vec<String>,
     coordinator: Option<Process>,
     workers: Vec<(String, Option<Process>)>,
 }
 
 impl Fleet {
     fn start() -> Fleet {
-        let mut fleet = Fleet {
-            postgres: TestPostgres::start().expect("start a throwaway PostgreSQL"),
-            survey: Survey::new(),
-            port: free_port(),
-            coordinator: None,
-            workers: vec![("w1".to_string(), None), ("w2".to_string(), None)],
-        };
+        let mut fleet = Fleet::stopped("127.0.0.1", &[]);
         fleet.start_coordinator();
         for index in 0..fleet.workers.len() {
             fleet.start_worker(index);
@@ -40,8 +38,21 @@ impl Fleet {
         fleet
     }
 
+    /// PostgreSQL running, the coordinator and workers not started yet.
+    fn stopped(host: &str, serve_args: &[&str]) -> Fleet {
+        Fleet {
+            postgres: TestPostgres::start().expect("start a throwaway PostgreSQL"),
+            survey: Survey::new(),
+            host: host.to_string(),
+            port: free_port(),
+            serve_args: serve_args.iter().map(ToString::to_string).collect(),
+            coordinator: None,
+            workers: vec![("w1".to_string(), None), ("w2".to_string(), None)],
+        }
+    }
+
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     fn log(&self, name: &str) -> PathBuf {
@@ -51,15 +62,19 @@ impl Fleet {
     fn start_coordinator(&mut self) {
         let log = self.log(&format!("serve-{}", Instant::now().elapsed().as_nanos()));
         self.coordinator = Some(spawn(
-            ftsurvey().env("FTSURVEY_LOG", "info").arg("serve").args([
-                "--database-url",
-                &self.postgres.url(),
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-            ]),
+            ftsurvey()
+                .env("FTSURVEY_LOG", "info")
+                .arg("serve")
+                .args([
+                    "--database-url",
+                    &self.postgres.url(),
+                    "--listen",
+                    &format!("{}:{}", self.host, self.port),
+                ])
+                .args(&self.serve_args),
             &log,
         ));
-        wait_for_port(self.port, &log);
+        wait_for_port(&self.host, self.port, &log);
     }
 
     /// SIGTERM, as an operator's restart would, and waits for it to exit.
@@ -72,16 +87,21 @@ impl Fleet {
     }
 
     fn start_worker(&mut self, index: usize) {
+        self.start_worker_with(index, ftsurvey());
+    }
+
+    /// Starts a worker from `command` (the `ftsurvey` binary, or something that runs it).
+    fn start_worker_with(&mut self, index: usize, mut command: Command) {
         let id = self.workers[index].0.clone();
         let process = spawn(
-            ftsurvey()
+            command
                 .arg("worker")
                 .args(["--coordinator", &self.url(), "--worker-id", &id])
                 .arg("--target-python")
                 .arg(free_threaded_python())
                 .arg("--work-dir")
                 .arg(self.survey.dir.path().join(&id)),
-            &self.log(&format!("{id}-{}", std::process::id())),
+            &self.log(&format!("{id}-{}", Instant::now().elapsed().as_nanos())),
         );
         self.workers[index].1 = Some(process);
     }
@@ -351,4 +371,211 @@ async fn a_postgres_restart_mid_run_loses_nothing() {
     fleet.postgres.start_server().expect("start PostgreSQL again");
     let output = fleet.finish(client, Duration::from_secs(180)).await;
     assert_each_iteration_recorded_once(&fleet, &output).await;
+}
+
+/// A network namespace joined to this one by a veth pair: what runs inside reaches the host
+/// only through it, and taking the host's end down cuts it off. Needs root; removed on drop.
+struct NetNs {
+    name: String,
+    host_if: String,
+    host_ip: String,
+}
+
+impl NetNs {
+    fn create() -> NetNs {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root: it cuts a worker off the network with a network namespace (run the tests as root, as CI does)"
+        );
+        let pid = std::process::id();
+        let subnet = format!("10.213.{}", pid % 250);
+        let ns = NetNs {
+            name: format!("ftsurvey-{pid}"),
+            host_if: format!("fts{pid}h"),
+            host_ip: format!("{subnet}.1"),
+        };
+        let ns_if = format!("fts{pid}n");
+        ip(&["netns", "add", &ns.name]);
+        ip(&["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns_if]);
+        ip(&["link", "set", &ns_if, "netns", &ns.name]);
+        ip(&["addr", "add", &format!("{}/24", ns.host_ip), "dev", &ns.host_if]);
+        ip(&["link", "set", &ns.host_if, "up"]);
+        let inside = |args: &[&str]| ip(&[&["netns", "exec", &ns.name, "ip"], args].concat());
+        inside(&["addr", "add", &format!("{subnet}.2/24"), "dev", &ns_if]);
+        inside(&["link", "set", &ns_if, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A command that runs `program` inside the namespace.
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    fn cut(&self) {
+        ip(&["link", "set", &self.host_if, "down"]);
+    }
+
+    fn restore(&self) {
+        ip(&["link", "set", &self.host_if, "up"]);
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let output = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// An HTTP CONNECT proxy on `host`, so pip inside the namespace can reach the package index.
+/// Returns its port.
+async fn connect_proxy(host: &str) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind((host, 0)).await.expect("bind the proxy");
+    let port = listener.local_addr().expect("proxy address").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut client = BufReader::new(client);
+                let mut request = String::new();
+                client.read_line(&mut request).await.ok()?;
+                loop {
+                    let mut header = String::new();
+                    client.read_line(&mut header).await.ok()?;
+                    if header.trim().is_empty() {
+                        break;
+                    }
+                }
+                let target = request.strip_prefix("CONNECT ")?.split_whitespace().next()?.to_string();
+                let mut upstream = tokio::net::TcpStream::connect(target).await.ok()?;
+                let mut client = client.into_inner();
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .ok()?;
+                tokio::io::copy_bidirectional(&mut client, &mut upstream).await.ok()
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_cut_off_the_network_loses_nothing_and_comes_back() {
+    let netns = NetNs::create();
+    let proxy = format!("http://{}:{}", netns.host_ip, connect_proxy(&netns.host_ip).await);
+    // Leases of 5 s: a cut-off worker's job goes elsewhere after about that long.
+    let mut fleet = Fleet::stopped(&netns.host_ip, &["--lease-duration", "5"]);
+    fleet.start_coordinator();
+    let mut inside = netns.command(env!("CARGO_BIN_EXE_ftsurvey-under-test"));
+    inside.env("HTTPS_PROXY", &proxy).env("HTTP_PROXY", &proxy);
+    fleet.start_worker_with(0, inside);
+    fleet.start_worker(1);
+    let pool = fleet.pool().await;
+    let client = fleet.run();
+    // w1 (inside) has set its package up, finished a job, and runs another.
+    let started = Instant::now();
+    let cut_job = loop {
+        let done: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE worker_id = 'w1' AND state = 'done'")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0);
+        if done > 0
+            && let Some(job) = leased_where(&pool, "worker_id = 'w1'").await.into_iter().next()
+        {
+            break Some(job);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the worker in the namespace never ran a second job"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (job, _, attempt) = cut_job.expect("a job leased to w1");
+    netns.cut();
+    let cut_at = Instant::now();
+    wait_until(
+        "the cut-off worker's job runs on another worker",
+        Duration::from_secs(120),
+        || {
+            let pool = pool.clone();
+            async move {
+                let row: Option<(Option<String>, i32)> =
+                    sqlx::query_as("SELECT worker_id, attempt FROM jobs WHERE id = $1")
+                        .bind(job)
+                        .fetch_optional(&pool)
+                        .await
+                        .ok()
+                        .flatten();
+                row.is_some_and(|(worker, again)| again > attempt && worker.as_deref() == Some("w2"))
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "figure: the cut-off worker's job was running on another worker {} ms after the cut (lease 5 s)",
+        cut_at.elapsed().as_millis()
+    );
+    netns.restore();
+    let restored_ms = coordinator_clock_ms();
+    // It comes back: the coordinator hears from it again.
+    let mut status = proto::v1::survey_service_client::SurveyServiceClient::connect(fleet.url())
+        .await
+        .expect("status client");
+    let started = Instant::now();
+    loop {
+        let fleet_status = status
+            .get_status(proto::v1::GetStatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        let back = fleet_status
+            .workers
+            .iter()
+            .any(|w| w.worker_id == "w1" && w.last_heartbeat_ms > restored_ms);
+        if back {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the worker did not come back after the network did: {:?}",
+            fleet_status.workers
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let output = fleet.finish(client, Duration::from_secs(240)).await;
+    assert_each_iteration_recorded_once(&fleet, &output).await;
+    let (worker, final_attempt): (Option<String>, i32) =
+        sqlx::query_as("SELECT worker_id, attempt FROM jobs WHERE id = $1")
+            .bind(job)
+            .fetch_one(&pool)
+            .await
+            .expect("the cut job");
+    assert_eq!(
+        worker.as_deref(),
+        Some("w2"),
+        "the cut job's outcome is the other worker's"
+    );
+    assert!(final_attempt > attempt);
+}
+
+/// Milliseconds since the Unix epoch: the coordinator runs on this machine's clock.
+fn coordinator_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

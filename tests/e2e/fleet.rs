@@ -40,9 +40,9 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// Waits until something accepts connections on `port`.
-pub(crate) fn wait_for_port(port: u16, log: &Path) {
+pub(crate) fn wait_for_port(host: &str, port: u16, log: &Path) {
     let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::net::TcpStream::connect((host, port)).is_err() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "nothing listens on {port}:\n{}",
@@ -68,7 +68,7 @@ fn a_postgres_coordinator_and_two_workers_classify_the_fixtures_as_embedded_mode
             .arg(format!("127.0.0.1:{port}")),
         &logs.join("serve.log"),
     );
-    wait_for_port(port, &logs.join("serve.log"));
+    wait_for_port("127.0.0.1", port, &logs.join("serve.log"));
     let python = free_threaded_python();
     let _workers: Vec<Process> = ["w1", "w2"]
         .iter()
@@ -288,7 +288,7 @@ fn tokens_tls_and_the_database_password_are_handled() {
             .arg(&key),
         &serve_log,
     );
-    wait_for_port(port, &serve_log);
+    wait_for_port("127.0.0.1", port, &serve_log);
 
     let status = |token: Option<&str>, url: &str, trust: bool| {
         let mut command = ftsurvey();

@@ -166,7 +166,19 @@ pub struct PackageRecord {
     /// Extension modules that re-enabled the GIL at import.
     pub gil_fallback_modules: Vec<String>,
     /// Distinct ThreadSanitizer warnings over all free-threaded iterations, counts summed.
+    #[serde(deserialize_with = "tsan_list")]
     pub tsan_warnings: Vec<TsanWarning>,
+    /// The kinds of [`PackageRecord::tsan_warnings`], sorted (the old tool's field).
+    pub tsan_warning_types: Vec<String>,
+    /// Tests that failed in some iterations but not all, with how many iterations they failed
+    /// in (the old tool's field, which it always left empty).
+    pub flaky_tests: BTreeMap<String, u32>,
+    /// The old tool's extension report; read into [`PackageRecord::extensions`] and never written.
+    #[serde(skip_serializing)]
+    pub extension_compat: Option<serde_json::Value>,
+    /// The old tool trusted a free-threaded wheel on PyPI instead of testing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ft_wheel_found: Option<bool>,
 }
 
 /// One iteration of a package's test suite.
@@ -210,8 +222,22 @@ pub struct IterationRecord {
     pub tests: Option<TestReport>,
     /// Every thread's stack, dumped when the iteration stalled.
     pub stacks: Option<String>,
-    /// Distinct ThreadSanitizer warnings of this iteration.
+    /// Distinct ThreadSanitizer warnings of this iteration (the old tool wrote kinds as strings).
+    #[serde(deserialize_with = "tsan_list")]
     pub tsan_warnings: Vec<TsanWarning>,
+    /// The old tool's per-test results (`test name -> PASSED|FAILED|ERROR|SKIPPED`); read into
+    /// [`IterationRecord::tests`] and never written.
+    #[serde(skip_serializing)]
+    pub test_results: BTreeMap<String, String>,
+    /// The old tool's test counts; read into [`IterationRecord::tests`] and never written.
+    #[serde(skip_serializing)]
+    pub tests_passed: Option<u32>,
+    #[serde(skip_serializing)]
+    pub tests_failed: Option<u32>,
+    #[serde(skip_serializing)]
+    pub tests_errored: Option<u32>,
+    #[serde(skip_serializing)]
+    pub tests_skipped: Option<u32>,
     /// The worker's directory with this iteration's full logs and JUnit XML.
     pub log_dir: Option<String>,
     /// Bytes the test printed on both streams.
@@ -256,6 +282,10 @@ impl Default for PackageRecord {
             extensions: None,
             gil_fallback_modules: Vec::new(),
             tsan_warnings: Vec::new(),
+            tsan_warning_types: Vec::new(),
+            flaky_tests: BTreeMap::new(),
+            extension_compat: None,
+            ft_wheel_found: None,
         }
     }
 }
@@ -285,6 +315,11 @@ impl Default for IterationRecord {
             tests: None,
             stacks: None,
             tsan_warnings: Vec::new(),
+            test_results: BTreeMap::new(),
+            tests_passed: None,
+            tests_failed: None,
+            tests_errored: None,
+            tests_skipped: None,
             log_dir: None,
             output_bytes: 0,
             leftover_processes: 0,
@@ -305,9 +340,47 @@ impl RunMeta {
 }
 
 impl PackageRecord {
-    /// Parses one line of `ft_results.jsonl`; missing fields take their defaults.
+    /// Parses one line of `ft_results.jsonl`; missing fields take their defaults, and the old
+    /// tool's fields are read into ftsurvey's (see [`PackageRecord::normalize`]).
     pub fn parse_line(line: &str) -> Result<PackageRecord, serde_json::Error> {
-        serde_json::from_str(line)
+        let mut record: PackageRecord = serde_json::from_str(line)?;
+        record.normalize();
+        Ok(record)
+    }
+
+    /// Fills ftsurvey's fields from the old tool's where only those were written: per-test
+    /// results and counts, the extension report, TSAN kinds and flaky tests.
+    pub fn normalize(&mut self) {
+        for iteration in self
+            .iterations
+            .iter_mut()
+            .chain(self.gil_enabled_iterations.iter_mut().flatten())
+        {
+            iteration.normalize();
+        }
+        if self.extensions.is_none()
+            && let Some(compat) = &self.extension_compat
+        {
+            let (report, fallback) = crate::seed::extension_report(compat);
+            if self.gil_fallback_modules.is_empty() {
+                self.gil_fallback_modules = fallback;
+            }
+            self.extensions = Some(report);
+        }
+        if self.tsan_warnings.is_empty() {
+            self.tsan_warnings = merge_tsan(self.iterations.iter().map(|i| i.tsan_warnings.as_slice()));
+            for kind in &self.tsan_warning_types {
+                if !self.tsan_warnings.iter().any(|w| &w.kind == kind) {
+                    self.tsan_warnings.push(crate::seed::tsan_warning_of_kind(kind));
+                }
+            }
+        }
+        if self.tsan_warning_types.is_empty() {
+            self.tsan_warning_types = tsan_kinds(&self.tsan_warnings);
+        }
+        if self.flaky_tests.is_empty() {
+            self.flaky_tests = crate::flaky::flaky_test_counts(&self.iterations);
+        }
     }
 
     /// The category, if its name is one ftsurvey knows.
@@ -389,7 +462,7 @@ impl From<&PackageResult> for PackageRecord {
         failure_signatures.sort();
         failure_signatures.dedup();
 
-        PackageRecord {
+        let mut record = PackageRecord {
             package: result.package.clone(),
             category: result.category.as_str().to_string(),
             evidence: result.evidence.clone(),
@@ -412,7 +485,7 @@ impl From<&PackageResult> for PackageRecord {
             setup_error: setup.map(|f| f.message.clone()),
             setup_log_tail: setup.map(|f| f.log_tail.clone()),
             finished: result.finished,
-            iterations: ft.iter().map(|o| IterationRecord::from(*o)).collect(),
+            iterations: Vec::new(),
             gil_enabled_pass_rate: (!gil.is_empty())
                 .then(|| StatusCounts::of(gil.iter().copied()).pass_rate())
                 .flatten(),
@@ -420,8 +493,17 @@ impl From<&PackageResult> for PackageRecord {
             gil_comparison: result.gil_comparison.clone(),
             extensions: ft.iter().find_map(|o| o.evidence.extensions.clone()),
             gil_fallback_modules: crate::classify::gil_fallback_modules(&ft),
-            tsan_warnings: merge_tsan(&ft),
-        }
+            tsan_warnings: merge_tsan(ft.iter().map(|o| o.evidence.tsan.as_slice())),
+            tsan_warning_types: Vec::new(),
+            flaky_tests: BTreeMap::new(),
+            extension_compat: None,
+            ft_wheel_found: None,
+        };
+        record.tsan_warning_types = tsan_kinds(&record.tsan_warnings);
+        let iterations: Vec<IterationRecord> = ft.iter().map(|o| IterationRecord::from(*o)).collect();
+        record.flaky_tests = crate::flaky::flaky_test_counts(&iterations);
+        record.iterations = iterations;
+        record
     }
 }
 
@@ -451,6 +533,11 @@ impl From<&IterationOutcome> for IterationRecord {
             tests: outcome.evidence.tests.clone(),
             stacks: outcome.evidence.stacks.clone(),
             tsan_warnings: outcome.evidence.tsan.clone(),
+            test_results: BTreeMap::new(),
+            tests_passed: None,
+            tests_failed: None,
+            tests_errored: None,
+            tests_skipped: None,
             log_dir: outcome.evidence.log_dir.clone(),
             output_bytes: outcome.evidence.output_bytes,
             leftover_processes: outcome.evidence.leftover_processes,
@@ -459,16 +546,52 @@ impl From<&IterationOutcome> for IterationRecord {
     }
 }
 
+impl IterationRecord {
+    /// Reads the old tool's per-test results and counts into [`IterationRecord::tests`].
+    pub fn normalize(&mut self) {
+        if self.tests.is_none() {
+            self.tests = crate::seed::test_report(self);
+        }
+    }
+}
+
+/// The distinct kinds of `warnings`, sorted.
+fn tsan_kinds(warnings: &[TsanWarning]) -> Vec<String> {
+    let mut kinds: Vec<String> = warnings.iter().map(|w| w.kind.clone()).collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
 /// The distinct TSAN warnings of several iterations, by signature, in first-seen order.
-fn merge_tsan(outcomes: &[&IterationOutcome]) -> Vec<TsanWarning> {
+fn merge_tsan<'a>(lists: impl IntoIterator<Item = &'a [TsanWarning]>) -> Vec<TsanWarning> {
     let mut merged: Vec<TsanWarning> = Vec::new();
-    for warning in outcomes.iter().flat_map(|o| o.evidence.tsan.iter()) {
+    for warning in lists.into_iter().flatten() {
         match merged.iter_mut().find(|w| w.signature == warning.signature) {
             Some(known) => known.count += warning.count,
             None => merged.push(warning.clone()),
         }
     }
     merged
+}
+
+/// Reads TSAN warnings written by ftsurvey (objects) or by the old tool (kinds as strings);
+/// anything else reads as none.
+fn tsan_list<'de, D>(deserializer: D) -> Result<Vec<TsanWarning>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    let serde_json::Value::Array(items) = value else {
+        return Ok(Vec::new());
+    };
+    Ok(items
+        .into_iter()
+        .filter_map(|item| match item {
+            serde_json::Value::String(kind) => Some(crate::seed::tsan_warning_of_kind(&kind)),
+            other => serde_json::from_value(other).ok(),
+        })
+        .collect())
 }
 
 /// Reads a field, falling back to its default when it has another shape (or is `null`).

@@ -488,18 +488,8 @@ fn run_meta(
                 .unwrap_or(1),
         },
         config: RunConfig {
-            iterations: spec.iterations,
-            timeout: spec.options.timeout_secs,
-            stall_threshold: spec.options.stall_threshold_secs,
-            packages: spec.packages.iter().map(|p| p.name.clone()).collect(),
-            env: spec.options.env.iter().cloned().collect(),
-            extra_deps: spec.options.extra_deps.clone(),
-            test_command_suffix: spec.options.test_command_suffix.clone(),
-            test_command_override: spec.options.test_command_override.clone(),
-            stop_on_first_pass: spec.options.stop_on_first_pass,
             workers: args.workers,
-            registry_dir: spec.registry.clone(),
-            modes: spec.modes.iter().map(|m| m.as_str().to_string()).collect(),
+            ..RunConfig::of_spec(spec)
         },
     }
 }

@@ -298,10 +298,9 @@ fn render_one(out: &mut String, a: &FlakyAnalysis) {
             let always = if test.is_flaky() { "" } else { "  (every time)" };
             let _ = writeln!(
                 out,
-                "    {:>3}/{:<3} {:>3.0}%  {}{always}",
-                test.fails,
-                test.seen,
-                test.rate() * 100.0,
+                "    {:>7} {:>4}  {}{always}",
+                format!("{}/{}", test.fails, test.seen),
+                format!("{:.0}%", test.rate() * 100.0),
                 test.test
             );
         }
@@ -530,7 +529,7 @@ mod tests {
             "p: intermittent, pass rate 2/3",
             "Pattern:       consistent_test",
             "Iterations:    .F.",
-            "1/3    33%  t::race",
+            "    1/3  33%  t::race",
         ] {
             assert!(deep.contains(expected), "{expected:?} in\n{deep}");
         }

@@ -6,7 +6,10 @@
 
 pub mod category;
 pub mod classify;
+pub mod compare;
+pub mod compat;
 pub mod evidence;
+pub mod export;
 pub mod faulthandler;
 pub mod flaky;
 pub mod ids;
@@ -14,6 +17,8 @@ pub mod interpreter;
 pub mod junit;
 pub mod outcome;
 pub mod registry;
+pub mod report;
+pub mod report_render;
 pub mod results;
 pub mod run;
 mod seed;

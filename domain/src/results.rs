@@ -15,7 +15,8 @@ use crate::classify::{GilComparison, PackageResult, StatusCounts};
 use crate::evidence::{ExtensionReport, TestReport, TsanWarning};
 use crate::interpreter::InterpreterProfile;
 use crate::outcome::{IterationOutcome, IterationStatus, SetupStage, signal_name};
-use crate::spec::Mode;
+use crate::run::{RunState, RunSummary};
+use crate::spec::{Mode, RunSpec};
 
 /// `ft_meta.json`: what was run, where, and with which options.
 ///
@@ -102,6 +103,58 @@ pub struct RunConfig {
     /// `ft`, and `gil` with `--compare-with-gil`.
     #[serde(default, deserialize_with = "lenient")]
     pub modes: Vec<String>,
+    /// Download counts of the packages, from the registry: the popularity triage sorts by.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "BTreeMap::is_empty")]
+    pub download_counts: BTreeMap<String, u64>,
+}
+
+impl RunConfig {
+    /// The configuration of a run as submitted; `workers` is left 0 (unknown to the caller).
+    pub fn of_spec(spec: &RunSpec) -> RunConfig {
+        RunConfig {
+            iterations: spec.iterations,
+            timeout: spec.options.timeout_secs,
+            stall_threshold: spec.options.stall_threshold_secs,
+            packages: spec.packages.iter().map(|p| p.name.clone()).collect(),
+            env: spec.options.env.iter().cloned().collect(),
+            extra_deps: spec.options.extra_deps.clone(),
+            test_command_suffix: spec.options.test_command_suffix.clone(),
+            test_command_override: spec.options.test_command_override.clone(),
+            stop_on_first_pass: spec.options.stop_on_first_pass,
+            workers: 0,
+            registry_dir: spec.registry.clone(),
+            modes: spec.modes.iter().map(|m| m.as_str().to_string()).collect(),
+            download_counts: spec
+                .packages
+                .iter()
+                .filter_map(|p| Some((p.name.clone(), p.download_count?)))
+                .collect(),
+        }
+    }
+}
+
+impl RunMeta {
+    /// What a coordinator knows of a run, as `ft_meta.json` would say it. The interpreter is
+    /// the run's requirement: the workers' own probes are not part of a run.
+    pub fn of_run(summary: &RunSummary, spec: &RunSpec) -> RunMeta {
+        let time = |ms: i64| {
+            jiff::Timestamp::from_millisecond(ms)
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+        };
+        RunMeta {
+            run_id: summary.run_id.to_string(),
+            label: summary.label.clone(),
+            timestamp: time(summary.created_at_ms),
+            finished_at: summary.finished_at_ms.map(time),
+            interrupted: summary.state == RunState::Cancelled,
+            target_python: spec.requirement.describe(),
+            python_version: String::new(),
+            interpreter: None,
+            system: SystemInfo::default(),
+            config: RunConfig::of_spec(spec),
+        }
+    }
 }
 
 /// One line of `ft_results.jsonl`: a package's verdict and its iterations.
@@ -335,7 +388,37 @@ impl RunMeta {
         if !value.is_object() {
             return Err(serde::de::Error::custom("ft_meta.json is not a JSON object"));
         }
-        serde_json::from_value(value)
+        let mut meta: RunMeta = serde_json::from_value(value.clone())?;
+        meta.fill_from_old_fields(&value);
+        Ok(meta)
+    }
+
+    /// Fills what the old tool wrote elsewhere: `python_profile.version`,
+    /// `config.target_python`, `system_profile`.
+    fn fill_from_old_fields(&mut self, value: &serde_json::Value) {
+        let text = |pointer: &str| value.pointer(pointer).and_then(|v| v.as_str()).map(str::to_string);
+        if self.python_version.is_empty()
+            && let Some(version) = text("/python_profile/version")
+        {
+            self.python_version = version;
+        }
+        if self.target_python.is_empty()
+            && let Some(target) = text("/config/target_python")
+        {
+            self.target_python = target;
+        }
+        if self.system.os.is_empty()
+            && let Some(os) = text("/system_profile/os")
+        {
+            self.system.os = os;
+        }
+        if self.system.cpu_count == 0
+            && let Some(cpus) = value
+                .pointer("/system_profile/cpu_cores_logical")
+                .and_then(|v| v.as_u64())
+        {
+            self.system.cpu_count = cpus as u32;
+        }
     }
 }
 
@@ -357,6 +440,11 @@ impl PackageRecord {
             .chain(self.gil_enabled_iterations.iter_mut().flatten())
         {
             iteration.normalize();
+        }
+        // The old tool counted stalls as timeouts too; ftsurvey counts timeouts that were not
+        // stalls, which the iterations tell.
+        if self.deadlock_count > 0 && !self.iterations.is_empty() {
+            self.timeout_count = self.iterations.iter().filter(|i| i.status == "timeout").count() as u32;
         }
         if self.extensions.is_none()
             && let Some(compat) = &self.extension_compat
@@ -808,6 +896,8 @@ mod tests {
         .expect("parse");
         assert_eq!(meta.run_id, "ft_20260303_140000");
         assert_eq!(meta.config.iterations, 10);
+        assert_eq!(meta.python_version, "3.14.0b2");
+        assert_eq!(meta.target_python, "/py");
         assert_eq!(meta.config.timeout, 0, "a float timeout reads as the default");
         assert!(meta.config.extra_deps.is_empty());
         assert!(RunMeta::parse("[1, 2]").is_err());

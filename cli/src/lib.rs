@@ -5,6 +5,7 @@
 
 mod embedded;
 mod fleet_cmd;
+mod progress;
 mod python_cmd;
 pub mod registry_dir;
 mod remote;

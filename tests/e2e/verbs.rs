@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 use domain::evidence::{ExtensionReport, TestReport};
 use domain::results::{IterationRecord, PackageRecord, RunConfig, RunMeta};
 
-use crate::cli::{assert_success, ftsurvey};
+use crate::cli::{Survey, assert_success, category_of, free_threaded_python, ftsurvey};
+use crate::fleet::{free_port, spawn, wait_for_port};
 
 /// The folder the old tool wrote, kept as a fixture.
 pub(crate) fn seed_folder() -> PathBuf {
@@ -528,4 +529,226 @@ fn the_html_report_loads_in_headless_chromium_without_console_errors() {
         page.to_str().expect("utf-8"),
     ]);
     assert_loads_cleanly_in_chromium(&page, &dir.path().join("report.png"));
+}
+
+/// Lines of `show` from the summary on: the part that does not depend on where the run was read.
+fn show_body(text: &str) -> String {
+    text.lines()
+        .skip_while(|l| !l.starts_with("Compatibility summary"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn every_verb_reads_a_run_from_a_coordinator_as_from_its_folder() {
+    let survey = Survey::new();
+    let logs = survey.dir.path();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _coordinator = spawn(
+        ftsurvey()
+            .arg("serve")
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", logs.join("coordinator.db").display()))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}")),
+        &logs.join("serve.log"),
+    );
+    wait_for_port(port, &logs.join("serve.log"));
+    let python = free_threaded_python();
+    let _worker = spawn(
+        ftsurvey()
+            .arg("worker")
+            .args(["--coordinator", &url, "--worker-id", "w1"])
+            .arg("--target-python")
+            .arg(&python)
+            .arg("--work-dir")
+            .arg(logs.join("w1")),
+        &logs.join("w1.log"),
+    );
+    let output = survey
+        .command(&python)
+        .args(["--coordinator", &url])
+        .args([
+            "--packages",
+            "ftfix-pass,ftfix-fail",
+            "--iterations",
+            "2",
+            "--timeout",
+            "120",
+        ])
+        .output()
+        .expect("run ftsurvey");
+    assert_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains('\x1b'),
+        "no terminal codes when stderr is not a terminal:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("[1/2] ") && stderr.contains("[2/2] "),
+        "a plain line per finished package:\n{stderr}"
+    );
+    let run_id = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("run ")?.split(':').next())
+        .expect("the run id is announced")
+        .to_string();
+    let folder = survey.folder();
+    let folder = folder.to_str().expect("utf-8 path");
+    let remote = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--coordinator", &url]);
+        verb(&all)
+    };
+
+    let from_folder = verb(&["show", folder]);
+    let from_coordinator = remote(&["show", &run_id]);
+    assert!(
+        from_coordinator.starts_with(&format!("Run {run_id}")),
+        "{from_coordinator}"
+    );
+    assert_eq!(show_body(&from_coordinator), show_body(&from_folder));
+    for args in [
+        vec!["export", "--format", "csv"],
+        vec!["export", "--format", "jsonl"],
+        vec!["flaky"],
+        vec!["compat"],
+    ] {
+        let mut local = vec![args[0], folder];
+        local.extend(&args[1..]);
+        let mut over_grpc = vec![args[0], run_id.as_str()];
+        over_grpc.extend(&args[1..]);
+        assert_eq!(remote(&over_grpc), verb(&local), "{args:?}");
+    }
+    let report = remote(&["report", &run_id]);
+    assert!(report.contains(&format!("- **Run:** {run_id}")), "{report}");
+    assert!(
+        report.contains("1. ftfix-fail (incompatible, 500 downloads)"),
+        "{report}"
+    );
+    let compared = remote(&["compare", folder, &run_id]);
+    assert!(
+        compared.contains("2 packages in both: 2 unchanged, 0 regressions"),
+        "a folder against the same run by id:\n{compared}"
+    );
+    let unknown = ftsurvey()
+        .args(["show", "0190f1c2-0000-7000-8000-000000000000", "--coordinator", &url])
+        .output()
+        .expect("show");
+    let unknown_stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success() && unknown_stderr.trim().lines().count() == 1,
+        "{unknown_stderr}"
+    );
+    assert!(unknown_stderr.contains("NotFound"), "{unknown_stderr}");
+}
+
+#[test]
+fn the_verbs_on_a_fixture_run_with_races_crashes_a_deadlock_and_the_gil_comparison() {
+    let survey = Survey::new();
+    let packages =
+        "ftfix-pass,ftfix-fail,ftfix-crash-sometimes,ftfix-race,ftfix-ext-fallback,ftfix-deadlock,ftfix-gil-only";
+    let output = survey
+        .command(&free_threaded_python())
+        .args(["--packages", packages])
+        .args([
+            "--iterations",
+            "3",
+            "--timeout",
+            "60",
+            "--stall-threshold",
+            "5",
+            "--workers",
+            "2",
+        ])
+        .arg("--compare-with-gil")
+        .output()
+        .expect("run ftsurvey");
+    assert_success(&output);
+    let records = survey.records();
+    let folder = survey.folder();
+    let folder = folder.to_str().expect("utf-8 path");
+
+    let show = verb(&["show", folder]);
+    for record in &records {
+        assert!(
+            show.lines()
+                .any(|l| l.contains(&record.package) && l.contains(&record.category)),
+            "{} {} in:\n{show}",
+            record.package,
+            record.category
+        );
+    }
+    assert!(show.contains("stalled"), "the deadlock is named:\n{show}");
+    assert!(
+        show.contains("GIL re-enabled by"),
+        "the fallback module is named:\n{show}"
+    );
+
+    // Racy fixtures pass or fail at random: flaky must list exactly the packages whose
+    // verdict says they pass only sometimes.
+    let flaky: serde_json::Value =
+        serde_json::from_str(&verb(&["flaky", folder, "--format", "json"])).expect("valid JSON");
+    let mut listed: Vec<String> = flaky
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|a| a["package"].as_str().unwrap_or_default().to_string())
+        .collect();
+    listed.sort();
+    let mut expected: Vec<String> = records
+        .iter()
+        .filter(|r| domain::flaky::is_flaky(r))
+        .map(|r| r.package.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let race = verb(&["flaky", folder, "--package", "ftfix-race"]);
+    assert!(race.starts_with("ftfix-race: "), "{race}");
+
+    let compat = verb(&["compat", folder, "--extensions-only"]);
+    assert!(
+        compat.contains("ftfix-ext-fallback") && compat.contains("re-enables the GIL"),
+        "{compat}"
+    );
+
+    let gil_only = category_of(&records, "ftfix-gil-only");
+    let verdict = gil_only
+        .gil_comparison
+        .as_ref()
+        .expect("compared with the GIL")
+        .verdict
+        .clone();
+    assert_eq!(verdict, "ft_specific", "{gil_only:?}");
+    let markdown = verb(&["report", folder]);
+    for expected in [
+        "## Triage",
+        "## Deadlocks",
+        "### ftfix-deadlock",
+        "## GIL comparison",
+        "| ftfix-gil-only | ft_specific |",
+        "| ftfix-fail | pre_existing |",
+        "## C extensions",
+    ] {
+        assert!(markdown.contains(expected), "{expected:?} missing:\n{markdown}");
+    }
+    assert!(
+        markdown.contains("Thread 0x") || markdown.contains("thread 0x"),
+        "stuck stacks:\n{markdown}"
+    );
+
+    let csv = verb(&["export", folder, "--format", "csv"]);
+    assert_eq!(csv.lines().count(), records.len() + 1);
+
+    let page = survey.dir.path().join("report.html");
+    verb(&[
+        "report",
+        folder,
+        "--format",
+        "html",
+        "-o",
+        page.to_str().expect("utf-8"),
+    ]);
+    assert_loads_cleanly_in_chromium(&page, &survey.dir.path().join("report.png"));
 }

@@ -47,6 +47,8 @@ pub(crate) struct Progress {
     drawn: bool,
     last_plain: Option<Instant>,
     last_plain_settled: u64,
+    /// The longest-running job's package and when it started, by the local clock.
+    slowest: Option<(String, Instant)>,
 }
 
 impl Progress {
@@ -58,12 +60,16 @@ impl Progress {
             drawn: false,
             last_plain: None,
             last_plain_settled: u64::MAX,
+            slowest: None,
         }
     }
 
-    /// Takes a new summary from the watch stream and redraws.
-    pub(crate) fn update(&mut self, summary: RunSummary) {
+    /// Takes a new summary from the watch stream, with the package of its longest-running job
+    /// and how long that job has run, and redraws.
+    pub(crate) fn update(&mut self, summary: RunSummary, slowest: Option<(String, Duration)>) {
         self.summary = Some(summary);
+        let now = Instant::now();
+        self.slowest = slowest.map(|(package, running)| (package, now.checked_sub(running).unwrap_or(now)));
         match self.style {
             ProgressStyle::Bar => self.draw(),
             ProgressStyle::Plain => {
@@ -120,8 +126,14 @@ impl Progress {
 
     /// `[#####.....] 12/40 iterations, 3/6 packages, 1m20s left | crash 1, compatible 2`
     fn status_line(&self) -> String {
+        let slowest = self
+            .slowest
+            .as_ref()
+            .filter(|_| self.summary.as_ref().is_some_and(|s| s.jobs_running > 0))
+            .map(|(package, since)| (package.as_str(), since.elapsed()));
         status_line(
             self.summary.as_ref(),
+            slowest,
             self.started.elapsed(),
             self.style == ProgressStyle::Bar,
         )
@@ -135,8 +147,14 @@ impl Drop for Progress {
     }
 }
 
-/// The status line for `summary` after `elapsed`; `with_bar` adds the bar.
-pub(crate) fn status_line(summary: Option<&RunSummary>, elapsed: Duration, with_bar: bool) -> String {
+/// The status line for `summary` after `elapsed`, naming the package of the longest-running
+/// job; `with_bar` adds the bar.
+pub(crate) fn status_line(
+    summary: Option<&RunSummary>,
+    slowest: Option<(&str, Duration)>,
+    elapsed: Duration,
+    with_bar: bool,
+) -> String {
     let Some(summary) = summary else {
         return "waiting for the coordinator".to_string();
     };
@@ -159,6 +177,9 @@ pub(crate) fn status_line(summary: Option<&RunSummary>, elapsed: Duration, with_
     if done > 0 && done < total {
         let left = elapsed.mul_f64((total - done) as f64 / done as f64);
         let _ = write!(line, ", about {} left", duration(left));
+    }
+    if let Some((package, running)) = slowest {
+        let _ = write!(line, " | slowest: {package} ({})", duration(running));
     }
     let counts: Vec<String> = Category::ALL
         .iter()
@@ -206,18 +227,22 @@ mod tests {
 
     #[test]
     fn the_status_line_has_the_bar_counts_eta_and_categories() {
-        let line = status_line(Some(&summary(10, 2)), Duration::from_secs(30), true);
+        let slowest = Some(("ftfix-deadlock", Duration::from_secs(75)));
+        let line = status_line(Some(&summary(10, 2)), slowest, Duration::from_secs(30), true);
         assert_eq!(
             line,
             "[#######.......................] 10/40 iterations, 3/6 packages, 2 running, 30s elapsed, \
-             about 1m30s left | crash 1, compatible 2"
+             about 1m30s left | slowest: ftfix-deadlock (1m15s) | crash 1, compatible 2"
         );
-        let plain = status_line(Some(&summary(0, 0)), Duration::from_secs(5), false);
+        let plain = status_line(Some(&summary(0, 0)), None, Duration::from_secs(5), false);
         assert_eq!(
             plain,
             "0/40 iterations, 3/6 packages, 5s elapsed | crash 1, compatible 2"
         );
-        assert_eq!(status_line(None, Duration::ZERO, true), "waiting for the coordinator");
+        assert_eq!(
+            status_line(None, None, Duration::ZERO, true),
+            "waiting for the coordinator"
+        );
     }
 
     #[test]

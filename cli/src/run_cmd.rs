@@ -401,7 +401,11 @@ async fn survey(
                 };
                 if let Some(summary) = event.run.clone().and_then(|r| RunSummary::try_from(r).ok()) {
                     run_over = summary.state.is_terminal();
-                    progress.update(summary);
+                    let slowest = event
+                        .running
+                        .first()
+                        .map(|job| (job.package.clone(), Duration::from_millis(job.running_ms.max(0) as u64)));
+                    progress.update(summary, slowest);
                 }
                 for package in event.finished_packages {
                     let result = PackageResult::try_from(package)?;

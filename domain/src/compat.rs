@@ -7,13 +7,16 @@ use serde::Serialize;
 
 use crate::evidence::{Declaration, ExtensionReport};
 use crate::results::PackageRecord;
+use crate::stats::PassRate;
 use crate::text::{cell, plain_table, plural};
 
 /// One package's extension compatibility.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CompatRow {
     pub package: String,
     pub category: String,
+    /// The free-threaded pass rate with its 95% interval, so a verdict is read with the tests.
+    pub pass_rate: Option<PassRate>,
     /// Whether the extension probe ran at all.
     pub probed: bool,
     /// No extension modules found.
@@ -39,6 +42,7 @@ impl CompatRow {
         CompatRow {
             package: record.package.clone(),
             category: record.category.clone(),
+            pass_rate: PassRate::of(record.passed_iterations(), record.completed_iterations()),
             probed: report.is_some(),
             pure: report.is_some_and(ExtensionReport::is_pure) && gil_enabled_by.is_empty(),
             extension_modules: report.map(|r| r.modules.clone()).unwrap_or_default(),
@@ -92,6 +96,7 @@ pub fn render_compat(rows: &[CompatRow]) -> String {
             vec![
                 row.package.clone(),
                 row.category.clone(),
+                row.pass_rate.map_or("N/A".to_string(), |r| r.describe()),
                 if !row.probed {
                     "not probed".to_string()
                 } else if row.pure {
@@ -109,6 +114,7 @@ pub fn render_compat(rows: &[CompatRow]) -> String {
         &[
             "Package",
             "Category",
+            "Pass rate",
             "Extensions",
             "GIL re-enabled by",
             "Declarations",

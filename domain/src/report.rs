@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use crate::category::Category;
 use crate::compat::CompatRow;
 use crate::flaky::analyse;
-use crate::results::{PackageRecord, RunMeta};
+use crate::results::{IterationRecord, PackageRecord, RunMeta};
 use crate::show::{CategoryCount, category_counts, severity_rank};
 use crate::stats::{PassRate, ruled_out_failure_rate};
 use crate::text::{cell, plural};
@@ -208,6 +208,12 @@ pub fn next_step(record: &PackageRecord) -> String {
         .gil_comparison
         .as_ref()
         .is_some_and(|g| g.verdict == "pre_existing");
+    let ft_only_tests = record
+        .gil_comparison
+        .as_ref()
+        .filter(|g| g.verdict == "ft_specific" && !g.ft_only_failing_tests.is_empty())
+        .map(|g| g.ft_only_failing_tests.join(", "));
+    let ft_only = ft_only_tests.as_deref();
     match record.category() {
         Some(Category::Crash) => match record.failure_signatures.first() {
             Some(signature) => format!(
@@ -226,6 +232,10 @@ pub fn next_step(record: &PackageRecord) -> String {
         Some(Category::Incompatible) if pre_existing => {
             "fails with the GIL too: fix the test suite first; not a free-threading bug".to_string()
         }
+        Some(Category::Incompatible) if ft_only.is_some() => format!(
+            "passes with the GIL: start from the tests failing only without it ({})",
+            cell(ft_only.unwrap_or_default(), 120)
+        ),
         Some(Category::Incompatible) => {
             "run the first failing test with PYTHON_GIL=0 and again with PYTHON_GIL=1".to_string()
         }
@@ -292,7 +302,7 @@ fn deadlocks(blocks: &mut Vec<Block>, records: &[PackageRecord]) {
     for record in stuck {
         blocks.push(Block::Heading(3, record.package.clone()));
         let stalled = record.iterations.iter().find(|i| i.status == "deadlock");
-        let last = stalled.map(|i| i.last_output_line.as_str()).unwrap_or_default();
+        let last = stalled.map(last_test_output).unwrap_or_default();
         blocks.push(Block::Paragraph(format!(
             "{} of {} iterations stalled. Last output: {}",
             record.deadlock_count,
@@ -315,6 +325,26 @@ fn deadlocks(blocks: &mut Vec<Block>, records: &[PackageRecord]) {
             None => blocks.push(Block::Paragraph("No thread stacks were captured.".to_string())),
         }
     }
+}
+
+/// The last line the tests printed before the stall: the stack dump the worker asked for
+/// comes after it on stderr, so a frame line there means stdout's last line tells more.
+fn last_test_output(iteration: &IterationRecord) -> &str {
+    let line = iteration.last_output_line.trim();
+    let is_dump = |l: &str| {
+        let l = l.trim_start();
+        l.starts_with("File \"") || l.starts_with("Thread 0x") || l.starts_with("Current thread 0x")
+    };
+    if !is_dump(line) {
+        return line;
+    }
+    iteration
+        .stdout_tail
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !is_dump(l))
+        .unwrap_or(line)
 }
 
 fn intermittent(blocks: &mut Vec<Block>, records: &[PackageRecord]) {
@@ -513,7 +543,8 @@ mod tests {
         let mut stuck = record("stuck", "deadlock", &["deadlock"]);
         stuck.deadlock_count = 1;
         stuck.iterations[0].stacks = Some("Thread 0x1:\n  File \"a.py\", line 3 in first_a_then_b".into());
-        stuck.iterations[0].last_output_line = "tests/test_x.py .".into();
+        stuck.iterations[0].last_output_line = "  File \"x.py\", line 9 in join".into();
+        stuck.iterations[0].stdout_tail = "collected 1 item\n\ntests/test_x.py .\n".into();
         let mut failing = record("pre", "incompatible", &["fail", "fail"]);
         failing.gil_comparison = Some(GilComparison {
             gil_counts: StatusCounts {
@@ -523,7 +554,17 @@ mod tests {
             verdict: "pre_existing".into(),
             ft_only_failing_tests: Vec::new(),
         });
+        let mut gil_only = record("gilonly", "incompatible", &["fail"]);
+        gil_only.gil_comparison = Some(GilComparison {
+            gil_counts: StatusCounts {
+                pass: 1,
+                ..StatusCounts::default()
+            },
+            verdict: "ft_specific".into(),
+            ft_only_failing_tests: vec!["t::needs_gil".into()],
+        });
         vec![
+            gil_only,
             record("fine", "compatible", &["pass"; 10]),
             record("racy", "intermittent", &["pass", "fail", "pass"]),
             crash,
@@ -551,8 +592,17 @@ mod tests {
             .expect("a triage list");
         let order: Vec<&str> = triage.iter().map(|i| i.split(' ').next().unwrap_or_default()).collect();
         // small and crashy tie on one crash each; small is more downloaded.
-        assert_eq!(order, ["small", "crashy", "stuck", "racy", "pre"], "{triage:?}");
-        assert!(triage[4].contains("not a free-threading bug"), "{}", triage[4]);
+        assert_eq!(
+            order,
+            ["small", "crashy", "stuck", "racy", "gilonly", "pre"],
+            "{triage:?}"
+        );
+        assert!(triage[5].contains("not a free-threading bug"), "{}", triage[5]);
+        assert!(
+            triage[4].contains("tests failing only without it (t::needs_gil)"),
+            "{}",
+            triage[4]
+        );
         assert!(triage[1].contains("10 downloads") || triage[0].contains("10 downloads"));
     }
 
@@ -569,9 +619,9 @@ mod tests {
         );
         for expected in [
             "# Free-threading compatibility report",
-            "- **Packages:** 6",
+            "- **Packages:** 7",
             "## Categories",
-            "| \u{1f4a5} | crash | 2 | 33.3% |",
+            "| \u{1f4a5} | crash | 2 | 28.6% |",
             "## Triage",
             "## Crashes",
             "| crashy | SIGSEGV | Segmentation fault: m.py:3 f | 1 |",

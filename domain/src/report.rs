@@ -308,7 +308,7 @@ fn deadlocks(blocks: &mut Vec<Block>, records: &[PackageRecord]) {
             record.deadlock_count,
             record.completed_iterations(),
             if last.is_empty() {
-                "(none)".to_string()
+                "none before the stack dump".to_string()
             } else {
                 format!("`{}`", cell(last, 160))
             }
@@ -327,24 +327,35 @@ fn deadlocks(blocks: &mut Vec<Block>, records: &[PackageRecord]) {
     }
 }
 
-/// The last line the tests printed before the stall: the stack dump the worker asked for
-/// comes after it on stderr, so a frame line there means stdout's last line tells more.
+/// The last line the tests printed before the stall. The stack dump the worker asks for comes
+/// last, so when the last line is a frame, the line before the dump (on stdout, or on stderr
+/// before its first thread header) is the one that tells where the tests were.
 fn last_test_output(iteration: &IterationRecord) -> &str {
-    let line = iteration.last_output_line.trim();
     let is_dump = |l: &str| {
         let l = l.trim_start();
         l.starts_with("File \"") || l.starts_with("Thread 0x") || l.starts_with("Current thread 0x")
     };
-    if !is_dump(line) {
+    let line = iteration.last_output_line.trim();
+    if !line.is_empty() && !is_dump(line) {
         return line;
     }
-    iteration
+
+    let stdout_last = iteration
         .stdout_tail
         .lines()
         .rev()
         .map(str::trim)
-        .find(|l| !l.is_empty() && !is_dump(l))
-        .unwrap_or(line)
+        .find(|l| !l.is_empty() && !is_dump(l));
+    let stderr_before_dump = || {
+        iteration
+            .stderr_tail
+            .lines()
+            .take_while(|l| !is_dump(l))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .last()
+    };
+    stdout_last.or_else(stderr_before_dump).unwrap_or_default()
 }
 
 fn intermittent(blocks: &mut Vec<Block>, records: &[PackageRecord]) {
@@ -669,6 +680,36 @@ mod tests {
         );
         assert!(text.contains("Free-threading compatibility report\n===="), "{text}");
         assert!(text.contains("Triage\n------"), "{text}");
+    }
+
+    #[test]
+    fn the_last_line_before_a_stall_skips_the_stack_dump() {
+        let dump = "Thread 0x1 (most recent call first):\n  File \"a.py\", line 3 in f\n";
+        let cases = [
+            ("tests/test_x.py .", "", "", "tests/test_x.py ."),
+            (
+                "File \"a.py\", line 3 in f",
+                "collected 1 item\ntests/test_x.py ",
+                dump,
+                "tests/test_x.py",
+            ),
+            (
+                "File \"a.py\", line 3 in f",
+                "",
+                &format!("warming up\n{dump}") as &str,
+                "warming up",
+            ),
+            ("File \"a.py\", line 3 in f", "", dump, ""),
+        ];
+        for (last, stdout, stderr, expected) in cases {
+            let iteration = IterationRecord {
+                last_output_line: last.to_string(),
+                stdout_tail: stdout.to_string(),
+                stderr_tail: stderr.to_string(),
+                ..IterationRecord::default()
+            };
+            assert_eq!(last_test_output(&iteration), expected, "{last:?} {stdout:?} {stderr:?}");
+        }
     }
 
     #[test]

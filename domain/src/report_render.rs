@@ -163,7 +163,7 @@ fn html(blocks: &[Block]) -> String {
                 out.push_str("</dl>\n");
             }
             Block::Paragraph(text) => {
-                let _ = writeln!(out, "<p>{}</p>", escape(text));
+                let _ = writeln!(out, "<p>{}</p>", code_spans(&escape(text)));
             }
             Block::Table(header, rows) => {
                 out.push_str("<table>\n<thead><tr>");
@@ -186,7 +186,7 @@ fn html(blocks: &[Block]) -> String {
             Block::Ordered(items) => {
                 out.push_str("<ol>\n");
                 for item in items {
-                    let _ = writeln!(out, "<li>{}</li>", escape(item));
+                    let _ = writeln!(out, "<li>{}</li>", code_spans(&escape(item)));
                 }
                 out.push_str("</ol>\n");
             }
@@ -202,7 +202,7 @@ h1{border-bottom:2px solid #444}h2{margin-top:1.6em;border-bottom:1px solid #ccc
 table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}\
 th{background:#f2f2f2}pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}\
 dl.facts{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:bold}dd{margin:0}\
-svg text{font-family:system-ui,sans-serif;font-size:13px}";
+svg text{font-family:system-ui,sans-serif;font-size:13px}code{background:#f2f2f2;padding:0 .2em}";
 
 /// Bar colours by category: reds for crashes and stalls, greens for compatible.
 fn colour(category: &str) -> &'static str {
@@ -269,6 +269,22 @@ fn text_chart(counts: &[CategoryCount]) -> String {
     out
 }
 
+/// `` `x` `` as `<code>x</code>`, when the backticks pair up.
+fn code_spans(escaped: &str) -> String {
+    if !escaped.matches('`').count().is_multiple_of(2) {
+        return escaped.to_string();
+    }
+    let mut out = String::new();
+    for (idx, part) in escaped.split('`').enumerate() {
+        if idx % 2 == 1 {
+            let _ = write!(out, "<code>{part}</code>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -279,4 +295,17 @@ fn escape(text: &str) -> String {
 /// One line, pipes escaped, for a Markdown table cell or list item.
 fn md_cell(text: &str) -> String {
     crate::text::one_line(text).replace('|', "\\|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backticks_become_code_spans_only_in_pairs() {
+        assert_eq!(code_spans("run `a` and `b`"), "run <code>a</code> and <code>b</code>");
+        assert_eq!(code_spans("a lone ` stays"), "a lone ` stays");
+        let html = render_report(&[Block::Paragraph("Last output: `x < y`".into())], ReportFormat::Html);
+        assert!(html.contains("<p>Last output: <code>x &lt; y</code></p>"), "{html}");
+    }
 }

@@ -209,6 +209,26 @@ fn show_reads_the_old_tools_folder_with_glyphs_details_and_intervals() {
 }
 
 #[test]
+fn compat_compare_and_export_read_the_old_tools_folder_too() {
+    let seed = seed_folder();
+    let seed = seed.to_str().expect("utf-8 path");
+    let compat = verb(&["compat", seed, "--extensions-only"]);
+    assert!(
+        compat.contains("seedpkg_ext._speedups") && compat.contains("re-enables the GIL"),
+        "{compat}"
+    );
+    let csv = verb(&["export", seed, "--format", "csv"]);
+    assert_eq!(csv.lines().count(), 8, "a header and seven packages:\n{csv}");
+    let racy = csv.lines().find(|l| l.starts_with("seedpkg-racy,")).expect("row");
+    assert!(racy.contains("tests/test_race.py::test_counter=2"), "{racy}");
+    let compared = verb(&["compare", seed, seed]);
+    assert!(
+        compared.contains("7 packages in both: 7 unchanged, 0 regressions"),
+        "{compared}"
+    );
+}
+
+#[test]
 fn show_sorts_limits_and_speaks_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let folder = write_folder(dir.path(), "ft_b", &run_b());

@@ -115,8 +115,8 @@ pub(crate) struct ReportArgs {
     /// Write to FILE instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
-    /// Registry to read download counts from, for the triage order, when the run did not
-    /// record them (default: the run's registry, if it is still there).
+    /// Registry to read download counts from, for the triage order (default: the counts the
+    /// run recorded, else the run's registry if it is still there).
     #[arg(long, env = "FTSURVEY_REGISTRY_DIR", value_name = "DIR")]
     pub(crate) registry_dir: Option<PathBuf>,
     #[command(flatten)]

@@ -22,6 +22,15 @@ need_python() {
   fi
   export "$var=$path"
 }
+# The HTML report is checked in headless Chromium; the test fails without it.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "tests/run.sh: installing chromium for the HTML report test" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "tests/run.sh: chromium is missing and cannot be installed here (not root, or no apt-get); the HTML report test will fail" >&2
+  fi
+fi
 need_python FTSURVEY_TEST_FT_PYTHON "" free-threaded
 need_python FTSURVEY_TEST_TSAN_PYTHON --tsan ThreadSanitizer
 echo "tests/run.sh: free-threaded interpreter: $FTSURVEY_TEST_FT_PYTHON" >&2

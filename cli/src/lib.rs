@@ -5,13 +5,15 @@
 
 mod embedded;
 mod fleet_cmd;
+mod progress;
 mod python_cmd;
 pub mod registry_dir;
 mod remote;
+mod results_cmd;
 mod results_dir;
 mod run_cmd;
+mod run_source;
 mod runs_cmd;
-mod show_cmd;
 mod stability;
 
 use std::process::ExitCode;
@@ -33,8 +35,18 @@ struct Cli {
 enum Command {
     /// Run packages' test suites many times on a free-threaded interpreter and classify them.
     Run(Box<run_cmd::RunArgs>),
-    /// Summarise a results folder.
-    Show(show_cmd::ShowArgs),
+    /// Summarise a run: counts per category and a table of packages.
+    Show(results_cmd::ShowArgs),
+    /// Packages that pass only sometimes: patterns, streaks, flaky tests.
+    Flaky(results_cmd::FlakyArgs),
+    /// Extension modules: which re-enable the GIL, what the sources declare.
+    Compat(results_cmd::CompatArgs),
+    /// What changed between two runs.
+    Compare(results_cmd::CompareArgs),
+    /// A report to share: markdown, text or a self-contained HTML page.
+    Report(results_cmd::ReportArgs),
+    /// One row or object per package: csv, json or jsonl.
+    Export(results_cmd::ExportArgs),
     /// Serve a coordinator for a fleet of workers (gRPC), on PostgreSQL or SQLite.
     Serve(fleet_cmd::ServeArgs),
     /// Run a worker: pull jobs from a coordinator, run them under supervision, report back.
@@ -53,11 +65,19 @@ enum Command {
 
 /// Parses the command line, runs the command, and turns any error into one line on stderr.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return flag_error(&error),
+    };
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => run_async(run_cmd::run(*args)),
-        Command::Show(args) => show_cmd::run_show(&args).map(|()| ExitCode::SUCCESS),
+        Command::Show(args) => results_cmd::run_show(&args).map(|()| ExitCode::SUCCESS),
+        Command::Flaky(args) => results_cmd::run_flaky(&args).map(|()| ExitCode::SUCCESS),
+        Command::Compat(args) => results_cmd::run_compat(&args).map(|()| ExitCode::SUCCESS),
+        Command::Compare(args) => results_cmd::run_compare(&args).map(|()| ExitCode::SUCCESS),
+        Command::Report(args) => results_cmd::run_report(&args).map(|()| ExitCode::SUCCESS),
+        Command::Export(args) => results_cmd::run_export(&args).map(|()| ExitCode::SUCCESS),
         Command::Python(command) => python_cmd::run(command),
         Command::Serve(args) => run_async(fleet_cmd::serve(args)),
         Command::Status(args) => run_async(runs_cmd::status(args)),
@@ -72,6 +92,27 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go out as clap prints them; a usage error becomes one line (clap's message
+/// without its usage block) and exit status 2.
+fn flag_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+    }
+    let text = error.to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
+        .collect();
+    eprintln!("{} (see --help)", message.join(" "));
+    ExitCode::from(2)
 }
 
 fn run_async(future: impl Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {

@@ -15,6 +15,7 @@ use proto::v1;
 use crate::remote::Client;
 
 use crate::embedded::{Embedded, EmbeddedConfig};
+use crate::progress::{Progress, ProgressStyle};
 use crate::registry_dir;
 use crate::results_dir::ResultsDir;
 
@@ -99,6 +100,9 @@ pub(crate) struct RunArgs {
     /// The pip cache shared by every venv (default: `<work-dir>/pip-cache`).
     #[arg(long, env = "FTSURVEY_PIP_CACHE_DIR")]
     pub(crate) pip_cache_dir: Option<PathBuf>,
+    /// No progress on stderr: only errors, then the summary on stdout.
+    #[arg(short, long, env = "FTSURVEY_QUIET")]
+    pub(crate) quiet: bool,
     /// Local workers, each running one iteration at a time.
     #[arg(long, default_value_t = 1, env = "FTSURVEY_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub(crate) workers: u32,
@@ -314,13 +318,14 @@ async fn survey(
     let run_id = summary.run_id;
     let mut meta = run_meta(run_id, spec, args, target.profile(), started_at);
     results.write_meta(&meta)?;
-    eprintln!(
+    let mut progress = Progress::new(ProgressStyle::detect(args.quiet));
+    progress.println(&format!(
         "run {run_id}: {} packages x {} iterations on {} -> {}",
         spec.packages.len(),
         spec.iterations,
         target.describe(),
         results.path().display()
-    );
+    ));
 
     let mut written: HashSet<String> = HashSet::new();
     let mut records = Vec::new();
@@ -349,7 +354,7 @@ async fn survey(
                 match crate::remote::connect(url, args.token.as_deref(), args.ca_cert.as_ref()).await {
                     Ok(fresh) => *client = fresh,
                     Err(error) => {
-                        eprintln!("cannot reach the coordinator ({error:#}); retrying in 2 s");
+                        progress.println(&format!("cannot reach the coordinator ({error:#}); retrying in 2 s"));
                         retry_at = tokio::time::Instant::now() + Duration::from_secs(2);
                         continue;
                     }
@@ -374,7 +379,7 @@ async fn survey(
                     return Err(crate::remote::status_error(&status).context("watching the run"));
                 }
                 Err(status) => {
-                    eprintln!("cannot watch the run ({}); retrying in 2 s", status.message());
+                    progress.println(&format!("cannot watch the run ({}); retrying in 2 s", status.message()));
                     retry_at = tokio::time::Instant::now() + Duration::from_secs(2);
                 }
             }
@@ -387,7 +392,7 @@ async fn survey(
                     Ok(Some(event)) => event,
                     Ok(None) | Err(_) => {
                         if !run_over {
-                            eprintln!("lost the coordinator's progress stream; reconnecting");
+                            progress.println("lost the coordinator's progress stream; reconnecting");
                         }
                         events = None;
                         retry_at = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -396,19 +401,25 @@ async fn survey(
                 };
                 if let Some(summary) = event.run.clone().and_then(|r| RunSummary::try_from(r).ok()) {
                     run_over = summary.state.is_terminal();
+                    let slowest = event
+                        .running
+                        .first()
+                        .map(|job| (job.package.clone(), Duration::from_millis(job.running_ms.max(0) as u64)));
+                    progress.update(summary, slowest);
                 }
                 for package in event.finished_packages {
                     let result = PackageResult::try_from(package)?;
                     if written.insert(result.package.clone()) {
                         let record = PackageRecord::from(&result);
                         results.append_package(&record)?;
-                        eprintln!("[{}/{total}] {}", written.len(), progress_line(&result));
+                        progress.println(&format!("[{}/{total}] {}", written.len(), progress_line(&result)));
                         records.push(record);
                     }
                 }
             }
             _ = tokio::signal::ctrl_c() => break true,
             _ = check_workers.tick() => {
+                progress.tick();
                 if let Some(stopped) = embedded.as_deref_mut().and_then(Embedded::first_finished_worker) {
                     let error = match stopped.await {
                         Ok(Ok(())) => anyhow::anyhow!("a local worker stopped"),
@@ -421,6 +432,7 @@ async fn survey(
             }
         }
     };
+    progress.finish();
     if interrupted {
         eprintln!("interrupted: cancelling run {run_id} and writing what has finished");
         client
@@ -488,18 +500,8 @@ fn run_meta(
                 .unwrap_or(1),
         },
         config: RunConfig {
-            iterations: spec.iterations,
-            timeout: spec.options.timeout_secs,
-            stall_threshold: spec.options.stall_threshold_secs,
-            packages: spec.packages.iter().map(|p| p.name.clone()).collect(),
-            env: spec.options.env.iter().cloned().collect(),
-            extra_deps: spec.options.extra_deps.clone(),
-            test_command_suffix: spec.options.test_command_suffix.clone(),
-            test_command_override: spec.options.test_command_override.clone(),
-            stop_on_first_pass: spec.options.stop_on_first_pass,
             workers: args.workers,
-            registry_dir: spec.registry.clone(),
-            modes: spec.modes.iter().map(|m| m.as_str().to_string()).collect(),
+            ..RunConfig::of_spec(spec)
         },
     }
 }

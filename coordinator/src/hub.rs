@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use domain::{RunId, WorkerId};
+use domain::{Assignment, JobId, RunId, WorkerId};
 use proto::v1;
 use tokio::sync::{Notify, broadcast, mpsc};
 
@@ -33,6 +33,21 @@ pub(crate) struct Hub {
     workers: Mutex<HashMap<WorkerId, v1::WorkerStatus>>,
     /// Workers an operator drained: their sessions get no new jobs.
     draining: Mutex<HashSet<WorkerId>>,
+    /// Jobs handed to a live session and not yet reported, for the watch stream's "running"
+    /// list. Kept in memory only: after a restart, jobs adopted through heartbeats are not
+    /// listed, which only makes the progress display less detailed.
+    in_flight: Mutex<HashMap<JobId, InFlight>>,
+}
+
+/// A job a worker is running, as watchers are told of it.
+#[derive(Debug, Clone)]
+struct InFlight {
+    run_id: RunId,
+    package: String,
+    mode: String,
+    iteration: u32,
+    worker_id: String,
+    started_at_ms: i64,
 }
 
 impl Hub {
@@ -47,7 +62,50 @@ impl Hub {
             run_changed: broadcast::channel(1024).0,
             workers: Mutex::new(HashMap::new()),
             draining: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Notes that `assignment` went to `worker_id` at `now_ms`.
+    pub(crate) fn job_started(&self, assignment: &Assignment, worker_id: &WorkerId, now_ms: i64) {
+        let job = InFlight {
+            run_id: assignment.run_id,
+            package: assignment.package.name.clone(),
+            mode: assignment.mode.as_str().to_string(),
+            iteration: assignment.iteration,
+            worker_id: worker_id.to_string(),
+            started_at_ms: now_ms,
+        };
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(assignment.job_id, job);
+    }
+
+    /// Forgets jobs that were reported, released or given up.
+    pub(crate) fn jobs_ended(&self, job_ids: impl IntoIterator<Item = JobId>) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for job_id in job_ids {
+            in_flight.remove(&job_id);
+        }
+    }
+
+    /// The jobs of `run_id` running at `now_ms`, longest-running first.
+    pub(crate) fn running_jobs(&self, run_id: RunId, now_ms: i64) -> Vec<v1::ActiveJob> {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut jobs: Vec<v1::ActiveJob> = in_flight
+            .values()
+            .filter(|job| job.run_id == run_id)
+            .map(|job| v1::ActiveJob {
+                package: job.package.clone(),
+                mode: job.mode.clone(),
+                iteration: job.iteration,
+                worker_id: job.worker_id.clone(),
+                running_ms: (now_ms - job.started_at_ms).max(0),
+            })
+            .collect();
+        jobs.sort_by(|a, b| b.running_ms.cmp(&a.running_ms).then_with(|| a.package.cmp(&b.package)));
+        jobs
     }
 
     /// Records or replaces what a connected worker looks like.
@@ -128,6 +186,7 @@ impl Hub {
 
     /// Tells the workers holding revoked leases to stop those jobs.
     pub(crate) fn push_cancels(&self, revoked: &[RevokedLease], reason: &str) {
+        self.jobs_ended(revoked.iter().map(|lease| lease.job_id));
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         for lease in revoked {
             if let Some((_, sender)) = sessions.get(&lease.worker_id) {

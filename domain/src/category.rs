@@ -72,6 +72,33 @@ impl Category {
         }
     }
 
+    /// A one-character mark for summaries, as the old tool drew them (`!` for harness errors,
+    /// which it did not have).
+    pub fn glyph(self) -> &'static str {
+        match self {
+            Category::Compatible => "\u{2713}",
+            Category::CompatibleByWheel => "\u{2295}",
+            Category::CompatibleGilFallback => "\u{26a0}",
+            Category::Intermittent => "~",
+            Category::Incompatible => "\u{2717}",
+            Category::Crash => "\u{1f4a5}",
+            Category::Deadlock => "\u{1f512}",
+            Category::TsanWarnings => "\u{26a1}",
+            Category::InstallFailure => "\u{2699}",
+            Category::ImportFailure => "\u{1f4e6}",
+            Category::HarnessError => "!",
+            Category::Unknown => "?",
+        }
+    }
+
+    /// Whether the category says the package works without the GIL (tested or trusted).
+    pub fn is_compatible(self) -> bool {
+        matches!(
+            self,
+            Category::Compatible | Category::CompatibleGilFallback | Category::CompatibleByWheel
+        )
+    }
+
     /// Position in [`Category::ALL`]: lower is more severe.
     pub fn severity_rank(self) -> usize {
         Category::ALL

@@ -32,6 +32,8 @@ pub enum TsanAttribution {
     Cpython,
     /// Some other shared library.
     Other,
+    /// No stack to judge by (the old tool kept only the kind).
+    Unknown,
 }
 
 impl TsanAttribution {
@@ -40,6 +42,7 @@ impl TsanAttribution {
             TsanAttribution::Package => "package",
             TsanAttribution::Cpython => "cpython",
             TsanAttribution::Other => "other",
+            TsanAttribution::Unknown => "unknown",
         }
     }
 }

@@ -6,17 +6,26 @@
 
 pub mod category;
 pub mod classify;
+pub mod compare;
+pub mod compat;
 pub mod evidence;
+pub mod export;
 pub mod faulthandler;
+pub mod flaky;
 pub mod ids;
 pub mod interpreter;
 pub mod junit;
 pub mod outcome;
 pub mod registry;
+pub mod report;
+pub mod report_render;
 pub mod results;
 pub mod run;
+mod seed;
 pub mod show;
 pub mod spec;
+pub mod stats;
+pub mod text;
 pub mod tsan;
 pub mod unittest;
 

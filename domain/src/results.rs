@@ -15,7 +15,8 @@ use crate::classify::{GilComparison, PackageResult, StatusCounts};
 use crate::evidence::{ExtensionReport, TestReport, TsanWarning};
 use crate::interpreter::InterpreterProfile;
 use crate::outcome::{IterationOutcome, IterationStatus, SetupStage, signal_name};
-use crate::spec::Mode;
+use crate::run::{RunState, RunSummary};
+use crate::spec::{Mode, RunSpec};
 
 /// `ft_meta.json`: what was run, where, and with which options.
 ///
@@ -102,6 +103,58 @@ pub struct RunConfig {
     /// `ft`, and `gil` with `--compare-with-gil`.
     #[serde(default, deserialize_with = "lenient")]
     pub modes: Vec<String>,
+    /// Download counts of the packages, from the registry: the popularity triage sorts by.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "BTreeMap::is_empty")]
+    pub download_counts: BTreeMap<String, u64>,
+}
+
+impl RunConfig {
+    /// The configuration of a run as submitted; `workers` is left 0 (unknown to the caller).
+    pub fn of_spec(spec: &RunSpec) -> RunConfig {
+        RunConfig {
+            iterations: spec.iterations,
+            timeout: spec.options.timeout_secs,
+            stall_threshold: spec.options.stall_threshold_secs,
+            packages: spec.packages.iter().map(|p| p.name.clone()).collect(),
+            env: spec.options.env.iter().cloned().collect(),
+            extra_deps: spec.options.extra_deps.clone(),
+            test_command_suffix: spec.options.test_command_suffix.clone(),
+            test_command_override: spec.options.test_command_override.clone(),
+            stop_on_first_pass: spec.options.stop_on_first_pass,
+            workers: 0,
+            registry_dir: spec.registry.clone(),
+            modes: spec.modes.iter().map(|m| m.as_str().to_string()).collect(),
+            download_counts: spec
+                .packages
+                .iter()
+                .filter_map(|p| Some((p.name.clone(), p.download_count?)))
+                .collect(),
+        }
+    }
+}
+
+impl RunMeta {
+    /// What a coordinator knows of a run, as `ft_meta.json` would say it. The interpreter is
+    /// the run's requirement: the workers' own probes are not part of a run.
+    pub fn of_run(summary: &RunSummary, spec: &RunSpec) -> RunMeta {
+        let time = |ms: i64| {
+            jiff::Timestamp::from_millisecond(ms)
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+        };
+        RunMeta {
+            run_id: summary.run_id.to_string(),
+            label: summary.label.clone(),
+            timestamp: time(summary.created_at_ms),
+            finished_at: summary.finished_at_ms.map(time),
+            interrupted: summary.state == RunState::Cancelled,
+            target_python: spec.requirement.describe(),
+            python_version: String::new(),
+            interpreter: None,
+            system: SystemInfo::default(),
+            config: RunConfig::of_spec(spec),
+        }
+    }
 }
 
 /// One line of `ft_results.jsonl`: a package's verdict and its iterations.
@@ -166,7 +219,19 @@ pub struct PackageRecord {
     /// Extension modules that re-enabled the GIL at import.
     pub gil_fallback_modules: Vec<String>,
     /// Distinct ThreadSanitizer warnings over all free-threaded iterations, counts summed.
+    #[serde(deserialize_with = "tsan_list")]
     pub tsan_warnings: Vec<TsanWarning>,
+    /// The kinds of [`PackageRecord::tsan_warnings`], sorted (the old tool's field).
+    pub tsan_warning_types: Vec<String>,
+    /// Tests that failed in some iterations but not all, with how many iterations they failed
+    /// in (the old tool's field, which it always left empty).
+    pub flaky_tests: BTreeMap<String, u32>,
+    /// The old tool's extension report; read into [`PackageRecord::extensions`] and never written.
+    #[serde(skip_serializing)]
+    pub extension_compat: Option<serde_json::Value>,
+    /// The old tool trusted a free-threaded wheel on PyPI instead of testing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ft_wheel_found: Option<bool>,
 }
 
 /// One iteration of a package's test suite.
@@ -210,8 +275,22 @@ pub struct IterationRecord {
     pub tests: Option<TestReport>,
     /// Every thread's stack, dumped when the iteration stalled.
     pub stacks: Option<String>,
-    /// Distinct ThreadSanitizer warnings of this iteration.
+    /// Distinct ThreadSanitizer warnings of this iteration (the old tool wrote kinds as strings).
+    #[serde(deserialize_with = "tsan_list")]
     pub tsan_warnings: Vec<TsanWarning>,
+    /// The old tool's per-test results (`test name -> PASSED|FAILED|ERROR|SKIPPED`); read into
+    /// [`IterationRecord::tests`] and never written.
+    #[serde(skip_serializing)]
+    pub test_results: BTreeMap<String, String>,
+    /// The old tool's test counts; read into [`IterationRecord::tests`] and never written.
+    #[serde(skip_serializing)]
+    pub tests_passed: Option<u32>,
+    #[serde(skip_serializing)]
+    pub tests_failed: Option<u32>,
+    #[serde(skip_serializing)]
+    pub tests_errored: Option<u32>,
+    #[serde(skip_serializing)]
+    pub tests_skipped: Option<u32>,
     /// The worker's directory with this iteration's full logs and JUnit XML.
     pub log_dir: Option<String>,
     /// Bytes the test printed on both streams.
@@ -256,6 +335,10 @@ impl Default for PackageRecord {
             extensions: None,
             gil_fallback_modules: Vec::new(),
             tsan_warnings: Vec::new(),
+            tsan_warning_types: Vec::new(),
+            flaky_tests: BTreeMap::new(),
+            extension_compat: None,
+            ft_wheel_found: None,
         }
     }
 }
@@ -285,6 +368,11 @@ impl Default for IterationRecord {
             tests: None,
             stacks: None,
             tsan_warnings: Vec::new(),
+            test_results: BTreeMap::new(),
+            tests_passed: None,
+            tests_failed: None,
+            tests_errored: None,
+            tests_skipped: None,
             log_dir: None,
             output_bytes: 0,
             leftover_processes: 0,
@@ -300,14 +388,87 @@ impl RunMeta {
         if !value.is_object() {
             return Err(serde::de::Error::custom("ft_meta.json is not a JSON object"));
         }
-        serde_json::from_value(value)
+        let mut meta: RunMeta = serde_json::from_value(value.clone())?;
+        meta.fill_from_old_fields(&value);
+        Ok(meta)
+    }
+
+    /// Fills what the old tool wrote elsewhere: `python_profile.version`,
+    /// `config.target_python`, `system_profile`.
+    fn fill_from_old_fields(&mut self, value: &serde_json::Value) {
+        let text = |pointer: &str| value.pointer(pointer).and_then(|v| v.as_str()).map(str::to_string);
+        if self.python_version.is_empty()
+            && let Some(version) = text("/python_profile/version")
+        {
+            self.python_version = version;
+        }
+        if self.target_python.is_empty()
+            && let Some(target) = text("/config/target_python")
+        {
+            self.target_python = target;
+        }
+        if self.system.os.is_empty()
+            && let Some(os) = text("/system_profile/os")
+        {
+            self.system.os = os;
+        }
+        if self.system.cpu_count == 0
+            && let Some(cpus) = value
+                .pointer("/system_profile/cpu_cores_logical")
+                .and_then(|v| v.as_u64())
+        {
+            self.system.cpu_count = cpus as u32;
+        }
     }
 }
 
 impl PackageRecord {
-    /// Parses one line of `ft_results.jsonl`; missing fields take their defaults.
+    /// Parses one line of `ft_results.jsonl`; missing fields take their defaults, and the old
+    /// tool's fields are read into ftsurvey's (see [`PackageRecord::normalize`]).
     pub fn parse_line(line: &str) -> Result<PackageRecord, serde_json::Error> {
-        serde_json::from_str(line)
+        let mut record: PackageRecord = serde_json::from_str(line)?;
+        record.normalize();
+        Ok(record)
+    }
+
+    /// Fills ftsurvey's fields from the old tool's where only those were written: per-test
+    /// results and counts, the extension report, TSAN kinds and flaky tests.
+    pub fn normalize(&mut self) {
+        for iteration in self
+            .iterations
+            .iter_mut()
+            .chain(self.gil_enabled_iterations.iter_mut().flatten())
+        {
+            iteration.normalize();
+        }
+        // The old tool counted stalls as timeouts too; ftsurvey counts timeouts that were not
+        // stalls, which the iterations tell.
+        if self.deadlock_count > 0 && !self.iterations.is_empty() {
+            self.timeout_count = self.iterations.iter().filter(|i| i.status == "timeout").count() as u32;
+        }
+        if self.extensions.is_none()
+            && let Some(compat) = &self.extension_compat
+        {
+            let (report, fallback) = crate::seed::extension_report(compat);
+            if self.gil_fallback_modules.is_empty() {
+                self.gil_fallback_modules = fallback;
+            }
+            self.extensions = Some(report);
+        }
+        if self.tsan_warnings.is_empty() {
+            self.tsan_warnings = merge_tsan(self.iterations.iter().map(|i| i.tsan_warnings.as_slice()));
+            for kind in &self.tsan_warning_types {
+                if !self.tsan_warnings.iter().any(|w| &w.kind == kind) {
+                    self.tsan_warnings.push(crate::seed::tsan_warning_of_kind(kind));
+                }
+            }
+        }
+        if self.tsan_warning_types.is_empty() {
+            self.tsan_warning_types = tsan_kinds(&self.tsan_warnings);
+        }
+        if self.flaky_tests.is_empty() {
+            self.flaky_tests = crate::flaky::flaky_test_counts(&self.iterations);
+        }
     }
 
     /// The category, if its name is one ftsurvey knows.
@@ -389,7 +550,7 @@ impl From<&PackageResult> for PackageRecord {
         failure_signatures.sort();
         failure_signatures.dedup();
 
-        PackageRecord {
+        let mut record = PackageRecord {
             package: result.package.clone(),
             category: result.category.as_str().to_string(),
             evidence: result.evidence.clone(),
@@ -412,7 +573,7 @@ impl From<&PackageResult> for PackageRecord {
             setup_error: setup.map(|f| f.message.clone()),
             setup_log_tail: setup.map(|f| f.log_tail.clone()),
             finished: result.finished,
-            iterations: ft.iter().map(|o| IterationRecord::from(*o)).collect(),
+            iterations: Vec::new(),
             gil_enabled_pass_rate: (!gil.is_empty())
                 .then(|| StatusCounts::of(gil.iter().copied()).pass_rate())
                 .flatten(),
@@ -420,8 +581,17 @@ impl From<&PackageResult> for PackageRecord {
             gil_comparison: result.gil_comparison.clone(),
             extensions: ft.iter().find_map(|o| o.evidence.extensions.clone()),
             gil_fallback_modules: crate::classify::gil_fallback_modules(&ft),
-            tsan_warnings: merge_tsan(&ft),
-        }
+            tsan_warnings: merge_tsan(ft.iter().map(|o| o.evidence.tsan.as_slice())),
+            tsan_warning_types: Vec::new(),
+            flaky_tests: BTreeMap::new(),
+            extension_compat: None,
+            ft_wheel_found: None,
+        };
+        record.tsan_warning_types = tsan_kinds(&record.tsan_warnings);
+        let iterations: Vec<IterationRecord> = ft.iter().map(|o| IterationRecord::from(*o)).collect();
+        record.flaky_tests = crate::flaky::flaky_test_counts(&iterations);
+        record.iterations = iterations;
+        record
     }
 }
 
@@ -451,6 +621,11 @@ impl From<&IterationOutcome> for IterationRecord {
             tests: outcome.evidence.tests.clone(),
             stacks: outcome.evidence.stacks.clone(),
             tsan_warnings: outcome.evidence.tsan.clone(),
+            test_results: BTreeMap::new(),
+            tests_passed: None,
+            tests_failed: None,
+            tests_errored: None,
+            tests_skipped: None,
             log_dir: outcome.evidence.log_dir.clone(),
             output_bytes: outcome.evidence.output_bytes,
             leftover_processes: outcome.evidence.leftover_processes,
@@ -459,16 +634,52 @@ impl From<&IterationOutcome> for IterationRecord {
     }
 }
 
+impl IterationRecord {
+    /// Reads the old tool's per-test results and counts into [`IterationRecord::tests`].
+    pub fn normalize(&mut self) {
+        if self.tests.is_none() {
+            self.tests = crate::seed::test_report(self);
+        }
+    }
+}
+
+/// The distinct kinds of `warnings`, sorted.
+fn tsan_kinds(warnings: &[TsanWarning]) -> Vec<String> {
+    let mut kinds: Vec<String> = warnings.iter().map(|w| w.kind.clone()).collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
 /// The distinct TSAN warnings of several iterations, by signature, in first-seen order.
-fn merge_tsan(outcomes: &[&IterationOutcome]) -> Vec<TsanWarning> {
+fn merge_tsan<'a>(lists: impl IntoIterator<Item = &'a [TsanWarning]>) -> Vec<TsanWarning> {
     let mut merged: Vec<TsanWarning> = Vec::new();
-    for warning in outcomes.iter().flat_map(|o| o.evidence.tsan.iter()) {
+    for warning in lists.into_iter().flatten() {
         match merged.iter_mut().find(|w| w.signature == warning.signature) {
             Some(known) => known.count += warning.count,
             None => merged.push(warning.clone()),
         }
     }
     merged
+}
+
+/// Reads TSAN warnings written by ftsurvey (objects) or by the old tool (kinds as strings);
+/// anything else reads as none.
+fn tsan_list<'de, D>(deserializer: D) -> Result<Vec<TsanWarning>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    let serde_json::Value::Array(items) = value else {
+        return Ok(Vec::new());
+    };
+    Ok(items
+        .into_iter()
+        .filter_map(|item| match item {
+            serde_json::Value::String(kind) => Some(crate::seed::tsan_warning_of_kind(&kind)),
+            other => serde_json::from_value(other).ok(),
+        })
+        .collect())
 }
 
 /// Reads a field, falling back to its default when it has another shape (or is `null`).
@@ -685,6 +896,8 @@ mod tests {
         .expect("parse");
         assert_eq!(meta.run_id, "ft_20260303_140000");
         assert_eq!(meta.config.iterations, 10);
+        assert_eq!(meta.python_version, "3.14.0b2");
+        assert_eq!(meta.target_python, "/py");
         assert_eq!(meta.config.timeout, 0, "a float timeout reads as the default");
         assert!(meta.config.extra_deps.is_empty());
         assert!(RunMeta::parse("[1, 2]").is_err());

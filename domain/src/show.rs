@@ -4,11 +4,14 @@ use std::cmp::Ordering;
 use std::fmt::Write;
 use std::str::FromStr;
 
-use comfy_table::{CellAlignment, Table};
+use comfy_table::Table;
+use serde::Serialize;
 
 use crate::category::Category;
 use crate::outcome::signal_name;
 use crate::results::{PackageRecord, RunMeta};
+use crate::stats::{PassRate, ruled_out_failure_rate};
+use crate::text::{cell, plain_table, plural};
 
 /// How `show` orders the package table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,6 +58,26 @@ pub struct ShowOptions {
 /// Longest details cell, in characters.
 const DETAILS_CHARS: usize = 80;
 
+/// How `show` prints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ShowFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl FromStr for ShowFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(ShowFormat::Text),
+            "json" => Ok(ShowFormat::Json),
+            _ => Err(format!("unknown format {s:?}: expected text or json")),
+        }
+    }
+}
+
 /// Renders the view: the run (when `meta` is known), the summary, then the table.
 pub fn render_show(meta: Option<&RunMeta>, records: &[PackageRecord], options: &ShowOptions) -> String {
     let mut out = String::new();
@@ -67,8 +90,7 @@ pub fn render_show(meta: Option<&RunMeta>, records: &[PackageRecord], options: &
         return out;
     }
 
-    let mut sorted: Vec<&PackageRecord> = records.iter().collect();
-    sorted.sort_by(|a, b| compare(a, b, options.sort));
+    let sorted = sorted(records, options.sort);
     let shown = options.limit.unwrap_or(usize::MAX).min(sorted.len());
     out.push('\n');
     let _ = writeln!(out, "{}", package_table(&sorted[..shown]));
@@ -84,7 +106,7 @@ pub fn render_show(meta: Option<&RunMeta>, records: &[PackageRecord], options: &
 }
 
 /// Which run, on what, with which options.
-fn render_header(out: &mut String, meta: &RunMeta) {
+pub fn render_header(out: &mut String, meta: &RunMeta) {
     let mut run = format!("Run {}", or_unknown(&meta.run_id));
     if !meta.label.is_empty() {
         let _ = write!(run, " ({})", meta.label);
@@ -146,32 +168,19 @@ fn render_header(out: &mut String, meta: &RunMeta) {
     let _ = writeln!(out, "  Started:    {when}");
 }
 
-/// Counts per category in severity order, with the share of all packages.
+/// Counts per category in severity order, with a glyph each and the share of all packages.
 fn render_summary(out: &mut String, records: &[PackageRecord]) {
     let total = records.len();
     if total == 0 {
         let _ = writeln!(out, "No package results yet.");
         return;
     }
-    let _ = writeln!(
-        out,
-        "Compatibility summary: {total} package{}",
-        if total == 1 { "" } else { "s" }
-    );
-    let percent = |n: usize| 100.0 * n as f64 / total as f64;
-    for category in Category::ALL {
-        let n = records.iter().filter(|r| r.category() == Some(category)).count();
-        if n > 0 {
-            let _ = writeln!(out, "  {:<24} {n:>5}  {:>5.1}%", category.as_str(), percent(n));
-        }
-    }
-    let unrecognised = records.iter().filter(|r| r.category().is_none()).count();
-    if unrecognised > 0 {
+    let _ = writeln!(out, "Compatibility summary: {total} package{}", plural(total));
+    for count in category_counts(records) {
         let _ = writeln!(
             out,
-            "  {:<24} {unrecognised:>5}  {:>5.1}%",
-            "(unrecognised)",
-            percent(unrecognised)
+            "  {} {:<24} {:>5}  {:>5.1}%",
+            count.glyph, count.category, count.count, count.percent
         );
     }
     let unfinished = records.iter().filter(|r| !r.finished).count();
@@ -181,6 +190,56 @@ fn render_summary(out: &mut String, records: &[PackageRecord]) {
             "  {unfinished} of {total} did not finish: their verdicts rest on the iterations that ran"
         );
     }
+}
+
+/// How many packages fell in one category.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CategoryCount {
+    /// A category name, or `(unrecognised)` for names ftsurvey does not know.
+    pub category: String,
+    pub glyph: String,
+    pub count: usize,
+    /// Share of all packages, 0 to 100.
+    pub percent: f64,
+}
+
+/// Non-zero counts per category, in severity order; unrecognised names last.
+pub fn category_counts(records: &[PackageRecord]) -> Vec<CategoryCount> {
+    let total = records.len().max(1);
+    let percent = |n: usize| 100.0 * n as f64 / total as f64;
+    let mut counts: Vec<CategoryCount> = Category::ALL
+        .into_iter()
+        .map(|category| {
+            (
+                category,
+                records.iter().filter(|r| r.category() == Some(category)).count(),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .map(|(category, n)| CategoryCount {
+            category: category.as_str().to_string(),
+            glyph: category.glyph().to_string(),
+            count: n,
+            percent: percent(n),
+        })
+        .collect();
+    let unrecognised = records.iter().filter(|r| r.category().is_none()).count();
+    if unrecognised > 0 {
+        counts.push(CategoryCount {
+            category: "(unrecognised)".to_string(),
+            glyph: "?".to_string(),
+            count: unrecognised,
+            percent: percent(unrecognised),
+        });
+    }
+    counts
+}
+
+/// The records in the order `sort` asks for.
+pub fn sorted(records: &[PackageRecord], sort: SortKey) -> Vec<&PackageRecord> {
+    let mut sorted: Vec<&PackageRecord> = records.iter().collect();
+    sorted.sort_by(|a, b| compare(a, b, sort));
+    sorted
 }
 
 fn compare(a: &PackageRecord, b: &PackageRecord, sort: SortKey) -> Ordering {
@@ -198,54 +257,110 @@ fn compare(a: &PackageRecord, b: &PackageRecord, sort: SortKey) -> Ordering {
 }
 
 /// Unrecognised categories sort after every known one.
-fn severity_rank(record: &PackageRecord) -> usize {
+pub fn severity_rank(record: &PackageRecord) -> usize {
     record.category().map_or(Category::ALL.len(), Category::severity_rank)
 }
 
-fn package_table(records: &[&PackageRecord]) -> Table {
-    let mut table = Table::new();
-    table.load_style(comfy_table::presets::ASCII_BORDERS_ONLY_CONDENSED);
-    table.set_header(vec![
-        "Package",
-        "Category",
-        "Pass rate",
-        "Iterations",
-        "Crashes",
-        "Details",
-    ]);
-    for record in records {
-        let completed = record.completed_iterations();
-        let pass_rate = if completed > 0 {
-            format!("{}/{completed}", record.passed_iterations())
-        } else {
-            "N/A".to_string()
-        };
-        let ran = completed + record.harness_error_count;
-        let iterations = if record.iterations_planned > ran {
-            format!("{ran}/{}", record.iterations_planned)
-        } else {
-            ran.to_string()
-        };
-        table.add_row(vec![
-            record.package.clone(),
-            record.category.clone(),
-            pass_rate,
-            iterations,
-            record.crashed_iterations().to_string(),
-            details(record),
-        ]);
-    }
-    for index in 2..=4 {
-        if let Some(column) = table.column_mut(index) {
-            column.set_cell_alignment(CellAlignment::Right);
-        }
-    }
-    table
+/// One row of the package table, as `show --format json` writes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PackageRow {
+    pub package: String,
+    pub category: String,
+    /// Passes, completed iterations, the rate and its Wilson 95% interval.
+    pub pass_rate: Option<PassRate>,
+    /// For all-pass packages: the per-run failure rate a race would need to have been seen with
+    /// 95% probability.
+    pub ruled_out_failure_rate: Option<f64>,
+    /// Iterations that ran (harness errors included).
+    pub iterations: u32,
+    pub iterations_planned: u32,
+    pub crashes: u32,
+    pub deadlocks: u32,
+    /// Tests that failed in some iterations but not all.
+    pub flaky_tests: usize,
+    pub details: String,
 }
 
-/// The facts a reader looks for first: the setup error, the crash, stalls, timeouts, harness
-/// errors; the classification's evidence when there is none of those.
-fn details(record: &PackageRecord) -> String {
+impl PackageRow {
+    pub fn of(record: &PackageRecord) -> PackageRow {
+        let pass_rate = PassRate::of(record.passed_iterations(), record.completed_iterations());
+        PackageRow {
+            package: record.package.clone(),
+            category: record.category.clone(),
+            pass_rate,
+            ruled_out_failure_rate: pass_rate.and_then(|r| r.ruled_out_failure_rate()),
+            iterations: record.completed_iterations() + record.harness_error_count,
+            iterations_planned: record.iterations_planned,
+            crashes: record.crashed_iterations(),
+            deadlocks: record.deadlock_count,
+            flaky_tests: record.flaky_tests.len(),
+            details: details(record),
+        }
+    }
+}
+
+/// `show --format json`: the run, the counts per category and the package rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShowJson<'a> {
+    pub run: Option<&'a RunMeta>,
+    pub packages_total: usize,
+    pub categories: Vec<CategoryCount>,
+    pub packages: Vec<PackageRow>,
+}
+
+/// The view as JSON, sorted and limited like the table.
+pub fn show_json<'a>(meta: Option<&'a RunMeta>, records: &[PackageRecord], options: &ShowOptions) -> ShowJson<'a> {
+    let rows = sorted(records, options.sort);
+    let shown = options.limit.unwrap_or(usize::MAX).min(rows.len());
+    ShowJson {
+        run: meta,
+        packages_total: records.len(),
+        categories: category_counts(records),
+        packages: rows[..shown].iter().map(|r| PackageRow::of(r)).collect(),
+    }
+}
+
+fn package_table(records: &[&PackageRecord]) -> Table {
+    let rows = records
+        .iter()
+        .map(|record| {
+            let row = PackageRow::of(record);
+            let iterations = if row.iterations_planned > row.iterations {
+                format!("{}/{}", row.iterations, row.iterations_planned)
+            } else {
+                row.iterations.to_string()
+            };
+            vec![
+                row.package,
+                row.category,
+                row.pass_rate
+                    .map_or("N/A".to_string(), |r| format!("{}/{}", r.passes, r.completed)),
+                row.pass_rate.map_or(String::new(), |r| r.interval()),
+                iterations,
+                row.crashes.to_string(),
+                row.details,
+            ]
+        })
+        .collect();
+    plain_table(
+        &[
+            "Package",
+            "Category",
+            "Pass rate",
+            "95% CI",
+            "Iterations",
+            "Crashes",
+            "Details",
+        ],
+        rows,
+        &[2, 3, 4, 5],
+    )
+}
+
+/// The facts a reader looks for first: the setup error, the crash, flaky tests, TSAN, stalls,
+/// timeouts, harness errors, the GIL fallback culprit; for a package that passed everything,
+/// the race rate its passes rule out.
+pub fn details(record: &PackageRecord) -> String {
     let mut facts: Vec<String> = Vec::new();
     if !record.install_ok {
         facts.push(format!(
@@ -264,6 +379,16 @@ fn details(record: &PackageRecord) -> String {
     if record.deadlock_count > 0 {
         facts.push(format!("{} stalled", record.deadlock_count));
     }
+    if !record.flaky_tests.is_empty() {
+        facts.push(format!(
+            "{} flaky test{}",
+            record.flaky_tests.len(),
+            plural(record.flaky_tests.len())
+        ));
+    }
+    if let Some(warning) = record.tsan_warnings.first() {
+        facts.push(format!("TSAN: {}", warning.kind));
+    }
     if record.timeout_count > 0 {
         facts.push(format!("{} timed out", record.timeout_count));
     }
@@ -274,12 +399,22 @@ fn details(record: &PackageRecord) -> String {
             None => format!("{} harness errors", record.harness_error_count),
         });
     }
+    if !record.gil_fallback_modules.is_empty() {
+        facts.push(format!("GIL re-enabled by {}", record.gil_fallback_modules.join(", ")));
+    }
+    let all_passed = record.completed_iterations() > 0 && record.passed_iterations() == record.completed_iterations();
+    if facts.is_empty() && all_passed {
+        facts.push(format!(
+            "rules out a race failing >= {:.0}% of runs",
+            (ruled_out_failure_rate(record.completed_iterations()) * 100.0).ceil()
+        ));
+    }
     let text = if facts.is_empty() {
         record.evidence.join("; ")
     } else {
         facts.join("; ")
     };
-    truncate(&one_line(&text), DETAILS_CHARS)
+    cell(&text, DETAILS_CHARS)
 }
 
 /// `SIGSEGV: <signature>` from the first crashed iteration, or the first known signature.
@@ -313,18 +448,6 @@ fn crash_detail(record: &PackageRecord) -> Option<String> {
 
 fn or_unknown(text: &str) -> &str {
     if text.is_empty() { "(unknown)" } else { text }
-}
-
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        return text.to_string();
-    }
-    let kept: String = text.chars().take(max_chars.saturating_sub(3)).collect();
-    format!("{kept}...")
 }
 
 #[cfg(test)]
@@ -391,14 +514,14 @@ mod tests {
         let summary: Vec<&str> = out.lines().take_while(|l| !l.is_empty()).collect();
         assert_eq!(summary[0], "Compatibility summary: 4 packages", "{out}");
         assert!(
-            summary[1].starts_with("  crash") && summary[1].ends_with("1   25.0%"),
+            summary[1].starts_with("  \u{1f4a5} crash") && summary[1].ends_with("1   25.0%"),
             "{out}"
         );
         assert!(
-            summary[2].starts_with("  compatible") && summary[2].ends_with("2   50.0%"),
+            summary[2].starts_with("  \u{2713} compatible") && summary[2].ends_with("2   50.0%"),
             "{out}"
         );
-        assert!(summary[3].starts_with("  (unrecognised)"), "{out}");
+        assert!(summary[3].starts_with("  ? (unrecognised)"), "{out}");
         assert!(!out.contains("deadlock"), "zero counts are skipped: {out}");
     }
 
@@ -465,16 +588,16 @@ mod tests {
         let cases: [(PackageRecord, &[&str]); 4] = [
             (
                 record("full", "compatible", 3, 3),
-                &["full", "compatible", "3/3", "3", "0"],
+                &["full", "compatible", "3/3", "44-100%", "3", "0"],
             ),
-            (partial, &["partial", "intermittent", "1/2", "2/10", "0"]),
+            (partial, &["partial", "intermittent", "1/2", "9-91%", "2/10", "0"]),
             (record("none", "unknown", 0, 0), &["none", "unknown", "N/A", "0", "0"]),
-            (crashed, &["crashy", "crash", "1/3", "3", "2"]),
+            (crashed, &["crashy", "crash", "1/3", "6-79%", "3", "2"]),
         ];
         let records: Vec<PackageRecord> = cases.iter().map(|(r, _)| r.clone()).collect();
         let lines = table_lines(&show(&records));
         for (record, expected) in &cases {
-            let cells: Vec<&str> = row_of(&lines, &record.package).split_whitespace().take(5).collect();
+            let cells: Vec<&str> = row_of(&lines, &record.package).split_whitespace().take(6).collect();
             assert_eq!(cells, *expected, "{lines:?}");
         }
     }
@@ -502,10 +625,16 @@ mod tests {
         stuck.deadlock_count = 1;
 
         let mut fallback = record("fallback", "compatible_gil_fallback", 2, 2);
-        fallback.evidence = vec![
-            "all 2 iterations passed".into(),
-            "the GIL was re-enabled by pkg._speedups".into(),
-        ];
+        fallback.gil_fallback_modules = vec!["pkg._speedups".into()];
+
+        let mut racy = record("racy", "intermittent", 2, 3);
+        racy.flaky_tests.insert("t::a".into(), 1);
+        racy.flaky_tests.insert("t::b".into(), 1);
+
+        let mut tsan = record("tsan", "tsan_warnings", 2, 2);
+        tsan.tsan_warnings = vec![crate::seed::tsan_warning_of_kind("data race")];
+
+        let clean = record("clean", "compatible", 10, 10);
 
         let cases = [
             ("crashed", "SIGABRT: _PyObject_GC_Link"),
@@ -516,9 +645,12 @@ mod tests {
             ),
             ("slow", "2 timed out"),
             ("stuck", "1 stalled"),
-            ("fallback", "the GIL was re-enabled by pkg._speedups"),
+            ("fallback", "GIL re-enabled by pkg._speedups"),
+            ("racy", "2 flaky tests"),
+            ("tsan", "TSAN: data race"),
+            ("clean", "rules out a race failing >= 26% of runs"),
         ];
-        let records = [crashed, no_install, no_import, slow, stuck, fallback];
+        let records = [crashed, no_install, no_import, slow, stuck, fallback, racy, tsan, clean];
         let lines = table_lines(&show(&records));
         for (package, expected) in cases {
             let row = row_of(&lines, package);
@@ -569,6 +701,29 @@ mod tests {
             assert!(out.contains(expected), "{expected:?} missing:\n{out}");
         }
         assert!(out.find("Run ").unwrap_or(usize::MAX) < out.find("Compatibility summary").unwrap_or(0));
+    }
+
+    #[test]
+    fn json_rows_carry_the_interval_and_the_ruled_out_rate() {
+        let records = [record("a", "compatible", 10, 10), record("b", "intermittent", 7, 10)];
+        let options = ShowOptions {
+            sort: SortKey::Name,
+            limit: Some(1),
+        };
+        let json = serde_json::to_value(show_json(None, &records, &options)).expect("json");
+        assert_eq!(json["packages_total"], 2);
+        assert_eq!(json["packages"].as_array().map(Vec::len), Some(1));
+        let row = &json["packages"][0];
+        assert_eq!(row["package"], "a");
+        assert_eq!(row["pass_rate"]["passes"], 10);
+        assert!(
+            (row["pass_rate"]["low"].as_f64().unwrap_or(0.0) - 0.7225).abs() < 0.001,
+            "{row}"
+        );
+        assert!((row["ruled_out_failure_rate"].as_f64().unwrap_or(0.0) - 0.2589).abs() < 0.001);
+        assert_eq!(json["categories"][0]["category"], "intermittent");
+        assert_eq!("json".parse::<ShowFormat>(), Ok(ShowFormat::Json));
+        assert!("yaml".parse::<ShowFormat>().is_err());
     }
 
     #[test]

@@ -8,3 +8,4 @@ mod fleet;
 mod protocol;
 mod registry;
 mod store;
+mod verbs;

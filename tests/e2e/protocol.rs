@@ -301,6 +301,46 @@ async fn watching_a_run_gives_a_snapshot_then_each_finished_package_once_and_end
 }
 
 #[tokio::test]
+async fn watch_events_name_the_jobs_running_until_they_are_reported() {
+    let cluster = TestCluster::start().await;
+    let run_id = submit(&cluster, &spec(&["a", "b"], 1)).await;
+    let mut session = cluster.session().await;
+    session.hello("w1", &ft_profile(), 1).await;
+    session.send(In::Credit(v1::Credit { count: 1 })).await;
+    let assignment = expect_assignment(&mut session).await;
+    let package = assignment.package.as_ref().expect("package").name.clone();
+
+    let mut events = cluster
+        .survey()
+        .await
+        .watch_run(v1::WatchRunRequest { run_id: run_id.clone() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let snapshot = events.message().await.expect("snapshot").expect("an event");
+    let running: Vec<(&str, &str, u32)> = snapshot
+        .running
+        .iter()
+        .map(|job| (job.package.as_str(), job.worker_id.as_str(), job.iteration))
+        .collect();
+    assert_eq!(running, vec![(package.as_str(), "w1", 1)]);
+    assert!(snapshot.running[0].running_ms >= 0);
+
+    report(&session, &assignment, &assignment.lease_token).await;
+    assert_eq!(
+        expect_ack(&mut session, assignment.job_id).await,
+        v1::AckStatus::Recorded
+    );
+    let after = tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("stream ok")
+        .expect("an event");
+    assert!(after.running.is_empty(), "{:?}", after.running);
+    cluster.stop().await;
+}
+
+#[tokio::test]
 async fn an_invalid_run_is_refused_and_stores_nothing() {
     let cluster = TestCluster::start().await;
     let mut wire = v1::RunSpec::from(&spec(&["a"], 1));

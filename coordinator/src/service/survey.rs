@@ -195,6 +195,7 @@ async fn watch(
             let event = v1::RunEvent {
                 run: Some((&summary).into()),
                 finished_packages: new,
+                running: hub.running_jobs(run_id, now_ms()),
             };
             if sender.send(Ok(event)).await.is_err() {
                 return;

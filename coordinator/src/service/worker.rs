@@ -140,6 +140,7 @@ async fn run_session(
         let _ = sender.send(Err(status.clone())).await;
     }
     let leases: Vec<(JobId, LeaseToken)> = session.running.drain().collect();
+    hub.jobs_ended(leases.iter().map(|(job_id, _)| *job_id));
     // A worker that went away gives its jobs back at once. When the coordinator itself stops,
     // the workers are fine: their leases stay, their heartbeats keep them after the restart,
     // and expiry reclaims those of workers that do not come back.
@@ -235,6 +236,8 @@ impl Session {
             .result
             .ok_or_else(|| Status::invalid_argument("missing field outcome.result"))?;
         let result = JobResult::try_from(result).map_err(status_from_wire)?;
+        // Forgotten before the commit, so no watcher sees the job both finished and running.
+        self.hub.jobs_ended([job_id]);
         let completion = self.hub.batcher.complete(job_id, token, result).await?;
         if self.running.get(&job_id) == Some(&token) {
             self.running.remove(&job_id);
@@ -283,6 +286,7 @@ impl Session {
             self.credits -= 1;
             self.running.insert(assignment.job_id, assignment.lease_token);
             self.report_running();
+            self.hub.job_started(&assignment, &self.worker_id, now_ms());
             self.warm_packages.retain(|name| *name != assignment.package.name);
             self.warm_packages.push(assignment.package.name.clone());
             if self.warm_packages.len() > MAX_WARM {

@@ -94,28 +94,26 @@ impl Store for SqliteStore {
         .await?;
         // Every package starts with the same empty verdict; only its name differs.
         let empty = PackageResult::build("", spec.iterations, None, Vec::new(), false);
-        let names: Vec<&str> = spec.packages.iter().map(|p| p.name.as_str()).collect();
-        let specs = spec.packages.iter().map(to_json).collect::<Result<Vec<_>, _>>()?;
-        let results = spec
+        // One JSON array of [name, spec, verdict] rows, read in one pass.
+        let rows = spec
             .packages
             .iter()
             .map(|package| {
-                to_json(&PackageResult {
+                let result = PackageResult {
                     package: package.name.clone(),
                     ..empty.clone()
-                })
+                };
+                Ok((package.name.as_str(), to_json(package)?, to_json(&result)?))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()?;
         sqlx::query(
             "INSERT INTO packages (run_id, package_idx, name, spec_json, category, finished, result_json)
-             SELECT ?1, n.key, n.value, s.value, ?5, 0, r.value
-             FROM json_each(?2) n JOIN json_each(?3) s ON s.key = n.key JOIN json_each(?4) r ON r.key = n.key
-             ORDER BY n.key",
+             SELECT ?1, row.key, row.value ->> 0, row.value ->> 1, ?3, 0, row.value ->> 2
+             FROM json_each(?2) AS row
+             ORDER BY row.key",
         )
         .bind(run_id.to_string())
-        .bind(to_json(&names)?)
-        .bind(to_json(&specs)?)
-        .bind(to_json(&results)?)
+        .bind(to_json(&rows)?)
         .bind(empty.category.as_str())
         .execute(&mut *tx)
         .await?;

@@ -1,0 +1,117 @@
+//! Where the result verbs (`show`, `flaky`, `compat`, `compare`, `report`, `export`) read a
+//! run from: a results folder, or a run id on a coordinator.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use domain::results::{PackageRecord, RunMeta};
+use domain::{PackageResult, RunSpec, RunSummary};
+use proto::v1;
+
+use crate::results_dir::read_results_dir;
+
+/// How to reach the coordinator when RUN is a run id.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct RemoteArgs {
+    /// Read RUN as a run id on this coordinator (e.g. `http://coordinator:50051`); a RUN that
+    /// is an existing path is still read as a folder.
+    #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
+    pub(crate) coordinator: Option<String>,
+    /// The bearer token the coordinator requires of clients.
+    #[arg(long = "token", env = "FTSURVEY_CLIENT_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Trust this CA certificate (PEM) for an `https://` coordinator.
+    #[arg(long, env = "FTSURVEY_CA_CERT", value_name = "FILE")]
+    pub(crate) ca_cert: Option<PathBuf>,
+}
+
+/// A run as the verbs see it, wherever it came from.
+#[derive(Debug)]
+pub(crate) struct LoadedRun {
+    /// The folder path or `run ID on URL`, for messages.
+    pub(crate) name: String,
+    pub(crate) meta: Option<RunMeta>,
+    pub(crate) records: Vec<PackageRecord>,
+}
+
+/// Reads `run`, printing what could not be read as warnings on stderr.
+pub(crate) fn load(run: &str, remote: &RemoteArgs) -> anyhow::Result<LoadedRun> {
+    let path = Path::new(run);
+    if path.exists() {
+        let (meta, records, warnings) = read_results_dir(path)?;
+        for warning in &warnings {
+            eprintln!("warning: {warning}");
+        }
+        return Ok(LoadedRun {
+            name: path.display().to_string(),
+            meta,
+            records,
+        });
+    }
+    let looks_like_id = uuid::Uuid::parse_str(run).is_ok();
+    match (&remote.coordinator, looks_like_id) {
+        (Some(url), true) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(load_remote(run, url, remote))
+        }
+        (Some(_), false) => anyhow::bail!(
+            "{run} is neither a results folder nor a run id: pass a folder path or the UUID `ftsurvey runs list` shows"
+        ),
+        (None, true) => {
+            anyhow::bail!("{run} looks like a run id: pass --coordinator URL to read it from a coordinator")
+        }
+        (None, false) => anyhow::bail!(
+            "results folder {run} not found: pass a folder made by `ftsurvey run` (results/ft_YYYYMMDD_HHMMSS), \
+             or a run id with --coordinator URL"
+        ),
+    }
+}
+
+/// Fetches a run and its package results from a coordinator.
+async fn load_remote(run: &str, url: &str, remote: &RemoteArgs) -> anyhow::Result<LoadedRun> {
+    let mut client = crate::remote::connect(url, remote.token.as_deref(), remote.ca_cert.as_ref()).await?;
+    let got = client
+        .get_run(v1::GetRunRequest {
+            run_id: run.to_string(),
+        })
+        .await
+        .map_err(|s| crate::remote::status_error(&s))
+        .with_context(|| format!("reading run {run} from {url}"))?
+        .into_inner();
+    let summary = RunSummary::try_from(got.run.context("the coordinator sent no run summary")?)?;
+    let spec = RunSpec::try_from(got.spec.context("the coordinator sent no run spec")?)?;
+    let results = client
+        .query_package_results(v1::QueryPackageResultsRequest {
+            run_id: run.to_string(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| crate::remote::status_error(&s))
+        .with_context(|| format!("reading the results of run {run} from {url}"))?
+        .into_inner();
+    let mut records = Vec::new();
+    for result in results.results {
+        let result = PackageResult::try_from(result)?;
+        // Packages with nothing recorded yet say nothing; a results folder leaves them out too.
+        if !result.iterations.is_empty() || result.setup_failure.is_some() || result.finished {
+            records.push(PackageRecord::from(&result));
+        }
+    }
+    Ok(LoadedRun {
+        name: format!("run {run} on {url}"),
+        meta: Some(RunMeta::of_run(&summary, &spec)),
+        records,
+    })
+}
+
+/// Writes `text` to `output`, or to stdout when there is none.
+pub(crate) fn write_output(output: Option<&Path>, text: &str) -> anyhow::Result<()> {
+    match output {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}

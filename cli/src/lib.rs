@@ -6,6 +6,7 @@
 mod embedded;
 mod fleet_cmd;
 mod python_cmd;
+mod registry_cmd;
 pub mod registry_dir;
 mod remote;
 mod results_dir;
@@ -47,6 +48,9 @@ enum Command {
     /// Free-threaded interpreters: build one from source.
     #[command(subcommand)]
     Python(python_cmd::PythonCommand),
+    /// Package registries: list one's packages, validate its files.
+    #[command(subcommand)]
+    Registry(registry_cmd::RegistryCommand),
 }
 
 /// Parses the command line, runs the command, and turns any error into one line on stderr.
@@ -57,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run_async(run_cmd::run(*args)),
         Command::Show(args) => show_cmd::run_show(&args).map(|()| ExitCode::SUCCESS),
         Command::Python(command) => python_cmd::run(command),
+        Command::Registry(command) => registry_cmd::run(command),
         Command::Serve(args) => run_async(fleet_cmd::serve(args)),
         Command::Status(args) => run_async(runs_cmd::status(args)),
         Command::Runs(command) => run_async(runs_cmd::runs(command)),

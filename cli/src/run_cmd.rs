@@ -55,9 +55,14 @@ pub(crate) struct RunArgs {
     /// The N most popular selectable packages of the registry.
     #[arg(long, env = "FTSURVEY_TOP")]
     pub(crate) top: Option<usize>,
-    /// Registry directory (index.yaml + packages/).
+    /// Registry directory (index.yaml + packages/); without it, the registry built into
+    /// ftsurvey (popular PyPI packages, tested from their sdists).
     #[arg(long, env = "FTSURVEY_REGISTRY_DIR")]
-    pub(crate) registry_dir: PathBuf,
+    pub(crate) registry_dir: Option<PathBuf>,
+    /// Print the selected packages with their source, install and test commands, and run
+    /// nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
     /// Where sources, venvs, the pip cache and the embedded database live.
     #[arg(long, env = "FTSURVEY_WORK_DIR")]
     pub(crate) work_dir: Option<PathBuf>,
@@ -185,7 +190,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.check_stability {
         eprintln!("{}", crate::stability::Figures::read()?.judge()?);
     }
-    let registry = registry_dir::load_registry(&args.registry_dir)?;
+    let registry = registry_dir::load_registry_or_builtin(args.registry_dir.as_deref())?;
     for warning in &registry.warnings {
         eprintln!("warning: {warning}");
     }
@@ -200,8 +205,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if selected.specs.is_empty() {
         bail!(
-            "no packages selected from {}: check --packages and --top",
-            registry.dir.display()
+            "no packages selected from the {} registry: check --packages and --top",
+            registry.label
         );
     }
     let results_root = absolute(&args.results_dir)?;
@@ -232,8 +237,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             tsan: args.tsan,
         },
         requirement,
-        registry: Some(registry.dir.display().to_string()),
+        registry: Some(registry.label.clone()),
     };
+    if args.dry_run {
+        print!("{}", domain::plan::render_dry_run(&spec));
+        return Ok(ExitCode::SUCCESS);
+    }
 
     if let Some(url) = &args.coordinator {
         let mut client = crate::remote::connect(url, args.token.as_deref(), args.ca_cert.as_ref()).await?;

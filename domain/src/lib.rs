@@ -12,6 +12,8 @@ pub mod ids;
 pub mod interpreter;
 pub mod junit;
 pub mod outcome;
+pub mod package_kind;
+pub mod plan;
 pub mod registry;
 pub mod results;
 pub mod run;

@@ -5,6 +5,7 @@
 
 mod embedded;
 mod fleet_cmd;
+mod interpreters;
 mod python_cmd;
 mod registry_cmd;
 pub mod registry_dir;
@@ -45,7 +46,7 @@ enum Command {
     /// Runs on a coordinator: list them, cancel one.
     #[command(subcommand)]
     Runs(runs_cmd::RunsCommand),
-    /// Free-threaded interpreters: build one from source.
+    /// Free-threaded interpreters: build one from source, list the builds.
     #[command(subcommand)]
     Python(python_cmd::PythonCommand),
     /// Package registries: list one's packages, validate its files.

@@ -15,16 +15,20 @@ use proto::v1;
 use crate::remote::Client;
 
 use crate::embedded::{Embedded, EmbeddedConfig};
+use crate::interpreters::{Origin, TargetArg};
 use crate::registry_dir;
 use crate::results_dir::ResultsDir;
 
 /// Flags of `ftsurvey run`; names follow the tool ftsurvey replaces.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// The interpreter to test with: a free-threaded CPython build. With --coordinator it may
-    /// instead be a request the fleet's workers must meet, such as `3.13t` or `3.13t-tsan`.
-    #[arg(long, env = "FTSURVEY_TARGET_PYTHON", value_name = "PATH")]
-    pub(crate) target_python: PathBuf,
+    /// The interpreter to test with: a path or a name on PATH, or a request such as `3.13t` or
+    /// `3.13t-tsan`, met by an interpreter on PATH (`python3.13t`), a managed build
+    /// (`ftsurvey python list`) or a build from the source in FTSURVEY_CPYTHON_SOURCE (else
+    /// downloaded from python.org). With --coordinator a request is what the fleet's workers
+    /// must meet.
+    #[arg(long, env = "FTSURVEY_TARGET_PYTHON", value_name = "PATH_OR_REQUEST")]
+    pub(crate) target_python: String,
     /// Submit to this coordinator (a fleet) instead of running embedded, then follow the run.
     #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
     pub(crate) coordinator: Option<String>,
@@ -139,37 +143,65 @@ impl Target {
     }
 }
 
-/// Probes `--target-python`, or with a coordinator reads it as a request when it is not a
-/// file here; refuses what the flags do not allow.
+/// Probes `--target-python`, or finds or builds the interpreter a request asks for; with a
+/// coordinator (or for a dry run) a request is kept as such. Refuses what the flags do not
+/// allow.
 async fn resolve_target(args: &RunArgs) -> anyhow::Result<Target> {
-    if args.coordinator.is_some() && !args.target_python.exists() {
-        let text = args.target_python.display().to_string();
-        let mut requirement: InterpreterRequirement = text.parse().map_err(|e: String| {
-            anyhow::anyhow!("--target-python {text:?} is neither a file here nor a request: {e}")
-        })?;
-        requirement.tsan |= args.tsan;
-        if !requirement.free_threaded && !args.allow_gil_build {
-            bail!("--target-python {text} requests a GIL build; add `t` (e.g. 3.13t) or pass --allow-gil-build");
+    let text = args.target_python.trim();
+    let provisioning = crate::interpreters::provisioning_from_env()?;
+    let target = crate::interpreters::parse_target(text, &provisioning.path_var)?;
+    let (target_python, origin) = match target {
+        TargetArg::Request(mut requirement) => {
+            requirement.tsan |= args.tsan;
+            if !requirement.free_threaded && !args.allow_gil_build {
+                bail!("--target-python {text} requests a GIL build; add `t` (e.g. 3.13t) or pass --allow-gil-build");
+            }
+            if args.coordinator.is_some() {
+                return Ok(Target::Requested(requirement));
+            }
+            // A dry run names the interpreter a run would use, but builds none.
+            let found = if args.dry_run {
+                match crate::interpreters::find_existing(&requirement, &provisioning).await {
+                    Some(found) => found,
+                    None => {
+                        eprintln!(
+                            "--target-python {text}: no interpreter on PATH or among the managed builds; a run would build one"
+                        );
+                        return Ok(Target::Requested(requirement));
+                    }
+                }
+            } else {
+                crate::interpreters::resolve_request(&requirement, &provisioning)
+                    .await
+                    .with_context(|| format!("--target-python {text}"))?
+            };
+            let (profile, origin) = found;
+            (PathBuf::from(&profile.executable), origin)
         }
-        return Ok(Target::Requested(requirement));
-    }
-    let target_python = absolute(&args.target_python)?;
+        TargetArg::Path(path) => (absolute(&path)?, Origin::Given),
+    };
     let profile = worker::probe::probe(&target_python)
         .await
-        .with_context(|| format!("cannot use --target-python {}", args.target_python.display()))?;
+        .with_context(|| format!("cannot use --target-python {text}"))?;
     if !profile.free_threaded && !args.allow_gil_build {
         bail!(
-            "--target-python {} is not a free-threaded build ({}); build one with `ftsurvey python build`, \
+            "--target-python {text} is not a free-threaded build ({}); build one with `ftsurvey python build`, \
              or pass --allow-gil-build to use it anyway",
-            args.target_python.display(),
             profile.summary()
         );
     }
     if args.tsan && !profile.tsan {
         bail!(
-            "--tsan needs a ThreadSanitizer build, and --target-python {} is not one ({}); build one with `ftsurvey python build --tsan`",
-            args.target_python.display(),
+            "--tsan needs a ThreadSanitizer build, and --target-python {text} is not one ({}); build one with `ftsurvey python build --tsan`",
             profile.summary()
+        );
+    }
+    if origin != Origin::Given {
+        eprintln!(
+            "--target-python {text}: {} ({}), {}",
+            target_python.display(),
+            profile.summary(),
+            origin.as_str()
         );
     }
     Ok(Target::Local(profile))

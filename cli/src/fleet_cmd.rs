@@ -58,9 +58,8 @@ pub(crate) struct WorkerArgs {
     /// restarts so the spool's outcomes are delivered.
     #[arg(long, env = "FTSURVEY_WORKER_ID")]
     worker_id: Option<String>,
-    /// The pip cache shared by every venv (default: `<work-dir>/pip-cache`).
-    #[arg(long, env = "FTSURVEY_PIP_CACHE_DIR", value_name = "DIR")]
-    pip_cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    setup: crate::setup_args::SetupArgs,
     /// Accept a target that is not free-threaded.
     #[arg(long, env = "FTSURVEY_ALLOW_GIL_BUILD")]
     allow_gil_build: bool,
@@ -109,15 +108,16 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         Some(id) => id.clone(),
         None => format!("{}-{}", hostname(), std::process::id()),
     };
+    let places = args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?;
     let config = worker::WorkerConfig {
         worker_id: WorkerId::parse(&worker_id).with_context(|| format!("invalid --worker-id {worker_id:?}"))?,
         coordinator_url: args.coordinator.clone(),
         target_python: crate::run_cmd::absolute(&args.target_python)?,
         slots: args.slots,
-        pip_cache_dir: match &args.pip_cache_dir {
-            Some(dir) => crate::run_cmd::absolute(dir)?,
-            None => work_dir.join("pip-cache"),
-        },
+        venvs_dir: places.venvs_dir,
+        repos_dir: places.repos_dir,
+        pip_cache_dir: places.pip_cache_dir,
+        installer: places.installer,
         work_dir,
         base_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
         allow_gil_build: args.allow_gil_build,

@@ -13,8 +13,10 @@ mod remote;
 mod results_dir;
 mod run_cmd;
 mod runs_cmd;
+mod setup_args;
 mod show_cmd;
 mod stability;
+mod trust_wheels;
 
 use std::process::ExitCode;
 
@@ -93,6 +95,8 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs piped to a file stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

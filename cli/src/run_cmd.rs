@@ -105,9 +105,21 @@ pub(crate) struct RunArgs {
     /// Check load and free memory before starting and refuse to start on a busy machine.
     #[arg(long, env = "FTSURVEY_CHECK_STABILITY")]
     pub(crate) check_stability: bool,
-    /// The pip cache shared by every venv (default: `<work-dir>/pip-cache`).
-    #[arg(long, env = "FTSURVEY_PIP_CACHE_DIR")]
-    pub(crate) pip_cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) setup: crate::setup_args::SetupArgs,
+    /// Thread stress: run every pytest test in N threads at once (installs pytest-run-parallel
+    /// into each venv); the results say how many tests ran in parallel and how many were
+    /// run alone as thread-unsafe.
+    #[arg(long, value_name = "N", env = "FTSURVEY_PARALLEL_THREADS", value_parser = clap::value_parser!(u32).range(2..=1024))]
+    pub(crate) parallel_threads: Option<u32>,
+    /// A package with a free-threaded wheel on PyPI for the version tested (the pinned one,
+    /// else the latest), the target's ABI and this platform is `compatible_by_wheel` and is
+    /// not run.
+    #[arg(long, env = "FTSURVEY_TRUST_FT_WHEELS")]
+    pub(crate) trust_ft_wheels: bool,
+    /// Like --trust-ft-wheels, with a free-threaded wheel of any release.
+    #[arg(long, env = "FTSURVEY_TRUST_FT_WHEELS_ANY_VERSION")]
+    pub(crate) trust_ft_wheels_any_version: bool,
     /// Local workers, each running one iteration at a time.
     #[arg(long, default_value_t = 1, env = "FTSURVEY_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub(crate) workers: u32,
@@ -242,15 +254,50 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let results_root = absolute(&args.results_dir)?;
+    let work_dir = match &args.work_dir {
+        Some(dir) => absolute(dir)?,
+        None => default_work_dir()?,
+    };
+    let mut specs = selected.specs;
+    let trusted = if args.dry_run {
+        Vec::new()
+    } else {
+        trust_wheels(&args, &target, &requirement, &mut specs, &work_dir)
+    };
+    if specs.is_empty() {
+        // Every package is trusted by its wheel: nothing to run.
+        let results = ResultsDir::create(&results_root, started_at)?;
+        let run_id = domain::RunId::new_at(started_at.as_millisecond() as u64);
+        let spec = RunSpec {
+            label: format!("{} packages trusted by their wheels", trusted.len()),
+            packages: Vec::new(),
+            iterations: args.iterations,
+            modes: vec![Mode::Ft],
+            options: RunOptions::default(),
+            requirement,
+            registry: Some(registry.label.clone()),
+        };
+        let mut meta = run_meta(run_id, &spec, &args, target.profile(), started_at);
+        meta.config.packages = trusted.iter().map(|r| r.package.clone()).collect();
+        meta.finished_at = Some(jiff::Timestamp::now().to_string());
+        results.write_meta(&meta)?;
+        for record in &trusted {
+            results.append_package(record)?;
+        }
+        let show = domain::show::render_show(Some(&meta), &trusted, &domain::show::ShowOptions::default());
+        println!("{show}");
+        println!("results: {}", results.path().display());
+        return Ok(ExitCode::SUCCESS);
+    }
 
     let spec = RunSpec {
         label: format!(
             "{} packages x {} on {}",
-            selected.specs.len(),
+            specs.len(),
             args.iterations,
             requirement.describe()
         ),
-        packages: selected.specs,
+        packages: specs,
         iterations: args.iterations,
         modes: if args.compare_with_gil {
             vec![Mode::Ft, Mode::Gil]
@@ -267,6 +314,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             stop_on_first_pass: args.stop_on_first_pass,
             detect_extensions: args.detect_extensions || !args.no_detect_extensions,
             tsan: args.tsan,
+            parallel_threads: args.parallel_threads,
         },
         requirement,
         registry: Some(registry.label.clone()),
@@ -284,14 +332,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let results = ResultsDir::create(&results_root, started_at)?;
-        return survey(&mut client, None, &spec, &args, &target, &results, started_at).await;
+        return survey(&mut client, None, &spec, &args, &target, &results, &trusted, started_at).await;
     }
     let Target::Local(profile) = &target else {
         bail!("an embedded run needs --target-python to be an interpreter on this machine");
-    };
-    let work_dir = match &args.work_dir {
-        Some(dir) => absolute(dir)?,
-        None => default_work_dir()?,
     };
     std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create work dir {}", work_dir.display()))?;
     let results = ResultsDir::create(&results_root, started_at)?;
@@ -301,10 +345,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         target_python: profile.executable.clone().into(),
         n_workers: args.workers,
         allow_gil_build: args.allow_gil_build,
-        pip_cache_dir: match &args.pip_cache_dir {
-            Some(dir) => absolute(dir)?,
-            None => work_dir.join("pip-cache"),
-        },
+        places: args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?,
     })
     .await?;
     let mut client = embedded.client.clone();
@@ -315,6 +356,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         &args,
         &target,
         &results,
+        &trusted,
         started_at,
     )
     .await;
@@ -349,6 +391,7 @@ async fn survey(
     args: &RunArgs,
     target: &Target,
     results: &ResultsDir,
+    trusted: &[PackageRecord],
     started_at: jiff::Timestamp,
 ) -> anyhow::Result<ExitCode> {
     let summary = submit(client, spec).await?;
@@ -365,7 +408,13 @@ async fn survey(
 
     let mut written: HashSet<String> = HashSet::new();
     let mut records = Vec::new();
-    let total = spec.packages.len();
+    let total = spec.packages.len() + trusted.len();
+    for record in trusted {
+        results.append_package(record)?;
+        written.insert(record.package.clone());
+        eprintln!("[{}/{total}] {}: {}", written.len(), record.package, record.category);
+        records.push(record.clone());
+    }
     let mut check_workers = tokio::time::interval(Duration::from_secs(1));
     // The watch stream, reopened when the coordinator goes away: each new stream starts with a
     // snapshot, and packages already written are skipped.
@@ -499,6 +548,50 @@ async fn survey(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// With `--trust-ft-wheels`: takes the packages PyPI has a free-threaded wheel for out of
+/// `specs` and returns their records.
+fn trust_wheels(
+    args: &RunArgs,
+    target: &Target,
+    requirement: &InterpreterRequirement,
+    specs: &mut Vec<domain::PackageSpec>,
+    work_dir: &Path,
+) -> Vec<PackageRecord> {
+    if !args.trust_ft_wheels && !args.trust_ft_wheels_any_version {
+        return Vec::new();
+    }
+    let abi_tag = target.profile().map_or_else(
+        || {
+            format!(
+                "cp{}t",
+                requirement.python_version.clone().unwrap_or_default().replace('.', "")
+            )
+        },
+        |p| p.abi_tag.clone(),
+    );
+    let platform = target.profile().map_or_else(
+        || format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
+        |p| p.platform.clone(),
+    );
+    let cache_dir = crate::trust_wheels::cache_dir(work_dir);
+    let query = crate::trust_wheels::WheelQuery {
+        abi_tag: &abi_tag,
+        platform: &platform,
+        any_version: args.trust_ft_wheels_any_version,
+        cache_dir: &cache_dir,
+    };
+    let (trusted, warnings) =
+        crate::trust_wheels::trusted_packages(specs, &query, &crate::trust_wheels::fetch_with_curl);
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    specs.retain(|spec| !trusted.iter().any(|(name, _)| *name == spec.name));
+    trusted
+        .iter()
+        .map(|(name, wheel)| crate::trust_wheels::trusted_record(name, wheel, &abi_tag))
+        .collect()
 }
 
 /// What `ft_meta.json` says about this run.

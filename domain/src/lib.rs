@@ -17,10 +17,12 @@ pub mod plan;
 pub mod registry;
 pub mod results;
 pub mod run;
+pub mod run_parallel;
 pub mod show;
 pub mod spec;
 pub mod tsan;
 pub mod unittest;
+pub mod wheels;
 
 pub use category::Category;
 pub use classify::{PackageResult, StatusCounts, classify};

@@ -8,4 +8,6 @@ mod fleet;
 mod interpreters;
 mod protocol;
 mod registry;
+mod setups;
 mod store;
+mod wheels;

@@ -5,6 +5,7 @@
 
 mod embedded;
 mod fleet_cmd;
+mod follow;
 mod interpreters;
 mod python_cmd;
 mod registry_cmd;

@@ -7,6 +7,7 @@
 mod extensions;
 pub mod installer;
 mod job;
+mod kept;
 mod output;
 pub mod probe;
 pub mod proctree;

@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use domain::evidence::ExtensionReport;
 use domain::spec::RunOptions;
-use domain::{InterpreterProfile, PackageSpec, SetupFailure, SetupStage, Source};
-use nix::fcntl::{Flock, FlockArg};
+use domain::{InterpreterProfile, PackageSpec, SetupFailure, SetupStage};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use crate::installer::Installer;
-use crate::source::{copy_tree, fetch, shell_quote};
+use crate::kept::lock;
+use crate::source::shell_quote;
 use crate::supervise::{CommandSpec, Ending, Supervised, run_command};
 
 /// Installs get this long.
@@ -34,8 +34,6 @@ pub(crate) const REMOVED_ENV: [&str; 3] = ["PYTHONPATH", "PYTHONHOME", "PYTHON_G
 
 /// The file in a setup directory that says it is complete, and for which key.
 const READY_FILE: &str = "ftsurvey-ready.json";
-/// The file in a fetched source directory that says the fetch completed.
-const FETCHED_FILE: &str = "ftsurvey-fetched.json";
 
 /// ThreadSanitizer suppressions for CPython-internal reports, shipped with the tool.
 const TSAN_SUPPRESSIONS: &str = include_str!("../../deploy/tsan-suppressions.txt");
@@ -337,52 +335,17 @@ impl Setups {
         env
     }
 
-    /// The source tree under `dir/src`: a local path is copied without build products; a
-    /// pinned sdist or a git clone is fetched once into the repos dir and copied whole; an
-    /// sdist of the latest version is fetched afresh.
+    /// The source tree under `dir/src`, fetched through the repos dir when it can be kept.
     async fn source(&self, package: &PackageSpec, dir: &Path, env: &[(String, String)]) -> Result<PathBuf, SetupError> {
-        let src = dir.join("src");
-        let cacheable = match &package.source {
-            Source::Path { .. } => false,
-            Source::Sdist => package.version.is_some(),
-            Source::Git { .. } => true,
-        };
-        if !cacheable {
-            return fetch(package, &self.python, &src, env, &self.shutdown).await;
-        }
-        let digest =
-            hex::encode(&Sha256::digest(format!("{}\n{:?}\n{:?}", package.name, package.version, package.source))[..8]);
-        let cached = self
-            .dirs
-            .repos_dir
-            .join(format!("{}-{digest}", sanitize(&package.name)));
-        let root = {
-            let _lock = lock(cached.with_extension("lock")).await?;
-            let fetched = cached.join(FETCHED_FILE);
-            match std::fs::read(&fetched)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<PathBuf>(&b).ok())
-            {
-                Some(root) if root.is_dir() => root,
-                _ => {
-                    let io =
-                        |e: std::io::Error| SetupError::new(SetupStage::Source, format!("{}: {e}", cached.display()));
-                    if cached.exists() {
-                        std::fs::remove_dir_all(&cached).map_err(io)?;
-                    }
-                    std::fs::create_dir_all(&cached).map_err(io)?;
-                    let root = fetch(package, &self.python, &cached.join("tree"), env, &self.shutdown).await?;
-                    std::fs::write(&fetched, serde_json::to_vec(&root).expect("a path serialises")).map_err(io)?;
-                    root
-                }
-            }
-        };
-        let (from, to) = (root.clone(), src.clone());
-        tokio::task::spawn_blocking(move || copy_tree(&from, &to, false))
-            .await
-            .map_err(|e| SetupError::new(SetupStage::Source, format!("copy task failed: {e}")))?
-            .map_err(|e| SetupError::new(SetupStage::Source, format!("cannot copy {}: {e}", root.display())))?;
-        Ok(src)
+        crate::kept::source_tree(
+            package,
+            &self.python,
+            &self.dirs.repos_dir,
+            &dir.join("src"),
+            env,
+            &self.shutdown,
+        )
+        .await
     }
 
     /// Imports the package from an empty directory, so the source tree cannot shadow the
@@ -430,26 +393,6 @@ impl Setups {
             extensions,
         })
     }
-}
-
-/// Takes an exclusive lock on `path` (created if missing), waiting for another process that
-/// holds it; released when the returned value is dropped.
-async fn lock(path: PathBuf) -> Result<Flock<std::fs::File>, SetupError> {
-    let shown = path.display().to_string();
-    tokio::task::spawn_blocking(move || {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| std::io::Error::from(errno))
-    })
-    .await
-    .map_err(|e| SetupError::new(SetupStage::Source, format!("lock task failed: {e}")))?
-    .map_err(|e| SetupError::new(SetupStage::Source, format!("cannot lock {shown}: {e}")))
 }
 
 /// What the tool installs after the package: `--extra-deps`, and pytest-run-parallel for

@@ -171,3 +171,51 @@ fn a_malformed_package_file_is_one_problem_for_validate_and_one_warning_for_a_ru
     assert!(stdout.contains("timeout 42 s"), "{stdout}");
     assert!(stdout.contains("nothing was run (--dry-run)"), "{stdout}");
 }
+
+#[test]
+fn without_a_registry_dir_the_built_in_registry_is_used_in_popularity_order() {
+    let output = ftsurvey()
+        .args([
+            "run",
+            "--target-python",
+            "3.13t",
+            "--dry-run",
+            "--top",
+            "3",
+            "--iterations",
+            "2",
+        ])
+        .env("FTSURVEY_CACHE_DIR", tempfile::tempdir().expect("tempdir").path())
+        .env_remove("FTSURVEY_REGISTRY_DIR")
+        .output()
+        .expect("run ftsurvey");
+    assert_success(&output);
+    let stdout = stdout_of(&output);
+    let sources: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("source:"))
+        .collect();
+    assert_eq!(sources.len(), 3, "{stdout}");
+    assert!(
+        sources.iter().all(|l| l.contains("sdist ") && l.contains("==")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("3 packages x 2 iterations x 1 mode(s) = 6 jobs"),
+        "{stdout}"
+    );
+    let listed = ftsurvey()
+        .args(["registry", "list", "--top", "3"])
+        .output()
+        .expect("run ftsurvey");
+    assert_success(&listed);
+    let names: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect();
+    let table = stdout_of(&listed);
+    for name in &names {
+        assert!(table.contains(&format!(" {name} ")), "{name} missing from {table}");
+    }
+}

@@ -33,6 +33,12 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
 fi
 need_python FTSURVEY_TEST_FT_PYTHON "" free-threaded
 need_python FTSURVEY_TEST_TSAN_PYTHON --tsan ThreadSanitizer
+# The setup tests run uv (from PyPI) as well as pip.
+if ! command -v uv >/dev/null 2>&1; then
+  echo "tests/run.sh: installing uv with pip for the setup tests" >&2
+  python3 -m pip install --quiet --user uv
+  export PATH="$(python3 -m site --user-base)/bin:$PATH"
+fi
 echo "tests/run.sh: free-threaded interpreter: $FTSURVEY_TEST_FT_PYTHON" >&2
 echo "tests/run.sh: ThreadSanitizer interpreter: $FTSURVEY_TEST_TSAN_PYTHON" >&2
 

@@ -28,7 +28,8 @@ pub(crate) struct EmbeddedConfig {
     pub(crate) target_python: PathBuf,
     pub(crate) n_workers: u32,
     pub(crate) allow_gil_build: bool,
-    pub(crate) pip_cache_dir: PathBuf,
+    /// Venvs, sources, the wheel cache and the installer.
+    pub(crate) places: crate::setup_args::SetupPlaces,
 }
 
 impl Embedded {
@@ -57,7 +58,10 @@ impl Embedded {
                 target_python: config.target_python.clone(),
                 slots: 1,
                 work_dir: config.work_dir.clone(),
-                pip_cache_dir: config.pip_cache_dir.clone(),
+                venvs_dir: config.places.venvs_dir.clone(),
+                repos_dir: config.places.repos_dir.clone(),
+                pip_cache_dir: config.places.pip_cache_dir.clone(),
+                installer: config.places.installer.clone(),
                 base_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
                 allow_gil_build: config.allow_gil_build,
                 token: None,

@@ -54,9 +54,10 @@ pub(crate) struct WorkerArgs {
     /// The coordinator, e.g. `http://coordinator:50051`.
     #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
     coordinator: String,
-    /// The free-threaded interpreter this worker tests with.
-    #[arg(long, env = "FTSURVEY_TARGET_PYTHON", value_name = "PATH")]
-    target_python: PathBuf,
+    /// The free-threaded interpreter this worker tests with: a path or a name on PATH, or a
+    /// request such as `3.13t` found or built as `run` does.
+    #[arg(long, env = "FTSURVEY_TARGET_PYTHON", value_name = "PATH_OR_REQUEST")]
+    target_python: String,
     /// Iterations run at once.
     #[arg(long, default_value_t = 1, env = "FTSURVEY_SLOTS", value_parser = clap::value_parser!(u32).range(1..=256))]
     slots: u32,
@@ -67,9 +68,8 @@ pub(crate) struct WorkerArgs {
     /// restarts so the spool's outcomes are delivered.
     #[arg(long, env = "FTSURVEY_WORKER_ID")]
     worker_id: Option<String>,
-    /// The pip cache shared by every venv (default: `<work-dir>/pip-cache`).
-    #[arg(long, env = "FTSURVEY_PIP_CACHE_DIR", value_name = "DIR")]
-    pip_cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    setup: crate::setup_args::SetupArgs,
     /// Accept a target that is not free-threaded.
     #[arg(long, env = "FTSURVEY_ALLOW_GIL_BUILD")]
     allow_gil_build: bool,
@@ -123,15 +123,17 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         Some(id) => id.clone(),
         None => format!("{}-{}", hostname(), std::process::id()),
     };
+    let target_python = worker_target(&args.target_python).await?;
+    let places = args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?;
     let config = worker::WorkerConfig {
         worker_id: WorkerId::parse(&worker_id).with_context(|| format!("invalid --worker-id {worker_id:?}"))?,
         coordinator_url: args.coordinator.clone(),
-        target_python: crate::run_cmd::absolute(&args.target_python)?,
+        target_python: target_python.clone(),
         slots: args.slots,
-        pip_cache_dir: match &args.pip_cache_dir {
-            Some(dir) => crate::run_cmd::absolute(dir)?,
-            None => work_dir.join("pip-cache"),
-        },
+        venvs_dir: places.venvs_dir,
+        repos_dir: places.repos_dir,
+        pip_cache_dir: places.pip_cache_dir,
+        installer: places.installer,
         work_dir,
         base_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
         allow_gil_build: args.allow_gil_build,
@@ -148,7 +150,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "worker {worker_id}: {} slots, {} -> {}",
         args.slots,
-        args.target_python.display(),
+        target_python.display(),
         args.coordinator
     );
     worker::run(config, shutdown).await?;
@@ -179,4 +181,19 @@ pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "worker".to_string())
+}
+
+/// The worker's interpreter: `--target-python` as a path, or a request met as `run` meets it.
+async fn worker_target(text: &str) -> anyhow::Result<PathBuf> {
+    let provisioning = crate::interpreters::provisioning_from_env()?;
+    match crate::interpreters::parse_target(text, &provisioning.path_var)? {
+        crate::interpreters::TargetArg::Path(path) => crate::run_cmd::absolute(&path),
+        crate::interpreters::TargetArg::Request(requirement) => {
+            let (profile, origin) = crate::interpreters::resolve_request(&requirement, &provisioning)
+                .await
+                .with_context(|| format!("--target-python {text}"))?;
+            eprintln!("--target-python {text}: {} ({})", profile.executable, origin.as_str());
+            Ok(PathBuf::from(profile.executable))
+        }
+    }
 }

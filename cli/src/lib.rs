@@ -5,8 +5,11 @@
 
 mod embedded;
 mod fleet_cmd;
+mod follow;
+mod interpreters;
 mod progress;
 mod python_cmd;
+mod registry_cmd;
 pub mod registry_dir;
 mod remote;
 mod results_cmd;
@@ -14,7 +17,9 @@ mod results_dir;
 mod run_cmd;
 mod run_source;
 mod runs_cmd;
+mod setup_args;
 mod stability;
+mod trust_wheels;
 
 use std::process::ExitCode;
 
@@ -58,9 +63,12 @@ enum Command {
     Runs(runs_cmd::RunsCommand),
     /// Retire a worker: it finishes the jobs it runs, takes no new ones, and exits.
     Drain(runs_cmd::DrainArgs),
-    /// Free-threaded interpreters: build one from source.
+    /// Free-threaded interpreters: build one from source, list the builds.
     #[command(subcommand)]
     Python(python_cmd::PythonCommand),
+    /// Package registries: list one's packages, validate its files.
+    #[command(subcommand)]
+    Registry(registry_cmd::RegistryCommand),
 }
 
 /// Parses the command line, runs the command, and turns any error into one line on stderr.
@@ -79,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Report(args) => results_cmd::run_report(&args).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => results_cmd::run_export(&args).map(|()| ExitCode::SUCCESS),
         Command::Python(command) => python_cmd::run(command),
+        Command::Registry(command) => registry_cmd::run(command),
         Command::Serve(args) => run_async(fleet_cmd::serve(args)),
         Command::Status(args) => run_async(runs_cmd::status(args)),
         Command::Runs(command) => run_async(runs_cmd::runs(command)),
@@ -131,6 +140,8 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs piped to a file stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

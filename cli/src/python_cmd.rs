@@ -1,9 +1,10 @@
-//! `ftsurvey python build`: builds a free-threaded (or TSAN) CPython from a source tarball or
-//! directory with the project's builder script, cached by (source hash, variant).
+//! `ftsurvey python build|list`: builds a free-threaded (or TSAN) CPython from a source tarball
+//! or directory with the project's builder script, cached by (source hash, variant), and lists
+//! the builds in that cache.
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -16,6 +17,9 @@ pub(crate) enum PythonCommand {
     /// Build CPython with the GIL disabled (and ThreadSanitizer with --tsan); prints the
     /// interpreter's path. A build already in the cache is reused.
     Build(BuildArgs),
+    /// The managed builds (`$FTSURVEY_CACHE_DIR/pythons`) that `--target-python 3.13t` can
+    /// use without building.
+    List,
 }
 
 #[derive(Debug, Args)]
@@ -33,14 +37,55 @@ pub(crate) struct BuildArgs {
 
 pub(crate) fn run(command: PythonCommand) -> anyhow::Result<ExitCode> {
     match command {
-        PythonCommand::Build(args) => build(&args),
+        PythonCommand::Build(args) => {
+            let Some(source) = &args.source else {
+                bail!("no CPython source: pass --source or set FTSURVEY_CPYTHON_SOURCE to a tarball or directory");
+            };
+            let python = build_python(source, args.tsan, args.prefix.as_deref())?;
+            println!("{}", python.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        PythonCommand::List => crate::run_async(list()),
     }
 }
 
-fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
-    let Some(source) = &args.source else {
-        bail!("no CPython source: pass --source or set FTSURVEY_CPYTHON_SOURCE to a tarball or directory");
-    };
+async fn list() -> anyhow::Result<ExitCode> {
+    let cache_dir = crate::interpreters::cache_dir_from_env()?;
+    let builds = crate::interpreters::managed_builds(&cache_dir).await;
+    if builds.is_empty() {
+        println!(
+            "no managed builds in {}; `ftsurvey python build` or `run --target-python 3.13t` makes one",
+            cache_dir.join("pythons").display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::ASCII_BORDERS_ONLY_CONDENSED);
+    table.set_header(vec!["request", "interpreter", "path"]);
+    for build in builds {
+        let (request, summary) = match &build.profile {
+            Ok(profile) => (request_of(profile), profile.summary()),
+            Err(error) => (String::new(), format!("unusable: {error}")),
+        };
+        table.add_row(vec![request, summary, build.python.display().to_string()]);
+    }
+    println!("{table}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The request a build meets: `3.13t`, `3.13t-tsan`.
+fn request_of(profile: &domain::InterpreterProfile) -> String {
+    domain::InterpreterRequirement {
+        python_version: Some(profile.major_minor.clone()),
+        free_threaded: profile.free_threaded,
+        tsan: profile.tsan,
+    }
+    .describe()
+}
+
+/// Builds (or finds in the cache) an interpreter from `source`; returns its path. The
+/// builder's progress goes to stderr.
+pub(crate) fn build_python(source: &Path, tsan: bool, prefix: Option<&Path>) -> anyhow::Result<PathBuf> {
     if !source.exists() {
         bail!("CPython source not found: {}", source.display());
     }
@@ -54,16 +99,21 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         .context("cannot write the builder script")?;
     let mut command = std::process::Command::new("bash");
     command.arg(script.path()).arg("--source").arg(source);
-    if args.tsan {
+    if tsan {
         command.arg("--tsan");
     }
-    if let Some(prefix) = &args.prefix {
+    if let Some(prefix) = prefix {
         command.arg("--prefix").arg(prefix);
     }
     // The script prints the interpreter's path on stdout and its progress on stderr.
-    let status = command.status().context("cannot run bash for the builder script")?;
-    if !status.success() {
-        bail!("building CPython failed ({status}); the lines above say why");
+    let output = command
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run bash for the builder script")?;
+    if !output.status.success() {
+        bail!("building CPython failed ({}); the lines above say why", output.status);
     }
-    Ok(ExitCode::SUCCESS)
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    anyhow::ensure!(!path.is_empty(), "the builder script printed no interpreter path");
+    Ok(PathBuf::from(path))
 }

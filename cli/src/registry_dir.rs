@@ -9,17 +9,25 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use domain::registry::{PackageEntry, RegistryIndex, parse_index, parse_package};
 
-/// A registry as read from disk.
+/// A registry as read from disk or from the binary.
 #[derive(Debug)]
 pub struct LoadedRegistry {
-    /// Absolute, canonical path of the registry directory.
+    /// Absolute, canonical path of the registry directory; relative `path` sources resolve
+    /// against it. The built-in registry has none (it holds no path sources).
     pub dir: PathBuf,
+    /// How to name the registry to a user: its directory, or `built-in`.
+    pub label: String,
     pub index: RegistryIndex,
-    /// Package files that parsed, by package name.
+    /// Package files that parsed and yield a spec, by package name.
     pub entries: BTreeMap<String, PackageEntry>,
     /// One line per file that could not be used.
     pub warnings: Vec<String>,
+    /// Files read, the index included.
+    pub files_read: usize,
 }
+
+/// The label of the registry built into the binary.
+pub const BUILTIN_LABEL: &str = "built-in";
 
 /// Loads the registry in `dir`.
 pub fn load_registry(dir: &Path) -> anyhow::Result<LoadedRegistry> {
@@ -30,35 +38,126 @@ pub fn load_registry(dir: &Path) -> anyhow::Result<LoadedRegistry> {
     let index_path = dir.join("index.yaml");
     let index_text = std::fs::read_to_string(&index_path)
         .with_context(|| format!("cannot read the registry index {}", index_path.display()))?;
-    let index = parse_index(&index_path.display().to_string(), &index_text)?;
+    let mut registry = load_with(
+        dir.clone(),
+        dir.display().to_string(),
+        &index_path.display().to_string(),
+        &index_text,
+        |name| std::fs::read_to_string(dir.join("packages").join(format!("{name}.yaml"))),
+    )?;
+    // Package files the index does not list are never selected: say so, as they are
+    // usually a forgotten index entry.
+    if let Ok(files) = std::fs::read_dir(dir.join("packages")) {
+        let listed: std::collections::HashSet<&str> = registry.index.packages.iter().map(|e| e.name.as_str()).collect();
+        let mut orphans: Vec<String> = files
+            .flatten()
+            .filter_map(|f| {
+                f.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".yaml"))
+                    .map(str::to_string)
+            })
+            .filter(|name| !listed.contains(name.as_str()))
+            .collect();
+        orphans.sort();
+        registry.warnings.extend(
+            orphans
+                .into_iter()
+                .map(|name| format!("packages/{name}.yaml: not listed in index.yaml")),
+        );
+    }
+    Ok(registry)
+}
+
+/// Loads the registry built into the binary.
+pub fn load_builtin() -> anyhow::Result<LoadedRegistry> {
+    let index_text = builtin_file("index.yaml").context("the built-in registry has no index.yaml")?;
+    load_with(
+        PathBuf::new(),
+        BUILTIN_LABEL.to_string(),
+        "built-in index.yaml",
+        index_text,
+        |name| {
+            builtin_file(&format!("packages/{name}.yaml"))
+                .map(str::to_string)
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "not in the built-in registry"))
+        },
+    )
+}
+
+/// `--registry-dir` when given, else the built-in registry.
+pub fn load_registry_or_builtin(dir: Option<&Path>) -> anyhow::Result<LoadedRegistry> {
+    match dir {
+        Some(dir) => load_registry(dir),
+        None => load_builtin(),
+    }
+}
+
+/// The files of the built-in registry (`registry/` in the repository), by relative path.
+pub fn builtin_files() -> &'static [(&'static str, &'static str)] {
+    BUILTIN_FILES
+}
+
+fn builtin_file(path: &str) -> Option<&'static str> {
+    BUILTIN_FILES.iter().find(|(p, _)| *p == path).map(|(_, text)| *text)
+}
+
+include!(concat!(env!("OUT_DIR"), "/builtin_registry.rs"));
+
+/// Parses the index and every package file it lists, read by `read(name)`. A file that
+/// cannot be read, parsed or turned into a spec is one warning and is left out.
+fn load_with(
+    dir: PathBuf,
+    label: String,
+    index_label: &str,
+    index_text: &str,
+    read: impl Fn(&str) -> std::io::Result<String>,
+) -> anyhow::Result<LoadedRegistry> {
+    let index = parse_index(index_label, index_text)?;
     let mut entries = BTreeMap::new();
     let mut warnings = Vec::new();
+    let mut files_read = 1;
     for index_entry in &index.packages {
-        let path = dir.join("packages").join(format!("{}.yaml", index_entry.name));
-        let label = format!("packages/{}.yaml", index_entry.name);
-        let text = match std::fs::read_to_string(&path) {
+        let file = format!("packages/{}.yaml", index_entry.name);
+        let text = match read(&index_entry.name) {
             Ok(text) => text,
             Err(error) => {
-                warnings.push(format!("{label}: cannot read: {error}"));
+                warnings.push(format!("{file}: cannot read: {error}"));
                 continue;
             }
         };
-        match parse_package(&label, &text) {
-            Ok(entry) if entry.package != index_entry.name => warnings.push(format!(
-                "{label}: names package {:?}, but the index lists it as {:?}",
-                entry.package, index_entry.name
-            )),
-            Ok(entry) => {
-                entries.insert(entry.package.clone(), entry);
+        files_read += 1;
+        let entry = match parse_package(&file, &text) {
+            Ok(entry) => entry,
+            Err(error) => {
+                warnings.push(error.to_string());
+                continue;
             }
-            Err(error) => warnings.push(error.to_string()),
+        };
+        if entry.package != index_entry.name {
+            warnings.push(format!(
+                "{file}: names package {:?}, but the index lists it as {:?}",
+                entry.package, index_entry.name
+            ));
+            continue;
         }
+        // A selectable package whose fields contradict each other (a path source without a
+        // path) is reported now rather than when a run selects it. Entries that are not
+        // enriched often have no repository yet, which is no fault.
+        let selectable = index_entry.enriched && !index_entry.skip && entry.exclusion(None).is_none();
+        if selectable && let Err(error) = entry.to_spec(&dir, Some(index_entry)) {
+            warnings.push(error.to_string());
+            continue;
+        }
+        entries.insert(entry.package.clone(), entry);
     }
     Ok(LoadedRegistry {
         dir,
+        label,
         index,
         entries,
         warnings,
+        files_read,
     })
 }
 
@@ -99,6 +198,31 @@ mod tests {
             "{}",
             registry.warnings[1]
         );
+    }
+
+    #[test]
+    fn the_builtin_registry_loads_whole_and_pins_an_sdist_with_a_rank_for_every_package() {
+        let registry = load_builtin().expect("the built-in registry loads");
+        assert!(registry.warnings.is_empty(), "{:?}", registry.warnings);
+        assert_eq!(registry.entries.len(), registry.index.packages.len());
+        assert_eq!(
+            builtin_files().len(),
+            registry.index.packages.len() + 1,
+            "no file outside the index"
+        );
+        let mut last_rank = 0;
+        for index_entry in &registry.index.packages {
+            let rank = index_entry
+                .download_rank
+                .unwrap_or_else(|| panic!("{} has no download_rank", index_entry.name));
+            assert!(rank > last_rank, "{} is out of popularity order", index_entry.name);
+            last_rank = rank;
+            let spec = registry.entries[&index_entry.name]
+                .to_spec(&registry.dir, Some(index_entry))
+                .expect("spec");
+            assert_eq!(spec.source, domain::Source::Sdist, "{}", spec.name);
+            assert!(spec.version.is_some(), "{} has no pinned version", spec.name);
+        }
     }
 
     #[test]

@@ -1,31 +1,30 @@
 //! `ftsurvey run`: select packages, run them embedded, write the results folder as they finish.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use domain::results::{PackageRecord, RunConfig, RunMeta, SystemInfo};
+use domain::results::PackageRecord;
 use domain::spec::RunOptions;
-use domain::{InterpreterProfile, InterpreterRequirement, Mode, PackageResult, RunSpec, RunSummary};
-use proto::v1;
-
-use crate::remote::Client;
+use domain::{InterpreterProfile, InterpreterRequirement, Mode, RunSpec};
 
 use crate::embedded::{Embedded, EmbeddedConfig};
-use crate::progress::{Progress, ProgressStyle};
+use crate::follow::{run_meta, submit, survey};
+use crate::interpreters::{Origin, TargetArg};
 use crate::registry_dir;
 use crate::results_dir::ResultsDir;
 
 /// Flags of `ftsurvey run`; names follow the tool ftsurvey replaces.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// The interpreter to test with: a free-threaded CPython build. With --coordinator it may
-    /// instead be a request the fleet's workers must meet, such as `3.13t` or `3.13t-tsan`.
-    #[arg(long, env = "FTSURVEY_TARGET_PYTHON", value_name = "PATH")]
-    pub(crate) target_python: PathBuf,
+    /// The interpreter to test with: a path or a name on PATH, or a request such as `3.13t` or
+    /// `3.13t-tsan`, met by an interpreter on PATH (`python3.13t`), a managed build
+    /// (`ftsurvey python list`) or a build from the source in FTSURVEY_CPYTHON_SOURCE (else
+    /// downloaded from python.org). With --coordinator a request is what the fleet's workers
+    /// must meet.
+    #[arg(long, env = "FTSURVEY_TARGET_PYTHON", value_name = "PATH_OR_REQUEST")]
+    pub(crate) target_python: String,
     /// Submit to this coordinator (a fleet) instead of running embedded, then follow the run.
     #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
     pub(crate) coordinator: Option<String>,
@@ -56,9 +55,14 @@ pub(crate) struct RunArgs {
     /// The N most popular selectable packages of the registry.
     #[arg(long, env = "FTSURVEY_TOP")]
     pub(crate) top: Option<usize>,
-    /// Registry directory (index.yaml + packages/).
+    /// Registry directory (index.yaml + packages/); without it, the registry built into
+    /// ftsurvey (popular PyPI packages, tested from their sdists).
     #[arg(long, env = "FTSURVEY_REGISTRY_DIR")]
-    pub(crate) registry_dir: PathBuf,
+    pub(crate) registry_dir: Option<PathBuf>,
+    /// Print the selected packages with their source, install and test commands, and run
+    /// nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
     /// Where sources, venvs, the pip cache and the embedded database live.
     #[arg(long, env = "FTSURVEY_WORK_DIR")]
     pub(crate) work_dir: Option<PathBuf>,
@@ -97,12 +101,24 @@ pub(crate) struct RunArgs {
     /// Check load and free memory before starting and refuse to start on a busy machine.
     #[arg(long, env = "FTSURVEY_CHECK_STABILITY")]
     pub(crate) check_stability: bool,
-    /// The pip cache shared by every venv (default: `<work-dir>/pip-cache`).
-    #[arg(long, env = "FTSURVEY_PIP_CACHE_DIR")]
-    pub(crate) pip_cache_dir: Option<PathBuf>,
     /// No progress on stderr: only errors, then the summary on stdout.
     #[arg(short, long, env = "FTSURVEY_QUIET")]
     pub(crate) quiet: bool,
+    #[command(flatten)]
+    pub(crate) setup: crate::setup_args::SetupArgs,
+    /// Thread stress: run every pytest test in N threads at once (installs pytest-run-parallel
+    /// into each venv); the results say how many tests ran in parallel and how many were
+    /// run alone as thread-unsafe.
+    #[arg(long, value_name = "N", env = "FTSURVEY_PARALLEL_THREADS", value_parser = clap::value_parser!(u32).range(2..=1024))]
+    pub(crate) parallel_threads: Option<u32>,
+    /// A package with a free-threaded wheel on PyPI for the version tested (the pinned one,
+    /// else the latest), the target's ABI and this platform is `compatible_by_wheel` and is
+    /// not run.
+    #[arg(long, env = "FTSURVEY_TRUST_FT_WHEELS")]
+    pub(crate) trust_ft_wheels: bool,
+    /// Like --trust-ft-wheels, with a free-threaded wheel of any release.
+    #[arg(long, env = "FTSURVEY_TRUST_FT_WHEELS_ANY_VERSION")]
+    pub(crate) trust_ft_wheels_any_version: bool,
     /// Local workers, each running one iteration at a time.
     #[arg(long, default_value_t = 1, env = "FTSURVEY_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub(crate) workers: u32,
@@ -117,20 +133,20 @@ fn parse_env_pair(value: &str) -> Result<(String, String), String> {
 
 /// The interpreter a run is for: probed here, or (for a fleet) only requested.
 #[derive(Debug)]
-enum Target {
+pub(crate) enum Target {
     Local(InterpreterProfile),
     Requested(InterpreterRequirement),
 }
 
 impl Target {
-    fn profile(&self) -> Option<&InterpreterProfile> {
+    pub(crate) fn profile(&self) -> Option<&InterpreterProfile> {
         match self {
             Target::Local(profile) => Some(profile),
             Target::Requested(_) => None,
         }
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Target::Local(profile) => profile.summary(),
             Target::Requested(requirement) => format!("workers with {}", requirement.describe()),
@@ -138,37 +154,65 @@ impl Target {
     }
 }
 
-/// Probes `--target-python`, or with a coordinator reads it as a request when it is not a
-/// file here; refuses what the flags do not allow.
+/// Probes `--target-python`, or finds or builds the interpreter a request asks for; with a
+/// coordinator (or for a dry run) a request is kept as such. Refuses what the flags do not
+/// allow.
 async fn resolve_target(args: &RunArgs) -> anyhow::Result<Target> {
-    if args.coordinator.is_some() && !args.target_python.exists() {
-        let text = args.target_python.display().to_string();
-        let mut requirement: InterpreterRequirement = text.parse().map_err(|e: String| {
-            anyhow::anyhow!("--target-python {text:?} is neither a file here nor a request: {e}")
-        })?;
-        requirement.tsan |= args.tsan;
-        if !requirement.free_threaded && !args.allow_gil_build {
-            bail!("--target-python {text} requests a GIL build; add `t` (e.g. 3.13t) or pass --allow-gil-build");
+    let text = args.target_python.trim();
+    let provisioning = crate::interpreters::provisioning_from_env()?;
+    let target = crate::interpreters::parse_target(text, &provisioning.path_var)?;
+    let (target_python, origin) = match target {
+        TargetArg::Request(mut requirement) => {
+            requirement.tsan |= args.tsan;
+            if !requirement.free_threaded && !args.allow_gil_build {
+                bail!("--target-python {text} requests a GIL build; add `t` (e.g. 3.13t) or pass --allow-gil-build");
+            }
+            if args.coordinator.is_some() {
+                return Ok(Target::Requested(requirement));
+            }
+            // A dry run names the interpreter a run would use, but builds none.
+            let found = if args.dry_run {
+                match crate::interpreters::find_existing(&requirement, &provisioning).await {
+                    Some(found) => found,
+                    None => {
+                        eprintln!(
+                            "--target-python {text}: no interpreter on PATH or among the managed builds; a run would build one"
+                        );
+                        return Ok(Target::Requested(requirement));
+                    }
+                }
+            } else {
+                crate::interpreters::resolve_request(&requirement, &provisioning)
+                    .await
+                    .with_context(|| format!("--target-python {text}"))?
+            };
+            let (profile, origin) = found;
+            (PathBuf::from(&profile.executable), origin)
         }
-        return Ok(Target::Requested(requirement));
-    }
-    let target_python = absolute(&args.target_python)?;
+        TargetArg::Path(path) => (absolute(&path)?, Origin::Given),
+    };
     let profile = worker::probe::probe(&target_python)
         .await
-        .with_context(|| format!("cannot use --target-python {}", args.target_python.display()))?;
+        .with_context(|| format!("cannot use --target-python {text}"))?;
     if !profile.free_threaded && !args.allow_gil_build {
         bail!(
-            "--target-python {} is not a free-threaded build ({}); build one with `ftsurvey python build`, \
+            "--target-python {text} is not a free-threaded build ({}); build one with `ftsurvey python build`, \
              or pass --allow-gil-build to use it anyway",
-            args.target_python.display(),
             profile.summary()
         );
     }
     if args.tsan && !profile.tsan {
         bail!(
-            "--tsan needs a ThreadSanitizer build, and --target-python {} is not one ({}); build one with `ftsurvey python build --tsan`",
-            args.target_python.display(),
+            "--tsan needs a ThreadSanitizer build, and --target-python {text} is not one ({}); build one with `ftsurvey python build --tsan`",
             profile.summary()
+        );
+    }
+    if origin != Origin::Given {
+        eprintln!(
+            "--target-python {text}: {} ({}), {}",
+            target_python.display(),
+            profile.summary(),
+            origin.as_str()
         );
     }
     Ok(Target::Local(profile))
@@ -189,7 +233,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.check_stability {
         eprintln!("{}", crate::stability::Figures::read()?.judge()?);
     }
-    let registry = registry_dir::load_registry(&args.registry_dir)?;
+    let registry = registry_dir::load_registry_or_builtin(args.registry_dir.as_deref())?;
     for warning in &registry.warnings {
         eprintln!("warning: {warning}");
     }
@@ -204,20 +248,55 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if selected.specs.is_empty() {
         bail!(
-            "no packages selected from {}: check --packages and --top",
-            registry.dir.display()
+            "no packages selected from the {} registry: check --packages and --top",
+            registry.label
         );
     }
     let results_root = absolute(&args.results_dir)?;
+    let work_dir = match &args.work_dir {
+        Some(dir) => absolute(dir)?,
+        None => default_work_dir()?,
+    };
+    let mut specs = selected.specs;
+    let trusted = if args.dry_run {
+        Vec::new()
+    } else {
+        trust_wheels(&args, &target, &requirement, &mut specs, &work_dir)
+    };
+    if specs.is_empty() {
+        // Every package is trusted by its wheel: nothing to run.
+        let results = ResultsDir::create(&results_root, started_at)?;
+        let run_id = domain::RunId::new_at(started_at.as_millisecond() as u64);
+        let spec = RunSpec {
+            label: format!("{} packages trusted by their wheels", trusted.len()),
+            packages: Vec::new(),
+            iterations: args.iterations,
+            modes: vec![Mode::Ft],
+            options: RunOptions::default(),
+            requirement,
+            registry: Some(registry.label.clone()),
+        };
+        let mut meta = run_meta(run_id, &spec, &args, target.profile(), started_at);
+        meta.config.packages = trusted.iter().map(|r| r.package.clone()).collect();
+        meta.finished_at = Some(jiff::Timestamp::now().to_string());
+        results.write_meta(&meta)?;
+        for record in &trusted {
+            results.append_package(record)?;
+        }
+        let show = domain::show::render_show(Some(&meta), &trusted, &domain::show::ShowOptions::default());
+        println!("{show}");
+        println!("results: {}", results.path().display());
+        return Ok(ExitCode::SUCCESS);
+    }
 
     let spec = RunSpec {
         label: format!(
             "{} packages x {} on {}",
-            selected.specs.len(),
+            specs.len(),
             args.iterations,
             requirement.describe()
         ),
-        packages: selected.specs,
+        packages: specs,
         iterations: args.iterations,
         modes: if args.compare_with_gil {
             vec![Mode::Ft, Mode::Gil]
@@ -234,10 +313,15 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             stop_on_first_pass: args.stop_on_first_pass,
             detect_extensions: args.detect_extensions || !args.no_detect_extensions,
             tsan: args.tsan,
+            parallel_threads: args.parallel_threads,
         },
         requirement,
-        registry: Some(registry.dir.display().to_string()),
+        registry: Some(registry.label.clone()),
     };
+    if args.dry_run {
+        print!("{}", domain::plan::render_dry_run(&spec));
+        return Ok(ExitCode::SUCCESS);
+    }
 
     if let Some(url) = &args.coordinator {
         let mut client = crate::remote::connect(url, args.token.as_deref(), args.ca_cert.as_ref()).await?;
@@ -247,14 +331,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let results = ResultsDir::create(&results_root, started_at)?;
-        return survey(&mut client, None, &spec, &args, &target, &results, started_at).await;
+        return survey(&mut client, None, &spec, &args, &target, &results, &trusted, started_at).await;
     }
     let Target::Local(profile) = &target else {
         bail!("an embedded run needs --target-python to be an interpreter on this machine");
-    };
-    let work_dir = match &args.work_dir {
-        Some(dir) => absolute(dir)?,
-        None => default_work_dir()?,
     };
     std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create work dir {}", work_dir.display()))?;
     let results = ResultsDir::create(&results_root, started_at)?;
@@ -264,10 +344,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         target_python: profile.executable.clone().into(),
         n_workers: args.workers,
         allow_gil_build: args.allow_gil_build,
-        pip_cache_dir: match &args.pip_cache_dir {
-            Some(dir) => absolute(dir)?,
-            None => work_dir.join("pip-cache"),
-        },
+        places: args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?,
     })
     .await?;
     let mut client = embedded.client.clone();
@@ -278,6 +355,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         &args,
         &target,
         &results,
+        &trusted,
         started_at,
     )
     .await;
@@ -287,229 +365,48 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-/// Submits the run; returns its summary.
-async fn submit(client: &mut Client, spec: &RunSpec) -> anyhow::Result<RunSummary> {
-    let request = v1::SubmitRunRequest {
-        spec: Some(spec.into()),
-        client_token: uuid::Uuid::new_v4().to_string(),
-    };
-    let submitted = client
-        .submit_run(request)
-        .await
-        .map_err(|s| crate::remote::status_error(&s))
-        .context("submitting the run")?
-        .into_inner();
-    Ok(RunSummary::try_from(submitted.run.context("coordinator sent no run")?)?)
-}
-
-/// Submits the run, follows it, writes each package as it finishes; Ctrl-C cancels the run
-/// and writes what there is. `embedded` is watched for workers that stop.
-#[allow(clippy::too_many_arguments)]
-async fn survey(
-    client: &mut Client,
-    mut embedded: Option<&mut Embedded>,
-    spec: &RunSpec,
+/// With `--trust-ft-wheels`: takes the packages PyPI has a free-threaded wheel for out of
+/// `specs` and returns their records.
+fn trust_wheels(
     args: &RunArgs,
     target: &Target,
-    results: &ResultsDir,
-    started_at: jiff::Timestamp,
-) -> anyhow::Result<ExitCode> {
-    let summary = submit(client, spec).await?;
-    let run_id = summary.run_id;
-    let mut meta = run_meta(run_id, spec, args, target.profile(), started_at);
-    results.write_meta(&meta)?;
-    let mut progress = Progress::new(ProgressStyle::detect(args.quiet));
-    progress.println(&format!(
-        "run {run_id}: {} packages x {} iterations on {} -> {}",
-        spec.packages.len(),
-        spec.iterations,
-        target.describe(),
-        results.path().display()
-    ));
-
-    let mut written: HashSet<String> = HashSet::new();
-    let mut records = Vec::new();
-    let total = spec.packages.len();
-    let mut check_workers = tokio::time::interval(Duration::from_secs(1));
-    // The watch stream, reopened when the coordinator goes away: each new stream starts with a
-    // snapshot, and packages already written are skipped.
-    let mut events: Option<tonic::Streaming<v1::RunEvent>> = None;
-    let mut first_watch = true;
-    let mut run_over = false;
-    let mut retry_at = tokio::time::Instant::now();
-    let interrupted = loop {
-        if run_over {
-            break false;
-        }
-        if events.is_none() {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break true,
-                _ = tokio::time::sleep_until(retry_at) => {}
-            }
-            // A coordinator that went away is connected to afresh (a remote one; the embedded
-            // one does not go away).
-            if let Some(url) = &args.coordinator
-                && !first_watch
-            {
-                match crate::remote::connect(url, args.token.as_deref(), args.ca_cert.as_ref()).await {
-                    Ok(fresh) => *client = fresh,
-                    Err(error) => {
-                        progress.println(&format!("cannot reach the coordinator ({error:#}); retrying in 2 s"));
-                        retry_at = tokio::time::Instant::now() + Duration::from_secs(2);
-                        continue;
-                    }
-                }
-            }
-            first_watch = false;
-            let watch = client.watch_run(v1::WatchRunRequest {
-                run_id: run_id.to_string(),
-            });
-            let watched = match tokio::time::timeout(Duration::from_secs(30), watch).await {
-                Ok(watched) => watched,
-                Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 30 s")),
-            };
-            match watched {
-                Ok(response) => events = Some(response.into_inner()),
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated
-                    ) =>
-                {
-                    return Err(crate::remote::status_error(&status).context("watching the run"));
-                }
-                Err(status) => {
-                    progress.println(&format!("cannot watch the run ({}); retrying in 2 s", status.message()));
-                    retry_at = tokio::time::Instant::now() + Duration::from_secs(2);
-                }
-            }
-            continue;
-        }
-        let Some(stream) = events.as_mut() else { continue };
-        tokio::select! {
-            event = stream.message() => {
-                let event = match event {
-                    Ok(Some(event)) => event,
-                    Ok(None) | Err(_) => {
-                        if !run_over {
-                            progress.println("lost the coordinator's progress stream; reconnecting");
-                        }
-                        events = None;
-                        retry_at = tokio::time::Instant::now() + Duration::from_secs(1);
-                        continue;
-                    }
-                };
-                if let Some(summary) = event.run.clone().and_then(|r| RunSummary::try_from(r).ok()) {
-                    run_over = summary.state.is_terminal();
-                    let slowest = event
-                        .running
-                        .first()
-                        .map(|job| (job.package.clone(), Duration::from_millis(job.running_ms.max(0) as u64)));
-                    progress.update(summary, slowest);
-                }
-                for package in event.finished_packages {
-                    let result = PackageResult::try_from(package)?;
-                    if written.insert(result.package.clone()) {
-                        let record = PackageRecord::from(&result);
-                        results.append_package(&record)?;
-                        progress.println(&format!("[{}/{total}] {}", written.len(), progress_line(&result)));
-                        records.push(record);
-                    }
-                }
-            }
-            _ = tokio::signal::ctrl_c() => break true,
-            _ = check_workers.tick() => {
-                progress.tick();
-                if let Some(stopped) = embedded.as_deref_mut().and_then(Embedded::first_finished_worker) {
-                    let error = match stopped.await {
-                        Ok(Ok(())) => anyhow::anyhow!("a local worker stopped"),
-                        Ok(Err(error)) => error,
-                        Err(join) => anyhow::anyhow!("a local worker panicked: {join}"),
-                    };
-                    let _ = client.cancel_run(v1::CancelRunRequest { run_id: run_id.to_string() }).await;
-                    return Err(error.context("the survey cannot go on"));
-                }
-            }
-        }
+    requirement: &InterpreterRequirement,
+    specs: &mut Vec<domain::PackageSpec>,
+    work_dir: &Path,
+) -> Vec<PackageRecord> {
+    if !args.trust_ft_wheels && !args.trust_ft_wheels_any_version {
+        return Vec::new();
+    }
+    let abi_tag = target.profile().map_or_else(
+        || {
+            format!(
+                "cp{}t",
+                requirement.python_version.clone().unwrap_or_default().replace('.', "")
+            )
+        },
+        |p| p.abi_tag.clone(),
+    );
+    let platform = target.profile().map_or_else(
+        || format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
+        |p| p.platform.clone(),
+    );
+    let cache_dir = crate::trust_wheels::cache_dir(work_dir);
+    let query = crate::trust_wheels::WheelQuery {
+        abi_tag: &abi_tag,
+        platform: &platform,
+        any_version: args.trust_ft_wheels_any_version,
+        cache_dir: &cache_dir,
     };
-    progress.finish();
-    if interrupted {
-        eprintln!("interrupted: cancelling run {run_id} and writing what has finished");
-        client
-            .cancel_run(v1::CancelRunRequest {
-                run_id: run_id.to_string(),
-            })
-            .await
-            .context("cancelling")?;
-        let partial = client
-            .query_package_results(v1::QueryPackageResultsRequest {
-                run_id: run_id.to_string(),
-                ..Default::default()
-            })
-            .await
-            .context("reading partial results")?
-            .into_inner();
-        for package in partial.results {
-            let result = PackageResult::try_from(package)?;
-            let has_data = !result.iterations.is_empty() || result.setup_failure.is_some();
-            if has_data && written.insert(result.package.clone()) {
-                let record = PackageRecord::from(&result);
-                results.append_package(&record)?;
-                records.push(record);
-            }
-        }
+    let (trusted, warnings) =
+        crate::trust_wheels::trusted_packages(specs, &query, &crate::trust_wheels::fetch_with_curl);
+    for warning in warnings {
+        eprintln!("warning: {warning}");
     }
-    meta.interrupted = interrupted;
-    meta.finished_at = Some(jiff::Timestamp::now().to_string());
-    results.write_meta(&meta)?;
-    let show = domain::show::render_show(Some(&meta), &records, &domain::show::ShowOptions::default());
-    println!("{show}");
-    println!("results: {}", results.path().display());
-    Ok(if interrupted {
-        ExitCode::from(130)
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-/// What `ft_meta.json` says about this run.
-fn run_meta(
-    run_id: domain::RunId,
-    spec: &RunSpec,
-    args: &RunArgs,
-    profile: Option<&InterpreterProfile>,
-    started_at: jiff::Timestamp,
-) -> RunMeta {
-    RunMeta {
-        run_id: run_id.to_string(),
-        label: spec.label.clone(),
-        timestamp: started_at.to_string(),
-        finished_at: None,
-        interrupted: false,
-        target_python: profile.map_or_else(|| spec.requirement.describe(), |p| p.executable.clone()),
-        python_version: profile.map(|p| p.version.clone()).unwrap_or_default(),
-        interpreter: profile.cloned(),
-        system: SystemInfo {
-            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default(),
-            os: std::env::consts::OS.to_string(),
-            arch: std::env::consts::ARCH.to_string(),
-            cpu_count: std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1),
-        },
-        config: RunConfig {
-            workers: args.workers,
-            ..RunConfig::of_spec(spec)
-        },
-    }
-}
-
-/// `ftfix-segfault: crash (0/3 passed; ...)`
-fn progress_line(result: &PackageResult) -> String {
-    let detail = result.evidence.first().cloned().unwrap_or_default();
-    format!("{}: {} ({detail})", result.package, result.category)
+    specs.retain(|spec| !trusted.iter().any(|(name, _)| *name == spec.name));
+    trusted
+        .iter()
+        .map(|(name, wheel)| crate::trust_wheels::trusted_record(name, wheel, &abi_tag))
+        .collect()
 }
 
 pub(crate) fn absolute(path: &Path) -> anyhow::Result<PathBuf> {

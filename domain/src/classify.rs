@@ -307,6 +307,22 @@ impl GilComparison {
     }
 }
 
+/// `thread stress: 120 tests ran in 8 threads at once, 14 ran alone as thread-unsafe (last
+/// iteration)`, or that the plugin never ran; `None` without `--parallel-threads`.
+fn thread_stress_sentence(ft: &[&IterationOutcome]) -> Option<String> {
+    let report = ft.iter().rev().find_map(|o| o.evidence.parallel.as_ref())?;
+    Some(match report.in_parallel {
+        Some(in_parallel) => format!(
+            "thread stress: {in_parallel} tests ran in {} threads at once, {} ran alone as thread-unsafe",
+            report.threads, report.thread_unsafe
+        ),
+        None => format!(
+            "thread stress asked for {} threads, but pytest-run-parallel reported no parallel test",
+            report.threads
+        ),
+    })
+}
+
 impl PackageResult {
     /// Classifies `outcomes` and bundles them into a result.
     pub fn build(
@@ -334,6 +350,9 @@ impl PackageResult {
             )
         {
             classification.evidence.push(comparison.sentence());
+        }
+        if let Some(sentence) = thread_stress_sentence(&ft) {
+            classification.evidence.push(sentence);
         }
         let counts = StatusCounts::of(ft.iter().copied());
         PackageResult {
@@ -522,6 +541,36 @@ mod tests {
             tsan_warning_count: 0,
         });
         assert_eq!(got.category, Category::Compatible);
+    }
+
+    #[test]
+    fn thread_stress_coverage_is_named_so_a_green_run_is_not_taken_for_more() {
+        let stressed = |in_parallel: Option<u32>| {
+            let mut pass = outcome(IterationStatus::Pass);
+            pass.evidence.parallel = Some(crate::run_parallel::ParallelReport {
+                threads: 8,
+                in_parallel,
+                thread_unsafe: 14,
+            });
+            PackageResult::build("p", 1, None, vec![pass], true)
+        };
+        let result = stressed(Some(120));
+        assert_eq!(result.category, Category::Compatible);
+        assert_eq!(
+            result.evidence.last().map(String::as_str),
+            Some("thread stress: 120 tests ran in 8 threads at once, 14 ran alone as thread-unsafe")
+        );
+        let unloaded = stressed(None);
+        assert!(
+            unloaded
+                .evidence
+                .iter()
+                .any(|e| e.contains("reported no parallel test")),
+            "{:?}",
+            unloaded.evidence
+        );
+        let plain = PackageResult::build("p", 1, None, vec![outcome(IterationStatus::Pass)], true);
+        assert!(!plain.evidence.iter().any(|e| e.contains("thread stress")));
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub struct IterationEvidence {
     pub leftover_processes: u32,
     /// Milliseconds from the last output or CPU progress to the stall verdict.
     pub stall_detected_after_ms: Option<u64>,
+    /// With `--parallel-threads`: how many tests ran in parallel and how many were not.
+    pub parallel: Option<crate::run_parallel::ParallelReport>,
 }
 
 impl IterationEvidence {

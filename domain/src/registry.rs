@@ -9,12 +9,15 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::package_kind::{ExtensionType, TestFramework};
 use crate::spec::{PackageSpec, Source};
 
 /// Install command used when a package file leaves it empty.
-pub const DEFAULT_INSTALL_COMMAND: &str = "python -m pip install . pytest";
+pub const DEFAULT_INSTALL_COMMAND: &str = "pip install . pytest";
 /// Test command used when a package file leaves it empty.
 pub const DEFAULT_TEST_COMMAND: &str = "python -m pytest";
+/// Commits fetched of a git source whose file sets no `clone_depth`: the tested tree only.
+pub const DEFAULT_CLONE_DEPTH: u32 = 1;
 
 /// `index.yaml`: every package in popularity order.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -39,6 +42,10 @@ pub struct IndexEntry {
     pub skip: bool,
     #[serde(default, deserialize_with = "null_as_default")]
     pub skip_versions_keys: Vec<String>,
+    /// This tool's extension: the package's rank among PyPI's most downloaded, when the
+    /// index is a selection of them (without it, the position in the index is the rank).
+    #[serde(default)]
+    pub download_rank: Option<u32>,
 }
 
 /// `packages/<name>.yaml`: how to get, install and test one package.
@@ -50,7 +57,7 @@ pub struct PackageEntry {
     #[serde(default)]
     pub pypi_url: Option<String>,
     #[serde(default)]
-    pub extension_type: Option<String>,
+    pub extension_type: Option<ExtensionType>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub python_versions: Vec<String>,
     #[serde(default)]
@@ -60,7 +67,7 @@ pub struct PackageEntry {
     #[serde(default)]
     pub test_command: Option<String>,
     #[serde(default)]
-    pub test_framework: Option<String>,
+    pub test_framework: Option<TestFramework>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub uses_xdist: bool,
     /// Seconds per iteration, overriding the run's `--timeout`.
@@ -77,6 +84,7 @@ pub struct PackageEntry {
     pub notes: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub enriched: bool,
+    /// Commits to fetch of a git source ([`DEFAULT_CLONE_DEPTH`] when unset, everything when 0).
     #[serde(default)]
     pub clone_depth: Option<u32>,
     #[serde(default)]
@@ -154,7 +162,11 @@ impl PackageEntry {
                 Source::Git {
                     url: url.to_string(),
                     rev: None,
-                    depth: self.clone_depth,
+                    depth: match self.clone_depth {
+                        None => Some(DEFAULT_CLONE_DEPTH),
+                        Some(0) => None,
+                        Some(depth) => Some(depth),
+                    },
                 }
             }
             Some(other) => {
@@ -177,13 +189,20 @@ impl PackageEntry {
             source,
             install_command: non_empty(&self.install_command).unwrap_or_else(|| DEFAULT_INSTALL_COMMAND.to_string()),
             test_command: non_empty(&self.test_command).unwrap_or_else(|| DEFAULT_TEST_COMMAND.to_string()),
-            test_framework: non_empty(&self.test_framework).unwrap_or_else(|| "pytest".to_string()),
+            test_framework: self
+                .test_framework
+                .unwrap_or(TestFramework::Pytest)
+                .as_str()
+                .to_string(),
             import_name: non_empty(&self.import_name)
                 .unwrap_or_else(|| PackageSpec::default_import_name(&self.package)),
             timeout_secs: self.timeout.filter(|t| *t > 0),
             env: self.env.clone(),
             download_count: index.and_then(|i| i.download_count),
-            extension_type: non_empty(&self.extension_type).or_else(|| index.and_then(|i| i.extension_type.clone())),
+            extension_type: self
+                .extension_type
+                .map(|t| t.as_str().to_string())
+                .or_else(|| index.and_then(|i| i.extension_type.clone())),
         })
     }
 
@@ -269,17 +288,10 @@ pub fn select(
             }
         }
         None => {
-            for index_entry in &index.packages {
-                if !index_entry.enriched || index_entry.skip {
-                    continue;
+            for listed in list_packages(index, entries, registry_dir, python_version) {
+                if let Ok(spec) = listed.status {
+                    selected.specs.push(spec);
                 }
-                let Some(entry) = entries.get(&index_entry.name) else {
-                    continue;
-                };
-                if entry.exclusion(python_version).is_some() {
-                    continue;
-                }
-                selected.specs.push(entry.to_spec(registry_dir, Some(index_entry))?);
             }
         }
     }
@@ -287,6 +299,53 @@ pub fn select(
         selected.specs.truncate(top);
     }
     Ok(selected)
+}
+
+/// One package of the index as a listing shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed<'a> {
+    /// The package's download rank: the index's `download_rank`, else its position (from 1).
+    pub rank: u32,
+    pub index_entry: &'a IndexEntry,
+    /// The spec a run would use, or why the package is not selectable.
+    pub status: Result<PackageSpec, String>,
+}
+
+/// Every package of the index in popularity order, each with its spec or the reason it is not
+/// selectable on `python_version` (`major.minor`, for `skip_versions`).
+pub fn list_packages<'a>(
+    index: &'a RegistryIndex,
+    entries: &BTreeMap<String, PackageEntry>,
+    registry_dir: &Path,
+    python_version: Option<&str>,
+) -> Vec<Listed<'a>> {
+    index
+        .packages
+        .iter()
+        .enumerate()
+        .map(|(position, index_entry)| {
+            let status = if index_entry.skip {
+                Err("skipped in the index".to_string())
+            } else if !index_entry.enriched {
+                Err("not enriched in the index".to_string())
+            } else {
+                match entries.get(&index_entry.name) {
+                    None => Err("no usable package file".to_string()),
+                    Some(entry) => match entry.exclusion(python_version) {
+                        Some(reason) => Err(reason),
+                        None => entry
+                            .to_spec(registry_dir, Some(index_entry))
+                            .map_err(|e| e.to_string()),
+                    },
+                }
+            };
+            Listed {
+                rank: index_entry.download_rank.unwrap_or(position as u32 + 1),
+                index_entry,
+                status,
+            }
+        })
+        .collect()
 }
 
 /// Reads `null` as the type's default, as the registry writes empty lists and maps either way.
@@ -406,6 +465,16 @@ packages:
                 "package: ''\n",
                 "packages/d.yaml: field package is empty",
             ),
+            (
+                "packages/e.yaml",
+                "package: e\ntest_framework: pytets\n",
+                "packages/e.yaml: ",
+            ),
+            (
+                "packages/f.yaml",
+                "package: f\nextension_type: fortran\n",
+                "packages/f.yaml: ",
+            ),
         ];
         for (file, text, expected) in cases {
             let error = parse_package(file, text).expect_err(file).to_string();
@@ -454,6 +523,20 @@ packages:
             (Source::Sdist, Some("2.0"), "sss")
         );
         assert!(package("p", "source: path\n").to_spec(dir, None).is_err());
+        let depth = |extra: &str| match package("g", extra).to_spec(dir, None).expect("spec").source {
+            Source::Git { depth, .. } => depth,
+            other => panic!("git expected, got {other:?}"),
+        };
+        assert_eq!(depth("clone_depth: null\n"), Some(DEFAULT_CLONE_DEPTH));
+        assert_eq!(depth("clone_depth: 0\n"), None, "0 asks for the whole history");
+        assert_eq!(depth("clone_depth: 50\n"), Some(50));
+        let unittest = package("u", "test_framework: unittest\nextension_type: cpp_extension\n")
+            .to_spec(dir, None)
+            .expect("spec");
+        assert_eq!(
+            (unittest.test_framework.as_str(), unittest.extension_type.as_deref()),
+            ("unittest", Some("cpp_extension"))
+        );
         assert!(package("p", "source: ftp\n").to_spec(dir, None).is_err());
     }
 
@@ -494,6 +577,32 @@ packages:
             .expect("select")
             .specs[0];
         assert_eq!(alpha.download_count, Some(300));
+    }
+
+    #[test]
+    fn a_listing_gives_every_package_its_rank_and_why_it_is_not_selectable() {
+        let (index, mut entries) = registry();
+        entries.remove("epsilon");
+        let listed = list_packages(&index, &entries, Path::new("/reg"), Some("3.13"));
+        let rows: Vec<(u32, &str, Result<&str, &str>)> = listed
+            .iter()
+            .map(|l| {
+                let status = l.status.as_ref().map(|s| s.name.as_str()).map_err(String::as_str);
+                (l.rank, l.index_entry.name.as_str(), status)
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (1, "alpha", Ok("alpha")),
+                (2, "beta", Err("skipped in the index")),
+                (3, "gamma", Err("not enriched in the index")),
+                (4, "delta", Err("skipped on 3.13: broken on 3.13")),
+                (5, "epsilon", Err("no usable package file")),
+            ]
+        );
+        let ranked = parse_index("index.yaml", "packages:\n- name: a\n  download_rank: 17\n").expect("index");
+        assert_eq!(list_packages(&ranked, &entries, Path::new("/"), None)[0].rank, 17);
     }
 
     #[test]

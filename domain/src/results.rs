@@ -299,6 +299,8 @@ pub struct IterationRecord {
     pub leftover_processes: u32,
     /// For a stall: milliseconds from the last output or CPU progress to the verdict.
     pub stall_detected_after_ms: Option<u64>,
+    /// With `--parallel-threads`: tests run in parallel and tests run alone as thread-unsafe.
+    pub parallel: Option<crate::run_parallel::ParallelReport>,
 }
 
 impl Default for PackageRecord {
@@ -377,6 +379,7 @@ impl Default for IterationRecord {
             output_bytes: 0,
             leftover_processes: 0,
             stall_detected_after_ms: None,
+            parallel: None,
         }
     }
 }
@@ -630,6 +633,7 @@ impl From<&IterationOutcome> for IterationRecord {
             output_bytes: outcome.evidence.output_bytes,
             leftover_processes: outcome.evidence.leftover_processes,
             stall_detected_after_ms: outcome.evidence.stall_detected_after_ms,
+            parallel: outcome.evidence.parallel.clone(),
         }
     }
 }

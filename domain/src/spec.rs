@@ -126,6 +126,9 @@ pub struct RunOptions {
     pub stop_on_first_pass: bool,
     pub detect_extensions: bool,
     pub tsan: bool,
+    /// Run each pytest test in this many threads at once (pytest-run-parallel).
+    #[serde(default)]
+    pub parallel_threads: Option<u32>,
 }
 
 impl Default for RunOptions {
@@ -140,6 +143,7 @@ impl Default for RunOptions {
             stop_on_first_pass: false,
             detect_extensions: true,
             tsan: false,
+            parallel_threads: None,
         }
     }
 }

@@ -288,6 +288,7 @@ impl From<&RunOptions> for v1::RunOptions {
             stop_on_first_pass: options.stop_on_first_pass,
             detect_extensions: options.detect_extensions,
             tsan: options.tsan,
+            parallel_threads: options.parallel_threads,
         }
     }
 }
@@ -315,6 +316,7 @@ impl TryFrom<v1::RunOptions> for RunOptions {
             stop_on_first_pass: wire.stop_on_first_pass,
             detect_extensions: wire.detect_extensions,
             tsan: wire.tsan,
+            parallel_threads: wire.parallel_threads.filter(|n| *n > 0),
         })
     }
 }

@@ -15,7 +15,7 @@ pub(crate) fn ftsurvey() -> Command {
 }
 
 /// The machine's `python3`, found on PATH.
-fn machine_python() -> PathBuf {
+pub(crate) fn machine_python() -> PathBuf {
     let output = Command::new("sh")
         .args(["-c", "command -v python3"])
         .output()

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use domain::registry::{Selection, select};
 
+use crate::cli::{assert_success, ftsurvey};
+
 /// `../shared/registries/laruche`, beside the clone; its absence fails the test.
 fn laruche() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/registries/laruche");
@@ -45,8 +47,175 @@ fn every_file_of_the_laruche_snapshot_loads_and_the_top_packages_select() {
     let all = select(&registry.index, &registry.entries, &registry.dir, &Selection::default()).expect("select");
     let enriched_unskipped = registry.index.packages.iter().filter(|e| e.enriched && !e.skip).count();
     assert!(
+        selected.specs.iter().all(|s| match &s.source {
+            domain::Source::Git { depth, .. } => depth.is_some(),
+            _ => false,
+        }),
+        "git sources are shallow by default"
+    );
+    assert!(
         all.specs.len() <= enriched_unskipped && all.specs.len() > 1000,
         "{} selectable",
         all.specs.len()
     );
+}
+
+fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn registry_validate_reads_the_whole_snapshot_in_seconds_and_reports_no_problem() {
+    let started = std::time::Instant::now();
+    let output = ftsurvey()
+        .args(["registry", "validate", "--registry-dir"])
+        .arg(laruche())
+        .output()
+        .expect("run ftsurvey");
+    let elapsed = started.elapsed();
+    assert_success(&output);
+    let stdout = stdout_of(&output);
+    assert!(
+        stdout.contains(": 4999 packages in the index, 5000 files read in ")
+            && stdout.contains("4999 usable, 0 reported;"),
+        "{stdout}"
+    );
+    assert!(elapsed.as_secs() < 30, "validate took {elapsed:?}");
+}
+
+#[test]
+fn registry_list_top_shows_the_most_popular_selectable_packages_with_their_rank() {
+    let output = ftsurvey()
+        .args([
+            "registry",
+            "list",
+            "--top",
+            "3",
+            "--python-version",
+            "3.13",
+            "--registry-dir",
+        ])
+        .arg(laruche())
+        .output()
+        .expect("run ftsurvey");
+    assert_success(&output);
+    let stdout = stdout_of(&output);
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.contains("rank"))
+        .map(|l| l.trim_matches('|').split_whitespace().take(2).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![vec!["2", "packaging"], vec!["3", "urllib3"], vec!["4", "setuptools"]],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("git https://github.com/pypa/packaging (depth 1)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_malformed_package_file_is_one_problem_for_validate_and_one_warning_for_a_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("registry");
+    std::fs::create_dir_all(registry.join("packages")).expect("mkdir");
+    std::fs::write(
+        registry.join("index.yaml"),
+        "packages:\n- name: good\n  enriched: true\n- name: typo\n  enriched: true\n",
+    )
+    .expect("write index");
+    std::fs::write(
+        registry.join("packages/good.yaml"),
+        "package: good\nsource: sdist\nversion: '1.0'\nenriched: true\ntimeout: 42\n",
+    )
+    .expect("write good");
+    std::fs::write(
+        registry.join("packages/typo.yaml"),
+        "package: typo\nrepo: https://example.org/typo\nenriched: true\ntest_framework: pytets\n",
+    )
+    .expect("write typo");
+
+    let output = ftsurvey()
+        .args(["registry", "validate", "--registry-dir"])
+        .arg(&registry)
+        .output()
+        .expect("run ftsurvey");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stdout = stdout_of(&output);
+    let problems: Vec<&str> = stdout.lines().filter(|l| l.starts_with("problem: ")).collect();
+    assert_eq!(problems.len(), 1, "{stdout}");
+    assert!(
+        problems[0].starts_with("problem: packages/typo.yaml: ")
+            && problems[0].contains("unknown test_framework \"pytets\": expected one of pytest, unittest"),
+        "{stdout}"
+    );
+
+    let output = ftsurvey()
+        .args(["run", "--dry-run", "--allow-gil-build", "--target-python"])
+        .arg(crate::cli::machine_python())
+        .arg("--registry-dir")
+        .arg(&registry)
+        .output()
+        .expect("run ftsurvey");
+    assert_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("warning: ")).count(),
+        1,
+        "{stderr}"
+    );
+    let stdout = stdout_of(&output);
+    assert!(stdout.contains("source:  sdist good==1.0"), "{stdout}");
+    assert!(stdout.contains("timeout 42 s"), "{stdout}");
+    assert!(stdout.contains("nothing was run (--dry-run)"), "{stdout}");
+}
+
+#[test]
+fn without_a_registry_dir_the_built_in_registry_is_used_in_popularity_order() {
+    let output = ftsurvey()
+        .args([
+            "run",
+            "--target-python",
+            "3.13t",
+            "--dry-run",
+            "--top",
+            "3",
+            "--iterations",
+            "2",
+        ])
+        .env("FTSURVEY_CACHE_DIR", tempfile::tempdir().expect("tempdir").path())
+        .env_remove("FTSURVEY_REGISTRY_DIR")
+        .output()
+        .expect("run ftsurvey");
+    assert_success(&output);
+    let stdout = stdout_of(&output);
+    let sources: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("source:"))
+        .collect();
+    assert_eq!(sources.len(), 3, "{stdout}");
+    assert!(
+        sources.iter().all(|l| l.contains("sdist ") && l.contains("==")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("3 packages x 2 iterations x 1 mode(s) = 6 jobs"),
+        "{stdout}"
+    );
+    let listed = ftsurvey()
+        .args(["registry", "list", "--top", "3"])
+        .output()
+        .expect("run ftsurvey");
+    assert_success(&listed);
+    let names: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect();
+    let table = stdout_of(&listed);
+    for name in &names {
+        assert!(table.contains(&format!(" {name} ")), "{name} missing from {table}");
+    }
 }

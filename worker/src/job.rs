@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::setup::{Prepared, REMOVED_ENV, Setups};
 use crate::supervise::{CommandSpec, Ending, Supervised, iteration_status, run_command};
 
+/// Bytes at each end of `stdout.log` searched for pytest-run-parallel's counts.
+const RUN_PARALLEL_SEARCH_BYTES: u64 = 64 * 1024;
 /// Bytes of the end of `stderr.log` searched for a crash's faulthandler output.
 const CRASH_SEARCH_BYTES: u64 = 256 * 1024;
 
@@ -103,6 +105,22 @@ pub(crate) async fn execute(
         output_bytes: supervised.stdout_bytes + supervised.stderr_bytes,
         leftover_processes: supervised.leftover_processes as u32,
         stall_detected_after_ms: supervised.stall_detected_after.map(|d| d.as_millis() as u64),
+        parallel: assignment
+            .options
+            .parallel_threads
+            .filter(|_| package.test_framework == "pytest")
+            .map(|threads| {
+                let stdout = log_dir.as_ref().map(|dir| dir.join("stdout.log"));
+                let head = stdout
+                    .as_deref()
+                    .and_then(|path| read_start(path, RUN_PARALLEL_SEARCH_BYTES))
+                    .unwrap_or_default();
+                let tail = stdout
+                    .as_deref()
+                    .and_then(|path| read_end(path, RUN_PARALLEL_SEARCH_BYTES))
+                    .unwrap_or_else(|| supervised.stdout_tail.clone());
+                domain::run_parallel::parse_run_parallel(threads, &head, &tail)
+            }),
     };
     tracing::debug!(
         package.name = %package.name, job.id = %assignment.job_id, status = status.as_str(),
@@ -162,7 +180,10 @@ fn iteration_env(
     {
         // pytest's own faulthandler plugin would point crash dumps at its captured stderr; the
         // venv's hook already points them at the real one.
-        let ours = format!("--junitxml={} -p no:faulthandler", junit.display());
+        let mut ours = format!("--junitxml={} -p no:faulthandler", junit.display());
+        if let Some(threads) = assignment.options.parallel_threads {
+            ours.push_str(&format!(" --parallel-threads={threads}"));
+        }
         let value = match user("PYTEST_ADDOPTS") {
             Some(theirs) => format!("{ours} {theirs}"),
             None => ours,
@@ -241,6 +262,15 @@ fn tsan_warnings(
     }
     let markers: Vec<&str> = markers.iter().map(String::as_str).collect();
     domain::tsan::parse_reports(&text, &markers)
+}
+
+/// The first `bytes` of a file, as text.
+fn read_start(path: &Path, bytes: u64) -> Option<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).ok()?;
+    let mut buffer = Vec::new();
+    file.take(bytes).read_to_end(&mut buffer).ok()?;
+    Some(String::from_utf8_lossy(&buffer).into_owned())
 }
 
 /// The last `bytes` of a file, as text.

@@ -5,7 +5,9 @@
 //! tests start it the same way.
 
 mod extensions;
+pub mod installer;
 mod job;
+mod kept;
 mod output;
 pub mod probe;
 pub mod proctree;
@@ -30,10 +32,16 @@ pub struct WorkerConfig {
     pub target_python: PathBuf,
     /// Jobs run at once.
     pub slots: u32,
-    /// Sources, venvs and the outcome spool live here (under `workers/<id>` where per worker).
+    /// The outcome spool and iteration logs live here, under `workers/<id>`.
     pub work_dir: PathBuf,
-    /// The pip cache shared by every venv.
+    /// Venvs with their source trees, kept across runs (under `<id>/` per worker).
+    pub venvs_dir: PathBuf,
+    /// Fetched sources, kept across runs and shared by the workers of the machine.
+    pub repos_dir: PathBuf,
+    /// The pip (and uv) cache shared by every venv.
     pub pip_cache_dir: PathBuf,
+    /// uv when the machine has it, pip otherwise.
+    pub installer: installer::Installer,
     /// `PATH` for package commands, after the venv's `bin`.
     pub base_path: String,
     /// Accept a target that is not free-threaded.
@@ -64,11 +72,18 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     }
     let spool = spool::Spool::open(&worker_dir.join("spool"))
         .with_context(|| format!("cannot create the outcome spool under {}", worker_dir.display()))?;
+    let dirs = setup::SetupDirs {
+        venvs_dir: config.venvs_dir.join(config.worker_id.as_str()),
+        repos_dir: config.repos_dir.clone(),
+        cache_dir: config.pip_cache_dir.clone(),
+        worker_dir: worker_dir.clone(),
+    };
+    tracing::info!(worker.id = %config.worker_id, installer = %config.installer.name(), venvs = %dirs.venvs_dir.display(), "setting packages up");
     let setups = setup::Setups::new(
         config.target_python.clone(),
         &profile,
-        worker_dir.join("envs"),
-        config.pip_cache_dir.clone(),
+        dirs,
+        config.installer.clone(),
         config.base_path.clone(),
         shutdown.child_token(),
     );

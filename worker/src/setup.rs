@@ -1,6 +1,11 @@
 //! Sets a package up on this worker: source, venv, install, import check. Once per package per
 //! worker; every iteration the worker runs for the package reuses it, and a failure is
 //! remembered so later jobs of the package report it at once.
+//!
+//! A setup that succeeded is kept on disk, keyed by (package, version, source, interpreter
+//! build, install command, extra deps): a later run of the same worker finds it, checks that
+//! the package still imports, and goes straight to the tests. A file lock per setup keeps two
+//! processes from building the same one at once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +19,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::source::{fetch, shell_quote};
+use crate::installer::Installer;
+use crate::kept::lock;
+use crate::source::shell_quote;
 use crate::supervise::{CommandSpec, Ending, Supervised, run_command};
 
 /// Installs get this long.
@@ -24,6 +31,9 @@ const LOG_TAIL_BYTES: usize = 4096;
 /// Variables never passed to package commands: they would make the venv's python load
 /// another installation's modules.
 pub(crate) const REMOVED_ENV: [&str; 3] = ["PYTHONPATH", "PYTHONHOME", "PYTHON_GIL"];
+
+/// The file in a setup directory that says it is complete, and for which key.
+const READY_FILE: &str = "ftsurvey-ready.json";
 
 /// ThreadSanitizer suppressions for CPython-internal reports, shipped with the tool.
 const TSAN_SUPPRESSIONS: &str = include_str!("../../deploy/tsan-suppressions.txt");
@@ -59,6 +69,30 @@ impl SetupError {
 
 type SetupCell = Arc<OnceCell<Result<Arc<Prepared>, SetupFailure>>>;
 
+/// Where a worker's setups live. Every path is absolute.
+#[derive(Debug, Clone)]
+pub struct SetupDirs {
+    /// This worker's venvs with their source trees, one directory per setup key, kept across
+    /// runs.
+    pub venvs_dir: PathBuf,
+    /// Fetched sources (pinned sdists, git clones) by package, version and source, shared by
+    /// the workers of a machine and copied into each setup.
+    pub repos_dir: PathBuf,
+    /// The pip and uv caches, shared by every venv.
+    pub cache_dir: PathBuf,
+    /// This worker's own directory: iteration logs, the TSAN suppression file, and the marker
+    /// its processes carry.
+    pub worker_dir: PathBuf,
+}
+
+/// What a kept setup records about itself.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ReadyRecord {
+    key: String,
+    /// The source tree the tests run in.
+    source_dir: PathBuf,
+}
+
 /// The packages this worker has set up or failed to set up.
 #[derive(Debug)]
 pub struct Setups {
@@ -70,9 +104,8 @@ pub struct Setups {
     tsan_build: bool,
     /// The shipped suppression file, written next to the setups on first use.
     tsan_suppressions: std::sync::OnceLock<Option<PathBuf>>,
-    /// `<work_dir>/envs/<worker id>`: one directory per package setup.
-    root: PathBuf,
-    pip_cache_dir: PathBuf,
+    dirs: SetupDirs,
+    installer: Installer,
     base_path: String,
     cells: Mutex<HashMap<String, SetupCell>>,
     /// Kills setup commands when the worker stops.
@@ -83,8 +116,8 @@ impl Setups {
     pub fn new(
         python: PathBuf,
         profile: &InterpreterProfile,
-        root: PathBuf,
-        pip_cache_dir: PathBuf,
+        dirs: SetupDirs,
+        installer: Installer,
         base_path: String,
         shutdown: CancellationToken,
     ) -> Self {
@@ -95,8 +128,8 @@ impl Setups {
             free_threaded: profile.free_threaded,
             tsan_build: profile.tsan,
             tsan_suppressions: std::sync::OnceLock::new(),
-            root,
-            pip_cache_dir,
+            dirs,
+            installer,
             base_path,
             cells: Mutex::new(HashMap::new()),
         }
@@ -107,9 +140,14 @@ impl Setups {
         self.tsan_build
     }
 
-    /// Where one iteration's logs go: under `logs/` beside the setups.
+    /// Where one iteration's logs go: under the worker's `logs/`.
     pub(crate) fn log_dir(&self, assignment: &domain::Assignment) -> PathBuf {
-        crate::job::log_dir_under(&self.root.with_file_name("logs"), assignment)
+        crate::job::log_dir_under(&self.dirs.worker_dir.join("logs"), assignment)
+    }
+
+    /// The installer this worker uses.
+    pub fn installer(&self) -> &Installer {
+        &self.installer
     }
 
     /// `TSAN_OPTIONS` for every command on a TSAN build: the suppressions, reports that do
@@ -126,9 +164,9 @@ impl Setups {
     pub fn tsan_suppressions(&self) -> Option<PathBuf> {
         self.tsan_suppressions
             .get_or_init(|| {
-                let path = self.root.with_file_name("tsan-suppressions.txt");
-                let written =
-                    std::fs::create_dir_all(&self.root).and_then(|()| std::fs::write(&path, TSAN_SUPPRESSIONS));
+                let path = self.dirs.worker_dir.join("tsan-suppressions.txt");
+                let written = std::fs::create_dir_all(&self.dirs.worker_dir)
+                    .and_then(|()| std::fs::write(&path, TSAN_SUPPRESSIONS));
                 match written {
                     Ok(()) => Some(path),
                     Err(error) => {
@@ -163,7 +201,7 @@ impl Setups {
             package.source,
             self.profile_fingerprint,
             package.install_command,
-            options.extra_deps.join(" ")
+            setup_deps(options).join(" ")
         );
         let cell = {
             let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,8 +210,8 @@ impl Setups {
         cell.get_or_init(|| async {
             let started = Instant::now();
             let digest = hex::encode(&Sha256::digest(key.as_bytes())[..8]);
-            let dir = self.root.join(format!("{}-{digest}", sanitize(&package.name)));
-            let result = self.set_up(package, options, &dir).await;
+            let dir = self.dirs.venvs_dir.join(format!("{}-{digest}", sanitize(&package.name)));
+            let result = self.set_up(package, options, &key, &dir).await;
             let duration_ms = started.elapsed().as_millis() as u64;
             match result {
                 Ok(prepared) => {
@@ -190,39 +228,52 @@ impl Setups {
         .clone()
     }
 
-    async fn set_up(&self, package: &PackageSpec, options: &RunOptions, dir: &Path) -> Result<Prepared, SetupError> {
+    /// Reuses the setup kept in `dir` for `key` if the package still imports there, else makes
+    /// it afresh; holds the setup's lock throughout.
+    async fn set_up(
+        &self,
+        package: &PackageSpec,
+        options: &RunOptions,
+        key: &str,
+        dir: &Path,
+    ) -> Result<Prepared, SetupError> {
+        let _lock = lock(dir.with_extension("lock")).await?;
+        let venv_dir = dir.join("venv");
+        let env = self.setup_env(package, options, &venv_dir);
+        let ready_path = dir.join(READY_FILE);
+        let kept = std::fs::read(&ready_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<ReadyRecord>(&bytes).ok())
+            .filter(|record| record.key == key && record.source_dir.is_dir());
+        if let Some(record) = kept {
+            match self
+                .check(package, options, dir, record.source_dir, &venv_dir, &env)
+                .await
+            {
+                Ok(prepared) => {
+                    tracing::info!(package.name = %package.name, dir = %dir.display(), "reusing the kept setup");
+                    return Ok(prepared);
+                }
+                Err(error) => tracing::warn!(
+                    package.name = %package.name, message = %error.message,
+                    "the kept setup no longer imports; setting the package up again"
+                ),
+            }
+        }
         let io = |stage: SetupStage, e: std::io::Error| SetupError::new(stage, format!("{}: {e}", dir.display()));
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| io(SetupStage::Source, e))?;
         }
         std::fs::create_dir_all(dir).map_err(|e| io(SetupStage::Source, e))?;
-        let venv_dir = dir.join("venv");
-        let bin_dir = venv_dir.join("bin");
-        let mut env = vec![
-            ("PATH".to_string(), format!("{}:{}", bin_dir.display(), self.base_path)),
-            ("VIRTUAL_ENV".to_string(), venv_dir.display().to_string()),
-            ("PIP_CACHE_DIR".to_string(), self.pip_cache_dir.display().to_string()),
-            ("PIP_DISABLE_PIP_VERSION_CHECK".to_string(), "1".to_string()),
-            ("PIP_NO_INPUT".to_string(), "1".to_string()),
-            // Lets a restarted worker find what this one leaves running if it is killed.
-            (
-                crate::proctree::WORKER_VAR.to_string(),
-                self.root.parent().unwrap_or(&self.root).display().to_string(),
-            ),
-        ];
-        if self.tsan_build {
-            // Interpreter-internal reports would fail pip's build subprocesses otherwise.
-            env.push(("TSAN_OPTIONS".to_string(), self.tsan_options()));
-        }
-        env.extend(package.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend(options.env.iter().cloned());
 
         let cancel = &self.shutdown;
-        let source_dir = fetch(package, &self.python, &dir.join("src"), &env, cancel).await?;
+        let source_dir = self.source(package, dir, &env).await?;
 
-        let python = shell_quote(&self.python.display().to_string());
-        let venv = format!("{python} -m venv {}", shell_quote(&venv_dir.display().to_string()));
+        let venv = self.installer.venv_command(&self.python, &venv_dir);
         step(SetupStage::Install, "creating the venv", &venv, dir, &env, cancel).await?;
+        self.installer
+            .finish_venv(&venv_dir)
+            .map_err(|e| io(SetupStage::Install, e))?;
         if let Err(error) = crate::extensions::install_hooks(&venv_dir) {
             tracing::warn!(venv = %venv_dir.display(), %error, "cannot install the stack-dump hook; stalls will have no stacks");
         }
@@ -235,9 +286,10 @@ impl Setups {
             cancel,
         )
         .await?;
-        if !options.extra_deps.is_empty() {
-            let deps: Vec<String> = options.extra_deps.iter().map(|d| shell_quote(d)).collect();
-            let install = format!("python -m pip install {}", deps.join(" "));
+        let deps = setup_deps(options);
+        if !deps.is_empty() {
+            let deps: Vec<String> = deps.iter().map(|d| shell_quote(d)).collect();
+            let install = format!("pip install {}", deps.join(" "));
             step(
                 SetupStage::Install,
                 "installing --extra-deps",
@@ -248,12 +300,71 @@ impl Setups {
             )
             .await?;
         }
+        let prepared = self.check(package, options, dir, source_dir, &venv_dir, &env).await?;
+        let record = ReadyRecord {
+            key: key.to_string(),
+            source_dir: prepared.source_dir.clone(),
+        };
+        let json = serde_json::to_vec(&record).expect("a ready record serialises");
+        if let Err(error) = std::fs::write(&ready_path, json) {
+            tracing::warn!(path = %ready_path.display(), %error, "cannot mark the setup as kept; the next run sets it up again");
+        }
+        Ok(prepared)
+    }
 
-        // From an empty directory, so the source tree cannot shadow the installed package.
+    /// Environment of every setup command: the venv first on PATH, the shared caches, the
+    /// worker's marker, then the package's and the user's variables.
+    fn setup_env(&self, package: &PackageSpec, options: &RunOptions, venv_dir: &Path) -> Vec<(String, String)> {
+        let bin_dir = venv_dir.join("bin");
+        let mut env = vec![
+            ("PATH".to_string(), format!("{}:{}", bin_dir.display(), self.base_path)),
+            ("VIRTUAL_ENV".to_string(), venv_dir.display().to_string()),
+            // Lets a restarted worker find what this one leaves running if it is killed.
+            (
+                crate::proctree::WORKER_VAR.to_string(),
+                self.dirs.worker_dir.display().to_string(),
+            ),
+        ];
+        env.extend(self.installer.env(&self.dirs.cache_dir));
+        if self.tsan_build {
+            // Interpreter-internal reports would fail pip's build subprocesses otherwise.
+            env.push(("TSAN_OPTIONS".to_string(), self.tsan_options()));
+        }
+        env.extend(package.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(options.env.iter().cloned());
+        env
+    }
+
+    /// The source tree under `dir/src`, fetched through the repos dir when it can be kept.
+    async fn source(&self, package: &PackageSpec, dir: &Path, env: &[(String, String)]) -> Result<PathBuf, SetupError> {
+        crate::kept::source_tree(
+            package,
+            &self.python,
+            &self.dirs.repos_dir,
+            &dir.join("src"),
+            env,
+            &self.shutdown,
+        )
+        .await
+    }
+
+    /// Imports the package from an empty directory, so the source tree cannot shadow the
+    /// installed package, then probes its extensions.
+    async fn check(
+        &self,
+        package: &PackageSpec,
+        options: &RunOptions,
+        dir: &Path,
+        source_dir: PathBuf,
+        venv_dir: &Path,
+        env: &[(String, String)],
+    ) -> Result<Prepared, SetupError> {
+        let cancel = &self.shutdown;
         let neutral = dir.join("import-check");
-        std::fs::create_dir_all(&neutral).map_err(|e| io(SetupStage::Import, e))?;
+        std::fs::create_dir_all(&neutral)
+            .map_err(|e| SetupError::new(SetupStage::Import, format!("{}: {e}", neutral.display())))?;
         let import = format!("python -c {}", shell_quote(&format!("import {}", package.import_name)));
-        let result = run(&import, &neutral, &env, cancel).await?;
+        let result = run(&import, &neutral, env, cancel).await?;
         if !matches!(result.ending, Ending::Exited { code: Some(0), .. }) {
             let last = result
                 .stderr_tail
@@ -269,7 +380,7 @@ impl Setups {
             });
         }
         let extensions = if options.detect_extensions && self.free_threaded {
-            let mut report = crate::extensions::probe(&package.import_name, &neutral, &env, cancel).await;
+            let mut report = crate::extensions::probe(&package.import_name, &neutral, env, cancel).await;
             report.declarations = crate::extensions::scan_declarations(&source_dir);
             Some(report)
         } else {
@@ -277,12 +388,25 @@ impl Setups {
         };
         Ok(Prepared {
             source_dir,
-            venv_dir,
-            env,
+            venv_dir: venv_dir.to_path_buf(),
+            env: env.to_vec(),
             extensions,
         })
     }
 }
+
+/// What the tool installs after the package: `--extra-deps`, and pytest-run-parallel for
+/// `--parallel-threads`.
+fn setup_deps(options: &RunOptions) -> Vec<String> {
+    let mut deps = options.extra_deps.clone();
+    if options.parallel_threads.is_some() {
+        deps.push(RUN_PARALLEL_PLUGIN.to_string());
+    }
+    deps
+}
+
+/// The pytest plugin behind `--parallel-threads`.
+const RUN_PARALLEL_PLUGIN: &str = "pytest-run-parallel";
 
 async fn step(
     stage: SetupStage,

@@ -28,7 +28,7 @@ pub(crate) async fn fetch(
         Source::Path { path } => {
             let from = PathBuf::from(path);
             let to = dest.to_path_buf();
-            tokio::task::spawn_blocking(move || copy_tree(&from, &to).map(|()| to))
+            tokio::task::spawn_blocking(move || copy_tree(&from, &to, true).map(|()| to))
                 .await
                 .map_err(|e| SetupError::new(SetupStage::Source, format!("copy task failed: {e}")))?
                 .map_err(|e| SetupError::new(SetupStage::Source, format!("cannot copy {path}: {e}")))
@@ -40,9 +40,12 @@ pub(crate) async fn fetch(
                 Some(version) => format!("{}=={version}", package.name),
                 None => package.name.clone(),
             };
+            // Only this package is asked for as an sdist: its build backend (needed to read
+            // the sdist's metadata) may come as a wheel.
             let command = format!(
-                "{} -m pip download --no-deps --no-binary :all: --dest {} {}",
+                "{} -m pip download --no-deps --no-binary {} --dest {} {}",
                 shell_quote(&python.display().to_string()),
+                shell_quote(&package.name),
                 shell_quote(&download.display().to_string()),
                 shell_quote(&requirement)
             );
@@ -107,19 +110,22 @@ async fn run_step(
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Copies the tree `from` to `to`; `skip_build_products` leaves out VCS data and build
+/// products (for a developer's checkout), otherwise everything is copied (a git clone keeps
+/// its history for tools like setuptools-scm).
+pub(crate) fn copy_tree(from: &Path, to: &Path, skip_build_products: bool) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let name = entry.file_name();
         let name_str = name.to_string_lossy();
-        if SKIPPED_NAMES.contains(&name_str.as_ref()) || name_str.ends_with(".egg-info") {
+        if skip_build_products && (SKIPPED_NAMES.contains(&name_str.as_ref()) || name_str.ends_with(".egg-info")) {
             continue;
         }
         let kind = entry.file_type()?;
         let target = to.join(&name);
         if kind.is_dir() {
-            copy_tree(&entry.path(), &target)?;
+            copy_tree(&entry.path(), &target, skip_build_products)?;
         } else if kind.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
         } else {
@@ -185,12 +191,15 @@ mod tests {
             std::fs::write(path, "x").expect("write");
         }
         let dest = dir.path().join("dest");
-        copy_tree(&src, &dest).expect("copy");
+        copy_tree(&src, &dest, true).expect("copy");
         assert!(dest.join("pkg/__init__.py").exists());
         assert!(dest.join("tests/t.py").exists());
         assert!(!dest.join("pkg/__pycache__").exists());
         assert!(!dest.join("build").exists());
         assert!(!dest.join("a.egg-info").exists());
+        let whole = dir.path().join("whole");
+        copy_tree(&src, &whole, false).expect("copy");
+        assert!(whole.join("build/lib/x.py").exists() && whole.join("a.egg-info/PKG-INFO").exists());
     }
 
     #[test]

@@ -1,0 +1,254 @@
+//! Following a submitted run: its progress stream, the results folder written as packages
+//! finish, Ctrl-C, and what `ft_meta.json` says about the run.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use domain::results::{PackageRecord, RunConfig, RunMeta, SystemInfo};
+use domain::{InterpreterProfile, PackageResult, RunSpec, RunSummary};
+use proto::v1;
+
+use crate::embedded::Embedded;
+use crate::progress::{Progress, ProgressStyle};
+use crate::remote::Client;
+use crate::results_dir::ResultsDir;
+use crate::run_cmd::{RunArgs, Target};
+
+/// Submits the run; returns its summary.
+pub(crate) async fn submit(client: &mut Client, spec: &RunSpec) -> anyhow::Result<RunSummary> {
+    let request = v1::SubmitRunRequest {
+        spec: Some(spec.into()),
+        client_token: uuid::Uuid::new_v4().to_string(),
+    };
+    let submitted = client
+        .submit_run(request)
+        .await
+        .map_err(|s| crate::remote::status_error(&s))
+        .context("submitting the run")?
+        .into_inner();
+    Ok(RunSummary::try_from(submitted.run.context("coordinator sent no run")?)?)
+}
+
+/// Submits the run, follows it, writes each package as it finishes; Ctrl-C cancels the run
+/// and writes what there is. `embedded` is watched for workers that stop.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn survey(
+    client: &mut Client,
+    mut embedded: Option<&mut Embedded>,
+    spec: &RunSpec,
+    args: &RunArgs,
+    target: &Target,
+    results: &ResultsDir,
+    trusted: &[PackageRecord],
+    started_at: jiff::Timestamp,
+) -> anyhow::Result<ExitCode> {
+    let summary = submit(client, spec).await?;
+    let run_id = summary.run_id;
+    let mut meta = run_meta(run_id, spec, args, target.profile(), started_at);
+    results.write_meta(&meta)?;
+    let mut progress = Progress::new(ProgressStyle::detect(args.quiet));
+    progress.println(&format!(
+        "run {run_id}: {} packages x {} iterations on {} -> {}",
+        spec.packages.len(),
+        spec.iterations,
+        target.describe(),
+        results.path().display()
+    ));
+
+    let mut written: HashSet<String> = HashSet::new();
+    let mut records = Vec::new();
+    let total = spec.packages.len() + trusted.len();
+    for record in trusted {
+        results.append_package(record)?;
+        written.insert(record.package.clone());
+        progress.println(&format!(
+            "[{}/{total}] {}: {}",
+            written.len(),
+            record.package,
+            record.category
+        ));
+        records.push(record.clone());
+    }
+    let mut check_workers = tokio::time::interval(Duration::from_secs(1));
+    // The watch stream, reopened when the coordinator goes away: each new stream starts with a
+    // snapshot, and packages already written are skipped.
+    let mut events: Option<tonic::Streaming<v1::RunEvent>> = None;
+    let mut first_watch = true;
+    let mut run_over = false;
+    let mut retry_at = tokio::time::Instant::now();
+    let interrupted = loop {
+        if run_over {
+            break false;
+        }
+        if events.is_none() {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break true,
+                _ = tokio::time::sleep_until(retry_at) => {}
+            }
+            // A coordinator that went away is connected to afresh (a remote one; the embedded
+            // one does not go away).
+            if let Some(url) = &args.coordinator
+                && !first_watch
+            {
+                match crate::remote::connect(url, args.token.as_deref(), args.ca_cert.as_ref()).await {
+                    Ok(fresh) => *client = fresh,
+                    Err(error) => {
+                        progress.println(&format!("cannot reach the coordinator ({error:#}); retrying in 2 s"));
+                        retry_at = tokio::time::Instant::now() + Duration::from_secs(2);
+                        continue;
+                    }
+                }
+            }
+            first_watch = false;
+            let watch = client.watch_run(v1::WatchRunRequest {
+                run_id: run_id.to_string(),
+            });
+            let watched = match tokio::time::timeout(Duration::from_secs(30), watch).await {
+                Ok(watched) => watched,
+                Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 30 s")),
+            };
+            match watched {
+                Ok(response) => events = Some(response.into_inner()),
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated
+                    ) =>
+                {
+                    return Err(crate::remote::status_error(&status).context("watching the run"));
+                }
+                Err(status) => {
+                    progress.println(&format!("cannot watch the run ({}); retrying in 2 s", status.message()));
+                    retry_at = tokio::time::Instant::now() + Duration::from_secs(2);
+                }
+            }
+            continue;
+        }
+        let Some(stream) = events.as_mut() else { continue };
+        tokio::select! {
+            event = stream.message() => {
+                let event = match event {
+                    Ok(Some(event)) => event,
+                    Ok(None) | Err(_) => {
+                        if !run_over {
+                            progress.println("lost the coordinator's progress stream; reconnecting");
+                        }
+                        events = None;
+                        retry_at = tokio::time::Instant::now() + Duration::from_secs(1);
+                        continue;
+                    }
+                };
+                if let Some(summary) = event.run.clone().and_then(|r| RunSummary::try_from(r).ok()) {
+                    run_over = summary.state.is_terminal();
+                    let slowest = event
+                        .running
+                        .first()
+                        .map(|job| (job.package.clone(), Duration::from_millis(job.running_ms.max(0) as u64)));
+                    progress.update(summary, slowest);
+                }
+                for package in event.finished_packages {
+                    let result = PackageResult::try_from(package)?;
+                    if written.insert(result.package.clone()) {
+                        let record = PackageRecord::from(&result);
+                        results.append_package(&record)?;
+                        progress.println(&format!("[{}/{total}] {}", written.len(), progress_line(&result)));
+                        records.push(record);
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break true,
+            _ = check_workers.tick() => {
+                progress.tick();
+                if let Some(stopped) = embedded.as_deref_mut().and_then(Embedded::first_finished_worker) {
+                    let error = match stopped.await {
+                        Ok(Ok(())) => anyhow::anyhow!("a local worker stopped"),
+                        Ok(Err(error)) => error,
+                        Err(join) => anyhow::anyhow!("a local worker panicked: {join}"),
+                    };
+                    let _ = client.cancel_run(v1::CancelRunRequest { run_id: run_id.to_string() }).await;
+                    return Err(error.context("the survey cannot go on"));
+                }
+            }
+        }
+    };
+    progress.finish();
+    if interrupted {
+        eprintln!("interrupted: cancelling run {run_id} and writing what has finished");
+        client
+            .cancel_run(v1::CancelRunRequest {
+                run_id: run_id.to_string(),
+            })
+            .await
+            .context("cancelling")?;
+        let partial = client
+            .query_package_results(v1::QueryPackageResultsRequest {
+                run_id: run_id.to_string(),
+                ..Default::default()
+            })
+            .await
+            .context("reading partial results")?
+            .into_inner();
+        for package in partial.results {
+            let result = PackageResult::try_from(package)?;
+            let has_data = !result.iterations.is_empty() || result.setup_failure.is_some();
+            if has_data && written.insert(result.package.clone()) {
+                let record = PackageRecord::from(&result);
+                results.append_package(&record)?;
+                records.push(record);
+            }
+        }
+    }
+    meta.interrupted = interrupted;
+    meta.finished_at = Some(jiff::Timestamp::now().to_string());
+    results.write_meta(&meta)?;
+    let show = domain::show::render_show(Some(&meta), &records, &domain::show::ShowOptions::default());
+    println!("{show}");
+    println!("results: {}", results.path().display());
+    Ok(if interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What `ft_meta.json` says about this run.
+pub(crate) fn run_meta(
+    run_id: domain::RunId,
+    spec: &RunSpec,
+    args: &RunArgs,
+    profile: Option<&InterpreterProfile>,
+    started_at: jiff::Timestamp,
+) -> RunMeta {
+    RunMeta {
+        run_id: run_id.to_string(),
+        label: spec.label.clone(),
+        timestamp: started_at.to_string(),
+        finished_at: None,
+        interrupted: false,
+        target_python: profile.map_or_else(|| spec.requirement.describe(), |p| p.executable.clone()),
+        python_version: profile.map(|p| p.version.clone()).unwrap_or_default(),
+        interpreter: profile.cloned(),
+        system: SystemInfo {
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            cpu_count: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+        },
+        config: RunConfig {
+            workers: args.workers,
+            ..RunConfig::of_spec(spec)
+        },
+    }
+}
+
+/// `ftfix-segfault: crash (0/3 passed; ...)`
+fn progress_line(result: &PackageResult) -> String {
+    let detail = result.evidence.first().cloned().unwrap_or_default();
+    format!("{}: {} ({detail})", result.package, result.category)
+}

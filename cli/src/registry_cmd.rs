@@ -1,0 +1,148 @@
+//! `ftsurvey registry list|validate`: what a registry offers, and whether every file of it
+//! can be used.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use comfy_table::Table;
+use domain::registry::list_packages;
+
+use crate::registry_dir::{LoadedRegistry, load_registry_or_builtin};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RegistryCommand {
+    /// The packages of a registry in popularity order: rank, version, source, commands.
+    List(ListArgs),
+    /// Read every file of a registry and report those that cannot be used; exits 1 if any.
+    Validate(RegistryArg),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RegistryArg {
+    /// Registry directory (index.yaml + packages/); without it, the registry built into
+    /// ftsurvey.
+    #[arg(long, env = "FTSURVEY_REGISTRY_DIR")]
+    pub(crate) registry_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    pub(crate) registry: RegistryArg,
+    /// The N most popular selectable packages.
+    #[arg(long, value_name = "N")]
+    pub(crate) top: Option<usize>,
+    /// Apply the registry's `skip_versions` for this `major.minor`, e.g. 3.13.
+    #[arg(long, value_name = "X.Y")]
+    pub(crate) python_version: Option<String>,
+    /// Also list the packages that are not selectable, with the reason.
+    #[arg(long)]
+    pub(crate) all: bool,
+}
+
+pub(crate) fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        RegistryCommand::List(args) => list(&args),
+        RegistryCommand::Validate(args) => validate(&args),
+    }
+}
+
+fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
+    let registry = load_registry_or_builtin(args.registry.registry_dir.as_deref())?;
+    for warning in &registry.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let listed = list_packages(
+        &registry.index,
+        &registry.entries,
+        &registry.dir,
+        args.python_version.as_deref(),
+    );
+    let mut header = vec!["rank", "package", "version", "source", "downloads", "extension"];
+    if args.all {
+        header.push("status");
+    }
+    let mut table = Table::new();
+    table.load_style(comfy_table::presets::ASCII_BORDERS_ONLY_CONDENSED);
+    table.set_header(header);
+    let mut n_selectable = 0;
+    for package in &listed {
+        let selectable = package.status.is_ok();
+        if selectable {
+            n_selectable += 1;
+        }
+        if args.top.is_some_and(|top| n_selectable > top && selectable) {
+            break;
+        }
+        if !selectable && !args.all {
+            continue;
+        }
+        let (version, source) = match &package.status {
+            Ok(spec) => (
+                spec.version.clone().unwrap_or_else(|| "latest".into()),
+                domain::plan::describe_source(spec),
+            ),
+            Err(_) => (String::new(), String::new()),
+        };
+        let mut row = vec![
+            package.rank.to_string(),
+            package.index_entry.name.clone(),
+            version,
+            source,
+            package
+                .index_entry
+                .download_count
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            package.index_entry.extension_type.clone().unwrap_or_default(),
+        ];
+        if args.all {
+            row.push(match &package.status {
+                Ok(_) => "selectable".to_string(),
+                Err(reason) => reason.clone(),
+            });
+        }
+        table.add_row(row);
+    }
+    println!("{table}");
+    println!(
+        "{} registry: {} packages listed, {} selectable",
+        registry.label,
+        registry.index.packages.len(),
+        listed.iter().filter(|l| l.status.is_ok()).count()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(args: &RegistryArg) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let registry = load_registry_or_builtin(args.registry_dir.as_deref())?;
+    let elapsed = started.elapsed();
+    for warning in &registry.warnings {
+        println!("problem: {warning}");
+    }
+    println!("{}", validation_summary(&registry, elapsed.as_secs_f64()));
+    Ok(if registry.warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `laruche: 4999 packages in the index, 5000 files read in 0.84 s: 4999 usable, 0 reported; 1734 selectable`
+fn validation_summary(registry: &LoadedRegistry, seconds: f64) -> String {
+    let selectable = list_packages(&registry.index, &registry.entries, &registry.dir, None)
+        .iter()
+        .filter(|l| l.status.is_ok())
+        .count();
+    format!(
+        "{}: {} packages in the index, {} files read in {seconds:.2} s: {} usable, {} reported; {selectable} selectable",
+        registry.label,
+        registry.index.packages.len(),
+        registry.files_read,
+        registry.entries.len(),
+        registry.warnings.len(),
+    )
+}

@@ -1,0 +1,159 @@
+//! What a run would do, in words: the `run --dry-run` listing of each selected package's
+//! source, install command and test command.
+
+use std::fmt::Write;
+
+use crate::spec::{PackageSpec, RunSpec, Source};
+
+/// `sdist packaging==24.2`, `git https://... (depth 1)`, `path /src/p`.
+pub fn describe_source(package: &PackageSpec) -> String {
+    match &package.source {
+        Source::Sdist => match &package.version {
+            Some(version) => format!("sdist {}=={version}", package.name),
+            None => format!("sdist {} (latest)", package.name),
+        },
+        Source::Git { url, rev, depth } => {
+            let mut text = format!("git {url}");
+            if let Some(rev) = rev {
+                write!(text, " at {rev}").expect("write to a string");
+            }
+            match depth {
+                Some(depth) => write!(text, " (depth {depth})").expect("write to a string"),
+                None => text.push_str(" (full history)"),
+            }
+            text
+        }
+        Source::Path { path } => format!("path {path}"),
+    }
+}
+
+/// The packages of `spec` in run order, each with what would be fetched, installed and run.
+pub fn render_dry_run(spec: &RunSpec) -> String {
+    let mut out = String::new();
+    let width = spec.packages.len().to_string().len();
+    for (position, package) in spec.packages.iter().enumerate() {
+        let options = &spec.options;
+        let mut install = package.install_command.clone();
+        if !options.extra_deps.is_empty() {
+            write!(install, " && pip install {}", options.extra_deps.join(" ")).expect("write to a string");
+        }
+        let mut lines = vec![
+            format!("source:  {}", describe_source(package)),
+            format!("install: {install}"),
+            format!(
+                "test:    {}  [{}, timeout {} s]",
+                options.effective_test_command(package),
+                package.test_framework,
+                options.effective_timeout_secs(package)
+            ),
+        ];
+        if !package.env.is_empty() {
+            let env: Vec<String> = package.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            lines.push(format!("env:     {}", env.join(" ")));
+        }
+        writeln!(out, "{:>width$}. {}", position + 1, package.name).expect("write to a string");
+        for line in lines {
+            writeln!(out, "{:width$}  {line}", "").expect("write to a string");
+        }
+    }
+    writeln!(
+        out,
+        "{} packages x {} iterations x {} mode(s) = {} jobs; nothing was run (--dry-run)",
+        spec.packages.len(),
+        spec.iterations,
+        spec.modes.len(),
+        spec.total_jobs()
+    )
+    .expect("write to a string");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::interpreter::InterpreterRequirement;
+    use crate::spec::{Mode, RunOptions};
+
+    fn package(name: &str, source: Source, version: Option<&str>) -> PackageSpec {
+        PackageSpec {
+            name: name.into(),
+            version: version.map(str::to_string),
+            source,
+            install_command: "pip install . pytest".into(),
+            test_command: "python -m pytest tests".into(),
+            test_framework: "pytest".into(),
+            import_name: name.into(),
+            timeout_secs: Some(120),
+            env: BTreeMap::from([("A".to_string(), "1".to_string())]),
+            download_count: None,
+            extension_type: None,
+        }
+    }
+
+    #[test]
+    fn sources_are_described_with_version_depth_and_revision() {
+        let cases = [
+            (package("six", Source::Sdist, Some("1.17.0")), "sdist six==1.17.0"),
+            (package("six", Source::Sdist, None), "sdist six (latest)"),
+            (
+                package(
+                    "x",
+                    Source::Git {
+                        url: "https://example.org/x".into(),
+                        rev: Some("v1".into()),
+                        depth: Some(1),
+                    },
+                    None,
+                ),
+                "git https://example.org/x at v1 (depth 1)",
+            ),
+            (
+                package(
+                    "x",
+                    Source::Git {
+                        url: "u".into(),
+                        rev: None,
+                        depth: None,
+                    },
+                    None,
+                ),
+                "git u (full history)",
+            ),
+            (
+                package("p", Source::Path { path: "/src/p".into() }, None),
+                "path /src/p",
+            ),
+        ];
+        for (package, expected) in cases {
+            assert_eq!(describe_source(&package), expected);
+        }
+    }
+
+    #[test]
+    fn a_dry_run_lists_each_package_with_its_effective_commands() {
+        let spec = RunSpec {
+            label: "x".into(),
+            packages: vec![package("six", Source::Sdist, Some("1.17.0"))],
+            iterations: 3,
+            modes: vec![Mode::Ft, Mode::Gil],
+            options: RunOptions {
+                extra_deps: vec!["trustme".into()],
+                test_command_suffix: Some("-x".into()),
+                ..RunOptions::default()
+            },
+            requirement: InterpreterRequirement::any(),
+            registry: None,
+        };
+        let text = render_dry_run(&spec);
+        let expected = "1. six
+   source:  sdist six==1.17.0
+   install: pip install . pytest && pip install trustme
+   test:    python -m pytest tests -x  [pytest, timeout 120 s]
+   env:     A=1
+1 packages x 3 iterations x 2 mode(s) = 6 jobs; nothing was run (--dry-run)
+";
+        assert_eq!(text, expected);
+    }
+}

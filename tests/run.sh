@@ -33,11 +33,16 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
 fi
 need_python FTSURVEY_TEST_FT_PYTHON "" free-threaded
 need_python FTSURVEY_TEST_TSAN_PYTHON --tsan ThreadSanitizer
-# The setup tests run uv (from PyPI) as well as pip.
+# The setup tests run uv (from PyPI) as well as pip; without one on PATH, uv is installed into
+# a venv of its own in the cache (a venv, as system Pythons may refuse user installs).
 if ! command -v uv >/dev/null 2>&1; then
-  echo "tests/run.sh: installing uv with pip for the setup tests" >&2
-  python3 -m pip install --quiet --user uv
-  export PATH="$(python3 -m site --user-base)/bin:$PATH"
+  tools="${FTSURVEY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ftsurvey}/tools"
+  if [ ! -x "$tools/bin/uv" ]; then
+    echo "tests/run.sh: installing uv from PyPI into $tools for the setup tests" >&2
+    python3 -m venv "$tools"
+    "$tools/bin/python" -m pip install --quiet uv
+  fi
+  export PATH="$tools/bin:$PATH"
 fi
 echo "tests/run.sh: free-threaded interpreter: $FTSURVEY_TEST_FT_PYTHON" >&2
 echo "tests/run.sh: ThreadSanitizer interpreter: $FTSURVEY_TEST_TSAN_PYTHON" >&2

@@ -1,6 +1,7 @@
 //! `ftsurvey registry list|validate`: what a registry offers, and whether every file of it
 //! can be used.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -106,14 +107,18 @@ fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
         }
         table.add_row(row);
     }
-    println!("{table}");
-    println!(
+    let summary = format!(
         "{} registry: {} packages listed, {} selectable",
         registry.label,
         registry.index.packages.len(),
         listed.iter().filter(|l| l.status.is_ok()).count()
     );
-    Ok(ExitCode::SUCCESS)
+    // A listing is often piped into `head`: a closed pipe ends it quietly.
+    let written = writeln!(std::io::stdout(), "{table}\n{summary}");
+    match written {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn validate(args: &RegistryArg) -> anyhow::Result<ExitCode> {

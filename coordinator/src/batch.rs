@@ -13,12 +13,10 @@ use tonic::Status;
 
 use crate::hub::now_ms;
 use crate::service::status_from_store;
-use crate::store::{ClaimBatch, ClaimWant, Completion, Report, Store};
+use crate::store::{ClaimBatch, ClaimWant, Completion, MAX_CLAIM_BATCH, Report, Store};
 
 /// Requests one transaction serves at most.
 const MAX_BATCH: usize = 256;
-/// Jobs one claim transaction leases at most (the store's own cap).
-const MAX_CLAIM_JOBS: u32 = 256;
 
 /// The two queues, and what went through them.
 #[derive(Debug)]
@@ -148,14 +146,14 @@ async fn claim_loop(
 ) {
     while let Some(first) = queue.recv().await {
         let mut waiting = drain(first, &mut queue, MAX_BATCH);
-        // One transaction per interpreter, and per MAX_CLAIM_JOBS jobs asked for.
+        // One transaction per interpreter, and per MAX_CLAIM_BATCH jobs asked for.
         while !waiting.is_empty() {
             let profile = waiting[0].profile.clone();
             let mut group = Vec::new();
             let mut asked = 0u32;
             let mut rest = Vec::new();
             for job in waiting {
-                if job.profile == profile && (group.is_empty() || asked + job.max_jobs <= MAX_CLAIM_JOBS) {
+                if job.profile == profile && (group.is_empty() || asked + job.max_jobs <= MAX_CLAIM_BATCH) {
                     asked += job.max_jobs;
                     group.push(job);
                 } else {

@@ -170,7 +170,7 @@ pub(super) struct PickedJob {
 }
 
 /// How many jobs one claim transaction leases at most, whatever the wants add up to.
-pub(super) const MAX_CLAIM_BATCH: u32 = 256;
+pub(crate) const MAX_CLAIM_BATCH: u32 = 256;
 
 /// The total a batch asks for, capped at [`MAX_CLAIM_BATCH`], and how much of it comes from
 /// wants with warm packages.
@@ -221,10 +221,54 @@ pub(super) fn distribute(wants: &[ClaimWant<'_>], names: &[&str]) -> Vec<Option<
     owners
 }
 
-/// Per-run shares of a claim: runs come ordered by their running jobs, fewest first; each
-/// gets an equal part of `total` on the first pass.
-pub(super) fn fair_share(total: u32, runs: usize) -> u32 {
-    if runs == 0 { 0 } else { total.div_ceil(runs as u32) }
+/// Which run a claim takes pending jobs from next, and how many. Runs come ordered by their
+/// running jobs, fewest first; on a first pass each may give an equal share of the batch, on a
+/// second whatever it still has, until the batch is full. Each backend asks [`FairFill::next`],
+/// runs its query, and reports what it got with [`FairFill::took`].
+#[derive(Debug)]
+pub(super) struct FairFill {
+    total: u32,
+    share: u32,
+    exhausted: Vec<bool>,
+    pass: u8,
+    run: usize,
+}
+
+impl FairFill {
+    pub(super) fn new(total: u32, runs: usize) -> Self {
+        FairFill {
+            total,
+            share: if runs == 0 { 0 } else { total.div_ceil(runs as u32) },
+            exhausted: vec![false; runs],
+            pass: 0,
+            run: 0,
+        }
+    }
+
+    /// The next `(run index, jobs to ask for)`, given how many jobs are picked so far; `None`
+    /// once the batch is full or every run has been asked on both passes.
+    pub(super) fn next(&mut self, picked: usize) -> Option<(usize, u32)> {
+        let room = self.total.saturating_sub(picked as u32);
+        while room > 0 && self.pass < 2 {
+            if self.run == self.exhausted.len() {
+                self.pass += 1;
+                self.run = 0;
+                continue;
+            }
+            let run = self.run;
+            self.run += 1;
+            if !self.exhausted[run] {
+                let want = if self.pass == 0 { room.min(self.share) } else { room };
+                return Some((run, want));
+            }
+        }
+        None
+    }
+
+    /// A run that gave fewer jobs than asked has no more to give.
+    pub(super) fn took(&mut self, run: usize, asked: u32, got: usize) {
+        self.exhausted[run] = (got as u32) < asked;
+    }
 }
 
 /// Whether a recorded result settles its package at once: a failed setup, or a pass when the
@@ -311,4 +355,33 @@ pub(super) fn assignments(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FairFill;
+
+    /// Drives a fill against runs holding `pending` jobs each; returns what each run gave.
+    fn fill(total: u32, pending: &[u32]) -> Vec<u32> {
+        let mut given = vec![0; pending.len()];
+        let mut picked = 0;
+        let mut fill = FairFill::new(total, pending.len());
+        while let Some((run, want)) = fill.next(picked) {
+            let got = want.min(pending[run] - given[run]);
+            given[run] += got;
+            picked += got as usize;
+            fill.took(run, want, got as usize);
+        }
+        given
+    }
+
+    #[test]
+    fn runs_share_a_batch_then_the_rest_fills_it() {
+        assert_eq!(fill(10, &[100, 100]), vec![5, 5]);
+        assert_eq!(fill(10, &[2, 100]), vec![2, 8]);
+        assert_eq!(fill(10, &[100, 100, 100]), vec![4, 4, 2]);
+        assert_eq!(fill(10, &[1, 1]), vec![1, 1]);
+        assert_eq!(fill(0, &[5]), vec![0]);
+        assert!(fill(10, &[]).is_empty());
+    }
 }

@@ -13,6 +13,7 @@ use domain::{
     Assignment, InterpreterProfile, JobId, JobResult, LeaseToken, PackageResult, RunId, RunSpec, RunSummary, WorkerId,
 };
 
+pub(crate) use common::MAX_CLAIM_BATCH;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

@@ -249,36 +249,22 @@ impl Store for SqliteStore {
             .await?;
         }
         // The rest: an equal share from each run, then whatever runs still have.
-        let mut exhausted = vec![false; run_ids.len()];
-        for pass in 0..2 {
-            for (r, run_id) in run_ids.iter().enumerate() {
-                let room = total.saturating_sub(picked.len() as u32);
-                if room == 0 {
-                    break;
-                }
-                if exhausted[r] {
-                    continue;
-                }
-                let want = if pass == 0 {
-                    room.min(common::fair_share(total, run_ids.len()))
-                } else {
-                    room
-                };
-                let taken: Vec<i64> = picked.iter().map(|j| j.id).collect();
-                let more: Vec<PickedJob> = sqlx::query_as(
-                    "SELECT id, run_id, package_idx, mode, iteration FROM jobs
-                     WHERE run_id = ?1 AND state = 'pending' AND id NOT IN (SELECT value FROM json_each(?2))
-                     ORDER BY iteration, package_idx, mode
-                     LIMIT ?3",
-                )
-                .bind(run_id)
-                .bind(to_json(&taken)?)
-                .bind(i64::from(want))
-                .fetch_all(&mut *tx)
-                .await?;
-                exhausted[r] = (more.len() as u32) < want;
-                picked.extend(more);
-            }
+        let mut fill = common::FairFill::new(total, run_ids.len());
+        while let Some((run, want)) = fill.next(picked.len()) {
+            let taken: Vec<i64> = picked.iter().map(|j| j.id).collect();
+            let more: Vec<PickedJob> = sqlx::query_as(
+                "SELECT id, run_id, package_idx, mode, iteration FROM jobs
+                 WHERE run_id = ?1 AND state = 'pending' AND id NOT IN (SELECT value FROM json_each(?2))
+                 ORDER BY iteration, package_idx, mode
+                 LIMIT ?3",
+            )
+            .bind(&run_ids[run])
+            .bind(to_json(&taken)?)
+            .bind(i64::from(want))
+            .fetch_all(&mut *tx)
+            .await?;
+            fill.took(run, want, more.len());
+            picked.extend(more);
         }
         if picked.is_empty() {
             tx.commit().await?;

@@ -469,6 +469,25 @@ async fn verdicts_are_recomputed_as_outcomes_arrive_and_the_run_finishes(store: 
         let (summary, _) = store.get_run(run_id).await.expect("get");
         assert_eq!(summary.jobs_settled, n as u64 + 1);
         assert_eq!(summary.state == RunState::Finished, n == 3);
+        // While a package still has jobs to run, readers get its verdict so far.
+        let so_far = store
+            .package_results(run_id, std::slice::from_ref(&job.package.name), false)
+            .await
+            .expect("results so far");
+        assert_eq!(so_far.len(), 1);
+        let recorded = jobs[..=n].iter().filter(|j| j.package.name == job.package.name).count();
+        assert_eq!(
+            so_far[0].iterations.len(),
+            recorded,
+            "every outcome so far is in the verdict"
+        );
+        let all_in = recorded == 2;
+        assert_eq!(so_far[0].finished, all_in);
+        let finished_only = store
+            .package_results(run_id, std::slice::from_ref(&job.package.name), true)
+            .await
+            .expect("finished results");
+        assert_eq!(finished_only.len(), usize::from(all_in));
     }
     let results = store.package_results(run_id, &[], true).await.expect("results");
     let categories: Vec<(&str, Category)> = results.iter().map(|r| (r.package.as_str(), r.category)).collect();

@@ -17,11 +17,19 @@ pub struct TestPostgres {
     /// Run server commands as this user (through `runuser`), when running as root.
     run_as: Option<String>,
     running: bool,
+    /// More `-c NAME=VALUE` server settings, after the defaults.
+    settings: Vec<String>,
 }
 
 impl TestPostgres {
     /// Creates and starts a cluster. Fails (never skips) when the binaries are missing.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Creates and starts a cluster with more server settings (`NAME=VALUE`), such as
+    /// `shared_preload_libraries=pg_stat_statements`.
+    pub fn start_with(settings: &[&str]) -> anyhow::Result<Self> {
         for binary in ["initdb", "pg_ctl", "postgres"] {
             if find_on_path(binary).is_none() {
                 bail!(
@@ -43,6 +51,7 @@ impl TestPostgres {
             port,
             run_as,
             running: false,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
         };
         let data = cluster.data_dir();
         cluster.server_command(
@@ -82,11 +91,15 @@ impl TestPostgres {
     pub fn start_server(&mut self) -> anyhow::Result<()> {
         let data = self.data_dir().display().to_string();
         let log = self.dir.path().join("server.log").display().to_string();
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
             self.port,
             self.dir.path().display()
         );
+        for setting in &self.settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         self.server_command(
             "pg_ctl",
             &["-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60", "start"],

@@ -321,7 +321,7 @@ impl SpecCache {
 }
 
 /// The assignments for each want from the picked jobs, their owners, the attempts the lease
-/// update returned (by job id) and the specs.
+/// update returned (by job id; a job missing there was not leased) and the specs.
 pub(super) fn assignments(
     wants: &[ClaimWant<'_>],
     picked: &[PickedJob],
@@ -333,6 +333,10 @@ pub(super) fn assignments(
     let mut out: Vec<Vec<Assignment>> = vec![Vec::new(); wants.len()];
     for ((job, owner), token) in picked.iter().zip(owners).zip(tokens) {
         let Some(owner) = owner else { continue };
+        // A job the lease did not take (another claim, or a cancel, got there first).
+        let Some(attempt) = attempts.get(&job.id) else {
+            continue;
+        };
         let run_id = parse_run_id(&job.run_id)?;
         let package = cache
             .package(run_id, job.package_idx)
@@ -340,9 +344,6 @@ pub(super) fn assignments(
         let options = cache
             .options(run_id)
             .ok_or_else(|| StoreError::Corrupt(format!("no options for run {run_id}")))?;
-        let attempt = attempts
-            .get(&job.id)
-            .ok_or_else(|| StoreError::Corrupt(format!("job {} was not leased", job.id)))?;
         out[*owner].push(Assignment {
             job_id: JobId(job.id),
             lease_token: *token,

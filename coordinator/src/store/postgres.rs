@@ -35,7 +35,12 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects to the database at `url` and applies the migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?;
+        // Every statement here reaches its rows by key. The planner's statistics lag a queue
+        // that changes thousands of rows a second (a run's jobs go from all pending to all
+        // done between two autovacuum passes), and with them it would sometimes read a whole
+        // table instead; on these connections a sequential scan is the last resort. Nor do
+        // statements this small gain from JIT compilation, which such a cost would set off.
+        let options = PgConnectOptions::from_str(url)?.options([("enable_seqscan", "off"), ("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
@@ -138,6 +143,12 @@ impl Store for PostgresStore {
         .await?;
         let summary = run_summary(&mut tx, run_id).await?;
         tx.commit().await?;
+        // The planner's statistics know nothing of the new run yet, and autovacuum would only
+        // tell it a while into the run: without this, the first claims sort the whole run and
+        // the first leases scan the table.
+        if let Err(error) = sqlx::query("ANALYZE jobs, packages").execute(&self.pool).await {
+            tracing::warn!(error = %error, "could not refresh the planner's statistics after a submit");
+        }
         Ok(summary)
     }
 
@@ -244,18 +255,31 @@ impl Store for PostgresStore {
         let mut picked: Vec<PickedJob> = Vec::new();
         let warm = common::warm_names(wants);
         if !warm.is_empty() && warm_total > 0 {
+            // Per warm package, its first pending jobs through the (run, state, package) key: a
+            // few index probes each, however long the queue. They are not locked here: the
+            // lease below takes only those still pending, so one another claim took meanwhile
+            // is left out.
+            let per_package = wants.iter().map(|w| w.max_jobs).max().unwrap_or(1);
             picked = sqlx::query_as(
                 "SELECT j.id, j.run_id, j.package_idx::bigint AS package_idx, j.mode, j.iteration::bigint AS iteration
-                 FROM packages p
-                 JOIN jobs j ON j.run_id = p.run_id AND j.package_idx = p.package_idx
-                 WHERE p.run_id = ANY($1) AND p.name = ANY($2) AND j.state = 'pending'
+                 FROM UNNEST($1::text[]) AS r (run_id)
+                 CROSS JOIN UNNEST($2::text[]) AS w (name)
+                 CROSS JOIN LATERAL (
+                     SELECT package_idx FROM packages p WHERE p.run_id = r.run_id AND p.name = w.name LIMIT 1
+                 ) AS p
+                 CROSS JOIN LATERAL (
+                     SELECT id, run_id, package_idx, mode, iteration FROM jobs
+                     WHERE jobs.run_id = r.run_id AND jobs.state = 'pending' AND jobs.package_idx = p.package_idx
+                     ORDER BY jobs.iteration
+                     LIMIT $4
+                 ) AS j
                  ORDER BY j.iteration, j.run_id, j.package_idx, j.mode
-                 LIMIT $3
-                 FOR UPDATE OF j SKIP LOCKED",
+                 LIMIT $3",
             )
             .bind(&run_ids)
             .bind(&warm)
             .bind(i64::from(warm_total))
+            .bind(i64::from(per_package))
             .fetch_all(&mut *tx)
             .await?;
         }
@@ -267,7 +291,7 @@ impl Store for PostgresStore {
                 "SELECT id, run_id, package_idx::bigint AS package_idx, mode, iteration::bigint AS iteration
                  FROM jobs
                  WHERE run_id = $1 AND state = 'pending' AND NOT (id = ANY($2))
-                 ORDER BY iteration, package_idx, mode
+                 ORDER BY jobs.iteration, jobs.package_idx, jobs.mode
                  LIMIT $3
                  FOR UPDATE SKIP LOCKED",
             )
@@ -310,7 +334,7 @@ impl Store for PostgresStore {
              SET state = 'leased', worker_id = x.worker, lease_token = x.token, lease_expires_at_ms = $4,
                  attempt = jobs.attempt + 1
              FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS x (id, worker, token)
-             WHERE jobs.id = x.id
+             WHERE jobs.id = x.id AND jobs.state = 'pending'
              RETURNING jobs.id, jobs.attempt",
         )
         .bind(&ids)
@@ -369,23 +393,28 @@ impl Store for PostgresStore {
         if reports.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<i64> = reports.iter().map(|r| r.job_id.0).collect();
-        let tokens: Vec<String> = reports.iter().map(|r| r.lease_token.to_string()).collect();
-        let results = reports
-            .iter()
-            .map(|r| to_json(r.result))
-            .collect::<Result<Vec<_>, _>>()?;
+        // A job reported twice in one batch under one lease is recorded by its first report;
+        // the second is then a duplicate. Reports under different leases all go in: at most
+        // one of them names the current lease.
+        let mut seen = std::collections::HashSet::new();
+        let (mut numbers, mut ids, mut tokens, mut results) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (n, report) in reports.iter().enumerate() {
+            let token = report.lease_token.to_string();
+            if seen.insert((report.job_id.0, token.clone())) {
+                numbers.push(n as i64 + 1);
+                ids.push(report.job_id.0);
+                tokens.push(token);
+                results.push(to_json(report.result)?);
+            }
+        }
         let mut tx = self.pool.begin().await?;
-        // A job reported twice in one batch is recorded by its first report under its lease.
         let recorded: Vec<(i64, i64, String, i32)> = sqlx::query_as(
-            "UPDATE jobs SET state = 'done', result_json = x.result, settled_at_ms = $4
-             FROM (SELECT DISTINCT ON (r.id) r.id, r.token, r.result, r.n
-                   FROM UNNEST($1::bigint[], $2::text[], $3::text[]) WITH ORDINALITY AS r (id, token, result, n)
-                   JOIN jobs j ON j.id = r.id AND j.lease_token = r.token AND j.state = 'leased'
-                   ORDER BY r.id, r.n) AS x
+            "UPDATE jobs SET state = 'done', result_json = x.result, settled_at_ms = $5
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS x (n, id, token, result)
              WHERE jobs.id = x.id AND jobs.lease_token = x.token AND jobs.state = 'leased'
              RETURNING x.n, jobs.id, jobs.run_id, jobs.package_idx",
         )
+        .bind(&numbers)
         .bind(&ids)
         .bind(&tokens)
         .bind(&results)
@@ -451,18 +480,6 @@ impl Store for PostgresStore {
             let mut packages: Vec<(RunId, i64)> = recorded_jobs.iter().map(|(r, p, _)| (*r, *p)).collect();
             packages.sort();
             packages.dedup();
-            // Outcomes of one package settle one batch at a time, so each verdict sees all before it.
-            let (runs, indexes) = package_keys(&packages);
-            sqlx::query(
-                "SELECT 1 FROM packages
-                 WHERE (run_id, package_idx) IN (SELECT * FROM UNNEST($1::text[], $2::int[]))
-                 ORDER BY run_id, package_idx
-                 FOR UPDATE",
-            )
-            .bind(&runs)
-            .bind(&indexes)
-            .execute(&mut *tx)
-            .await?;
             load_package_specs(&mut tx, &self.specs, &packages).await?;
             let mut settled: Vec<(RunId, i64, usize)> = Vec::new();
             for &(run_id, package_idx, i) in &recorded_jobs {
@@ -542,7 +559,9 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(String, i32, String)> = sqlx::query_as(
             "WITH expired AS (
-                 SELECT id FROM jobs WHERE state = 'leased' AND lease_expires_at_ms < $1
+                 SELECT id FROM jobs
+                 WHERE run_id IN (SELECT id FROM runs WHERE state IN ('queued', 'running'))
+                   AND state = 'leased' AND lease_expires_at_ms < $1
                  FOR UPDATE SKIP LOCKED
              )
              UPDATE jobs
@@ -598,8 +617,8 @@ impl Store for PostgresStore {
         if exists.is_none() {
             return Err(StoreError::RunNotFound(run_id));
         }
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT result_json FROM packages
+        let rows: Vec<(i32, bool, String)> = sqlx::query_as(
+            "SELECT package_idx, finished, result_json FROM packages
              WHERE run_id = $1 AND (finished OR NOT $2) AND (cardinality($3::text[]) = 0 OR name = ANY($3))
              ORDER BY package_idx",
         )
@@ -608,52 +627,84 @@ impl Store for PostgresStore {
         .bind(packages)
         .fetch_all(&mut *tx)
         .await?;
+        // Verdicts are stored once final; a package still going gets its verdict so far.
+        let going: Vec<(RunId, i64)> = rows
+            .iter()
+            .filter(|(_, finished, _)| !finished)
+            .map(|(idx, _, _)| (run_id, i64::from(*idx)))
+            .collect();
+        let mut so_far: HashMap<i64, PackageResult> = HashMap::new();
+        for chunk in going.chunks(1000) {
+            so_far.extend(
+                verdicts(&mut tx, chunk)
+                    .await?
+                    .into_iter()
+                    .map(|((_, idx), r)| (idx, r)),
+            );
+        }
         tx.commit().await?;
-        rows.iter().map(|json| from_json(json)).collect()
+        rows.into_iter()
+            .map(|(idx, finished, json)| match so_far.remove(&i64::from(idx)) {
+                Some(result) if !finished => Ok(result),
+                _ => from_json(&json),
+            })
+            .collect()
     }
 }
 
-/// Recomputes the verdicts of packages from their jobs. Returns the runs of the packages that
-/// have no live job left: those runs may have finished.
+/// Brings the verdicts of packages whose jobs changed up to date. Returns the runs of the
+/// packages that have no live job left: those runs may have finished.
+///
+/// A verdict is written once, when the package's last job settles; until then readers build it
+/// from the jobs ([`verdicts`]). Call this after the transaction's job updates: it locks the
+/// packages first, so of two transactions settling a package's last two jobs, the second to
+/// get the lock sees the first's, and one of them writes the verdict.
 async fn refresh_packages(conn: &mut PgConnection, packages: &[(RunId, i64)]) -> Result<Vec<RunId>, StoreError> {
-    let (runs, indexes) = package_keys(packages);
-    let heads: Vec<(String, i32, String, i32)> = sqlx::query_as(
-        "SELECT p.run_id, p.package_idx, p.name, r.iterations FROM packages p JOIN runs r ON r.id = p.run_id
-         WHERE (p.run_id, p.package_idx) IN (SELECT * FROM UNNEST($1::text[], $2::int[]))",
+    let mut keys = packages.to_vec();
+    keys.sort();
+    keys.dedup();
+    let (runs, indexes) = package_keys(&keys);
+    // Advisory locks, in key order: unlike row locks they write nothing.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(k.run_id, k.package_idx))
+         FROM UNNEST($1::text[], $2::int[]) WITH ORDINALITY AS k (run_id, package_idx, n)
+         ORDER BY k.n",
+    )
+    .bind(&runs)
+    .bind(&indexes)
+    .execute(&mut *conn)
+    .await?;
+    let settled: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT k.run_id, k.package_idx FROM UNNEST($1::text[], $2::int[]) AS k (run_id, package_idx)
+         WHERE NOT EXISTS (SELECT 1 FROM jobs j
+                           WHERE j.run_id = k.run_id AND j.state = 'pending' AND j.package_idx = k.package_idx)
+           AND NOT EXISTS (SELECT 1 FROM jobs j
+                           WHERE j.run_id = k.run_id AND j.state = 'leased' AND j.package_idx = k.package_idx)",
     )
     .bind(&runs)
     .bind(&indexes)
     .fetch_all(&mut *conn)
     .await?;
-    let rows: Vec<(String, i32, String, Option<String>)> = sqlx::query_as(
-        "SELECT run_id, package_idx, state, result_json FROM jobs
-         WHERE (run_id, package_idx) IN (SELECT * FROM UNNEST($1::text[], $2::int[]))",
-    )
-    .bind(&runs)
-    .bind(&indexes)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut jobs: HashMap<(String, i32), Vec<JobRow>> = HashMap::new();
-    for (run, idx, state, result) in rows {
-        jobs.entry((run, idx)).or_default().push((state, result));
+    if settled.is_empty() {
+        return Ok(Vec::new());
     }
-    let (mut out_runs, mut out_indexes, mut categories, mut finished, mut results) =
+    let settled = settled
+        .into_iter()
+        .map(|(run, idx)| Ok((parse_run_id(&run)?, i64::from(idx))))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let results = verdicts(conn, &settled).await?;
+    let (mut out_runs, mut out_indexes, mut categories, mut finished, mut jsons) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut finished_runs = Vec::new();
-    for (run, idx, name, iterations) in heads {
-        let package_jobs = jobs.remove(&(run.clone(), idx)).unwrap_or_default();
-        let result = package_result(&name, to_u32("iterations", i64::from(iterations))?, package_jobs)?;
-        if result.finished {
-            let run_id = parse_run_id(&run)?;
-            if !finished_runs.contains(&run_id) {
-                finished_runs.push(run_id);
-            }
+    for ((run_id, idx), result) in results {
+        if result.finished && !finished_runs.contains(&run_id) {
+            finished_runs.push(run_id);
         }
         categories.push(result.category.as_str());
         finished.push(result.finished);
-        results.push(to_json(&result)?);
-        out_runs.push(run);
-        out_indexes.push(idx);
+        jsons.push(to_json(&result)?);
+        out_runs.push(run_id.to_string());
+        out_indexes.push(idx as i32);
     }
     sqlx::query(
         "UPDATE packages SET category = x.category, finished = x.finished, result_json = x.result
@@ -665,10 +716,48 @@ async fn refresh_packages(conn: &mut PgConnection, packages: &[(RunId, i64)]) ->
     .bind(&out_indexes)
     .bind(&categories)
     .bind(&finished)
-    .bind(&results)
+    .bind(&jsons)
     .execute(&mut *conn)
     .await?;
     Ok(finished_runs)
+}
+
+/// The verdicts of packages as their jobs stand, built from those jobs.
+async fn verdicts(
+    conn: &mut PgConnection,
+    packages: &[(RunId, i64)],
+) -> Result<Vec<((RunId, i64), PackageResult)>, StoreError> {
+    let (runs, indexes) = package_keys(packages);
+    let heads: Vec<(String, i32, String, i32)> = sqlx::query_as(
+        "SELECT p.run_id, p.package_idx, p.name, r.iterations
+         FROM UNNEST($1::text[], $2::int[]) AS k (run_id, package_idx)
+         JOIN packages p ON p.run_id = k.run_id AND p.package_idx = k.package_idx
+         JOIN runs r ON r.id = p.run_id",
+    )
+    .bind(&runs)
+    .bind(&indexes)
+    .fetch_all(&mut *conn)
+    .await?;
+    let rows: Vec<(String, i32, String, Option<String>)> = sqlx::query_as(
+        "SELECT j.run_id, j.package_idx, j.state, j.result_json
+         FROM UNNEST($1::text[], $2::int[]) AS k (run_id, package_idx)
+         JOIN jobs j ON j.run_id = k.run_id AND j.package_idx = k.package_idx",
+    )
+    .bind(&runs)
+    .bind(&indexes)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut jobs: HashMap<(String, i32), Vec<JobRow>> = HashMap::new();
+    for (run, idx, state, result) in rows {
+        jobs.entry((run, idx)).or_default().push((state, result));
+    }
+    let mut out = Vec::with_capacity(heads.len());
+    for (run, idx, name, iterations) in heads {
+        let package_jobs = jobs.remove(&(run.clone(), idx)).unwrap_or_default();
+        let result = package_result(&name, to_u32("iterations", i64::from(iterations))?, package_jobs)?;
+        out.push(((parse_run_id(&run)?, i64::from(idx)), result));
+    }
+    Ok(out)
 }
 
 /// A job's `(state, result_json)`, what a verdict is built from.
@@ -706,8 +795,10 @@ async fn load_package_specs(
     missing.dedup();
     let (runs, indexes) = package_keys(&missing);
     let rows: Vec<(String, i32, String, String)> = sqlx::query_as(
-        "SELECT p.run_id, p.package_idx, p.spec_json, r.options_json FROM packages p JOIN runs r ON r.id = p.run_id
-         WHERE (p.run_id, p.package_idx) IN (SELECT * FROM UNNEST($1::text[], $2::int[]))",
+        "SELECT p.run_id, p.package_idx, p.spec_json, r.options_json
+         FROM UNNEST($1::text[], $2::int[]) AS k (run_id, package_idx)
+         JOIN packages p ON p.run_id = k.run_id AND p.package_idx = k.package_idx
+         JOIN runs r ON r.id = p.run_id",
     )
     .bind(&runs)
     .bind(&indexes)
@@ -724,13 +815,14 @@ async fn load_package_specs(
     Ok(())
 }
 
-/// Marks a run finished once none of its jobs is pending or leased.
+/// Marks a run finished once none of its jobs is pending or leased: once every package has
+/// its final verdict.
 async fn refresh_run_state(conn: &mut PgConnection, run_id: RunId, now_ms: i64) -> Result<(), StoreError> {
-    sqlx::query(&format!(
+    sqlx::query(
         "UPDATE runs SET state = 'finished', finished_at_ms = $2
          WHERE id = $1 AND state IN ('queued', 'running')
-           AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = $1 AND state IN {LIVE_JOB_STATES})"
-    ))
+           AND NOT EXISTS (SELECT 1 FROM packages WHERE run_id = $1 AND NOT finished)",
+    )
     .bind(run_id.to_string())
     .bind(now_ms)
     .execute(&mut *conn)

@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo run --release -p tests --bin bench-dispatch -- [--backend sqlite|postgres|both]
-//!     [--jobs N] [--workers 1,16,256] [--submit-jobs 100000] [--soak-secs 0]
+//!     [--jobs N] [--workers 1,16,256] [--submit-jobs 100000] [--soak-secs 0] [--statements]
 //! ```
 //!
 //! For each backend (PostgreSQL is a throwaway cluster started like the tests' one) it prints:
@@ -14,7 +14,8 @@
 //! statement and completing them with another, at batch sizes 1, 10 and each batch size the
 //! coordinator reached, with the coordinator's rate as a share of it. `--soak-secs` keeps 256
 //! workers busy that long and prints the rate per minute, the first against the last, and
-//! the jobs table's dead rows.
+//! the jobs table's dead rows. `--statements` (PostgreSQL) prints, after each K, the
+//! statements that took the database longest, from `pg_stat_statements`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,7 @@ struct Options {
     workers: Vec<usize>,
     submit_jobs: u64,
     soak_secs: u64,
+    statements: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -50,6 +52,7 @@ fn options() -> Result<Options, String> {
         workers: vec![1, 16, 256],
         submit_jobs: 100_000,
         soak_secs: 0,
+        statements: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -65,6 +68,7 @@ fn options() -> Result<Options, String> {
             "--jobs" => options.jobs = value()?.parse().map_err(|e| format!("--jobs: {e}"))?,
             "--submit-jobs" => options.submit_jobs = value()?.parse().map_err(|e| format!("--submit-jobs: {e}"))?,
             "--soak-secs" => options.soak_secs = value()?.parse().map_err(|e| format!("--soak-secs: {e}"))?,
+            "--statements" => options.statements = true,
             "--workers" => {
                 options.workers = value()?
                     .split(',')
@@ -154,7 +158,11 @@ fn pass() -> JobResult {
 
 async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let postgres = if backend == "postgres" {
+    let postgres = if backend == "postgres" && options.statements {
+        Some(TestPostgres::start_with(&[
+            "shared_preload_libraries=pg_stat_statements",
+        ])?)
+    } else if backend == "postgres" {
         Some(TestPostgres::start()?)
     } else {
         None
@@ -200,8 +208,15 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
         client.cancel_run(v1::CancelRunRequest { run_id }).await?;
     }
 
+    let statements = match (&postgres, options.statements) {
+        (Some(_), true) => Some(Statements::connect(&url).await?),
+        _ => None,
+    };
     let mut reached = Vec::new();
     for &workers in &options.workers {
+        if let Some(statements) = &statements {
+            statements.reset().await?;
+        }
         let before = dispatch_stats(&mut client).await?;
         // A few seconds' worth each: one worker manages a few hundred jobs a second.
         let jobs = options.jobs.min(2_000 * workers as u64);
@@ -231,6 +246,9 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
             p99.as_secs_f64() * 1000.0
         );
         reached.push((workers, rate, claim_batch.round().max(1.0) as u32));
+        if let Some(statements) = &statements {
+            statements.print(jobs).await?;
+        }
     }
 
     // The ceiling: raw SQL on the same database, no coordinator.
@@ -278,6 +296,45 @@ async fn dispatch_stats(
     status
         .dispatch
         .ok_or_else(|| anyhow::anyhow!("the coordinator's status has no dispatch figures"))
+}
+
+/// The coordinator's statements by the time they took (`--statements`, PostgreSQL only),
+/// from `pg_stat_statements`.
+struct Statements(sqlx::PgPool);
+
+impl Statements {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        let pool = sqlx::PgPool::connect(url).await?;
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&pool)
+            .await?;
+        Ok(Statements(pool))
+    }
+
+    async fn reset(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(&self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// The ten statements that took longest, in microseconds per job over `jobs` jobs.
+    async fn print(&self, jobs: u64) -> anyhow::Result<()> {
+        let rows: Vec<(f64, i64, i64, String)> = sqlx::query_as(
+            "SELECT total_exec_time, calls, rows, regexp_replace(left(query, 90), '\\s+', ' ', 'g')
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 10",
+        )
+        .fetch_all(&self.0)
+        .await?;
+        println!("  statements by time (µs per job; calls; rows):");
+        for (total_ms, calls, rows, query) in rows {
+            println!(
+                "  {:>8.1} µs/job {calls:>7} {rows:>8}  {query}",
+                total_ms * 1000.0 / jobs.max(1) as f64
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The ceiling: one statement leases a batch of pending jobs of a run in dispatch order

@@ -233,59 +233,104 @@ impl Store for PostgresStore {
             return Ok(vec![Vec::new(); wants.len()]);
         }
         let mut tx = self.pool.begin().await?;
-        // The runs this interpreter can serve, those with the fewest running jobs first.
-        let runs: Vec<(String, String)> = sqlx::query_as(
-            "SELECT r.id, r.state FROM runs r
-             WHERE r.state IN ('queued', 'running')
-               AND (r.req_python_version IS NULL OR r.req_python_version = $1)
-               AND (NOT r.req_free_threaded OR $2)
-               AND (NOT r.req_tsan OR $3)
-             ORDER BY (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.id AND j.state = 'leased'), r.id",
+        // One statement finds the runs this interpreter can serve (those with the fewest
+        // running jobs first), the first pending jobs of the packages the wants have set up,
+        // and the first pending jobs of the first run, locked: most claims need nothing more.
+        //
+        // Warm jobs are found per package through the (run, state, package) key, a few index
+        // probes each however long the queue, and not locked: the lease below takes only those
+        // still pending, so one another claim took meanwhile is left out.
+        let warm = common::warm_names(wants);
+        let per_package = wants.iter().map(|w| w.max_jobs).max().unwrap_or(1);
+        let rows: Vec<ClaimRow> = sqlx::query_as(
+            "WITH eligible AS MATERIALIZED (
+                 SELECT r.id, r.state,
+                        (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.id AND j.state = 'leased') AS running
+                 FROM runs r
+                 WHERE r.state IN ('queued', 'running')
+                   AND (r.req_python_version IS NULL OR r.req_python_version = $1)
+                   AND (NOT r.req_free_threaded OR $2)
+                   AND (NOT r.req_tsan OR $3)
+             ),
+             warm AS MATERIALIZED (
+                 SELECT j.id, j.run_id, j.package_idx, j.mode, j.iteration
+                 FROM eligible r
+                 CROSS JOIN UNNEST($4::text[]) AS w (name)
+                 CROSS JOIN LATERAL (
+                     SELECT package_idx FROM packages p WHERE p.run_id = r.id AND p.name = w.name LIMIT 1
+                 ) AS p
+                 CROSS JOIN LATERAL (
+                     SELECT id, run_id, package_idx, mode, iteration FROM jobs
+                     WHERE jobs.run_id = r.id AND jobs.state = 'pending' AND jobs.package_idx = p.package_idx
+                     ORDER BY jobs.iteration
+                     LIMIT $5
+                 ) AS j
+                 ORDER BY j.iteration, j.run_id, j.package_idx, j.mode
+                 LIMIT $6
+             ),
+             fill AS MATERIALIZED (
+                 SELECT id, run_id, package_idx, mode, iteration FROM jobs
+                 WHERE run_id = (SELECT id FROM eligible ORDER BY running, id LIMIT 1)
+                   AND state = 'pending' AND id NOT IN (SELECT id FROM warm)
+                 ORDER BY jobs.iteration, jobs.package_idx, jobs.mode
+                 -- The fair share's first ask, as common::FairFill makes it.
+                 LIMIT GREATEST(0, LEAST($7 - (SELECT COUNT(*) FROM warm),
+                                         CEIL($7::numeric / GREATEST(1, (SELECT COUNT(*) FROM eligible)))))
+                 FOR UPDATE SKIP LOCKED
+             )
+             SELECT (SELECT array_agg(id ORDER BY running, id) FROM eligible) AS run_ids,
+                    (SELECT array_agg(state ORDER BY running, id) FROM eligible) AS run_states,
+                    picked.part, picked.id, picked.run_id, picked.package_idx::bigint AS package_idx, picked.mode,
+                    picked.iteration::bigint AS iteration
+             FROM (SELECT 1) AS base
+             LEFT JOIN (SELECT 0 AS part, * FROM warm UNION ALL SELECT 1 AS part, * FROM fill) AS picked ON TRUE
+             ORDER BY picked.part, picked.iteration, picked.run_id, picked.package_idx, picked.mode",
         )
         .bind(&batch.profile.major_minor)
         .bind(batch.profile.free_threaded)
         .bind(batch.profile.tsan)
+        .bind(&warm)
+        .bind(i64::from(per_package))
+        .bind(i64::from(if warm.is_empty() { 0 } else { warm_total }))
+        .bind(i64::from(total))
         .fetch_all(&mut *tx)
         .await?;
-        if runs.is_empty() {
+        let (run_ids, run_states) = match rows.first() {
+            Some(row) => (
+                row.run_ids.clone().unwrap_or_default(),
+                row.run_states.clone().unwrap_or_default(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        if run_ids.is_empty() {
             tx.commit().await?;
             return Ok(vec![Vec::new(); wants.len()]);
         }
-        let run_ids: Vec<String> = runs.iter().map(|(id, _)| id.clone()).collect();
-        let mut picked: Vec<PickedJob> = Vec::new();
-        let warm = common::warm_names(wants);
-        if !warm.is_empty() && warm_total > 0 {
-            // Per warm package, its first pending jobs through the (run, state, package) key: a
-            // few index probes each, however long the queue. They are not locked here: the
-            // lease below takes only those still pending, so one another claim took meanwhile
-            // is left out.
-            let per_package = wants.iter().map(|w| w.max_jobs).max().unwrap_or(1);
-            picked = sqlx::query_as(
-                "SELECT j.id, j.run_id, j.package_idx::bigint AS package_idx, j.mode, j.iteration::bigint AS iteration
-                 FROM UNNEST($1::text[]) AS r (run_id)
-                 CROSS JOIN UNNEST($2::text[]) AS w (name)
-                 CROSS JOIN LATERAL (
-                     SELECT package_idx FROM packages p WHERE p.run_id = r.run_id AND p.name = w.name LIMIT 1
-                 ) AS p
-                 CROSS JOIN LATERAL (
-                     SELECT id, run_id, package_idx, mode, iteration FROM jobs
-                     WHERE jobs.run_id = r.run_id AND jobs.state = 'pending' AND jobs.package_idx = p.package_idx
-                     ORDER BY jobs.iteration
-                     LIMIT $4
-                 ) AS j
-                 ORDER BY j.iteration, j.run_id, j.package_idx, j.mode
-                 LIMIT $3",
-            )
-            .bind(&run_ids)
-            .bind(&warm)
-            .bind(i64::from(warm_total))
-            .bind(i64::from(per_package))
-            .fetch_all(&mut *tx)
-            .await?;
+        let runs: Vec<(String, String)> = run_ids.iter().cloned().zip(run_states).collect();
+        let (mut picked, mut first_run): (Vec<PickedJob>, Vec<PickedJob>) = (Vec::new(), Vec::new());
+        for row in rows {
+            if let Some(job) = row.job()? {
+                if row.part == Some(0) {
+                    picked.push(job);
+                } else {
+                    first_run.push(job);
+                }
+            }
         }
+        let mut first_run = Some(first_run);
         // The rest: an equal share from each run, then whatever runs still have.
         let mut fill = common::FairFill::new(total, run_ids.len());
         while let Some((run, want)) = fill.next(picked.len()) {
+            if run == 0
+                && let Some(mut more) = first_run.take()
+            {
+                // Fetched above, asked as here; any rows left out stay pending.
+                let got = more.len();
+                more.truncate(want as usize);
+                fill.took(run, want, got);
+                picked.extend(more);
+                continue;
+            }
             let taken: Vec<i64> = picked.iter().map(|j| j.id).collect();
             let more: Vec<PickedJob> = sqlx::query_as(
                 "SELECT id, run_id, package_idx::bigint AS package_idx, mode, iteration::bigint AS iteration
@@ -758,6 +803,36 @@ async fn verdicts(
         out.push(((parse_run_id(&run)?, i64::from(idx)), result));
     }
     Ok(out)
+}
+
+/// A row of the claim's first statement: the eligible runs (on every row), and a picked job
+/// (none when nothing was picked): part 0 a warm one, part 1 one of the first run's.
+#[derive(Debug, sqlx::FromRow)]
+struct ClaimRow {
+    run_ids: Option<Vec<String>>,
+    run_states: Option<Vec<String>>,
+    part: Option<i32>,
+    id: Option<i64>,
+    run_id: Option<String>,
+    package_idx: Option<i64>,
+    mode: Option<String>,
+    iteration: Option<i64>,
+}
+
+impl ClaimRow {
+    fn job(&self) -> Result<Option<PickedJob>, StoreError> {
+        let Some(id) = self.id else { return Ok(None) };
+        match (&self.run_id, self.package_idx, &self.mode, self.iteration) {
+            (Some(run_id), Some(package_idx), Some(mode), Some(iteration)) => Ok(Some(PickedJob {
+                id,
+                run_id: run_id.clone(),
+                package_idx,
+                mode: mode.clone(),
+                iteration,
+            })),
+            _ => Err(StoreError::Corrupt(format!("job {id} picked without its key"))),
+        }
+    }
 }
 
 /// A job's `(state, result_json)`, what a verdict is built from.

@@ -228,7 +228,7 @@ impl Store for PostgresStore {
 
     async fn claim_batch(&self, batch: ClaimBatch<'_>, now_ms: i64) -> Result<Vec<Vec<Assignment>>, StoreError> {
         let wants = batch.wants;
-        let (total, warm_total) = common::batch_totals(wants);
+        let (total, _) = common::batch_totals(wants);
         if total == 0 {
             return Ok(vec![Vec::new(); wants.len()]);
         }
@@ -237,11 +237,18 @@ impl Store for PostgresStore {
         // running jobs first), the first pending jobs of the packages the wants have set up,
         // and the first pending jobs of the first run, locked: most claims need nothing more.
         //
-        // Warm jobs are found per package through the (run, state, package) key, a few index
-        // probes each however long the queue, and not locked: the lease below takes only those
-        // still pending, so one another claim took meanwhile is left out.
-        let warm = common::warm_names(wants);
-        let per_package = wants.iter().map(|w| w.max_jobs).max().unwrap_or(1);
+        // Warm jobs: for each want, up to its room from the packages it set up, most recent
+        // first, stopping once it has enough. Each package is probed through the (run, state,
+        // package) key, a few index lookups however long the queue, and its jobs are not
+        // locked: the lease below takes only those still pending, so one another claim took
+        // meanwhile is left out.
+        let (mut names, mut firsts, mut lasts, mut rooms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for want in wants {
+            firsts.push(names.len() as i32 + 1);
+            names.extend(want.warm_packages.iter().rev().map(String::as_str));
+            lasts.push(names.len() as i32);
+            rooms.push(want.max_jobs as i32);
+        }
         let rows: Vec<ClaimRow> = sqlx::query_as(
             "WITH eligible AS MATERIALIZED (
                  SELECT r.id, r.state,
@@ -254,19 +261,22 @@ impl Store for PostgresStore {
              ),
              warm AS MATERIALIZED (
                  SELECT j.id, j.run_id, j.package_idx, j.mode, j.iteration
-                 FROM eligible r
-                 CROSS JOIN UNNEST($4::text[]) AS w (name)
+                 FROM UNNEST($5::int[], $6::int[], $7::int[]) AS w (first, last, room)
                  CROSS JOIN LATERAL (
-                     SELECT package_idx FROM packages p WHERE p.run_id = r.id AND p.name = w.name LIMIT 1
-                 ) AS p
-                 CROSS JOIN LATERAL (
-                     SELECT id, run_id, package_idx, mode, iteration FROM jobs
-                     WHERE jobs.run_id = r.id AND jobs.state = 'pending' AND jobs.package_idx = p.package_idx
-                     ORDER BY jobs.iteration
-                     LIMIT $5
+                     SELECT j.id, j.run_id, j.package_idx, j.mode, j.iteration
+                     FROM UNNEST(($4::text[])[w.first:w.last]) AS n (name)
+                     CROSS JOIN eligible r
+                     CROSS JOIN LATERAL (
+                         SELECT package_idx FROM packages p WHERE p.run_id = r.id AND p.name = n.name LIMIT 1
+                     ) AS p
+                     CROSS JOIN LATERAL (
+                         SELECT id, run_id, package_idx, mode, iteration FROM jobs
+                         WHERE jobs.run_id = r.id AND jobs.state = 'pending' AND jobs.package_idx = p.package_idx
+                         ORDER BY jobs.iteration
+                         LIMIT w.room
+                     ) AS j
+                     LIMIT w.room
                  ) AS j
-                 ORDER BY j.iteration, j.run_id, j.package_idx, j.mode
-                 LIMIT $6
              ),
              fill AS MATERIALIZED (
                  SELECT id, run_id, package_idx, mode, iteration FROM jobs
@@ -274,8 +284,8 @@ impl Store for PostgresStore {
                    AND state = 'pending' AND id NOT IN (SELECT id FROM warm)
                  ORDER BY jobs.iteration, jobs.package_idx, jobs.mode
                  -- The fair share's first ask, as common::FairFill makes it.
-                 LIMIT GREATEST(0, LEAST($7 - (SELECT COUNT(*) FROM warm),
-                                         CEIL($7::numeric / GREATEST(1, (SELECT COUNT(*) FROM eligible)))))
+                 LIMIT GREATEST(0, LEAST($8 - (SELECT COUNT(*) FROM warm),
+                                         CEIL($8::numeric / GREATEST(1, (SELECT COUNT(*) FROM eligible)))))
                  FOR UPDATE SKIP LOCKED
              )
              SELECT (SELECT array_agg(id ORDER BY running, id) FROM eligible) AS run_ids,
@@ -289,9 +299,10 @@ impl Store for PostgresStore {
         .bind(&batch.profile.major_minor)
         .bind(batch.profile.free_threaded)
         .bind(batch.profile.tsan)
-        .bind(&warm)
-        .bind(i64::from(per_package))
-        .bind(i64::from(if warm.is_empty() { 0 } else { warm_total }))
+        .bind(&names)
+        .bind(&firsts)
+        .bind(&lasts)
+        .bind(&rooms)
         .bind(i64::from(total))
         .fetch_all(&mut *tx)
         .await?;
@@ -308,8 +319,12 @@ impl Store for PostgresStore {
         }
         let runs: Vec<(String, String)> = run_ids.iter().cloned().zip(run_states).collect();
         let (mut picked, mut first_run): (Vec<PickedJob>, Vec<PickedJob>) = (Vec::new(), Vec::new());
+        // Two wants with one package set up may have picked the same job: it counts once.
+        let mut seen = std::collections::HashSet::new();
         for row in rows {
-            if let Some(job) = row.job()? {
+            if let Some(job) = row.job()?
+                && seen.insert(job.id)
+            {
                 if row.part == Some(0) {
                     picked.push(job);
                 } else {

@@ -161,6 +161,7 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
     let postgres = if backend == "postgres" && options.statements {
         Some(TestPostgres::start_with(&[
             "shared_preload_libraries=pg_stat_statements",
+            "pg_stat_statements.track_planning=on",
         ])?)
     } else if backend == "postgres" {
         Some(TestPostgres::start()?)
@@ -320,17 +321,19 @@ impl Statements {
 
     /// The ten statements that took longest, in microseconds per job over `jobs` jobs.
     async fn print(&self, jobs: u64) -> anyhow::Result<()> {
-        let rows: Vec<(f64, i64, i64, String)> = sqlx::query_as(
-            "SELECT total_exec_time, calls, rows, regexp_replace(left(query, 90), '\\s+', ' ', 'g')
-             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 10",
+        let rows: Vec<(f64, f64, i64, i64, String)> = sqlx::query_as(
+            "SELECT total_exec_time, total_plan_time, calls, rows, regexp_replace(left(query, 80), '\\s+', ' ', 'g')
+             FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 10",
         )
         .fetch_all(&self.0)
         .await?;
-        println!("  statements by time (µs per job; calls; rows):");
-        for (total_ms, calls, rows, query) in rows {
+        println!("  statements by time (µs per job executing, planning; calls; rows):");
+        let per_job = |ms: f64| ms * 1000.0 / jobs.max(1) as f64;
+        for (exec_ms, plan_ms, calls, rows, query) in rows {
             println!(
-                "  {:>8.1} µs/job {calls:>7} {rows:>8}  {query}",
-                total_ms * 1000.0 / jobs.max(1) as f64
+                "  {:>7.1} {:>5.1} µs/job {calls:>7} {rows:>8}  {query}",
+                per_job(exec_ms),
+                per_job(plan_ms)
             );
         }
         Ok(())

@@ -14,7 +14,7 @@ use domain::{
     Assignment, JobId, LeaseToken, OutcomeAck, PackageResult, RunId, RunSpec, RunState, RunSummary, WorkerId,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use super::common::{
     self, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json, package_result, parse_run_id, revoked,
@@ -24,6 +24,9 @@ use super::{ClaimBatch, Completion, ReapReport, Report, RevokedLease, Store, Sto
 
 /// Connections in the pool: claims and outcomes from many workers run side by side.
 const POOL_SIZE: u32 = 16;
+
+/// A pooled connection idle longer than this is pinged before it is used.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 /// A store in one PostgreSQL database.
 #[derive(Debug, Clone)]
@@ -40,10 +43,23 @@ impl PostgresStore {
         // done between two autovacuum passes), and with them it would sometimes read a whole
         // table instead; on these connections a sequential scan is the last resort. Nor do
         // statements this small gain from JIT compilation, which such a cost would set off.
-        let options = PgConnectOptions::from_str(url)?.options([("enable_seqscan", "off"), ("jit", "off")]);
+        let options = PgConnectOptions::from_str(url)?.options([("enable_seqscan", "off"), ("enable_memoize", "off"), ("jit", "off")]);
+        // A connection is checked with a round trip before use only after it has been idle a
+        // while (across a database restart, say): checking every one would add a round trip
+        // to every claim and outcome transaction. One that broke while busy fails its
+        // statement and is dropped.
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_BEFORE_PING {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
@@ -232,16 +248,16 @@ impl Store for PostgresStore {
         if total == 0 {
             return Ok(vec![Vec::new(); wants.len()]);
         }
-        let mut tx = self.pool.begin().await?;
-        // One statement finds the runs this interpreter can serve (those with the fewest
-        // running jobs first), the first pending jobs of the packages the wants have set up,
-        // and the first pending jobs of the first run, locked: most claims need nothing more.
+        let mut conn = self.pool.acquire().await?;
+        // A claim is two statements and no transaction: one picks the jobs to lease, reading
+        // only; the other leases them, taking only those still pending, `FOR UPDATE SKIP
+        // LOCKED`. A job another claim took in between is left out, never leased twice.
         //
-        // Warm jobs: for each want, up to its room from the packages it set up, most recent
-        // first, stopping once it has enough. Each package is probed through the (run, state,
-        // package) key, a few index lookups however long the queue, and its jobs are not
-        // locked: the lease below takes only those still pending, so one another claim took
-        // meanwhile is left out.
+        // The pick finds the runs this interpreter can serve (those with the fewest running
+        // jobs first), each want's warm jobs (up to its room from the packages it set up,
+        // most recent first, stopping once it has enough; each package probed through the
+        // (run, state, package) key, a few index lookups however long the queue), and the
+        // first jobs of the first run's queue: most claims need nothing more.
         let (mut names, mut firsts, mut lasts, mut rooms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for want in wants {
             firsts.push(names.len() as i32 + 1);
@@ -251,7 +267,7 @@ impl Store for PostgresStore {
         }
         let rows: Vec<ClaimRow> = sqlx::query_as(
             "WITH eligible AS MATERIALIZED (
-                 SELECT r.id, r.state,
+                 SELECT r.id,
                         (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.id AND j.state = 'leased') AS running
                  FROM runs r
                  WHERE r.state IN ('queued', 'running')
@@ -286,10 +302,8 @@ impl Store for PostgresStore {
                  -- The fair share's first ask, as common::FairFill makes it.
                  LIMIT GREATEST(0, LEAST($8 - (SELECT COUNT(*) FROM warm),
                                          CEIL($8::numeric / GREATEST(1, (SELECT COUNT(*) FROM eligible)))))
-                 FOR UPDATE SKIP LOCKED
              )
              SELECT (SELECT array_agg(id ORDER BY running, id) FROM eligible) AS run_ids,
-                    (SELECT array_agg(state ORDER BY running, id) FROM eligible) AS run_states,
                     picked.part, picked.id, picked.run_id, picked.package_idx::bigint AS package_idx, picked.mode,
                     picked.iteration::bigint AS iteration
              FROM (SELECT 1) AS base
@@ -304,20 +318,12 @@ impl Store for PostgresStore {
         .bind(&lasts)
         .bind(&rooms)
         .bind(i64::from(total))
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
-        let (run_ids, run_states) = match rows.first() {
-            Some(row) => (
-                row.run_ids.clone().unwrap_or_default(),
-                row.run_states.clone().unwrap_or_default(),
-            ),
-            None => (Vec::new(), Vec::new()),
-        };
+        let run_ids = rows.first().and_then(|row| row.run_ids.clone()).unwrap_or_default();
         if run_ids.is_empty() {
-            tx.commit().await?;
             return Ok(vec![Vec::new(); wants.len()]);
         }
-        let runs: Vec<(String, String)> = run_ids.iter().cloned().zip(run_states).collect();
         let (mut picked, mut first_run): (Vec<PickedJob>, Vec<PickedJob>) = (Vec::new(), Vec::new());
         // Two wants with one package set up may have picked the same job: it counts once.
         let mut seen = std::collections::HashSet::new();
@@ -352,22 +358,20 @@ impl Store for PostgresStore {
                  FROM jobs
                  WHERE run_id = $1 AND state = 'pending' AND NOT (id = ANY($2))
                  ORDER BY jobs.iteration, jobs.package_idx, jobs.mode
-                 LIMIT $3
-                 FOR UPDATE SKIP LOCKED",
+                 LIMIT $3",
             )
             .bind(&run_ids[run])
             .bind(&taken)
             .bind(i64::from(want))
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut *conn)
             .await?;
             fill.took(run, want, more.len());
             picked.extend(more);
         }
         if picked.is_empty() {
-            tx.commit().await?;
             return Ok(vec![Vec::new(); wants.len()]);
         }
-        load_specs(&mut tx, &self.specs, &picked).await?;
+        load_specs(&mut conn, &self.specs, &picked).await?;
         let names: Vec<String> = picked
             .iter()
             .map(|job| {
@@ -390,34 +394,30 @@ impl Store for PostgresStore {
             }
         }
         let attempts: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i32)>(
-            "UPDATE jobs
-             SET state = 'leased', worker_id = x.worker, lease_token = x.token, lease_expires_at_ms = $4,
-                 attempt = jobs.attempt + 1
-             FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS x (id, worker, token)
-             WHERE jobs.id = x.id AND jobs.state = 'pending'
-             RETURNING jobs.id, jobs.attempt",
+            "WITH leased AS (
+                 UPDATE jobs
+                 SET state = 'leased', worker_id = x.worker, lease_token = x.token, lease_expires_at_ms = $4,
+                     attempt = jobs.attempt + 1
+                 FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS x (id, worker, token)
+                 WHERE jobs.id = x.id
+                   AND jobs.id IN (SELECT id FROM jobs WHERE id = ANY($1) AND state = 'pending'
+                                   FOR UPDATE SKIP LOCKED)
+                 RETURNING jobs.id, jobs.attempt, jobs.run_id
+             ),
+             started AS (
+                 UPDATE runs SET state = 'running' WHERE id IN (SELECT run_id FROM leased) AND state = 'queued'
+             )
+             SELECT id, attempt FROM leased",
         )
         .bind(&ids)
         .bind(&workers)
         .bind(&lease_tokens)
         .bind(now_ms + batch.lease_duration_ms)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?
         .into_iter()
         .map(|(id, attempt)| (id, i64::from(attempt)))
         .collect();
-        let queued: Vec<&String> = runs
-            .iter()
-            .filter(|(id, state)| state == "queued" && picked.iter().any(|j| &j.run_id == id))
-            .map(|(id, _)| id)
-            .collect();
-        if !queued.is_empty() {
-            sqlx::query("UPDATE runs SET state = 'running' WHERE id = ANY($1) AND state = 'queued'")
-                .bind(&queued)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
         common::assignments(wants, &picked, &owners, &tokens, &attempts, &self.specs)
     }
 
@@ -825,7 +825,6 @@ async fn verdicts(
 #[derive(Debug, sqlx::FromRow)]
 struct ClaimRow {
     run_ids: Option<Vec<String>>,
-    run_states: Option<Vec<String>>,
     part: Option<i32>,
     id: Option<i64>,
     run_id: Option<String>,

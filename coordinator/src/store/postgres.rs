@@ -212,6 +212,13 @@ impl Store for PostgresStore {
         let state = RunState::from_str(&state.ok_or(StoreError::RunNotFound(run_id))?).map_err(StoreError::Corrupt)?;
         let mut revoked_leases = Vec::new();
         if !state.is_terminal() {
+            let indexes: Vec<i32> =
+                sqlx::query_scalar("SELECT package_idx FROM packages WHERE run_id = $1 ORDER BY package_idx")
+                    .bind(run_id.to_string())
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let packages: Vec<(RunId, i64)> = indexes.into_iter().map(|idx| (run_id, i64::from(idx))).collect();
+            lock_packages(&mut tx, &packages).await?;
             // A job with a worker is a leased one: release and requeue clear the worker.
             let rows: Vec<(i64, Option<String>)> = sqlx::query_as(&format!(
                 "UPDATE jobs SET state = 'cancelled', settled_at_ms = $2
@@ -229,12 +236,6 @@ impl Store for PostgresStore {
                 .bind(now_ms)
                 .execute(&mut *tx)
                 .await?;
-            let indexes: Vec<i32> =
-                sqlx::query_scalar("SELECT package_idx FROM packages WHERE run_id = $1 ORDER BY package_idx")
-                    .bind(run_id.to_string())
-                    .fetch_all(&mut *tx)
-                    .await?;
-            let packages: Vec<(RunId, i64)> = indexes.into_iter().map(|idx| (run_id, i64::from(idx))).collect();
             refresh_packages(&mut tx, &packages).await?;
         }
         let summary = run_summary(&mut tx, run_id).await?;
@@ -468,12 +469,23 @@ impl Store for PostgresStore {
             }
         }
         let mut tx = self.pool.begin().await?;
-        let recorded: Vec<(i64, i64, String, i32)> = sqlx::query_as(
-            "UPDATE jobs SET state = 'done', result_json = x.result, settled_at_ms = $5
-             FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS x (n, id, token, result)
-             WHERE jobs.id = x.id AND jobs.lease_token = x.token AND jobs.state = 'leased'
-             RETURNING x.n, jobs.id, jobs.run_id, jobs.package_idx",
-        )
+        lock_packages_of_jobs(&mut tx, &ids).await?;
+        // Each recorded job comes back with whether its package has another job still to run,
+        // as of this statement: the package locks make that the last word, since every other
+        // transaction that settles jobs of these packages has committed or waits.
+        let recorded: Vec<(i64, i64, String, i32, bool)> = sqlx::query_as(&format!(
+            "WITH done AS (
+                 UPDATE jobs SET state = 'done', result_json = x.result, settled_at_ms = $5
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS x (n, id, token, result)
+                 WHERE jobs.id = x.id AND jobs.lease_token = x.token AND jobs.state = 'leased'
+                 RETURNING x.n, jobs.id, jobs.run_id, jobs.package_idx
+             )
+             SELECT d.n, d.id, d.run_id, d.package_idx,
+                    EXISTS (SELECT 1 FROM jobs j
+                            WHERE j.run_id = d.run_id AND j.state IN {LIVE_JOB_STATES}
+                              AND j.package_idx = d.package_idx AND j.id NOT IN (SELECT id FROM done)) AS live
+             FROM done d"
+        ))
         .bind(&numbers)
         .bind(&ids)
         .bind(&tokens)
@@ -484,8 +496,13 @@ impl Store for PostgresStore {
         let mut outcome: Vec<Option<Completion>> = vec![None; reports.len()];
         // Recorded jobs: their package, and the report that recorded them.
         let mut recorded_jobs: Vec<(RunId, i64, usize)> = Vec::with_capacity(recorded.len());
-        for (n, _, run, idx) in recorded {
+        // Packages with a job still to run; the others are settled now.
+        let mut live: Vec<(RunId, i64)> = Vec::new();
+        for (n, _, run, idx, still_live) in recorded {
             let run_id = parse_run_id(&run)?;
+            if still_live {
+                live.push((run_id, i64::from(idx)));
+            }
             let i = usize::try_from(n - 1).map_err(|_| StoreError::Corrupt(format!("report number {n}")))?;
             outcome[i] = Some(Completion {
                 ack: OutcomeAck::Recorded,
@@ -577,9 +594,16 @@ impl Store for PostgresStore {
                     }
                 }
             }
-            let finished_runs = refresh_packages(&mut tx, &packages).await?;
-            for run_id in finished_runs {
-                refresh_run_state(&mut tx, run_id, now_ms).await?;
+            // A package settled by a result has no live job left either.
+            let done: Vec<(RunId, i64)> = packages
+                .iter()
+                .filter(|key| !live.contains(key) || settled.iter().any(|(r, p, _)| (*r, *p) == **key))
+                .copied()
+                .collect();
+            if !done.is_empty() {
+                for run_id in write_verdicts(&mut tx, &done).await? {
+                    refresh_run_state(&mut tx, run_id, now_ms).await?;
+                }
             }
         }
         tx.commit().await?;
@@ -617,11 +641,25 @@ impl Store for PostgresStore {
 
     async fn reap_expired(&self, max_attempts: u32, now_ms: i64) -> Result<ReapReport, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The expired leases' packages are locked before any job changes (see lock_packages);
+        // only the jobs found here are reaped, so none of an unlocked package.
+        let expired: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM jobs
+             WHERE run_id IN (SELECT id FROM runs WHERE state IN ('queued', 'running'))
+               AND state = 'leased' AND lease_expires_at_ms < $1",
+        )
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        if expired.is_empty() {
+            tx.commit().await?;
+            return Ok(ReapReport::default());
+        }
+        lock_packages_of_jobs(&mut tx, &expired).await?;
         let rows: Vec<(String, i32, String)> = sqlx::query_as(
             "WITH expired AS (
                  SELECT id FROM jobs
-                 WHERE run_id IN (SELECT id FROM runs WHERE state IN ('queued', 'running'))
-                   AND state = 'leased' AND lease_expires_at_ms < $1
+                 WHERE id = ANY($3) AND state = 'leased' AND lease_expires_at_ms < $1
                  FOR UPDATE SKIP LOCKED
              )
              UPDATE jobs
@@ -635,6 +673,7 @@ impl Store for PostgresStore {
         )
         .bind(now_ms)
         .bind(max_attempts as i32)
+        .bind(&expired)
         .fetch_all(&mut *tx)
         .await?;
         let mut report = ReapReport::default();
@@ -712,19 +751,16 @@ impl Store for PostgresStore {
     }
 }
 
-/// Brings the verdicts of packages whose jobs changed up to date. Returns the runs of the
-/// packages that have no live job left: those runs may have finished.
-///
-/// A verdict is written once, when the package's last job settles; until then readers build it
-/// from the jobs ([`verdicts`]). Call this after the transaction's job updates: it locks the
-/// packages first, so of two transactions settling a package's last two jobs, the second to
-/// get the lock sees the first's, and one of them writes the verdict.
-async fn refresh_packages(conn: &mut PgConnection, packages: &[(RunId, i64)]) -> Result<Vec<RunId>, StoreError> {
+/// Takes the transaction-long locks of packages, in key order. Every transaction that
+/// settles jobs takes those of the jobs' packages before it changes any job, so of two that
+/// settle a package's last two jobs, the second sees the first's and writes the verdict; and
+/// as all take them first and in one order, none waits on another in a cycle. Advisory locks:
+/// unlike row locks they write nothing.
+async fn lock_packages(conn: &mut PgConnection, packages: &[(RunId, i64)]) -> Result<(), StoreError> {
     let mut keys = packages.to_vec();
     keys.sort();
     keys.dedup();
     let (runs, indexes) = package_keys(&keys);
-    // Advisory locks, in key order: unlike row locks they write nothing.
     sqlx::query(
         "SELECT pg_advisory_xact_lock(hashtextextended(k.run_id, k.package_idx))
          FROM UNNEST($1::text[], $2::int[]) WITH ORDINALITY AS k (run_id, package_idx, n)
@@ -734,6 +770,33 @@ async fn refresh_packages(conn: &mut PgConnection, packages: &[(RunId, i64)]) ->
     .bind(&indexes)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// [`lock_packages`] for the packages of jobs, by job id.
+async fn lock_packages_of_jobs(conn: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(k.run_id, k.package_idx))
+         FROM (SELECT DISTINCT run_id, package_idx FROM jobs WHERE id = ANY($1)
+               ORDER BY run_id, package_idx) AS k",
+    )
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Brings the verdicts of packages whose jobs changed up to date, under their locks
+/// ([`lock_packages`], taken before the jobs changed). Returns the runs of the packages that
+/// have no live job left: those runs may have finished.
+///
+/// A verdict is written once, when the package's last job settles; until then readers build it
+/// from the jobs ([`verdicts`]).
+async fn refresh_packages(conn: &mut PgConnection, packages: &[(RunId, i64)]) -> Result<Vec<RunId>, StoreError> {
+    let mut keys = packages.to_vec();
+    keys.sort();
+    keys.dedup();
+    let (runs, indexes) = package_keys(&keys);
     let settled: Vec<(String, i32)> = sqlx::query_as(
         "SELECT k.run_id, k.package_idx FROM UNNEST($1::text[], $2::int[]) AS k (run_id, package_idx)
          WHERE NOT EXISTS (SELECT 1 FROM jobs j
@@ -752,7 +815,12 @@ async fn refresh_packages(conn: &mut PgConnection, packages: &[(RunId, i64)]) ->
         .into_iter()
         .map(|(run, idx)| Ok((parse_run_id(&run)?, i64::from(idx))))
         .collect::<Result<Vec<_>, StoreError>>()?;
-    let results = verdicts(conn, &settled).await?;
+    write_verdicts(conn, &settled).await
+}
+
+/// Writes the final verdicts of packages none of whose jobs is live. Returns their runs.
+async fn write_verdicts(conn: &mut PgConnection, settled: &[(RunId, i64)]) -> Result<Vec<RunId>, StoreError> {
+    let results = verdicts(conn, settled).await?;
     let (mut out_runs, mut out_indexes, mut categories, mut finished, mut jsons) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut finished_runs = Vec::new();

@@ -43,7 +43,11 @@ impl PostgresStore {
         // done between two autovacuum passes), and with them it would sometimes read a whole
         // table instead; on these connections a sequential scan is the last resort. Nor do
         // statements this small gain from JIT compilation, which such a cost would set off.
-        let options = PgConnectOptions::from_str(url)?.options([("enable_seqscan", "off"), ("enable_memoize", "off"), ("jit", "off")]);
+        let options = PgConnectOptions::from_str(url)?.options([
+            ("enable_seqscan", "off"),
+            ("enable_memoize", "off"),
+            ("jit", "off"),
+        ]);
         // A connection is checked with a round trip before use only after it has been idle a
         // while (across a database restart, say): checking every one would add a round trip
         // to every claim and outcome transaction. One that broke while busy fails its
@@ -236,7 +240,7 @@ impl Store for PostgresStore {
                 .bind(now_ms)
                 .execute(&mut *tx)
                 .await?;
-            refresh_packages(&mut tx, &packages).await?;
+            refresh_packages(&mut tx, &packages, now_ms).await?;
         }
         let summary = run_summary(&mut tx, run_id).await?;
         tx.commit().await?;
@@ -601,9 +605,7 @@ impl Store for PostgresStore {
                 .copied()
                 .collect();
             if !done.is_empty() {
-                for run_id in write_verdicts(&mut tx, &done).await? {
-                    refresh_run_state(&mut tx, run_id, now_ms).await?;
-                }
+                write_verdicts(&mut tx, &done, now_ms).await?;
             }
         }
         tx.commit().await?;
@@ -693,10 +695,7 @@ impl Store for PostgresStore {
             }
         }
         if !packages.is_empty() {
-            refresh_packages(&mut tx, &packages).await?;
-        }
-        for run_id in &report.runs_touched {
-            refresh_run_state(&mut tx, *run_id, now_ms).await?;
+            refresh_packages(&mut tx, &packages, now_ms).await?;
         }
         tx.commit().await?;
         Ok(report)
@@ -787,12 +786,12 @@ async fn lock_packages_of_jobs(conn: &mut PgConnection, ids: &[i64]) -> Result<(
 }
 
 /// Brings the verdicts of packages whose jobs changed up to date, under their locks
-/// ([`lock_packages`], taken before the jobs changed). Returns the runs of the packages that
-/// have no live job left: those runs may have finished.
+/// ([`lock_packages`], taken before the jobs changed), and finishes the runs that have no
+/// package left without one ([`write_verdicts`]).
 ///
 /// A verdict is written once, when the package's last job settles; until then readers build it
 /// from the jobs ([`verdicts`]).
-async fn refresh_packages(conn: &mut PgConnection, packages: &[(RunId, i64)]) -> Result<Vec<RunId>, StoreError> {
+async fn refresh_packages(conn: &mut PgConnection, packages: &[(RunId, i64)], now_ms: i64) -> Result<(), StoreError> {
     let mut keys = packages.to_vec();
     keys.sort();
     keys.dedup();
@@ -809,45 +808,55 @@ async fn refresh_packages(conn: &mut PgConnection, packages: &[(RunId, i64)]) ->
     .fetch_all(&mut *conn)
     .await?;
     if settled.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let settled = settled
         .into_iter()
         .map(|(run, idx)| Ok((parse_run_id(&run)?, i64::from(idx))))
         .collect::<Result<Vec<_>, StoreError>>()?;
-    write_verdicts(conn, &settled).await
+    write_verdicts(conn, &settled, now_ms).await
 }
 
-/// Writes the final verdicts of packages none of whose jobs is live. Returns their runs.
-async fn write_verdicts(conn: &mut PgConnection, settled: &[(RunId, i64)]) -> Result<Vec<RunId>, StoreError> {
+/// Writes the final verdicts of packages none of whose jobs is live, and marks their runs
+/// finished once every package of the run has one: both in one statement.
+async fn write_verdicts(conn: &mut PgConnection, settled: &[(RunId, i64)], now_ms: i64) -> Result<(), StoreError> {
     let results = verdicts(conn, settled).await?;
     let (mut out_runs, mut out_indexes, mut categories, mut finished, mut jsons) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut finished_runs = Vec::new();
     for ((run_id, idx), result) in results {
-        if result.finished && !finished_runs.contains(&run_id) {
-            finished_runs.push(run_id);
-        }
         categories.push(result.category.as_str());
         finished.push(result.finished);
         jsons.push(to_json(&result)?);
         out_runs.push(run_id.to_string());
         out_indexes.push(idx as i32);
     }
+    // The packages this statement finishes still look unfinished to its own subquery.
     sqlx::query(
-        "UPDATE packages SET category = x.category, finished = x.finished, result_json = x.result
-         FROM UNNEST($1::text[], $2::int[], $3::text[], $4::bool[], $5::text[])
-              AS x (run_id, package_idx, category, finished, result)
-         WHERE packages.run_id = x.run_id AND packages.package_idx = x.package_idx",
+        "WITH written AS (
+             UPDATE packages SET category = x.category, finished = x.finished, result_json = x.result
+             FROM UNNEST($1::text[], $2::int[], $3::text[], $4::bool[], $5::text[])
+                  AS x (run_id, package_idx, category, finished, result)
+             WHERE packages.run_id = x.run_id AND packages.package_idx = x.package_idx
+             RETURNING packages.run_id, packages.package_idx, packages.finished
+         )
+         UPDATE runs SET state = 'finished', finished_at_ms = $6
+         WHERE id IN (SELECT run_id FROM written WHERE finished) AND state IN ('queued', 'running')
+           AND NOT EXISTS (
+               SELECT 1 FROM packages p
+               WHERE p.run_id = runs.id AND NOT p.finished
+                 AND NOT EXISTS (SELECT 1 FROM written w
+                                 WHERE w.finished AND w.run_id = p.run_id AND w.package_idx = p.package_idx)
+           )",
     )
     .bind(&out_runs)
     .bind(&out_indexes)
     .bind(&categories)
     .bind(&finished)
     .bind(&jsons)
+    .bind(now_ms)
     .execute(&mut *conn)
     .await?;
-    Ok(finished_runs)
+    Ok(())
 }
 
 /// The verdicts of packages as their jobs stand, built from those jobs.
@@ -856,28 +865,28 @@ async fn verdicts(
     packages: &[(RunId, i64)],
 ) -> Result<Vec<((RunId, i64), PackageResult)>, StoreError> {
     let (runs, indexes) = package_keys(packages);
-    let heads: Vec<(String, i32, String, i32)> = sqlx::query_as(
-        "SELECT p.run_id, p.package_idx, p.name, r.iterations
+    let rows: Vec<VerdictRow> = sqlx::query_as(
+        "SELECT p.run_id, p.package_idx, p.name, r.iterations, j.state, j.result_json
          FROM UNNEST($1::text[], $2::int[]) AS k (run_id, package_idx)
          JOIN packages p ON p.run_id = k.run_id AND p.package_idx = k.package_idx
-         JOIN runs r ON r.id = p.run_id",
+         JOIN runs r ON r.id = p.run_id
+         LEFT JOIN jobs j ON j.run_id = p.run_id AND j.package_idx = p.package_idx",
     )
     .bind(&runs)
     .bind(&indexes)
     .fetch_all(&mut *conn)
     .await?;
-    let rows: Vec<(String, i32, String, Option<String>)> = sqlx::query_as(
-        "SELECT j.run_id, j.package_idx, j.state, j.result_json
-         FROM UNNEST($1::text[], $2::int[]) AS k (run_id, package_idx)
-         JOIN jobs j ON j.run_id = k.run_id AND j.package_idx = k.package_idx",
-    )
-    .bind(&runs)
-    .bind(&indexes)
-    .fetch_all(&mut *conn)
-    .await?;
+    // Package heads in the order they came, each with its jobs.
+    let mut heads: Vec<(String, i32, String, i32)> = Vec::new();
     let mut jobs: HashMap<(String, i32), Vec<JobRow>> = HashMap::new();
-    for (run, idx, state, result) in rows {
-        jobs.entry((run, idx)).or_default().push((state, result));
+    for (run, idx, name, iterations, state, result) in rows {
+        let package_jobs = jobs.entry((run.clone(), idx)).or_insert_with(|| {
+            heads.push((run.clone(), idx, name, iterations));
+            Vec::new()
+        });
+        if let Some(state) = state {
+            package_jobs.push((state, result));
+        }
     }
     let mut out = Vec::with_capacity(heads.len());
     for (run, idx, name, iterations) in heads {
@@ -916,6 +925,9 @@ impl ClaimRow {
         }
     }
 }
+
+/// A package's `(run, index, name, iterations)` with one of its jobs' `(state, result_json)`.
+type VerdictRow = (String, i32, String, i32, Option<String>, Option<String>);
 
 /// A job's `(state, result_json)`, what a verdict is built from.
 type JobRow = (String, Option<String>);
@@ -969,21 +981,6 @@ async fn load_package_specs(
             from_json(&options)?,
         );
     }
-    Ok(())
-}
-
-/// Marks a run finished once none of its jobs is pending or leased: once every package has
-/// its final verdict.
-async fn refresh_run_state(conn: &mut PgConnection, run_id: RunId, now_ms: i64) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE runs SET state = 'finished', finished_at_ms = $2
-         WHERE id = $1 AND state IN ('queued', 'running')
-           AND NOT EXISTS (SELECT 1 FROM packages WHERE run_id = $1 AND NOT finished)",
-    )
-    .bind(run_id.to_string())
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 

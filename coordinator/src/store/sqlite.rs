@@ -483,7 +483,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         run_state(&mut tx, run_id).await?;
         let rows = sqlx::query(
-            "SELECT name, result_json FROM packages
+            "SELECT package_idx, name, finished, result_json FROM packages
              WHERE run_id = ?1 AND (finished = 1 OR ?2 = 0)
              ORDER BY package_idx",
         )
@@ -491,14 +491,20 @@ impl Store for SqliteStore {
         .bind(finished_only)
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
         let mut results = Vec::with_capacity(rows.len());
         for row in rows {
             let name: String = row.try_get("name")?;
-            if packages.is_empty() || packages.contains(&name) {
+            if !packages.is_empty() && !packages.contains(&name) {
+                continue;
+            }
+            // Verdicts are stored once final; a package still going gets its verdict so far.
+            if row.try_get::<bool, _>("finished")? {
                 results.push(from_json(row.try_get("result_json")?)?);
+            } else {
+                results.push(package_verdict(&mut tx, run_id, row.try_get("package_idx")?).await?);
             }
         }
+        tx.commit().await?;
         Ok(results)
     }
 }
@@ -553,6 +559,38 @@ async fn load_spec(
 
 /// Recomputes one package's verdict from its jobs. Returns whether it is finished.
 async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx: i64) -> Result<bool, StoreError> {
+    // A verdict is written once, when the package's last job settles; until then readers
+    // build it from the jobs (package_results).
+    let live: bool = sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND package_idx = ?2 AND state IN {LIVE_JOB_STATES})"
+    ))
+    .bind(run_id.to_string())
+    .bind(package_idx)
+    .fetch_one(&mut *conn)
+    .await?;
+    if live {
+        return Ok(false);
+    }
+    let result = package_verdict(conn, run_id, package_idx).await?;
+    sqlx::query(
+        "UPDATE packages SET category = ?3, finished = ?4, result_json = ?5 WHERE run_id = ?1 AND package_idx = ?2",
+    )
+    .bind(run_id.to_string())
+    .bind(package_idx)
+    .bind(result.category.as_str())
+    .bind(result.finished)
+    .bind(to_json(&result)?)
+    .execute(&mut *conn)
+    .await?;
+    Ok(result.finished)
+}
+
+/// A package's verdict as its jobs stand.
+async fn package_verdict(
+    conn: &mut SqliteConnection,
+    run_id: RunId,
+    package_idx: i64,
+) -> Result<PackageResult, StoreError> {
     let row = sqlx::query(
         "SELECT p.name, r.iterations FROM packages p JOIN runs r ON r.id = p.run_id
          WHERE p.run_id = ?1 AND p.package_idx = ?2",
@@ -569,18 +607,7 @@ async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx
             .bind(package_idx)
             .fetch_all(&mut *conn)
             .await?;
-    let result = package_result(&name, iterations, jobs)?;
-    sqlx::query(
-        "UPDATE packages SET category = ?3, finished = ?4, result_json = ?5 WHERE run_id = ?1 AND package_idx = ?2",
-    )
-    .bind(run_id.to_string())
-    .bind(package_idx)
-    .bind(result.category.as_str())
-    .bind(result.finished)
-    .bind(to_json(&result)?)
-    .execute(&mut *conn)
-    .await?;
-    Ok(result.finished)
+    package_result(&name, iterations, jobs)
 }
 
 /// Marks a run finished once none of its jobs is pending or leased.

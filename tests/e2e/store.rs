@@ -60,6 +60,7 @@ conformance!(
     a_batch_claim_gives_each_worker_its_share_and_warm_packages_to_who_set_them_up,
     concurrent_runs_share_the_fleet,
     a_batch_of_outcomes_records_each_job_once,
+    a_packages_last_two_outcomes_recorded_at_once_give_it_one_verdict,
 );
 
 fn package(name: &str) -> PackageSpec {
@@ -717,4 +718,79 @@ async fn a_batch_of_outcomes_records_each_job_once(store: Arc<dyn Store>) {
     assert_eq!(statuses, expected, "the first report of each job stands");
     let (summary, _) = store.get_run(run_id).await.expect("get");
     assert_eq!(summary.state, RunState::Finished);
+}
+
+/// Two transactions that record a package's last two outcomes at the same moment: whichever
+/// commits second must see the first's and write the verdict, for every package.
+async fn a_packages_last_two_outcomes_recorded_at_once_give_it_one_verdict(store: Arc<dyn Store>) {
+    let names: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let run_id = submit(&store, &spec(&names, 2), 0).await;
+    let jobs = claim(&store, &worker("w"), &profile("3.13", true), &[], 80, 0).await;
+    assert_eq!(jobs.len(), 80);
+    let mut pairs: std::collections::BTreeMap<String, Vec<domain::Assignment>> = Default::default();
+    for job in jobs {
+        pairs.entry(job.package.name.clone()).or_default().push(job);
+    }
+    for (_, pair) in pairs {
+        // Both of a package's outcomes start together, each in its own transaction; one
+        // package at a time, so the two always overlap.
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let mut racers = Vec::new();
+        for job in pair {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            racers.push(tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .complete_job(
+                        job.job_id,
+                        job.lease_token,
+                        &outcome(job.iteration, IterationStatus::Pass),
+                        10,
+                    )
+                    .await
+                    .expect("complete")
+                    .ack
+            }));
+        }
+        for racer in racers {
+            assert_eq!(racer.await.expect("racer"), OutcomeAck::Recorded);
+        }
+    }
+    let finished = store.package_results(run_id, &[], true).await.expect("results");
+    assert_eq!(finished.len(), 40, "every package has its verdict");
+    assert!(
+        finished
+            .iter()
+            .all(|r| r.iterations.len() == 2 && r.category == Category::Compatible)
+    );
+    let (summary, _) = store.get_run(run_id).await.expect("get");
+    assert_eq!(summary.state, RunState::Finished);
+    assert_eq!(summary.packages_finished, 40);
+    // The last outcomes of a run's last two packages, at once: the run finishes.
+    for round in 0..10 {
+        let run_id = submit(&store, &spec(&["a", "b"], 1), 100 + round).await;
+        let jobs = claim(&store, &worker("w"), &profile("3.13", true), &[], 2, 100).await;
+        assert_eq!(jobs.len(), 2);
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let racers: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let result = outcome(job.iteration, IterationStatus::Pass);
+                    store
+                        .complete_job(job.job_id, job.lease_token, &result, 110)
+                        .await
+                        .expect("complete")
+                })
+            })
+            .collect();
+        for racer in racers {
+            racer.await.expect("racer");
+        }
+        let (summary, _) = store.get_run(run_id).await.expect("get");
+        assert_eq!(summary.state, RunState::Finished, "round {round}");
+    }
 }

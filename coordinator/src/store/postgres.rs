@@ -209,6 +209,16 @@ impl Store for PostgresStore {
 
     async fn cancel_run(&self, run_id: RunId, now_ms: i64) -> Result<(RunSummary, Vec<RevokedLease>), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Locks in the order every settling transaction takes them: the run's packages, the
+        // run's finish, then its row.
+        let indexes: Vec<i32> =
+            sqlx::query_scalar("SELECT package_idx FROM packages WHERE run_id = $1 ORDER BY package_idx")
+                .bind(run_id.to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+        let packages: Vec<(RunId, i64)> = indexes.into_iter().map(|idx| (run_id, i64::from(idx))).collect();
+        lock_packages(&mut tx, &packages).await?;
+        lock_run(&mut tx, run_id).await?;
         let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR UPDATE")
             .bind(run_id.to_string())
             .fetch_optional(&mut *tx)
@@ -216,13 +226,6 @@ impl Store for PostgresStore {
         let state = RunState::from_str(&state.ok_or(StoreError::RunNotFound(run_id))?).map_err(StoreError::Corrupt)?;
         let mut revoked_leases = Vec::new();
         if !state.is_terminal() {
-            let indexes: Vec<i32> =
-                sqlx::query_scalar("SELECT package_idx FROM packages WHERE run_id = $1 ORDER BY package_idx")
-                    .bind(run_id.to_string())
-                    .fetch_all(&mut *tx)
-                    .await?;
-            let packages: Vec<(RunId, i64)> = indexes.into_iter().map(|idx| (run_id, i64::from(idx))).collect();
-            lock_packages(&mut tx, &packages).await?;
             // A job with a worker is a leased one: release and requeue clear the worker.
             let rows: Vec<(i64, Option<String>)> = sqlx::query_as(&format!(
                 "UPDATE jobs SET state = 'cancelled', settled_at_ms = $2
@@ -818,7 +821,7 @@ async fn refresh_packages(conn: &mut PgConnection, packages: &[(RunId, i64)], no
 }
 
 /// Writes the final verdicts of packages none of whose jobs is live, and marks their runs
-/// finished once every package of the run has one: both in one statement.
+/// finished once every package of the run has one.
 async fn write_verdicts(conn: &mut PgConnection, settled: &[(RunId, i64)], now_ms: i64) -> Result<(), StoreError> {
     let results = verdicts(conn, settled).await?;
     let (mut out_runs, mut out_indexes, mut categories, mut finished, mut jsons) =
@@ -830,32 +833,48 @@ async fn write_verdicts(conn: &mut PgConnection, settled: &[(RunId, i64)], now_m
         out_runs.push(run_id.to_string());
         out_indexes.push(idx as i32);
     }
-    // The packages this statement finishes still look unfinished to its own subquery.
-    sqlx::query(
+    // The verdicts, then the locks of the runs they finish, in run order: of two transactions
+    // finishing a run's last two packages, the second to get its run's lock sees the first's
+    // verdict and finishes the run. Package locks come before run locks everywhere.
+    let finishing: Vec<String> = sqlx::query_scalar(
         "WITH written AS (
              UPDATE packages SET category = x.category, finished = x.finished, result_json = x.result
              FROM UNNEST($1::text[], $2::int[], $3::text[], $4::bool[], $5::text[])
                   AS x (run_id, package_idx, category, finished, result)
              WHERE packages.run_id = x.run_id AND packages.package_idx = x.package_idx
-             RETURNING packages.run_id, packages.package_idx, packages.finished
+             RETURNING packages.run_id, packages.finished
          )
-         UPDATE runs SET state = 'finished', finished_at_ms = $6
-         WHERE id IN (SELECT run_id FROM written WHERE finished) AND state IN ('queued', 'running')
-           AND NOT EXISTS (
-               SELECT 1 FROM packages p
-               WHERE p.run_id = runs.id AND NOT p.finished
-                 AND NOT EXISTS (SELECT 1 FROM written w
-                                 WHERE w.finished AND w.run_id = p.run_id AND w.package_idx = p.package_idx)
-           )",
+         SELECT r.run_id FROM (SELECT DISTINCT run_id FROM written WHERE finished ORDER BY run_id) AS r
+         WHERE pg_advisory_xact_lock(hashtextextended(r.run_id, -1)) IS NOT NULL",
     )
     .bind(&out_runs)
     .bind(&out_indexes)
     .bind(&categories)
     .bind(&finished)
     .bind(&jsons)
-    .bind(now_ms)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
+    if !finishing.is_empty() {
+        sqlx::query(
+            "UPDATE runs SET state = 'finished', finished_at_ms = $2
+             WHERE id = ANY($1) AND state IN ('queued', 'running')
+               AND NOT EXISTS (SELECT 1 FROM packages p WHERE p.run_id = runs.id AND NOT p.finished)",
+        )
+        .bind(&finishing)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Takes the transaction-long lock of a run's finish (see [`write_verdicts`]), after any
+/// package locks.
+async fn lock_run(conn: &mut PgConnection, run_id: RunId) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, -1))")
+        .bind(run_id.to_string())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

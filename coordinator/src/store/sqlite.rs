@@ -557,7 +557,7 @@ async fn load_spec(
     Ok(())
 }
 
-/// Recomputes one package's verdict from its jobs. Returns whether it is finished.
+/// Writes a package's verdict once none of its jobs is live. Returns whether it is finished.
 async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx: i64) -> Result<bool, StoreError> {
     // A verdict is written once, when the package's last job settles; until then readers
     // build it from the jobs (package_results).

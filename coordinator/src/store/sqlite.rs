@@ -491,21 +491,29 @@ impl Store for SqliteStore {
         .bind(finished_only)
         .fetch_all(&mut *tx)
         .await?;
-        let mut results = Vec::with_capacity(rows.len());
+        // Verdicts are stored once final; packages still going get their verdicts so far.
+        let mut wanted = Vec::with_capacity(rows.len());
+        let mut going = Vec::new();
         for row in rows {
             let name: String = row.try_get("name")?;
             if !packages.is_empty() && !packages.contains(&name) {
                 continue;
             }
-            // Verdicts are stored once final; a package still going gets its verdict so far.
-            if row.try_get::<bool, _>("finished")? {
-                results.push(from_json(row.try_get("result_json")?)?);
-            } else {
-                results.push(package_verdict(&mut tx, run_id, row.try_get("package_idx")?).await?);
+            let package_idx: i64 = row.try_get("package_idx")?;
+            if !row.try_get::<bool, _>("finished")? {
+                going.push(package_idx);
             }
+            wanted.push((package_idx, row));
         }
+        let mut so_far = verdicts(&mut tx, run_id, &going).await?;
         tx.commit().await?;
-        Ok(results)
+        wanted
+            .into_iter()
+            .map(|(package_idx, row)| match so_far.remove(&package_idx) {
+                Some(result) => Ok(result),
+                None => from_json(row.try_get("result_json")?),
+            })
+            .collect()
     }
 }
 
@@ -571,7 +579,10 @@ async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx
     if live {
         return Ok(false);
     }
-    let result = package_verdict(conn, run_id, package_idx).await?;
+    let result = verdicts(conn, run_id, &[package_idx])
+        .await?
+        .remove(&package_idx)
+        .ok_or_else(|| StoreError::Corrupt(format!("no package {package_idx} in run {run_id}")))?;
     sqlx::query(
         "UPDATE packages SET category = ?3, finished = ?4, result_json = ?5 WHERE run_id = ?1 AND package_idx = ?2",
     )
@@ -585,29 +596,49 @@ async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx
     Ok(result.finished)
 }
 
-/// A package's verdict as its jobs stand.
-async fn package_verdict(
+/// The verdicts of a run's packages as their jobs stand, by package index: two queries
+/// however many packages.
+async fn verdicts(
     conn: &mut SqliteConnection,
     run_id: RunId,
-    package_idx: i64,
-) -> Result<PackageResult, StoreError> {
-    let row = sqlx::query(
-        "SELECT p.name, r.iterations FROM packages p JOIN runs r ON r.id = p.run_id
-         WHERE p.run_id = ?1 AND p.package_idx = ?2",
+    package_indexes: &[i64],
+) -> Result<HashMap<i64, PackageResult>, StoreError> {
+    if package_indexes.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let indexes = to_json(package_indexes)?;
+    // From the indexes to the rows, in that order (SQLite keeps CROSS JOIN order).
+    let heads = sqlx::query(
+        "SELECT p.package_idx, p.name, r.iterations
+         FROM json_each(?2) AS k CROSS JOIN packages p JOIN runs r ON r.id = p.run_id
+         WHERE p.run_id = ?1 AND p.package_idx = k.value",
     )
     .bind(run_id.to_string())
-    .bind(package_idx)
-    .fetch_one(&mut *conn)
+    .bind(&indexes)
+    .fetch_all(&mut *conn)
     .await?;
-    let name: String = row.try_get("name")?;
-    let iterations = u32_column(&row, "iterations")?;
-    let jobs: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT state, result_json FROM jobs WHERE run_id = ?1 AND package_idx = ?2")
-            .bind(run_id.to_string())
-            .bind(package_idx)
-            .fetch_all(&mut *conn)
-            .await?;
-    package_result(&name, iterations, jobs)
+    let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT j.package_idx, j.state, j.result_json
+         FROM json_each(?2) AS k CROSS JOIN jobs j
+         WHERE j.run_id = ?1 AND j.package_idx = k.value",
+    )
+    .bind(run_id.to_string())
+    .bind(&indexes)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut jobs: HashMap<i64, Vec<(String, Option<String>)>> = HashMap::new();
+    for (package_idx, state, result) in rows {
+        jobs.entry(package_idx).or_default().push((state, result));
+    }
+    let mut out = HashMap::with_capacity(heads.len());
+    for head in heads {
+        let package_idx: i64 = head.try_get("package_idx")?;
+        let name: String = head.try_get("name")?;
+        let iterations = u32_column(&head, "iterations")?;
+        let package_jobs = jobs.remove(&package_idx).unwrap_or_default();
+        out.insert(package_idx, package_result(&name, iterations, package_jobs)?);
+    }
+    Ok(out)
 }
 
 /// Marks a run finished once none of its jobs is pending or leased.

@@ -3,12 +3,13 @@
 //! a batch is one request and adds no wait; with hundreds, one transaction leases or records
 //! for many of them, which is what lets the store keep up.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use domain::{Assignment, InterpreterProfile, JobId, JobResult, LeaseToken, WorkerId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::Status;
 
 use crate::hub::now_ms;
@@ -22,7 +23,8 @@ const MAX_BATCH: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Batcher {
     claims: mpsc::UnboundedSender<ClaimJob>,
-    reports: mpsc::UnboundedSender<ReportJob>,
+    /// One queue per outcome transaction in flight; a package's outcomes all go through one.
+    reports: Vec<mpsc::UnboundedSender<ReportJob>>,
     pub(crate) stats: Arc<BatchStats>,
 }
 
@@ -53,7 +55,7 @@ impl BatchStats {
 #[derive(Debug)]
 struct ClaimJob {
     worker_id: WorkerId,
-    profile: InterpreterProfile,
+    profile: Arc<InterpreterProfile>,
     warm_packages: Vec<String>,
     max_jobs: u32,
     reply: oneshot::Sender<Result<Vec<Assignment>, Status>>,
@@ -69,13 +71,25 @@ struct ReportJob {
 
 impl Batcher {
     /// Starts the two queues' tasks; they end when the batcher is dropped.
-    pub(crate) fn start(store: Arc<dyn Store>, lease_duration: Duration) -> Self {
+    pub(crate) fn start(store: &Arc<dyn Store>, lease_duration: Duration) -> Self {
         let stats = Arc::new(BatchStats::default());
+        let parallel = store.parallel_transactions().max(1);
         let (claims, claim_queue) = mpsc::unbounded_channel();
-        let (reports, report_queue) = mpsc::unbounded_channel();
         let lease_ms = lease_duration.as_millis() as i64;
-        tokio::spawn(claim_loop(store.clone(), claim_queue, lease_ms, stats.clone()));
-        tokio::spawn(report_loop(store, report_queue, stats.clone()));
+        tokio::spawn(claim_loop(
+            store.clone(),
+            claim_queue,
+            parallel,
+            lease_ms,
+            stats.clone(),
+        ));
+        let reports = (0..parallel)
+            .map(|_| {
+                let (reports, report_queue) = mpsc::unbounded_channel();
+                tokio::spawn(report_loop(store.clone(), report_queue, stats.clone()));
+                reports
+            })
+            .collect();
         Batcher { claims, reports, stats }
     }
 
@@ -83,15 +97,15 @@ impl Batcher {
     pub(crate) async fn claim(
         &self,
         worker_id: &WorkerId,
-        profile: &InterpreterProfile,
-        warm_packages: &[String],
+        profile: Arc<InterpreterProfile>,
+        warm_packages: Vec<String>,
         max_jobs: u32,
     ) -> Result<Vec<Assignment>, Status> {
         let (reply, answer) = oneshot::channel();
         let job = ClaimJob {
             worker_id: worker_id.clone(),
-            profile: profile.clone(),
-            warm_packages: warm_packages.to_vec(),
+            profile,
+            warm_packages,
             max_jobs,
             reply,
         };
@@ -104,11 +118,16 @@ impl Batcher {
     }
 
     /// Records an outcome in the next outcome transaction; returns once it is committed.
+    ///
+    /// `package` (any value naming the job's package, when known) picks the queue. Two
+    /// transactions settling jobs of one package take turns on its lock; with each package's
+    /// outcomes in one queue, the queues' transactions do not wait for each other.
     pub(crate) async fn complete(
         &self,
         job_id: JobId,
         lease_token: LeaseToken,
         result: JobResult,
+        package: Option<&(impl Hash + ?Sized)>,
     ) -> Result<Completion, Status> {
         let (reply, answer) = oneshot::channel();
         let job = ReportJob {
@@ -117,7 +136,13 @@ impl Batcher {
             result,
             reply,
         };
-        self.reports
+        let mut hasher = std::hash::DefaultHasher::new();
+        match package {
+            Some(package) => package.hash(&mut hasher),
+            None => job_id.0.hash(&mut hasher),
+        }
+        let queue = (hasher.finish() % self.reports.len() as u64) as usize;
+        self.reports[queue]
             .send(job)
             .map_err(|_| Status::unavailable("coordinator shutting down"))?;
         answer
@@ -138,31 +163,48 @@ fn drain<T>(first: T, queue: &mut mpsc::UnboundedReceiver<T>, limit: usize) -> V
     batch
 }
 
+/// Runs up to `parallel` claim transactions at once, each for everything waiting when it
+/// starts.
 async fn claim_loop(
     store: Arc<dyn Store>,
     mut queue: mpsc::UnboundedReceiver<ClaimJob>,
+    parallel: usize,
     lease_ms: i64,
     stats: Arc<BatchStats>,
 ) {
-    while let Some(first) = queue.recv().await {
-        let mut waiting = drain(first, &mut queue, MAX_BATCH);
-        // One transaction per interpreter, and per MAX_CLAIM_BATCH jobs asked for.
-        while !waiting.is_empty() {
-            let profile = waiting[0].profile.clone();
-            let mut group = Vec::new();
-            let mut asked = 0u32;
-            let mut rest = Vec::new();
-            for job in waiting {
-                if job.profile == profile && (group.is_empty() || asked + job.max_jobs <= MAX_CLAIM_BATCH) {
-                    asked += job.max_jobs;
-                    group.push(job);
-                } else {
-                    rest.push(job);
-                }
+    let in_flight = Arc::new(Semaphore::new(parallel));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else { return };
+        let waiting = drain(first, &mut queue, MAX_BATCH);
+        let (store, stats) = (store.clone(), stats.clone());
+        tokio::spawn(async move {
+            claim_all(store.as_ref(), waiting, lease_ms, &stats).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Serves waiting claims: one transaction per interpreter, and per MAX_CLAIM_BATCH jobs asked for.
+async fn claim_all(store: &dyn Store, mut waiting: Vec<ClaimJob>, lease_ms: i64, stats: &BatchStats) {
+    while !waiting.is_empty() {
+        let profile = waiting[0].profile.clone();
+        let mut group = Vec::new();
+        let mut asked = 0u32;
+        let mut rest = Vec::new();
+        for job in waiting {
+            let same = Arc::ptr_eq(&job.profile, &profile) || job.profile == profile;
+            if same && (group.is_empty() || asked + job.max_jobs <= MAX_CLAIM_BATCH) {
+                asked += job.max_jobs;
+                group.push(job);
+            } else {
+                rest.push(job);
             }
-            waiting = rest;
-            claim_group(store.as_ref(), &profile, group, lease_ms, &stats).await;
         }
+        waiting = rest;
+        claim_group(store, &profile, group, lease_ms, stats).await;
     }
 }
 
@@ -211,49 +253,54 @@ async fn claim_group(
     }
 }
 
+/// Records outcomes one transaction at a time, each for everything waiting when it starts.
 async fn report_loop(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<ReportJob>, stats: Arc<BatchStats>) {
     while let Some(first) = queue.recv().await {
-        let (items, replies): (Vec<_>, Vec<_>) = drain(first, &mut queue, MAX_BATCH)
-            .into_iter()
-            .map(|job| ((job.job_id, job.lease_token, job.result), job.reply))
-            .unzip();
-        let reports: Vec<Report<'_>> = items
-            .iter()
-            .map(|(job_id, lease_token, result)| Report {
-                job_id: *job_id,
-                lease_token: *lease_token,
-                result,
-            })
-            .collect();
-        stats.report_batches.fetch_add(1, Ordering::Relaxed);
-        stats.reports.fetch_add(reports.len() as u64, Ordering::Relaxed);
-        let started = Instant::now();
-        let recorded = store.complete_batch(&reports, now_ms()).await;
-        stats
-            .report_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        match recorded {
-            Ok(completions) => {
-                for (reply, completion) in replies.into_iter().zip(completions) {
-                    let _ = reply.send(Ok(completion));
-                }
+        report_batch(store.as_ref(), drain(first, &mut queue, MAX_BATCH), &stats).await;
+    }
+}
+
+async fn report_batch(store: &dyn Store, batch: Vec<ReportJob>, stats: &BatchStats) {
+    let (items, replies): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|job| ((job.job_id, job.lease_token, job.result), job.reply))
+        .unzip();
+    let reports: Vec<Report<'_>> = items
+        .iter()
+        .map(|(job_id, lease_token, result)| Report {
+            job_id: *job_id,
+            lease_token: *lease_token,
+            result,
+        })
+        .collect();
+    stats.report_batches.fetch_add(1, Ordering::Relaxed);
+    stats.reports.fetch_add(reports.len() as u64, Ordering::Relaxed);
+    let started = Instant::now();
+    let recorded = store.complete_batch(&reports, now_ms()).await;
+    stats
+        .report_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    match recorded {
+        Ok(completions) => {
+            for (reply, completion) in replies.into_iter().zip(completions) {
+                let _ = reply.send(Ok(completion));
             }
-            // One report must not fail the others: record them one by one.
-            Err(error) if reports.len() > 1 => {
-                tracing::warn!(error = %error, reports = reports.len(), "an outcome batch failed; recording one by one");
-                for (reply, report) in replies.into_iter().zip(&reports) {
-                    let result = store
-                        .complete_job(report.job_id, report.lease_token, report.result, now_ms())
-                        .await
-                        .map_err(status_from_store);
-                    let _ = reply.send(result);
-                }
+        }
+        // One report must not fail the others: record them one by one.
+        Err(error) if reports.len() > 1 => {
+            tracing::warn!(error = %error, reports = reports.len(), "an outcome batch failed; recording one by one");
+            for (reply, report) in replies.into_iter().zip(&reports) {
+                let result = store
+                    .complete_job(report.job_id, report.lease_token, report.result, now_ms())
+                    .await
+                    .map_err(status_from_store);
+                let _ = reply.send(result);
             }
-            Err(error) => {
-                let status = status_from_store(error);
-                for reply in replies {
-                    let _ = reply.send(Err(status.clone()));
-                }
+        }
+        Err(error) => {
+            let status = status_from_store(error);
+            for reply in replies {
+                let _ = reply.send(Err(status.clone()));
             }
         }
     }

@@ -53,7 +53,7 @@ struct InFlight {
 impl Hub {
     pub(crate) fn new(store: Arc<dyn Store>, settings: crate::Settings) -> Self {
         Hub {
-            batcher: Batcher::start(store.clone(), settings.lease_duration),
+            batcher: Batcher::start(&store, settings.lease_duration),
             store,
             settings,
             sessions: Mutex::new(HashMap::new()),
@@ -80,6 +80,13 @@ impl Hub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(assignment.job_id, job);
+    }
+
+    /// Forgets a job that was reported; returns its run and package, when it was handed out
+    /// by this coordinator.
+    pub(crate) fn job_ended(&self, job_id: JobId) -> Option<(RunId, String)> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        in_flight.remove(&job_id).map(|job| (job.run_id, job.package))
     }
 
     /// Forgets jobs that were reported, released or given up.

@@ -45,6 +45,7 @@ conformance!(
     submit_expands_packages_modes_and_iterations_into_jobs,
     submit_with_a_used_client_token_returns_the_first_run,
     claims_are_exclusive_between_concurrent_workers,
+    claims_made_at_once_each_get_their_full_share,
     jobs_go_only_to_workers_whose_interpreter_meets_the_requirement,
     an_outcome_is_recorded_once_and_duplicates_and_stale_tokens_are_ignored,
     an_expired_lease_is_reclaimed_by_another_worker_and_the_old_token_is_rejected,
@@ -233,6 +234,36 @@ async fn claims_are_exclusive_between_concurrent_workers(store: Arc<dyn Store>) 
     let (summary, _) = store.get_run(run_id).await.expect("get");
     assert_eq!(summary.jobs_running, 12);
     assert_eq!(summary.state, RunState::Running);
+}
+
+/// Two claims in flight at once (a coordinator runs two on PostgreSQL) take different jobs,
+/// and neither comes back short while the queue has enough for both.
+async fn claims_made_at_once_each_get_their_full_share(store: Arc<dyn Store>) {
+    let names: Vec<String> = (0..50).map(|i| format!("p{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let run_id = submit(&store, &spec(&names, 4), 0).await;
+    let ft = profile("3.13", true);
+    let (a, b) = (worker("wa"), worker("wb"));
+    let mut all = Vec::new();
+    for round in 0..20 {
+        let (first, second) = tokio::join!(
+            claim(&store, &a, &ft, &[], 5, 0),
+            claim(&store, &b, &ft, &[], 5, 0)
+        );
+        assert_eq!(
+            (first.len(), second.len()),
+            (5, 5),
+            "round {round}: each claim gets its 5 jobs while 200 - {} remain",
+            all.len()
+        );
+        all.extend(first.iter().chain(&second).map(|job| job.job_id));
+    }
+    let claimed = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((claimed, all.len()), (200, 200), "every job claimed once");
+    let (summary, _) = store.get_run(run_id).await.expect("get");
+    assert_eq!(summary.jobs_running, 200);
 }
 
 async fn jobs_go_only_to_workers_whose_interpreter_meets_the_requirement(store: Arc<dyn Store>) {

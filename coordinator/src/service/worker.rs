@@ -2,12 +2,14 @@
 //! `worker.proto` describes.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{InterpreterProfile, JobId, JobResult, LeaseToken, WorkerId};
-use futures::Stream;
+use domain::{Assignment, InterpreterProfile, JobId, JobResult, LeaseToken, WorkerId};
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
 use proto::convert::parse_lease_token;
 use proto::v1;
 use proto::v1::coordinator_message::Msg as Out;
@@ -20,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::hub::{Hub, SessionSender, now_ms};
 use crate::service::{status_from_store, status_from_wire};
+use crate::store::Completion;
 
 /// The `WorkerService` implementation.
 #[derive(Debug, Clone)]
@@ -36,10 +39,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 const DISPATCH_POLL: Duration = Duration::from_millis(500);
 /// Credits beyond this are ignored: no worker runs that many jobs at once.
 const MAX_CREDITS: u32 = 1024;
-/// A claim prefers jobs of this many of the worker's most recently set-up packages.
+/// A claim prefers jobs of this many of the worker's most recently set-up packages; the
+/// session remembers no more than these.
 const WARM_PER_CLAIM: usize = 4;
-/// Set-up packages remembered per session, most recent last.
-const MAX_WARM: usize = 256;
 
 #[tonic::async_trait]
 impl WorkerService for Workers {
@@ -60,7 +62,7 @@ impl WorkerService for Workers {
 struct Session {
     hub: Arc<Hub>,
     worker_id: WorkerId,
-    profile: InterpreterProfile,
+    profile: Arc<InterpreterProfile>,
     sender: SessionSender,
     credits: u32,
     /// Leases handed out in this session and not yet reported.
@@ -125,13 +127,13 @@ async fn run_session(
     let mut session = Session {
         hub: hub.clone(),
         worker_id: worker_id.clone(),
-        profile,
+        profile: Arc::new(profile),
         sender: sender.clone(),
         credits: 0,
         running: HashMap::new(),
         warm_packages: {
             let mut warm = hello.warm_packages;
-            warm.drain(..warm.len().saturating_sub(MAX_WARM));
+            warm.drain(..warm.len().saturating_sub(WARM_PER_CLAIM));
             warm
         },
     };
@@ -159,44 +161,98 @@ async fn reject(sender: &SessionSender, reason: &str) {
     let _ = sender.send(Err(Status::invalid_argument(reason.to_string()))).await;
 }
 
+/// A store call the session waits for without blocking its stream.
+type InFlight<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// An outcome being committed: its job, lease and what the store said.
+type Recorded = (JobId, LeaseToken, Result<Completion, Status>);
+
 impl Session {
     /// Serves the session until the worker leaves, the session is replaced or the
     /// coordinator stops. An error ends the session with that status.
+    ///
+    /// Claims and outcomes are in flight while the session goes on reading its stream: a
+    /// worker's credit for a slot that just freed is served while that slot's outcome is
+    /// still being committed. Before returning, the session waits for both, so every lease
+    /// it got is in `running` and every outcome it took is committed or failed.
     async fn serve(
         &mut self,
         inbound: &mut Streaming<v1::WorkerMessage>,
         shutdown: &CancellationToken,
     ) -> Result<(), Status> {
+        let mut claiming: Option<InFlight<Result<Vec<Assignment>, Status>>> = None;
+        let mut recording: FuturesUnordered<InFlight<Recorded>> = FuturesUnordered::new();
+        let end = self
+            .serve_streams(inbound, shutdown, &mut claiming, &mut recording)
+            .await;
+        if let Some(claim) = claiming
+            && let Ok(assignments) = claim.await
+        {
+            // Not sent: the session is over; they are released with its other leases.
+            for assignment in assignments {
+                self.running.insert(assignment.job_id, assignment.lease_token);
+            }
+        }
+        while let Some(recorded) = recording.next().await {
+            // The worker resends what was not acknowledged; a send that fails loses nothing.
+            let _ = self.recorded(recorded).await;
+        }
+        end
+    }
+
+    async fn serve_streams(
+        &mut self,
+        inbound: &mut Streaming<v1::WorkerMessage>,
+        shutdown: &CancellationToken,
+        claiming: &mut Option<InFlight<Result<Vec<Assignment>, Status>>>,
+        recording: &mut FuturesUnordered<InFlight<Recorded>>,
+    ) -> Result<(), Status> {
         let mut poll = tokio::time::interval(DISPATCH_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set when a claim found nothing: the next waits for a wake-up, a poll or a message.
+        let mut idle = false;
         loop {
             if self.credits > 0 && self.hub.is_draining(&self.worker_id) {
                 self.credits = 0;
             }
-            if self.credits > 0 {
-                self.dispatch().await?;
+            if self.credits > 0 && claiming.is_none() && !idle {
+                *claiming = Some(self.claim());
             }
             let hub = self.hub.clone();
+            let waiting = self.credits > 0 && claiming.is_none();
             tokio::select! {
                 // Not a drain: the worker reconnects to the coordinator that comes back, and its
                 // leases stay valid until then (see run_session).
                 _ = shutdown.cancelled() => return Err(Status::unavailable("coordinator shutting down")),
                 _ = self.sender.closed() => return Ok(()),
                 message = inbound.message() => match message {
-                    Ok(Some(message)) => self.handle(message).await?,
+                    Ok(Some(message)) => {
+                        idle = false;
+                        if let Some(record) = self.handle(message).await? {
+                            recording.push(record);
+                        }
+                    }
                     Ok(None) => return Ok(()),
                     Err(status) => {
                         tracing::debug!(worker.id = %self.worker_id, error = %status, "session stream failed");
                         return Ok(());
                     }
                 },
-                _ = hub.jobs_available.notified(), if self.credits > 0 => {}
-                _ = poll.tick(), if self.credits > 0 => {}
+                claimed = async { claiming.as_mut().expect("guarded by is_some").await }, if claiming.is_some() => {
+                    *claiming = None;
+                    let assignments = claimed?;
+                    idle = assignments.is_empty();
+                    self.assign(assignments).await?;
+                }
+                Some(recorded) = recording.next(), if !recording.is_empty() => self.recorded(recorded).await?,
+                _ = hub.jobs_available.notified(), if waiting => idle = false,
+                _ = poll.tick(), if waiting => idle = false,
             }
         }
     }
 
-    async fn handle(&mut self, message: v1::WorkerMessage) -> Result<(), Status> {
+    /// Handles one message; an outcome comes back as the commit to wait for.
+    async fn handle(&mut self, message: v1::WorkerMessage) -> Result<Option<InFlight<Recorded>>, Status> {
         match message.msg {
             Some(In::Credit(credit)) => {
                 self.credits = self.credits.saturating_add(credit.count).min(MAX_CREDITS);
@@ -222,14 +278,15 @@ impl Session {
                     .await
                     .map_err(status_from_store)?;
             }
-            Some(In::Outcome(outcome)) => self.record(outcome).await?,
+            Some(In::Outcome(outcome)) => return self.record(outcome).map(Some),
             Some(In::Hello(_)) => return Err(Status::invalid_argument("hello sent twice in one session")),
             None => return Err(Status::invalid_argument("empty worker message")),
         }
-        Ok(())
+        Ok(None)
     }
 
-    async fn record(&mut self, outcome: v1::JobOutcome) -> Result<(), Status> {
+    /// Checks an outcome and queues it for the next outcome transaction.
+    fn record(&mut self, outcome: v1::JobOutcome) -> Result<InFlight<Recorded>, Status> {
         let job_id = JobId(outcome.job_id);
         let token = parse_lease_token("outcome.lease_token", &outcome.lease_token).map_err(status_from_wire)?;
         let result = outcome
@@ -237,8 +294,17 @@ impl Session {
             .ok_or_else(|| Status::invalid_argument("missing field outcome.result"))?;
         let result = JobResult::try_from(result).map_err(status_from_wire)?;
         // Forgotten before the commit, so no watcher sees the job both finished and running.
-        self.hub.jobs_ended([job_id]);
-        let completion = self.hub.batcher.complete(job_id, token, result).await?;
+        let package = self.hub.job_ended(job_id);
+        let hub = self.hub.clone();
+        Ok(Box::pin(async move {
+            let completion = hub.batcher.complete(job_id, token, result, package.as_ref()).await;
+            (job_id, token, completion)
+        }))
+    }
+
+    /// Acknowledges a committed outcome.
+    async fn recorded(&mut self, (job_id, token, completion): Recorded) -> Result<(), Status> {
+        let completion = completion?;
         if self.running.get(&job_id) == Some(&token) {
             self.running.remove(&job_id);
             self.report_running();
@@ -264,7 +330,6 @@ impl Session {
         Ok(())
     }
 
-    /// Leases as many jobs as the worker has credits for and sends them.
     /// Shows the session's running jobs in the fleet status.
     fn report_running(&self) {
         let running = self.running.len() as u32;
@@ -272,24 +337,30 @@ impl Session {
             .touch_worker(&self.worker_id, |status| status.running_jobs = running);
     }
 
-    async fn dispatch(&mut self) -> Result<(), Status> {
+    /// Asks for as many jobs as the worker has credits for, up to 32.
+    fn claim(&self) -> InFlight<Result<Vec<Assignment>, Status>> {
         let max_jobs = self.credits.min(32);
         // The packages set up most recently are the ones worth steering jobs to; asking for
         // all of a long-lived worker's packages would make every claim search them all.
-        let recent = &self.warm_packages[self.warm_packages.len().saturating_sub(WARM_PER_CLAIM)..];
-        let assignments = self
-            .hub
-            .batcher
-            .claim(&self.worker_id, &self.profile, recent, max_jobs)
-            .await?;
+        let recent = self.warm_packages.clone();
+        let hub = self.hub.clone();
+        let worker_id = self.worker_id.clone();
+        let profile = self.profile.clone();
+        Box::pin(async move { hub.batcher.claim(&worker_id, profile, recent, max_jobs).await })
+    }
+
+    /// Sends leased jobs to the worker.
+    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<(), Status> {
         for assignment in assignments {
-            self.credits -= 1;
+            // A drain may have taken the credits back while the claim was on its way; the
+            // jobs it leased still go to the worker, which finishes what it was given.
+            self.credits = self.credits.saturating_sub(1);
             self.running.insert(assignment.job_id, assignment.lease_token);
             self.report_running();
             self.hub.job_started(&assignment, &self.worker_id, now_ms());
             self.warm_packages.retain(|name| *name != assignment.package.name);
             self.warm_packages.push(assignment.package.name.clone());
-            if self.warm_packages.len() > MAX_WARM {
+            if self.warm_packages.len() > WARM_PER_CLAIM {
                 self.warm_packages.remove(0);
             }
             tracing::debug!(

@@ -98,6 +98,12 @@ pub struct ReapReport {
 /// The job store. Implemented by each database backend; all backends pass one conformance suite.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Claim or outcome transactions worth running at once: more than one only where the
+    /// database serves several writers side by side.
+    fn parallel_transactions(&self) -> usize {
+        1
+    }
+
     /// Creates a run and its jobs (packages x modes x iterations). With a `client_token` that
     /// was used before, returns the run created then and creates nothing.
     async fn submit_run(

@@ -12,10 +12,15 @@
 //! number of jobs the coordinator claimed and recorded per store transaction; then the
 //! ceiling: a raw SQL loop on the same database claiming a batch of pending jobs with one
 //! statement and completing them with another, at batch sizes 1, 10 and each batch size the
-//! coordinator reached, with the coordinator's rate as a share of it. `--soak-secs` keeps 256
+//! coordinator reached, with the coordinator's rate as a share of it; the loop connects with
+//! the coordinator's own connection settings. `--soak-secs` keeps 256
 //! workers busy that long and prints the rate per minute, the first against the last, and
 //! the jobs table's dead rows. `--statements` (PostgreSQL) prints, after each K, the
 //! statements that took the database longest, from `pg_stat_statements`.
+
+/// The allocator of the `ftsurvey` binary, whose coordinator this measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -260,8 +265,15 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
     sizes.dedup();
     let mut ceilings = Vec::new();
     for batch in sizes {
-        let rate = raw.run(&url, options.jobs.min(20_000), batch).await?;
+        if let Some(statements) = &statements {
+            statements.reset().await?;
+        }
+        let jobs = options.jobs.min(20_000);
+        let rate = raw.run(&url, jobs, batch).await?;
         println!("raw SQL loop, batch {batch:>3}: {rate:>8.0} jobs/s");
+        if let Some(statements) = &statements {
+            statements.print(jobs).await?;
+        }
         ceilings.push((batch, rate));
     }
     for (workers, rate, batch) in &reached {
@@ -353,7 +365,10 @@ impl RawLoop {
         Ok(if url.starts_with("sqlite:") {
             RawLoop::Sqlite(sqlx::SqlitePool::connect(url).await?)
         } else {
-            RawLoop::Postgres(sqlx::PgPool::connect(url).await?)
+            // With the coordinator's own connection settings: the ceiling gets what they gain.
+            RawLoop::Postgres(
+                sqlx::PgPool::connect_with(coordinator::store::PostgresStore::connect_options(url)?).await?,
+            )
         })
     }
 
@@ -501,7 +516,9 @@ async fn simulated(
     Ok((jobs as f64 / elapsed.as_secs_f64(), pick(0.5), pick(0.99)))
 }
 
-/// A worker whose executor returns at once: credit, assignment, outcome, ack, credit.
+/// A worker whose executor returns at once: credit, assignment, then the outcome and a credit
+/// for the freed slot together, as a real worker sends them (its spool keeps the outcome until
+/// the ack); a job counts once its ack arrives.
 async fn sim_worker(
     address: String,
     id: String,
@@ -542,13 +559,13 @@ async fn sim_worker(
                     result: Some(result.clone()),
                 })))
                 .await?;
+                credit_at = Instant::now();
+                tx.send(send(Out::Credit(v1::Credit { count: 1 }))).await?;
             }
             Some(In::Ack(_)) => {
                 if done.fetch_add(1, Ordering::Relaxed) + 1 >= target {
                     break;
                 }
-                credit_at = Instant::now();
-                tx.send(send(Out::Credit(v1::Credit { count: 1 }))).await?;
             }
             Some(_) => {}
             None => break,

@@ -36,7 +36,7 @@ use proto::v1::survey_service_client::SurveyServiceClient;
 use proto::v1::worker_service_client::WorkerServiceClient;
 use tests::ft_profile;
 use tests::postgres::TestPostgres;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Barrier, Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -482,7 +482,8 @@ async fn simulated(
     let done = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(jobs as usize)));
     let stop = CancellationToken::new();
-    let started = Instant::now();
+    // The clock starts once every worker has connected: this measures dispatch, not handshakes.
+    let ready = Arc::new(Barrier::new(workers + 1));
     let mut tasks = Vec::new();
     for n in 0..workers {
         tasks.push(tokio::spawn(sim_worker(
@@ -491,9 +492,15 @@ async fn simulated(
             done.clone(),
             jobs,
             latencies.clone(),
+            ready.clone(),
             stop.clone(),
         )));
     }
+    if tokio::time::timeout(Duration::from_secs(60), ready.wait()).await.is_err() {
+        let failed = tasks.iter().filter(|task| task.is_finished()).count();
+        anyhow::bail!("{failed} of {workers} simulated workers failed to connect within 60 s");
+    }
+    let started = Instant::now();
     while done.load(Ordering::Relaxed) < jobs {
         tokio::time::sleep(Duration::from_millis(5)).await;
         if started.elapsed() > Duration::from_secs(600) {
@@ -525,6 +532,7 @@ async fn sim_worker(
     done: Arc<AtomicU64>,
     target: u64,
     latencies: Arc<Mutex<Vec<Duration>>>,
+    ready: Arc<Barrier>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     use v1::coordinator_message::Msg as In;
@@ -541,6 +549,11 @@ async fn sim_worker(
     })))
     .await?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    match inbound.message().await?.and_then(|m| m.msg) {
+        Some(In::Welcome(_)) => {}
+        other => anyhow::bail!("expected Welcome, got {other:?}"),
+    }
+    ready.wait().await;
     let result: v1::JobResult = (&pass()).into();
     let mut credit_at = Instant::now();
     tx.send(send(Out::Credit(v1::Credit { count: 1 }))).await?;

@@ -246,10 +246,7 @@ async fn claims_made_at_once_each_get_their_full_share(store: Arc<dyn Store>) {
     let (a, b) = (worker("wa"), worker("wb"));
     let mut all = Vec::new();
     for round in 0..20 {
-        let (first, second) = tokio::join!(
-            claim(&store, &a, &ft, &[], 5, 0),
-            claim(&store, &b, &ft, &[], 5, 0)
-        );
+        let (first, second) = tokio::join!(claim(&store, &a, &ft, &[], 5, 0), claim(&store, &b, &ft, &[], 5, 0));
         assert_eq!(
             (first.len(), second.len()),
             (5, 5),

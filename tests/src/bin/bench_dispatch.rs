@@ -496,7 +496,10 @@ async fn simulated(
             stop.clone(),
         )));
     }
-    if tokio::time::timeout(Duration::from_secs(60), ready.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(60), ready.wait())
+        .await
+        .is_err()
+    {
         let failed = tasks.iter().filter(|task| task.is_finished()).count();
         anyhow::bail!("{failed} of {workers} simulated workers failed to connect within 60 s");
     }

@@ -1,7 +1,9 @@
-//! Group commit for the worker sessions: every claim and every outcome goes through one of two
-//! queues, and each store transaction serves everything waiting in its queue. With one worker
-//! a batch is one request and adds no wait; with hundreds, one transaction leases or records
-//! for many of them, which is what lets the store keep up.
+//! Group commit for the worker sessions: every claim goes through one queue and every outcome
+//! through one of the outcome queues, and each store transaction serves everything waiting in
+//! its queue. With one worker a batch is one request and adds no wait; with hundreds, one
+//! transaction leases or records for many of them, which is what lets the store keep up. A
+//! store that serves writers side by side ([`Store::parallel_transactions`]) gets that many
+//! claim transactions in flight and that many outcome queues.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -70,7 +72,7 @@ struct ReportJob {
 }
 
 impl Batcher {
-    /// Starts the two queues' tasks; they end when the batcher is dropped.
+    /// Starts the queues' tasks; they end when the batcher is dropped.
     pub(crate) fn start(store: &Arc<dyn Store>, lease_duration: Duration) -> Self {
         let stats = Arc::new(BatchStats::default());
         let parallel = store.parallel_transactions().max(1);

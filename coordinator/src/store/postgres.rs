@@ -295,7 +295,6 @@ impl Store for PostgresStore {
             .iter()
             .copied()
             .collect();
-        //
         // The pick finds the runs this interpreter can serve (those with the fewest running
         // jobs first), each want's warm jobs (up to its room from the packages it set up,
         // most recent first, stopping once it has enough; each package probed through the

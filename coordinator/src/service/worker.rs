@@ -340,8 +340,9 @@ impl Session {
     /// Asks for as many jobs as the worker has credits for, up to 32.
     fn claim(&self) -> InFlight<Result<Vec<Assignment>, Status>> {
         let max_jobs = self.credits.min(32);
-        // The packages set up most recently are the ones worth steering jobs to; asking for
-        // all of a long-lived worker's packages would make every claim search them all.
+        // The packages set up most recently (the session keeps only those) are the ones worth
+        // steering jobs to; asking for all of a long-lived worker's packages would make every
+        // claim search them all.
         let recent = self.warm_packages.clone();
         let hub = self.hub.clone();
         let worker_id = self.worker_id.clone();

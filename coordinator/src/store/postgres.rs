@@ -550,11 +550,11 @@ impl Store for PostgresStore {
         // Recorded jobs: their package, and the report that recorded them.
         let mut recorded_jobs: Vec<(RunId, i64, usize)> = Vec::with_capacity(recorded.len());
         // Packages with a job still to run; the others are settled now.
-        let mut live: Vec<(RunId, i64)> = Vec::new();
+        let mut live: HashSet<(RunId, i64)> = HashSet::new();
         for (n, _, run, idx, still_live) in recorded {
             let run_id = parse_run_id(&run)?;
             if still_live {
-                live.push((run_id, i64::from(idx)));
+                live.insert((run_id, i64::from(idx)));
             }
             let i = usize::try_from(n - 1).map_err(|_| StoreError::Corrupt(format!("report number {n}")))?;
             outcome[i] = Some(Completion {

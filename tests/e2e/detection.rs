@@ -109,9 +109,11 @@ fn one_iteration_cases_get_their_categories_and_evidence() {
     let onset_to_verdict = deadlock.stall_detected_after_ms.expect("stall onset recorded");
     assert!((10_000..15_000).contains(&onset_to_verdict), "{onset_to_verdict}");
 
-    // Twenty seconds of silent work with a ten-second threshold is not a stall.
+    // Fifteen CPU seconds of silent work with a ten-second threshold is not a stall, and
+    // the supervisor's CPU time counts them all. The fixture counts CPU, not wall time, so
+    // a loaded machine stretches it without making it look idle.
     let silent = &category_of(&records, "ftfix-silent-cpu").iterations[0];
-    assert!(silent.duration_ms >= 20_000 && !silent.stalled, "{silent:?}");
+    assert!(silent.duration_ms >= 15_000 && !silent.stalled, "{silent:?}");
     assert!(silent.cpu_time_ms.unwrap_or(0) >= 15_000, "{silent:?}");
 
     // A line a second forever is a timeout, not a deadlock.

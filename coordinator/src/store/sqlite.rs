@@ -232,13 +232,14 @@ impl Store for SqliteStore {
         let mut picked: Vec<PickedJob> = Vec::new();
         let warm = common::warm_names(wants);
         if !warm.is_empty() && warm_total > 0 {
+            // Packages first, then each one's pending jobs (`CROSS JOIN` fixes that order):
+            // the other way round reads the run's whole queue.
             picked = sqlx::query_as(
                 "SELECT j.id, j.run_id, j.package_idx, j.mode, j.iteration
-                 FROM packages p
-                 JOIN jobs j ON j.run_id = p.run_id AND j.package_idx = p.package_idx
+                 FROM packages p CROSS JOIN jobs j
                  WHERE p.run_id IN (SELECT value FROM json_each(?1))
                    AND p.name IN (SELECT value FROM json_each(?2))
-                   AND j.state = 'pending'
+                   AND j.run_id = p.run_id AND j.package_idx = p.package_idx AND j.state = 'pending'
                  ORDER BY j.iteration, j.run_id, j.package_idx, j.mode
                  LIMIT ?3",
             )

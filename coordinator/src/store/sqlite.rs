@@ -284,23 +284,27 @@ impl Store for SqliteStore {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let owners = common::distribute(wants, &names);
         let tokens: Vec<LeaseToken> = picked.iter().map(|_| LeaseToken::random()).collect();
-        let mut attempts = HashMap::new();
-        for ((job, owner), token) in picked.iter().zip(&owners).zip(&tokens) {
-            let Some(owner) = owner else { continue };
-            let attempt: i64 = sqlx::query_scalar(
-                "UPDATE jobs
-                 SET state = 'leased', worker_id = ?2, lease_token = ?3, lease_expires_at_ms = ?4, attempt = attempt + 1
-                 WHERE id = ?1
-                 RETURNING attempt",
-            )
-            .bind(job.id)
-            .bind(wants[*owner].worker_id.as_str())
-            .bind(token.to_string())
-            .bind(now_ms + batch.lease_duration_ms)
-            .fetch_one(&mut *tx)
-            .await?;
-            attempts.insert(job.id, attempt);
-        }
+        // One statement leases them all: [id, worker, token] for each job that has an owner.
+        let leases: Vec<(i64, &str, String)> = picked
+            .iter()
+            .zip(&owners)
+            .zip(&tokens)
+            .filter_map(|((job, owner), token)| owner.map(|o| (job.id, wants[o].worker_id.as_str(), token.to_string())))
+            .collect();
+        let attempts: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(
+            "UPDATE jobs
+             SET state = 'leased', worker_id = x.worker, lease_token = x.token, lease_expires_at_ms = ?2,
+                 attempt = attempt + 1
+             FROM (SELECT value ->> 0 AS id, value ->> 1 AS worker, value ->> 2 AS token FROM json_each(?1)) AS x
+             WHERE jobs.id = x.id
+             RETURNING jobs.id, jobs.attempt",
+        )
+        .bind(to_json(&leases)?)
+        .bind(now_ms + batch.lease_duration_ms)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
         for (id, state) in &runs {
             if state == "queued" && picked.iter().any(|j| &j.run_id == id) {
                 sqlx::query("UPDATE runs SET state = 'running' WHERE id = ?1 AND state = 'queued'")

@@ -344,48 +344,70 @@ impl Store for SqliteStore {
     }
 
     async fn complete_batch(&self, reports: &[Report<'_>], now_ms: i64) -> Result<Vec<Completion>, StoreError> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A job reported twice in one batch under one lease is recorded by its first report;
+        // the second is then a duplicate.
+        let mut first_report: HashMap<(i64, String), usize> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(reports.len());
+        for (i, report) in reports.iter().enumerate() {
+            let token = report.lease_token.to_string();
+            if let std::collections::hash_map::Entry::Vacant(entry) = first_report.entry((report.job_id.0, token)) {
+                let (id, token) = entry.key().clone();
+                outcomes.push((id, token, to_json(report.result)?));
+                entry.insert(i);
+            }
+        }
         let mut tx = self.pool.begin().await?;
-        let mut completions = Vec::with_capacity(reports.len());
+        // One statement records them all: [id, token, result] for each. Each job is found by
+        // its id; the unary `+` keeps the planner off the state index, through which it would
+        // read every leased job once per report.
+        let recorded: Vec<(i64, String, String, i64)> = sqlx::query_as(
+            "UPDATE jobs SET state = 'done', result_json = x.result, settled_at_ms = ?2
+             FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS result FROM json_each(?1)) AS x
+             WHERE jobs.id = x.id AND jobs.lease_token = x.token AND +jobs.state = 'leased'
+             RETURNING jobs.id, jobs.lease_token, jobs.run_id, jobs.package_idx",
+        )
+        .bind(to_json(&outcomes)?)
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut completions: Vec<Option<Completion>> = vec![None; reports.len()];
         // Recorded jobs' packages, each with the report that settles it, if one does.
         let mut packages: Vec<((RunId, i64), Option<usize>)> = Vec::new();
-        for (i, report) in reports.iter().enumerate() {
-            let recorded: Option<(String, i64)> = sqlx::query_as(
-                "UPDATE jobs SET state = 'done', result_json = ?3, settled_at_ms = ?4
-                 WHERE id = ?1 AND lease_token = ?2 AND state = 'leased'
-                 RETURNING run_id, package_idx",
-            )
-            .bind(report.job_id.0)
-            .bind(report.lease_token.to_string())
-            .bind(to_json(report.result)?)
-            .bind(now_ms)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some((run_id, package_idx)) = recorded else {
-                completions.push(unrecorded(&mut tx, report).await?);
-                continue;
-            };
+        for (id, token, run_id, package_idx) in recorded {
+            let i = first_report
+                .get(&(id, token))
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt(format!("job {id} recorded under a lease nobody reported")))?;
             let run_id = parse_run_id(&run_id)?;
             load_spec(&mut tx, &self.specs, run_id, package_idx).await?;
             let options = self
                 .specs
                 .options(run_id)
                 .ok_or_else(|| StoreError::Corrupt(format!("no options for run {run_id}")))?;
-            let settles = common::settles_package(report.result, &options).then_some(i);
+            let settles = common::settles_package(reports[i].result, &options).then_some(i);
             match packages.iter_mut().find(|(key, _)| *key == (run_id, package_idx)) {
                 Some((_, settler)) => *settler = settler.or(settles),
                 None => packages.push(((run_id, package_idx), settles)),
             }
-            completions.push(Completion {
+            completions[i] = Some(Completion {
                 ack: OutcomeAck::Recorded,
                 run_id: Some(run_id),
                 revoked: Vec::new(),
             });
         }
-        let mut finished_runs: Vec<RunId> = Vec::new();
-        for ((run_id, package_idx), settler) in packages {
-            if let Some(i) = settler {
+        for (i, report) in reports.iter().enumerate() {
+            if completions[i].is_none() {
+                completions[i] = Some(unrecorded(&mut tx, report).await?);
+            }
+        }
+        let mut completions: Vec<Completion> = completions.into_iter().flatten().collect();
+        for ((run_id, package_idx), settler) in &packages {
+            if let Some(i) = *settler {
                 let filter = "run_id = ?1 AND package_idx = ?2";
-                completions[i].revoked = leased_jobs(&mut tx, filter, &run_id.to_string(), Some(package_idx)).await?;
+                completions[i].revoked = leased_jobs(&mut tx, filter, &run_id.to_string(), Some(*package_idx)).await?;
                 sqlx::query(&format!(
                     "UPDATE jobs SET state = 'cancelled', settled_at_ms = ?3 WHERE {filter} AND state IN {LIVE_JOB_STATES}"
                 ))
@@ -395,11 +417,9 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            if refresh_package(&mut tx, run_id, package_idx).await? && !finished_runs.contains(&run_id) {
-                finished_runs.push(run_id);
-            }
         }
-        for run_id in finished_runs {
+        let keys: Vec<(RunId, i64)> = packages.iter().map(|(key, _)| *key).collect();
+        for run_id in refresh_packages(&mut tx, &keys).await? {
             refresh_run_state(&mut tx, run_id, now_ms).await?;
         }
         tx.commit().await?;
@@ -571,6 +591,32 @@ async fn load_spec(
 }
 
 /// Writes a package's verdict once none of its jobs is live. Returns whether it is finished.
+/// Writes the verdicts of those of `packages` none of whose jobs is live, with one query for
+/// which they are. Returns the runs of those that are finished, each once.
+async fn refresh_packages(conn: &mut SqliteConnection, packages: &[(RunId, i64)]) -> Result<Vec<RunId>, StoreError> {
+    if packages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<(String, i64)> = packages.iter().map(|(run, idx)| (run.to_string(), *idx)).collect();
+    let settled: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT k.value ->> 0, k.value ->> 1 FROM json_each(?1) AS k
+         WHERE NOT EXISTS (SELECT 1 FROM jobs
+                           WHERE run_id = k.value ->> 0 AND package_idx = k.value ->> 1
+                             AND state IN {LIVE_JOB_STATES})"
+    ))
+    .bind(to_json(&keys)?)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut finished_runs = Vec::new();
+    for (run_id, package_idx) in settled {
+        let run_id = parse_run_id(&run_id)?;
+        if write_verdict(conn, run_id, package_idx).await? && !finished_runs.contains(&run_id) {
+            finished_runs.push(run_id);
+        }
+    }
+    Ok(finished_runs)
+}
+
 async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx: i64) -> Result<bool, StoreError> {
     // A verdict is written once, when the package's last job settles; until then readers
     // build it from the jobs (package_results).
@@ -584,6 +630,11 @@ async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx
     if live {
         return Ok(false);
     }
+    write_verdict(conn, run_id, package_idx).await
+}
+
+/// Writes a package's verdict as its jobs stand. Returns whether it is finished.
+async fn write_verdict(conn: &mut SqliteConnection, run_id: RunId, package_idx: i64) -> Result<bool, StoreError> {
     let result = verdicts(conn, run_id, &[package_idx])
         .await?
         .remove(&package_idx)

@@ -590,9 +590,8 @@ async fn load_spec(
     Ok(())
 }
 
-/// Writes a package's verdict once none of its jobs is live. Returns whether it is finished.
 /// Writes the verdicts of those of `packages` none of whose jobs is live, with one query for
-/// which they are. Returns the runs of those that are finished, each once.
+/// which they are. Returns the runs that have one of them finished, each once.
 async fn refresh_packages(conn: &mut SqliteConnection, packages: &[(RunId, i64)]) -> Result<Vec<RunId>, StoreError> {
     if packages.is_empty() {
         return Ok(Vec::new());
@@ -607,16 +606,25 @@ async fn refresh_packages(conn: &mut SqliteConnection, packages: &[(RunId, i64)]
     .bind(to_json(&keys)?)
     .fetch_all(&mut *conn)
     .await?;
-    let mut finished_runs = Vec::new();
+    // Each run's settled packages, read and written together.
+    let mut by_run: Vec<(RunId, Vec<i64>)> = Vec::new();
     for (run_id, package_idx) in settled {
         let run_id = parse_run_id(&run_id)?;
-        if write_verdict(conn, run_id, package_idx).await? && !finished_runs.contains(&run_id) {
+        match by_run.iter_mut().find(|(run, _)| *run == run_id) {
+            Some((_, indexes)) => indexes.push(package_idx),
+            None => by_run.push((run_id, vec![package_idx])),
+        }
+    }
+    let mut finished_runs = Vec::new();
+    for (run_id, indexes) in by_run {
+        if write_verdicts(conn, run_id, &indexes).await? {
             finished_runs.push(run_id);
         }
     }
     Ok(finished_runs)
 }
 
+/// Writes a package's verdict once none of its jobs is live. Returns whether it is finished.
 async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx: i64) -> Result<bool, StoreError> {
     // A verdict is written once, when the package's last job settles; until then readers
     // build it from the jobs (package_results).
@@ -630,26 +638,35 @@ async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx
     if live {
         return Ok(false);
     }
-    write_verdict(conn, run_id, package_idx).await
+    write_verdicts(conn, run_id, &[package_idx]).await
 }
 
-/// Writes a package's verdict as its jobs stand. Returns whether it is finished.
-async fn write_verdict(conn: &mut SqliteConnection, run_id: RunId, package_idx: i64) -> Result<bool, StoreError> {
-    let result = verdicts(conn, run_id, &[package_idx])
-        .await?
-        .remove(&package_idx)
-        .ok_or_else(|| StoreError::Corrupt(format!("no package {package_idx} in run {run_id}")))?;
-    sqlx::query(
-        "UPDATE packages SET category = ?3, finished = ?4, result_json = ?5 WHERE run_id = ?1 AND package_idx = ?2",
-    )
-    .bind(run_id.to_string())
-    .bind(package_idx)
-    .bind(result.category.as_str())
-    .bind(result.finished)
-    .bind(to_json(&result)?)
-    .execute(&mut *conn)
-    .await?;
-    Ok(result.finished)
+/// Writes the verdicts of a run's packages as their jobs stand. Returns whether any of them
+/// is finished.
+async fn write_verdicts(
+    conn: &mut SqliteConnection,
+    run_id: RunId,
+    package_indexes: &[i64],
+) -> Result<bool, StoreError> {
+    let results = verdicts(conn, run_id, package_indexes).await?;
+    let mut any_finished = false;
+    for package_idx in package_indexes {
+        let result = results
+            .get(package_idx)
+            .ok_or_else(|| StoreError::Corrupt(format!("no package {package_idx} in run {run_id}")))?;
+        sqlx::query(
+            "UPDATE packages SET category = ?3, finished = ?4, result_json = ?5 WHERE run_id = ?1 AND package_idx = ?2",
+        )
+        .bind(run_id.to_string())
+        .bind(package_idx)
+        .bind(result.category.as_str())
+        .bind(result.finished)
+        .bind(to_json(result)?)
+        .execute(&mut *conn)
+        .await?;
+        any_finished |= result.finished;
+    }
+    Ok(any_finished)
 }
 
 /// The verdicts of a run's packages as their jobs stand, by package index: two queries

@@ -194,9 +194,8 @@ impl Store for SqliteStore {
                 .bind(run_id.to_string())
                 .fetch_one(&mut *tx)
                 .await?;
-            for package_idx in 0..n_packages {
-                refresh_package(&mut tx, run_id, package_idx).await?;
-            }
+            let packages: Vec<(RunId, i64)> = (0..n_packages).map(|idx| (run_id, idx)).collect();
+            refresh_packages(&mut tx, &packages).await?;
         }
         let summary = run_summary(&mut tx, run_id).await?;
         tx.commit().await?;
@@ -489,9 +488,7 @@ impl Store for SqliteStore {
                 report.runs_touched.push(run_id);
             }
         }
-        for (run_id, package_idx) in packages {
-            refresh_package(&mut tx, run_id, package_idx).await?;
-        }
+        refresh_packages(&mut tx, &packages).await?;
         for run_id in &report.runs_touched {
             refresh_run_state(&mut tx, *run_id, now_ms).await?;
         }
@@ -592,6 +589,9 @@ async fn load_spec(
 
 /// Writes the verdicts of those of `packages` none of whose jobs is live, with one query for
 /// which they are. Returns the runs that have one of them finished, each once.
+///
+/// A verdict is written once, when the package's last job settles; until then readers build
+/// it from the jobs (`package_results`).
 async fn refresh_packages(conn: &mut SqliteConnection, packages: &[(RunId, i64)]) -> Result<Vec<RunId>, StoreError> {
     if packages.is_empty() {
         return Ok(Vec::new());
@@ -622,23 +622,6 @@ async fn refresh_packages(conn: &mut SqliteConnection, packages: &[(RunId, i64)]
         }
     }
     Ok(finished_runs)
-}
-
-/// Writes a package's verdict once none of its jobs is live. Returns whether it is finished.
-async fn refresh_package(conn: &mut SqliteConnection, run_id: RunId, package_idx: i64) -> Result<bool, StoreError> {
-    // A verdict is written once, when the package's last job settles; until then readers
-    // build it from the jobs (package_results).
-    let live: bool = sqlx::query_scalar(&format!(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND package_idx = ?2 AND state IN {LIVE_JOB_STATES})"
-    ))
-    .bind(run_id.to_string())
-    .bind(package_idx)
-    .fetch_one(&mut *conn)
-    .await?;
-    if live {
-        return Ok(false);
-    }
-    write_verdicts(conn, run_id, &[package_idx]).await
 }
 
 /// Writes the verdicts of a run's packages as their jobs stand. Returns whether any of them

@@ -1,6 +1,6 @@
 //! The gRPC surface of the coordinator, driven by raw sessions as a worker would.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use domain::spec::RunOptions;
 use domain::{
@@ -337,6 +337,68 @@ async fn watch_events_name_the_jobs_running_until_they_are_reported() {
         .expect("stream ok")
         .expect("an event");
     assert!(after.running.is_empty(), "{:?}", after.running);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_watcher_of_a_busy_run_gets_events_a_quarter_second_apart_and_every_package_once() {
+    let cluster = TestCluster::start().await;
+    let names: Vec<String> = (0..60).map(|i| format!("p{i:02}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let run_id = submit(&cluster, &spec(&names, 1)).await;
+    let mut events = cluster
+        .survey()
+        .await
+        .watch_run(v1::WatchRunRequest { run_id: run_id.clone() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let watched = Instant::now();
+    let watcher = tokio::spawn(async move {
+        let mut received = Vec::new();
+        while let Some(event) = tokio::time::timeout(Duration::from_secs(20), events.message())
+            .await
+            .expect("an event within 20 s")
+            .expect("stream ok")
+        {
+            received.push(event);
+        }
+        (received, watched.elapsed())
+    });
+
+    // One job at a time, each reported as soon as it comes: 60 packages finish in a burst.
+    let mut session = cluster.session().await;
+    session.hello("w1", &ft_profile(), 1).await;
+    session.send(In::Credit(v1::Credit { count: 1 })).await;
+    for _ in &names {
+        let assignment = expect_assignment(&mut session).await;
+        report(&session, &assignment, &assignment.lease_token).await;
+        assert_eq!(
+            expect_ack(&mut session, assignment.job_id).await,
+            v1::AckStatus::Recorded
+        );
+        session.send(In::Credit(v1::Credit { count: 1 })).await;
+    }
+
+    let (received, elapsed) = watcher.await.expect("watcher");
+    let mut finished: Vec<String> = received
+        .iter()
+        .flat_map(|event| event.finished_packages.iter().map(|p| p.package.clone()))
+        .collect();
+    finished.sort();
+    assert_eq!(finished, names, "each package once");
+    let last = received
+        .last()
+        .and_then(|event| event.run.as_ref())
+        .expect("a last event");
+    assert_eq!(last.state, v1::RunState::Finished as i32);
+    // The snapshot, then at most one event per 250 ms the stream was open.
+    let bound = 1 + (elapsed.as_millis() / 250) as usize;
+    assert!(
+        received.len() <= bound,
+        "{} events in {elapsed:?}, at most {bound} expected",
+        received.len()
+    );
     cluster.stop().await;
 }
 

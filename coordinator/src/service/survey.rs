@@ -167,6 +167,9 @@ impl SurveyService for Survey {
     }
 }
 
+/// The shortest time between two reads of a watched run.
+const WATCH_GAP: Duration = Duration::from_millis(250);
+
 /// Feeds one WatchRun stream: a snapshot, then an event per change, until the run ends.
 async fn watch(
     hub: Arc<Hub>,
@@ -206,7 +209,10 @@ async fn watch(
             return;
         }
         // Wait for a change to this run; a periodic wake-up keeps summaries (running counts)
-        // fresh even when no package finishes.
+        // fresh even when no package finishes. Each read covers the whole run, so changes
+        // that come quicker than WATCH_GAP are taken together: a busy fleet changes a run
+        // hundreds of times a second.
+        let read_at = tokio::time::Instant::now();
         let deadline = tokio::time::sleep(Duration::from_secs(1));
         tokio::pin!(deadline);
         loop {
@@ -215,9 +221,11 @@ async fn watch(
                 _ = sender.closed() => return,
                 _ = &mut deadline => break,
                 changed = changes.recv() => match changed {
-                    Ok(id) if id == run_id => break,
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Ok(id) if id != run_id => continue,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let soon = deadline.deadline().min(read_at + WATCH_GAP);
+                        deadline.as_mut().reset(soon);
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             }

@@ -437,6 +437,77 @@ async fn an_invalid_run_is_refused_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn a_claim_that_comes_back_after_a_drain_goes_back_to_the_queue() {
+    use sqlx::Connection;
+    let postgres = tests::postgres::TestPostgres::start().expect("start a throwaway PostgreSQL");
+    let settings = coordinator::Settings {
+        lease_duration: Duration::from_secs(60),
+        ..coordinator::Settings::default()
+    };
+    let cluster = TestCluster::start_on(Some(postgres.url()), settings).await;
+    let run_id = submit(&cluster, &spec(&["a"], 1)).await;
+    let mut session = cluster.session().await;
+    session.hello("w1", &ft_profile(), 1).await;
+    // Another transaction holds the run's row: w1's claim picks the job, then its lease waits
+    // to mark the run running.
+    let mut holder = sqlx::PgConnection::connect(&postgres.url()).await.expect("connect");
+    sqlx::query("BEGIN").execute(&mut holder).await.expect("begin");
+    sqlx::query("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE")
+        .bind(&run_id)
+        .execute(&mut holder)
+        .await
+        .expect("lock the run");
+    session.send(In::Credit(v1::Credit { count: 1 })).await;
+    let mut watcher = sqlx::PgConnection::connect(&postgres.url()).await.expect("connect");
+    let waiting_since = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%leased%'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            waiting_since.elapsed() < Duration::from_secs(10),
+            "the claim never waited on the run's row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster
+        .survey()
+        .await
+        .drain_worker(v1::DrainWorkerRequest {
+            worker_id: "w1".into(),
+            reason: "maintenance".into(),
+        })
+        .await
+        .expect("drain");
+    match session.next().await.expect("message") {
+        Out::Drain(drain) => assert_eq!(drain.reason, "maintenance"),
+        other => panic!("expected a drain, got {other:?}"),
+    }
+    sqlx::query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("let the claim through");
+    let next = session.next_within(Duration::from_millis(1500)).await;
+    assert!(next.is_none(), "a drained worker got {next:?}");
+    // The job went back to the queue at once, not at its lease's expiry a minute later:
+    // another worker takes it.
+    let mut other = cluster.session().await;
+    other.hello("w2", &ft_profile(), 1).await;
+    other.send(In::Credit(v1::Credit { count: 1 })).await;
+    let assignment = tokio::time::timeout(Duration::from_secs(10), expect_assignment(&mut other))
+        .await
+        .expect("the job within 10 s");
+    assert_eq!(assignment.package.expect("package").name, "a");
+    cluster.stop().await;
+}
+
+#[tokio::test]
 async fn a_drained_worker_finishes_its_job_and_gets_no_new_one() {
     let cluster = TestCluster::start().await;
     submit(&cluster, &spec(&["a"], 3)).await;

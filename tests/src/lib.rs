@@ -14,7 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-/// A coordinator on `127.0.0.1:0` with a SQLite store in a temp dir; stopped on drop.
+/// A coordinator on `127.0.0.1:0` with a SQLite store in a temp dir (or another database);
+/// stopped on drop.
 #[derive(Debug)]
 pub struct TestCluster {
     pub url: String,
@@ -36,13 +37,20 @@ impl TestCluster {
     }
 
     pub async fn start_with(settings: coordinator::Settings) -> Self {
+        Self::start_on(None, settings).await
+    }
+
+    /// Starts a coordinator on the database at `database_url`, or on SQLite in its temp dir.
+    pub async fn start_on(database_url: Option<String>, settings: coordinator::Settings) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
+        let database_url =
+            database_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("coordinator.db").display()));
         let config = coordinator::Config {
             settings,
-            ..coordinator::Config::new(format!("sqlite://{}", dir.path().join("coordinator.db").display()))
+            ..coordinator::Config::new(database_url)
         };
         let coordinator = tokio::spawn(coordinator::run(config, listener, shutdown.clone()));
         TestCluster {

@@ -242,7 +242,11 @@ impl Session {
                     *claiming = None;
                     let assignments = claimed?;
                     idle = assignments.is_empty();
-                    self.assign(assignments).await?;
+                    if self.hub.is_draining(&self.worker_id) {
+                        self.give_back(&assignments);
+                    } else {
+                        self.assign(assignments).await?;
+                    }
                 }
                 Some(recorded) = recording.next(), if !recording.is_empty() => self.recorded(recorded).await?,
                 _ = hub.jobs_available.notified(), if waiting => idle = false,
@@ -350,11 +354,29 @@ impl Session {
         Box::pin(async move { hub.batcher.claim(&worker_id, profile, recent, max_jobs).await })
     }
 
+    /// Returns to the queue the jobs of a claim that came back after the worker was drained:
+    /// a drained worker is given no new job. In its own task, as the session does not wait on
+    /// the store; should it fail, the leases expire.
+    fn give_back(&self, assignments: &[Assignment]) {
+        if assignments.is_empty() {
+            return;
+        }
+        let leases: Vec<(JobId, LeaseToken)> = assignments.iter().map(|a| (a.job_id, a.lease_token)).collect();
+        let (hub, worker_id) = (self.hub.clone(), self.worker_id.clone());
+        tokio::spawn(async move {
+            match hub.store.release_jobs(&leases, now_ms()).await {
+                Ok(runs) => runs.into_iter().for_each(|run| hub.notify_run(run)),
+                Err(error) => {
+                    tracing::error!(worker.id = %worker_id, error = %error, "could not give back a drained worker's claim");
+                }
+            }
+            hub.jobs_available.notify_waiters();
+        });
+    }
+
     /// Sends leased jobs to the worker.
     async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<(), Status> {
         for assignment in assignments {
-            // A drain may have taken the credits back while the claim was on its way; the
-            // jobs it leased still go to the worker, which finishes what it was given.
             self.credits = self.credits.saturating_sub(1);
             self.running.insert(assignment.job_id, assignment.lease_token);
             self.report_running();

@@ -147,14 +147,20 @@ async fn run_session(
     // the workers are fine: their leases stay, their heartbeats keep them after the restart,
     // and expiry reclaims those of workers that do not come back.
     if !shutdown.is_cancelled() {
-        match hub.store.release_jobs(&leases, now_ms()).await {
-            Ok(runs) => runs.into_iter().for_each(|run| hub.notify_run(run)),
-            Err(error) => tracing::error!(worker.id = %worker_id, error = %error, "could not release leases"),
-        }
+        release(&hub, &worker_id, &leases).await;
     }
     hub.unregister_session(&worker_id, number);
     hub.jobs_available.notify_waiters();
     tracing::info!(worker.id = %worker_id, released = leases.len(), "worker disconnected");
+}
+
+/// Gives a worker's leases back to the queue and tells the watchers of their runs; on failure
+/// the leases expire instead.
+async fn release(hub: &Hub, worker_id: &WorkerId, leases: &[(JobId, LeaseToken)]) {
+    match hub.store.release_jobs(leases, now_ms()).await {
+        Ok(runs) => runs.into_iter().for_each(|run| hub.notify_run(run)),
+        Err(error) => tracing::error!(worker.id = %worker_id, error = %error, "could not release leases"),
+    }
 }
 
 async fn reject(sender: &SessionSender, reason: &str) {
@@ -356,7 +362,7 @@ impl Session {
 
     /// Returns to the queue the jobs of a claim that came back after the worker was drained:
     /// a drained worker is given no new job. In its own task, as the session does not wait on
-    /// the store; should it fail, the leases expire.
+    /// the store.
     fn give_back(&self, assignments: &[Assignment]) {
         if assignments.is_empty() {
             return;
@@ -364,12 +370,7 @@ impl Session {
         let leases: Vec<(JobId, LeaseToken)> = assignments.iter().map(|a| (a.job_id, a.lease_token)).collect();
         let (hub, worker_id) = (self.hub.clone(), self.worker_id.clone());
         tokio::spawn(async move {
-            match hub.store.release_jobs(&leases, now_ms()).await {
-                Ok(runs) => runs.into_iter().for_each(|run| hub.notify_run(run)),
-                Err(error) => {
-                    tracing::error!(worker.id = %worker_id, error = %error, "could not give back a drained worker's claim");
-                }
-            }
+            release(&hub, &worker_id, &leases).await;
             hub.jobs_available.notify_waiters();
         });
     }

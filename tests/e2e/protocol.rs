@@ -83,6 +83,19 @@ fn pass(iteration: u32) -> v1::JobResult {
     (&JobResult::Iteration(outcome)).into()
 }
 
+/// Follows a run's events.
+async fn watch(cluster: &TestCluster, run_id: &str) -> tonic::Streaming<v1::RunEvent> {
+    cluster
+        .survey()
+        .await
+        .watch_run(v1::WatchRunRequest {
+            run_id: run_id.to_string(),
+        })
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
 async fn expect_assignment(session: &mut RawSession) -> v1::Assignment {
     match session.next().await.expect("message") {
         Out::Assignment(assignment) => assignment,
@@ -251,13 +264,7 @@ async fn cancelling_a_run_tells_the_worker_to_stop_its_job() {
 async fn watching_a_run_gives_a_snapshot_then_each_finished_package_once_and_ends() {
     let cluster = TestCluster::start().await;
     let run_id = submit(&cluster, &spec(&["a", "b"], 1)).await;
-    let mut events = cluster
-        .survey()
-        .await
-        .watch_run(v1::WatchRunRequest { run_id: run_id.clone() })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut events = watch(&cluster, &run_id).await;
     let snapshot = events.message().await.expect("snapshot").expect("an event");
     assert!(snapshot.finished_packages.is_empty());
     assert_eq!(snapshot.run.expect("run").jobs_total, 2);
@@ -310,13 +317,7 @@ async fn watch_events_name_the_jobs_running_until_they_are_reported() {
     let assignment = expect_assignment(&mut session).await;
     let package = assignment.package.as_ref().expect("package").name.clone();
 
-    let mut events = cluster
-        .survey()
-        .await
-        .watch_run(v1::WatchRunRequest { run_id: run_id.clone() })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut events = watch(&cluster, &run_id).await;
     let snapshot = events.message().await.expect("snapshot").expect("an event");
     let running: Vec<(&str, &str, u32)> = snapshot
         .running
@@ -346,13 +347,7 @@ async fn a_watcher_of_a_busy_run_gets_events_a_quarter_second_apart_and_every_pa
     let names: Vec<String> = (0..60).map(|i| format!("p{i:02}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let run_id = submit(&cluster, &spec(&names, 1)).await;
-    let mut events = cluster
-        .survey()
-        .await
-        .watch_run(v1::WatchRunRequest { run_id: run_id.clone() })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut events = watch(&cluster, &run_id).await;
     let watched = Instant::now();
     let watcher = tokio::spawn(async move {
         let mut received = Vec::new();

@@ -1,12 +1,15 @@
 //! Embedded mode: a coordinator on SQLite and local workers in this process, talking the same
 //! gRPC over loopback as a fleet would.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use domain::WorkerId;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,12 +22,16 @@ pub(crate) struct Embedded {
     workers: Vec<JoinHandle<anyhow::Result<()>>>,
     coordinator_shutdown: CancellationToken,
     workers_shutdown: CancellationToken,
+    /// Held as long as the cluster runs: see [`lock_work_dir`].
+    _work_dir_lock: WorkDirLock,
 }
 
 /// What the embedded cluster is made of.
 #[derive(Debug)]
 pub(crate) struct EmbeddedConfig {
     pub(crate) work_dir: PathBuf,
+    /// From [`lock_work_dir`]; held as long as the cluster runs.
+    pub(crate) work_dir_lock: WorkDirLock,
     pub(crate) target_python: PathBuf,
     pub(crate) n_workers: u32,
     pub(crate) allow_gil_build: bool,
@@ -75,6 +82,7 @@ impl Embedded {
             workers,
             coordinator_shutdown,
             workers_shutdown,
+            _work_dir_lock: config.work_dir_lock,
         })
     }
 
@@ -101,6 +109,45 @@ impl Embedded {
         let index = self.workers.iter().position(|w| w.is_finished())?;
         Some(self.workers.swap_remove(index))
     }
+}
+
+/// An exclusive `flock` on the work dir's lock file, released when dropped.
+pub(crate) type WorkDirLock = Flock<std::fs::File>;
+
+/// Takes the work dir for this run alone. Two embedded runs in one work dir would share its
+/// database, and their local workers would share ids: each worker kills what an earlier run of
+/// "its" id left behind, so the second run would kill the first one's processes. The lock is
+/// the OS's (`flock`), so it goes with the process however that ends; the file names the pid
+/// that holds it.
+pub(crate) fn lock_work_dir(work_dir: &Path) -> anyhow::Result<WorkDirLock> {
+    std::fs::create_dir_all(work_dir).with_context(|| format!("cannot create work dir {}", work_dir.display()))?;
+    let path = work_dir.join("ftsurvey.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, Errno::EWOULDBLOCK)) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            };
+            anyhow::bail!(
+                "the work dir {} is in use by another ftsurvey run{holder}: wait for it to end, or give this run its own --work-dir",
+                work_dir.display()
+            );
+        }
+        Err((_, errno)) => return Err(errno).with_context(|| format!("cannot lock {}", path.display())),
+    };
+    lock.set_len(0)
+        .and_then(|()| writeln!(lock, "{}", std::process::id()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(lock)
 }
 
 /// The embedded store lives in the work dir.

@@ -336,11 +336,13 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Target::Local(profile) = &target else {
         bail!("an embedded run needs --target-python to be an interpreter on this machine");
     };
-    std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create work dir {}", work_dir.display()))?;
+    // Before the results folder: a run refused for a busy work dir leaves nothing behind.
+    let work_dir_lock = crate::embedded::lock_work_dir(&work_dir)?;
     let results = ResultsDir::create(&results_root, started_at)?;
 
     let mut embedded = Embedded::start(EmbeddedConfig {
         work_dir: work_dir.clone(),
+        work_dir_lock,
         target_python: profile.executable.clone().into(),
         n_workers: args.workers,
         allow_gil_build: args.allow_gil_build,

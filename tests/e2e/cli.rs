@@ -376,6 +376,54 @@ fn ctrl_c_cancels_the_run_and_leaves_a_folder_show_reads() {
     assert!(left.is_empty(), "processes left running in the work dir: {left:?}");
 }
 
+#[test]
+fn a_second_run_in_a_busy_work_dir_is_one_line_and_the_first_run_is_untouched() {
+    let survey = Survey::new();
+    let python = free_threaded_python();
+    let first = survey
+        .command(&python)
+        .args(["--packages", "ftfix-slow", "--iterations", "2", "--workers", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The first run holds the work dir once its lock file names it.
+    let lock = survey.dir.path().join("work").join("ftsurvey.lock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&lock).map_or(true, |pid| pid.trim() != first.id().to_string()) {
+        assert!(Instant::now() < deadline, "the first run never took the work dir");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let second_results = survey.dir.path().join("second-results");
+    let second = ftsurvey()
+        .arg("run")
+        .arg("--target-python")
+        .arg(&python)
+        .arg("--registry-dir")
+        .arg(fixture_registry())
+        .arg("--work-dir")
+        .arg(survey.dir.path().join("work"))
+        .arg("--results-dir")
+        .arg(&second_results)
+        .args(["--packages", "ftfix-pass", "--iterations", "1"])
+        .output()
+        .expect("run the second");
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let expected = format!("is in use by another ftsurvey run (pid {})", first.id());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!second_results.exists(), "the refused run made {second_results:?}");
+
+    let output = first.wait_with_output().expect("wait");
+    assert_success(&output);
+    let records = survey.records();
+    let slow = category_of(&records, "ftfix-slow");
+    assert_eq!(slow.category, "compatible", "{slow:?}");
+    assert_eq!(slow.iterations.len(), 2);
+}
+
 /// Processes whose working directory is under `dir`.
 fn processes_under(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();

@@ -96,6 +96,25 @@ async fn watch(cluster: &TestCluster, run_id: &str) -> tonic::Streaming<v1::RunE
         .into_inner()
 }
 
+/// Drains worker w1 "for maintenance" and sees its session told so.
+async fn drain_w1(cluster: &TestCluster, session: &mut RawSession) -> v1::DrainWorkerResponse {
+    let drained = cluster
+        .survey()
+        .await
+        .drain_worker(v1::DrainWorkerRequest {
+            worker_id: "w1".into(),
+            reason: "maintenance".into(),
+        })
+        .await
+        .expect("drain")
+        .into_inner();
+    match session.next().await.expect("message") {
+        Out::Drain(drain) => assert_eq!(drain.reason, "maintenance"),
+        other => panic!("expected a drain, got {other:?}"),
+    }
+    drained
+}
+
 async fn expect_assignment(session: &mut RawSession) -> v1::Assignment {
     match session.next().await.expect("message") {
         Out::Assignment(assignment) => assignment,
@@ -471,19 +490,7 @@ async fn a_claim_that_comes_back_after_a_drain_goes_back_to_the_queue() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    cluster
-        .survey()
-        .await
-        .drain_worker(v1::DrainWorkerRequest {
-            worker_id: "w1".into(),
-            reason: "maintenance".into(),
-        })
-        .await
-        .expect("drain");
-    match session.next().await.expect("message") {
-        Out::Drain(drain) => assert_eq!(drain.reason, "maintenance"),
-        other => panic!("expected a drain, got {other:?}"),
-    }
+    drain_w1(&cluster, &mut session).await;
     sqlx::query("COMMIT")
         .execute(&mut holder)
         .await
@@ -510,21 +517,8 @@ async fn a_drained_worker_finishes_its_job_and_gets_no_new_one() {
     session.hello("w1", &ft_profile(), 2).await;
     session.send(In::Credit(v1::Credit { count: 1 })).await;
     let running = expect_assignment(&mut session).await;
-    let drained = cluster
-        .survey()
-        .await
-        .drain_worker(v1::DrainWorkerRequest {
-            worker_id: "w1".into(),
-            reason: "maintenance".into(),
-        })
-        .await
-        .expect("drain")
-        .into_inner();
+    let drained = drain_w1(&cluster, &mut session).await;
     assert_eq!(drained.running_jobs, 1);
-    match session.next().await.expect("message") {
-        Out::Drain(drain) => assert_eq!(drain.reason, "maintenance"),
-        other => panic!("expected a drain, got {other:?}"),
-    }
     // Its outcome still counts; new credits bring nothing (two dispatch polls and more).
     report(&session, &running, &running.lease_token).await;
     assert_eq!(expect_ack(&mut session, running.job_id).await, v1::AckStatus::Recorded);

@@ -1,8 +1,9 @@
 //! The PostgreSQL backend of the store: the fleet's, shared by many workers at once.
 //!
-//! Every method is one transaction. A claim is one statement: the pending jobs are picked
-//! `FOR UPDATE SKIP LOCKED`, so concurrent claims never wait on each other or take the same
-//! job, and leased in the same statement.
+//! Every method is one transaction, but a claim: it is a read-only pick, then one statement
+//! that leases the picked jobs still pending, taken `FOR UPDATE SKIP LOCKED`, so no job is
+//! leased twice. Picks in one coordinator go one at a time, passing by the jobs of picks whose
+//! lease has not returned; the leases overlap the next pick (see `claim_batch`).
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;

@@ -1,7 +1,10 @@
 //! The SQLite backend of the store: the embedded default, one file in the work dir.
 //!
 //! SQLite serialises writers, so the pool holds one connection and every method runs in one
-//! transaction on it; a claim is a single `UPDATE ... WHERE id = (SELECT ...) RETURNING`.
+//! transaction on it. A claim reads the jobs to lease (warm packages' first, then each run's
+//! share), then leases them all with one `UPDATE ... FROM json_each(...)`; outcomes are
+//! recorded the same way. SQLite keeps no statistics, so these statements fix their own access
+//! paths (see `claim_batch` and `complete_batch`).
 
 use std::collections::HashMap;
 use std::str::FromStr;

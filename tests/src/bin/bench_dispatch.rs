@@ -13,9 +13,8 @@
 //! ceiling: a raw SQL loop on the same database claiming a batch of pending jobs with one
 //! statement and completing them with another, at batch sizes 1, 10 and each batch size the
 //! coordinator reached, with the coordinator's rate as a share of it; the loop connects with
-//! the coordinator's own connection settings. `--soak-secs` keeps 256
-//! workers busy that long and prints the rate per minute, the first against the last, and
-//! the jobs table's dead rows. `--statements` (PostgreSQL) prints, after each K, the
+//! the coordinator's own connection settings. `--soak-secs` keeps 256 workers busy that long
+//! and prints the rate per minute, the first against the last, and the jobs table's dead rows. `--statements` (PostgreSQL) prints, after each K, the
 //! statements that took the database longest, from `pg_stat_statements`.
 
 /// The allocator of the `ftsurvey` binary, whose coordinator this measures.

@@ -635,23 +635,30 @@ async fn write_verdicts(
     package_indexes: &[i64],
 ) -> Result<bool, StoreError> {
     let results = verdicts(conn, run_id, package_indexes).await?;
-    let mut any_finished = false;
+    // One statement writes them all: [index, category, finished, verdict] for each.
+    let mut rows = Vec::with_capacity(package_indexes.len());
     for package_idx in package_indexes {
         let result = results
             .get(package_idx)
             .ok_or_else(|| StoreError::Corrupt(format!("no package {package_idx} in run {run_id}")))?;
-        sqlx::query(
-            "UPDATE packages SET category = ?3, finished = ?4, result_json = ?5 WHERE run_id = ?1 AND package_idx = ?2",
-        )
-        .bind(run_id.to_string())
-        .bind(package_idx)
-        .bind(result.category.as_str())
-        .bind(result.finished)
-        .bind(to_json(result)?)
-        .execute(&mut *conn)
-        .await?;
-        any_finished |= result.finished;
+        rows.push((package_idx, result.category.as_str(), result.finished, to_json(result)?));
     }
+    sqlx::query(
+        // Materialised, the rows are read first and each package found by its key; as a plain
+        // subquery, the planner reads the run's every package once per row.
+        "WITH x AS MATERIALIZED (
+             SELECT value ->> 0 AS idx, value ->> 1 AS category, value ->> 2 AS finished, value ->> 3 AS result
+             FROM json_each(?2)
+         )
+         UPDATE packages SET category = x.category, finished = x.finished, result_json = x.result
+         FROM x
+         WHERE packages.run_id = ?1 AND packages.package_idx = x.idx",
+    )
+    .bind(run_id.to_string())
+    .bind(to_json(&rows)?)
+    .execute(&mut *conn)
+    .await?;
+    let any_finished = rows.iter().any(|(_, _, finished, _)| *finished);
     Ok(any_finished)
 }
 

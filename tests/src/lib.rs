@@ -1,5 +1,6 @@
 //! Harness for the end-to-end tests: a coordinator on loopback, raw worker sessions, the CLI.
 
+pub mod cpu;
 pub mod postgres;
 
 use std::path::{Path, PathBuf};

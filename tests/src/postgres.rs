@@ -108,6 +108,19 @@ impl TestPostgres {
         Ok(())
     }
 
+    /// The CPU time the server has used so far: the postmaster, its live processes (the
+    /// connections, the background workers) and those that have ended.
+    pub fn cpu_time(&self) -> anyhow::Result<std::time::Duration> {
+        let pid_file = self.data_dir().join("postmaster.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .with_context(|| format!("reading {}", pid_file.display()))?
+            .lines()
+            .next()
+            .and_then(|line| line.trim().parse::<u32>().ok())
+            .with_context(|| format!("no pid in {}", pid_file.display()))?;
+        crate::cpu::tree(pid)
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -14,8 +14,14 @@
 //! statement and completing them with another, at batch sizes 1, 10 and each batch size the
 //! coordinator reached, with the coordinator's rate as a share of it; the loop connects with
 //! the coordinator's own connection settings. `--soak-secs` keeps 256 workers busy that long
-//! and prints the rate per minute, the first against the last, and the jobs table's dead rows. `--statements` (PostgreSQL) prints, after each K, the
-//! statements that took the database longest, from `pg_stat_statements`.
+//! and prints the rate per minute, the first against the last, and the jobs table's dead rows.
+//! `--statements` (PostgreSQL) prints, after each K, the statements that took the database
+//! longest, from `pg_stat_statements`; `RUST_LOG=sqlx::query=debug` logs every statement the
+//! coordinator and the loop run, with its time, on stderr.
+//!
+//! After each K and each loop it prints the CPU time per job: in this process (the
+//! coordinator, the simulated workers and gRPC; SQLite too) and in the PostgreSQL server, and
+//! how many of the machine's cores that kept busy.
 
 /// The allocator of the `ftsurvey` binary, whose coordinator this measures.
 #[global_allocator]
@@ -93,6 +99,11 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // `RUST_LOG=sqlx::query=debug` logs every statement with its time, on stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -177,6 +188,9 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
         None => format!("sqlite://{}", dir.path().join("bench.db").display()),
     };
     println!("== {backend}");
+    let meter = CpuMeter {
+        postgres: postgres.as_ref(),
+    };
 
     // A coordinator on loopback.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -225,7 +239,9 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
         let before = dispatch_stats(&mut client).await?;
         // A few seconds' worth each: one worker manages a few hundred jobs a second.
         let jobs = options.jobs.min(2_000 * workers as u64);
+        let cpu_before = meter.snapshot()?;
         let (rate, p50, p99) = simulated(&mut client, &address, jobs, workers).await?;
+        let cpu = meter.since(cpu_before, jobs, rate)?;
         let after = dispatch_stats(&mut client).await?;
         let claim_batch = per_batch(
             after.jobs_claimed - before.jobs_claimed,
@@ -250,6 +266,7 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
             p50.as_secs_f64() * 1000.0,
             p99.as_secs_f64() * 1000.0
         );
+        println!("    {cpu}");
         reached.push((workers, rate, claim_batch.round().max(1.0) as u32));
         if let Some(statements) = &statements {
             statements.print(jobs).await?;
@@ -268,8 +285,9 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
             statements.reset().await?;
         }
         let jobs = options.jobs.min(20_000);
-        let rate = raw.run(&url, jobs, batch).await?;
+        let (rate, cpu) = raw.run(&url, jobs, batch, &meter).await?;
         println!("raw SQL loop, batch {batch:>3}: {rate:>8.0} jobs/s");
+        println!("    {cpu}");
         if let Some(statements) = &statements {
             statements.print(jobs).await?;
         }
@@ -386,13 +404,14 @@ impl RawLoop {
         ))
     }
 
-    /// Jobs per second over `jobs` jobs of a fresh run, `batch` at a time.
-    async fn run(&self, url: &str, jobs: u64, batch: u32) -> anyhow::Result<f64> {
+    /// Jobs per second over `jobs` jobs of a fresh run, `batch` at a time, and the CPU they took.
+    async fn run(&self, url: &str, jobs: u64, batch: u32, meter: &CpuMeter<'_>) -> anyhow::Result<(f64, CpuUse)> {
         let store = coordinator::store::open(url).await?;
         let run_id = RunId::new_at(now_ms() as u64);
         store.submit_run(run_id, &run_spec(jobs), None, now_ms()).await?;
         let run = run_id.to_string();
         let result = serde_json::to_string(&pass())?;
+        let cpu_before = meter.snapshot()?;
         let started = Instant::now();
         let mut done = 0u64;
         while done < jobs {
@@ -459,8 +478,9 @@ impl RawLoop {
             done += ids.len() as u64;
         }
         let rate = done as f64 / started.elapsed().as_secs_f64();
+        let cpu = meter.since(cpu_before, done, rate)?;
         store.cancel_run(run_id, now_ms()).await?;
-        Ok(rate)
+        Ok((rate, cpu))
     }
 }
 
@@ -622,6 +642,65 @@ async fn soak(
         );
     }
     Ok(())
+}
+
+/// CPU time used by this process (the coordinator, the simulated workers, gRPC; SQLite runs
+/// here too) and by the PostgreSQL server, if there is one.
+struct CpuMeter<'a> {
+    postgres: Option<&'a TestPostgres>,
+}
+
+#[derive(Clone, Copy)]
+struct CpuSnapshot {
+    own: Duration,
+    server: Option<Duration>,
+}
+
+/// CPU per job over a stretch of the benchmark, and how many of the machine's cores that kept
+/// busy at the rate reached.
+struct CpuUse {
+    own_micros: f64,
+    server_micros: Option<f64>,
+    cores: f64,
+}
+
+impl CpuMeter<'_> {
+    fn snapshot(&self) -> anyhow::Result<CpuSnapshot> {
+        Ok(CpuSnapshot {
+            own: tests::cpu::process(std::process::id(), false)?,
+            server: self.postgres.map(TestPostgres::cpu_time).transpose()?,
+        })
+    }
+
+    fn since(&self, before: CpuSnapshot, jobs: u64, rate: f64) -> anyhow::Result<CpuUse> {
+        let now = self.snapshot()?;
+        let per_job = |used: Duration| used.as_secs_f64() * 1e6 / jobs.max(1) as f64;
+        let own_micros = per_job(now.own.saturating_sub(before.own));
+        let server_micros = match (now.server, before.server) {
+            (Some(now), Some(before)) => Some(per_job(now.saturating_sub(before))),
+            _ => None,
+        };
+        Ok(CpuUse {
+            own_micros,
+            server_micros,
+            cores: (own_micros + server_micros.unwrap_or(0.0)) * rate / 1e6,
+        })
+    }
+}
+
+impl std::fmt::Display for CpuUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CPU per job: {:.0} µs in this process", self.own_micros)?;
+        if let Some(server) = self.server_micros {
+            write!(f, ", {server:.0} µs in PostgreSQL")?;
+        }
+        write!(
+            f,
+            "; {:.2} of the machine's {} cores busy",
+            self.cores,
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        )
+    }
 }
 
 fn now_ms() -> i64 {

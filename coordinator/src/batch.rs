@@ -67,7 +67,7 @@ struct ClaimJob {
 struct ReportJob {
     job_id: JobId,
     lease_token: LeaseToken,
-    result: JobResult,
+    result: Arc<JobResult>,
     reply: oneshot::Sender<Result<Completion, Status>>,
 }
 
@@ -128,7 +128,7 @@ impl Batcher {
         &self,
         job_id: JobId,
         lease_token: LeaseToken,
-        result: JobResult,
+        result: Arc<JobResult>,
         package: Option<&(impl Hash + ?Sized)>,
     ) -> Result<Completion, Status> {
         let (reply, answer) = oneshot::channel();
@@ -272,7 +272,7 @@ async fn report_batch(store: &dyn Store, batch: Vec<ReportJob>, stats: &BatchSta
         .map(|(job_id, lease_token, result)| Report {
             job_id: *job_id,
             lease_token: *lease_token,
-            result,
+            result: result.as_ref(),
         })
         .collect();
     stats.report_batches.fetch_add(1, Ordering::Relaxed);

@@ -542,3 +542,72 @@ async fn a_drained_worker_finishes_its_job_and_gets_no_new_one() {
     expect_assignment(&mut other).await;
     cluster.stop().await;
 }
+
+/// The database going away for a moment is not the worker's doing: its session stays open,
+/// its outcome is recorded once the database is back, and its next job comes then.
+#[tokio::test]
+async fn a_database_outage_keeps_the_session_and_its_outcome_is_recorded_once_the_database_is_back() {
+    let mut postgres = tests::postgres::TestPostgres::start().expect("start a throwaway PostgreSQL");
+    let settings = coordinator::Settings {
+        lease_duration: Duration::from_secs(60),
+        ..coordinator::Settings::default()
+    };
+    let cluster = TestCluster::start_on(Some(postgres.url()), settings).await;
+    let run_id = submit(&cluster, &spec(&["a"], 2)).await;
+    let mut session = cluster.session().await;
+    session.hello("w1", &ft_profile(), 1).await;
+    session.send(In::Credit(v1::Credit { count: 1 })).await;
+    let first = expect_assignment(&mut session).await;
+
+    postgres.stop().expect("stop PostgreSQL");
+    // A heartbeat, the outcome and a credit for the freed slot: each needs the database.
+    session
+        .send(In::Heartbeat(v1::Heartbeat {
+            running: vec![v1::RunningJob {
+                job_id: first.job_id,
+                lease_token: first.lease_token.clone(),
+            }],
+        }))
+        .await;
+    report(&session, &first, &first.lease_token).await;
+    session.send(In::Credit(v1::Credit { count: 1 })).await;
+    let during = tokio::time::timeout(Duration::from_secs(2), session.inbound.message()).await;
+    assert!(
+        during.is_err(),
+        "while the database was down the session answered {during:?}"
+    );
+
+    postgres.start_server().expect("start PostgreSQL again");
+    let (mut acked, mut next) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.is_none() || next.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match session.next_within(left).await {
+            Some(Out::Ack(ack)) if ack.job_id == first.job_id => acked = Some(ack.status),
+            Some(Out::Assignment(assignment)) => next = Some(assignment),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!("30 s after the database came back: ack {acked:?}, next job {next:?}"),
+        }
+    }
+    assert_eq!(acked, Some(v1::AckStatus::Recorded as i32));
+    let next = next.expect("a next job");
+    assert_ne!(next.job_id, first.job_id);
+    // The first job is recorded once, from this session's outcome.
+    let results = cluster
+        .survey()
+        .await
+        .query_package_results(v1::QueryPackageResultsRequest {
+            run_id,
+            ..Default::default()
+        })
+        .await
+        .expect("results")
+        .into_inner();
+    let iterations: Vec<u32> = results
+        .results
+        .iter()
+        .flat_map(|r| r.iterations.iter().map(|i| i.iteration))
+        .collect();
+    assert_eq!(iterations, vec![first.iteration]);
+    cluster.stop().await;
+}

@@ -35,8 +35,13 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, St
 
 /// A session must say Hello this soon after opening.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often an idle session with credits looks for work even without a wake-up.
+/// How often an idle session with credits looks for work even without a wake-up. A claim
+/// the store failed is tried again after this too.
 const DISPATCH_POLL: Duration = Duration::from_millis(500);
+/// An outcome the store failed to record is tried again after this, doubling up to
+/// [`RECORD_RETRY_MAX`], for as long as the session lasts.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(250);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Credits beyond this are ignored: no worker runs that many jobs at once.
 const MAX_CREDITS: u32 = 1024;
 /// A claim prefers jobs of this many of the worker's most recently set-up packages; the
@@ -68,6 +73,8 @@ struct Session {
     /// Leases handed out in this session and not yet reported.
     running: HashMap<JobId, LeaseToken>,
     warm_packages: Vec<String>,
+    /// Cancelled when the session stops serving: outcomes still failing stop being retried.
+    ending: CancellationToken,
 }
 
 async fn run_session(
@@ -136,6 +143,7 @@ async fn run_session(
             warm.drain(..warm.len().saturating_sub(WARM_PER_CLAIM));
             warm
         },
+        ending: CancellationToken::new(),
     };
     let end = session.serve(&mut inbound, &shutdown).await;
     if let Err(status) = &end {
@@ -191,6 +199,7 @@ impl Session {
         let end = self
             .serve_streams(inbound, shutdown, &mut claiming, &mut recording)
             .await;
+        self.ending.cancel();
         if let Some(claim) = claiming
             && let Ok(assignments) = claim.await
         {
@@ -246,7 +255,16 @@ impl Session {
                 },
                 claimed = async { claiming.as_mut().expect("guarded by is_some").await }, if claiming.is_some() => {
                     *claiming = None;
-                    let assignments = claimed?;
+                    // A claim the store failed is the store's trouble, not the worker's: the
+                    // session goes on and claims again at the next poll.
+                    let assignments = match claimed {
+                        Ok(assignments) => assignments,
+                        Err(status) => {
+                            tracing::warn!(worker.id = %self.worker_id, error = %status, "a claim failed; trying again");
+                            idle = true;
+                            continue;
+                        }
+                    };
                     idle = assignments.is_empty();
                     if self.hub.is_draining(&self.worker_id) {
                         self.give_back(&assignments);
@@ -282,11 +300,16 @@ impl Session {
                     status.last_heartbeat_ms = now_ms();
                 });
                 let lease_ms = self.hub.settings.lease_duration.as_millis() as i64;
-                self.hub
+                // Leases not extended now are by the next heartbeat; the session goes on.
+                if let Err(error) = self
+                    .hub
                     .store
                     .heartbeat(&self.worker_id, &running, lease_ms, now_ms())
                     .await
-                    .map_err(status_from_store)?;
+                {
+                    let status = status_from_store(error);
+                    tracing::warn!(worker.id = %self.worker_id, error = %status, "a heartbeat's leases were not extended");
+                }
             }
             Some(In::Outcome(outcome)) => return self.record(outcome).map(Some),
             Some(In::Hello(_)) => return Err(Status::invalid_argument("hello sent twice in one session")),
@@ -305,10 +328,29 @@ impl Session {
         let result = JobResult::try_from(result).map_err(status_from_wire)?;
         // Forgotten before the commit, so no watcher sees the job both finished and running.
         let package = self.hub.job_ended(job_id);
-        let hub = self.hub.clone();
+        let (hub, ending) = (self.hub.clone(), self.ending.clone());
+        let result = Arc::new(result);
         Ok(Box::pin(async move {
-            let completion = hub.batcher.complete(job_id, token, result, package.as_ref()).await;
-            (job_id, token, completion)
+            let mut pause = RECORD_RETRY_FIRST;
+            loop {
+                let completion = hub
+                    .batcher
+                    .complete(job_id, token, result.clone(), package.as_ref())
+                    .await;
+                // A store error (the database down or restarting) is tried again while the
+                // session lasts; when it ends unacknowledged, the worker sends it again.
+                match completion {
+                    Err(status) if status.code() == tonic::Code::Internal && !ending.is_cancelled() => {
+                        tracing::warn!(job.id = %job_id, error = %status, retry_in = ?pause, "an outcome was not recorded");
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = ending.cancelled() => return (job_id, token, Err(status)),
+                        }
+                        pause = (pause * 2).min(RECORD_RETRY_MAX);
+                    }
+                    completion => return (job_id, token, completion),
+                }
+            }
         }))
     }
 

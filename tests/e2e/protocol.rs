@@ -115,6 +115,18 @@ async fn drain_w1(cluster: &TestCluster, session: &mut RawSession) -> v1::DrainW
     drained
 }
 
+/// A coordinator on a throwaway PostgreSQL, with leases long enough (60 s) that none expires
+/// during a test.
+async fn on_postgres() -> (tests::postgres::TestPostgres, TestCluster) {
+    let postgres = tests::postgres::TestPostgres::start().expect("start a throwaway PostgreSQL");
+    let settings = coordinator::Settings {
+        lease_duration: Duration::from_secs(60),
+        ..coordinator::Settings::default()
+    };
+    let cluster = TestCluster::start_on(Some(postgres.url()), settings).await;
+    (postgres, cluster)
+}
+
 async fn expect_assignment(session: &mut RawSession) -> v1::Assignment {
     match session.next().await.expect("message") {
         Out::Assignment(assignment) => assignment,
@@ -453,12 +465,7 @@ async fn an_invalid_run_is_refused_and_stores_nothing() {
 #[tokio::test]
 async fn a_claim_that_comes_back_after_a_drain_goes_back_to_the_queue() {
     use sqlx::Connection;
-    let postgres = tests::postgres::TestPostgres::start().expect("start a throwaway PostgreSQL");
-    let settings = coordinator::Settings {
-        lease_duration: Duration::from_secs(60),
-        ..coordinator::Settings::default()
-    };
-    let cluster = TestCluster::start_on(Some(postgres.url()), settings).await;
+    let (postgres, cluster) = on_postgres().await;
     let run_id = submit(&cluster, &spec(&["a"], 1)).await;
     let mut session = cluster.session().await;
     session.hello("w1", &ft_profile(), 1).await;
@@ -547,12 +554,7 @@ async fn a_drained_worker_finishes_its_job_and_gets_no_new_one() {
 /// its outcome is recorded once the database is back, and its next job comes then.
 #[tokio::test]
 async fn a_database_outage_keeps_the_session_and_its_outcome_is_recorded_once_the_database_is_back() {
-    let mut postgres = tests::postgres::TestPostgres::start().expect("start a throwaway PostgreSQL");
-    let settings = coordinator::Settings {
-        lease_duration: Duration::from_secs(60),
-        ..coordinator::Settings::default()
-    };
-    let cluster = TestCluster::start_on(Some(postgres.url()), settings).await;
+    let (mut postgres, cluster) = on_postgres().await;
     let run_id = submit(&cluster, &spec(&["a"], 2)).await;
     let mut session = cluster.session().await;
     session.hello("w1", &ft_profile(), 1).await;

@@ -75,7 +75,8 @@ pub fn kill_leftovers(worker_dir: &std::path::Path) -> usize {
     killed
 }
 
-fn all_pids() -> impl Iterator<Item = i32> {
+/// Every process id in `/proc`.
+pub fn all_pids() -> impl Iterator<Item = i32> {
     fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -89,12 +90,22 @@ fn environ_has(pid: i32, marker: &[u8]) -> bool {
 
 /// One process as `/proc/<pid>/stat` describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stat {
-    state: char,
-    ppid: i32,
-    pgrp: i32,
+pub struct Stat {
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
     /// utime + stime, in clock ticks.
-    cpu_ticks: u64,
+    pub cpu_ticks: u64,
+    /// cutime + cstime: the CPU of its children it has waited for, in clock ticks.
+    pub children_cpu_ticks: u64,
+}
+
+/// Clock ticks per second, the unit of [`Stat`]'s CPU times.
+pub fn ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100, |t| t.max(1) as u64)
 }
 
 /// The processes of one command, and their CPU use between samples.
@@ -234,7 +245,8 @@ fn catches(pid: i32, signal: Signal) -> bool {
         .is_some_and(|mask| mask & (1u64 << (signal as i32 - 1)) != 0)
 }
 
-fn read_stat(pid: i32) -> Option<Stat> {
+/// The process's `/proc/<pid>/stat`, if it is there and readable.
+pub fn read_stat(pid: i32) -> Option<Stat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
@@ -243,13 +255,15 @@ fn read_stat(pid: i32) -> Option<Stat> {
 fn parse_stat(text: &str) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state(3) ppid(4) pgrp(5) ... utime(14) stime(15), numbered as in proc(5).
+    // After the name: state(3) ppid(4) pgrp(5) ... utime(14) stime(15) cutime(16) cstime(17),
+    // numbered as in proc(5).
     let field = |n: usize| fields.get(n - 3).copied();
     Some(Stat {
         state: field(3)?.chars().next()?,
         ppid: field(4)?.parse().ok()?,
         pgrp: field(5)?.parse().ok()?,
         cpu_ticks: field(14)?.parse::<u64>().ok()? + field(15)?.parse::<u64>().ok()?,
+        children_cpu_ticks: field(16)?.parse::<u64>().ok()? + field(17)?.parse::<u64>().ok()?,
     })
 }
 
@@ -259,7 +273,7 @@ mod tests {
 
     #[test]
     fn stat_lines_parse_even_with_odd_names() {
-        let line = "4242 (python (x) y) S 1 4242 4242 0 -1 4194560 1 0 0 0 37 5 0 0 20 0 1 0 1 1 1";
+        let line = "4242 (python (x) y) S 1 4242 4242 0 -1 4194560 1 0 0 0 37 5 3 4 20 0 1 0 1 1 1";
         let stat = parse_stat(line).expect("parses");
         assert_eq!(
             stat,
@@ -267,7 +281,8 @@ mod tests {
                 state: 'S',
                 ppid: 1,
                 pgrp: 4242,
-                cpu_ticks: 42
+                cpu_ticks: 42,
+                children_cpu_ticks: 7,
             }
         );
         assert_eq!(parse_stat("garbage"), None);

@@ -240,15 +240,11 @@ struct StallCheck {
 
 impl StallCheck {
     fn new(threshold: Option<Duration>) -> Self {
-        let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .map_or(100, |t| t.max(1) as u64);
         StallCheck {
             threshold,
             history: VecDeque::new(),
             last_busy: Instant::now(),
-            ticks_per_second,
+            ticks_per_second: crate::proctree::ticks_per_second(),
         }
     }
 

@@ -667,7 +667,7 @@ struct CpuUse {
 impl CpuMeter<'_> {
     fn snapshot(&self) -> anyhow::Result<CpuSnapshot> {
         Ok(CpuSnapshot {
-            own: tests::cpu::process(std::process::id(), false)?,
+            own: tests::cpu::process(std::process::id())?,
             server: self.postgres.map(TestPostgres::cpu_time).transpose()?,
         })
     }

@@ -658,8 +658,7 @@ async fn write_verdicts(
     .bind(to_json(&rows)?)
     .execute(&mut *conn)
     .await?;
-    let any_finished = rows.iter().any(|(_, _, finished, _)| *finished);
-    Ok(any_finished)
+    Ok(rows.iter().any(|(_, _, finished, _)| *finished))
 }
 
 /// The verdicts of a run's packages as their jobs stand, by package index: two queries

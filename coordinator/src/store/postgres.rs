@@ -447,14 +447,23 @@ impl Store for PostgresStore {
             }
         }
         let attempts: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i32)>(
-            "WITH leased AS (
-                 UPDATE jobs
-                 SET state = 'leased', worker_id = x.worker, lease_token = x.token, lease_expires_at_ms = $4,
-                     attempt = jobs.attempt + 1
+            // The picked jobs are locked by id, each looked up from its row of the arrays; the
+            // update then finds each locked job by id. Joining the arrays to the update instead
+            // let the planner, once the table's statistics showed few jobs pending, scan all of
+            // them again for every job leased.
+            "WITH locked AS (
+                 SELECT jobs.id, x.worker, x.token
                  FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS x (id, worker, token)
-                 WHERE jobs.id = x.id
-                   AND jobs.id IN (SELECT id FROM jobs WHERE id = ANY($1) AND state = 'pending'
-                                   FOR UPDATE SKIP LOCKED)
+                 JOIN jobs ON jobs.id = x.id
+                 WHERE jobs.state = 'pending'
+                 FOR UPDATE OF jobs SKIP LOCKED
+             ),
+             leased AS (
+                 UPDATE jobs
+                 SET state = 'leased', worker_id = locked.worker, lease_token = locked.token,
+                     lease_expires_at_ms = $4, attempt = jobs.attempt + 1
+                 FROM locked
+                 WHERE jobs.id = locked.id
                  RETURNING jobs.id, jobs.attempt, jobs.run_id
              ),
              started AS (

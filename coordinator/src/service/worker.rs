@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::hub::{Hub, SessionSender, now_ms};
-use crate::service::{status_from_store, status_from_wire};
+use crate::service::status_from_wire;
 use crate::store::Completion;
 
 /// The `WorkerService` implementation.
@@ -259,8 +259,9 @@ impl Session {
                     // session goes on and claims again at the next poll.
                     let assignments = match claimed {
                         Ok(assignments) => assignments,
+                        // The store's error is logged once per batch, where the batch failed.
                         Err(status) => {
-                            tracing::warn!(worker.id = %self.worker_id, error = %status, "a claim failed; trying again");
+                            tracing::debug!(worker.id = %self.worker_id, error = %status, "a claim failed; trying again");
                             idle = true;
                             continue;
                         }
@@ -307,8 +308,7 @@ impl Session {
                     .heartbeat(&self.worker_id, &running, lease_ms, now_ms())
                     .await
                 {
-                    let status = status_from_store(error);
-                    tracing::warn!(worker.id = %self.worker_id, error = %status, "a heartbeat's leases were not extended");
+                    tracing::warn!(worker.id = %self.worker_id, error = %error, "a heartbeat's leases were not extended");
                 }
             }
             Some(In::Outcome(outcome)) => return self.record(outcome).map(Some),
@@ -341,7 +341,8 @@ impl Session {
                 // session lasts; when it ends unacknowledged, the worker sends it again.
                 match completion {
                     Err(status) if status.code() == tonic::Code::Internal && !ending.is_cancelled() => {
-                        tracing::warn!(job.id = %job_id, error = %status, retry_in = ?pause, "an outcome was not recorded");
+                        // The store's error is logged where the batch failed.
+                        tracing::debug!(job.id = %job_id, error = %status, retry_in = ?pause, "an outcome was not recorded");
                         tokio::select! {
                             _ = tokio::time::sleep(pause) => {}
                             _ = ending.cancelled() => return (job_id, token, Err(status)),

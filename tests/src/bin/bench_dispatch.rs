@@ -239,9 +239,7 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
         let before = dispatch_stats(&mut client).await?;
         // A few seconds' worth each: one worker manages a few hundred jobs a second.
         let jobs = options.jobs.min(2_000 * workers as u64);
-        let cpu_before = meter.snapshot()?;
-        let (rate, p50, p99) = simulated(&mut client, &address, jobs, workers).await?;
-        let cpu = meter.since(cpu_before, jobs, rate)?;
+        let Round { rate, p50, p99, cpu } = simulated(&mut client, &address, jobs, workers, &meter).await?;
         let after = dispatch_stats(&mut client).await?;
         let claim_batch = per_batch(
             after.jobs_claimed - before.jobs_claimed,
@@ -303,7 +301,7 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
     }
 
     if options.soak_secs > 0 {
-        soak(&mut client, &address, options.soak_secs, &raw).await?;
+        soak(&mut client, &address, options.soak_secs, &raw, &meter).await?;
     }
     shutdown.cancel();
     let _ = server.await;
@@ -484,13 +482,23 @@ impl RawLoop {
     }
 }
 
-/// Runs `jobs` jobs through `workers` simulated workers; returns jobs/s, p50 and p99 latency.
+/// What one round of simulated workers measured.
+struct Round {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    /// Over the same stretch as the rate: from every worker connected to the last ack.
+    cpu: CpuUse,
+}
+
+/// Runs `jobs` jobs through `workers` simulated workers.
 async fn simulated(
     client: &mut SurveyServiceClient<tonic::transport::Channel>,
     address: &str,
     jobs: u64,
     workers: usize,
-) -> anyhow::Result<(f64, Duration, Duration)> {
+    meter: &CpuMeter<'_>,
+) -> anyhow::Result<Round> {
     let spec = run_spec(jobs);
     client
         .submit_run(v1::SubmitRunRequest {
@@ -522,6 +530,7 @@ async fn simulated(
         let failed = tasks.iter().filter(|task| task.is_finished()).count();
         anyhow::bail!("{failed} of {workers} simulated workers failed to connect within 60 s");
     }
+    let cpu_before = meter.snapshot()?;
     let started = Instant::now();
     while done.load(Ordering::Relaxed) < jobs {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -530,6 +539,8 @@ async fn simulated(
         }
     }
     let elapsed = started.elapsed();
+    let rate = jobs as f64 / elapsed.as_secs_f64();
+    let cpu = meter.since(cpu_before, jobs, rate)?;
     stop.cancel();
     for task in tasks {
         let _ = task.await;
@@ -542,7 +553,12 @@ async fn simulated(
             .copied()
             .unwrap_or_default()
     };
-    Ok((jobs as f64 / elapsed.as_secs_f64(), pick(0.5), pick(0.99)))
+    Ok(Round {
+        rate,
+        p50: pick(0.5),
+        p99: pick(0.99),
+        cpu,
+    })
 }
 
 /// A worker whose executor returns at once: credit, assignment, then the outcome and a credit
@@ -616,6 +632,7 @@ async fn soak(
     address: &str,
     seconds: u64,
     raw: &RawLoop,
+    meter: &CpuMeter<'_>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut per_minute = Vec::new();
@@ -623,9 +640,8 @@ async fn soak(
         let minute = Instant::now();
         let mut jobs_this_minute = 0u64;
         while minute.elapsed() < Duration::from_secs(60) && started.elapsed() < Duration::from_secs(seconds) {
-            let (rate, _, _) = simulated(client, address, 20_000, 256).await?;
+            simulated(client, address, 20_000, 256, meter).await?;
             jobs_this_minute += 20_000;
-            let _ = rate;
         }
         let rate = jobs_this_minute as f64 / minute.elapsed().as_secs_f64();
         println!(

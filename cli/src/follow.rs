@@ -203,7 +203,7 @@ pub(crate) async fn survey(
     meta.interrupted = interrupted;
     meta.finished_at = Some(jiff::Timestamp::now().to_string());
     results.write_meta(&meta)?;
-    let show = domain::show::render_show(Some(&meta), &records, &domain::show::ShowOptions::default());
+    let show = domain::views::show::render_show(Some(&meta), &records, &domain::views::show::ShowOptions::default());
     println!("{show}");
     println!("results: {}", results.path().display());
     Ok(if interrupted {

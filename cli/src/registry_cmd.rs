@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use comfy_table::Table;
-use domain::registry::list_packages;
+use domain::registry::laruche::list_packages;
 
 use crate::registry_dir::{LoadedRegistry, load_registry_or_builtin};
 
@@ -83,7 +83,7 @@ fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
         let (version, source) = match &package.status {
             Ok(spec) => (
                 spec.version.clone().unwrap_or_else(|| "latest".into()),
-                domain::plan::describe_source(spec),
+                domain::views::plan::describe_source(spec),
             ),
             Err(_) => (String::new(), String::new()),
         };

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use domain::registry::{PackageEntry, RegistryIndex, parse_index, parse_package};
+use domain::registry::laruche::{PackageEntry, RegistryIndex, parse_index, parse_package};
 
 /// A registry as read from disk or from the binary.
 #[derive(Debug)]

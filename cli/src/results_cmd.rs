@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::Args;
-use domain::compare::{DEFAULT_THRESHOLD, compare, render_compare};
-use domain::compat::{compat_rows, render_compat};
-use domain::export::{ExportFormat, export};
-use domain::flaky::{analyse, is_flaky, render_flaky};
-use domain::report::{ReportInput, build_report};
-use domain::report_render::{ReportFormat, render_report};
-use domain::show::{ShowFormat, ShowOptions, SortKey, render_show, show_json};
+use domain::views::compare::{DEFAULT_THRESHOLD, compare, render_compare};
+use domain::views::compat::{compat_rows, render_compat};
+use domain::views::export::{ExportFormat, export};
+use domain::views::flaky::{analyse, is_flaky, render_flaky};
+use domain::views::render::{ReportFormat, render_report};
+use domain::views::report::{ReportInput, build_report};
+use domain::views::show::{ShowFormat, ShowOptions, SortKey, render_show, show_json};
 
 use crate::run_source::{LoadedRun, RemoteArgs, load, write_output};
 

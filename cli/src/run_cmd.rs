@@ -237,12 +237,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for warning in &registry.warnings {
         eprintln!("warning: {warning}");
     }
-    let selection = domain::registry::Selection {
+    let selection = domain::registry::laruche::Selection {
         packages: (!args.packages.is_empty()).then(|| args.packages.clone()),
         top: args.top,
         python_version: requirement.python_version.clone(),
     };
-    let selected = domain::registry::select(&registry.index, &registry.entries, &registry.dir, &selection)?;
+    let selected = domain::registry::laruche::select(&registry.index, &registry.entries, &registry.dir, &selection)?;
     for (name, reason) in &selected.excluded {
         eprintln!("warning: skipping {name}: {reason}");
     }
@@ -283,7 +283,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         for record in &trusted {
             results.append_package(record)?;
         }
-        let show = domain::show::render_show(Some(&meta), &trusted, &domain::show::ShowOptions::default());
+        let show =
+            domain::views::show::render_show(Some(&meta), &trusted, &domain::views::show::ShowOptions::default());
         println!("{show}");
         println!("results: {}", results.path().display());
         return Ok(ExitCode::SUCCESS);
@@ -319,7 +320,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         registry: Some(registry.label.clone()),
     };
     if args.dry_run {
-        print!("{}", domain::plan::render_dry_run(&spec));
+        print!("{}", domain::views::plan::render_dry_run(&spec));
         return Ok(ExitCode::SUCCESS);
     }
 

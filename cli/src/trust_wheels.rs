@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use domain::PackageSpec;
+use domain::registry::wheels::{TrustedWheel, WheelTrust, find_trusted_wheel};
 use domain::results::PackageRecord;
-use domain::wheels::{TrustedWheel, WheelTrust, find_trusted_wheel};
 
 /// How long a PyPI answer is reused.
 const CACHE_TTL: Duration = Duration::from_secs(24 * 60 * 60);

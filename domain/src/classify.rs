@@ -124,7 +124,7 @@ pub fn classify(input: ClassifyInput<'_>) -> Classification {
                 1,
                 format!(
                     "{} thread stacks were dumped at the stall",
-                    crate::faulthandler::count_threads(stacks)
+                    crate::evidence::count_threads(stacks)
                 ),
             );
         }
@@ -547,7 +547,7 @@ mod tests {
     fn thread_stress_coverage_is_named_so_a_green_run_is_not_taken_for_more() {
         let stressed = |in_parallel: Option<u32>| {
             let mut pass = outcome(IterationStatus::Pass);
-            pass.evidence.parallel = Some(crate::run_parallel::ParallelReport {
+            pass.evidence.parallel = Some(crate::evidence::ParallelReport {
                 threads: 8,
                 in_parallel,
                 thread_unsafe: 14,

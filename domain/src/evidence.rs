@@ -135,11 +135,46 @@ pub struct IterationEvidence {
     /// Milliseconds from the last output or CPU progress to the stall verdict.
     pub stall_detected_after_ms: Option<u64>,
     /// With `--parallel-threads`: how many tests ran in parallel and how many were not.
-    pub parallel: Option<crate::run_parallel::ParallelReport>,
+    pub parallel: Option<ParallelReport>,
 }
 
 impl IterationEvidence {
     pub fn is_empty(&self) -> bool {
         *self == IterationEvidence::default()
     }
+}
+
+/// One iteration's thread-stress coverage under pytest-run-parallel (`--parallel-threads N`):
+/// a green stress run covers only the tests it ran in parallel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ParallelReport {
+    /// Threads each parallel test ran in.
+    pub threads: u32,
+    /// Tests the plugin ran in parallel; `None` when it printed no count (it did not load).
+    pub in_parallel: Option<u32>,
+    /// Tests run single-threaded because they are thread-unsafe.
+    pub thread_unsafe: u32,
+}
+
+/// How many thread blocks `stacks` holds (as the worker keeps them, or any faulthandler
+/// output).
+pub fn count_threads(stacks: &str) -> usize {
+    stacks
+        .lines()
+        .filter(|line| thread_header_start(line).is_some())
+        .count()
+}
+
+/// Where a thread block header starts in `line`, if `line` is one.
+pub(crate) fn thread_header_start(line: &str) -> Option<usize> {
+    const SUFFIX: &str = " (most recent call first):";
+    let line = line.trim_end();
+    if !line.ends_with(SUFFIX) {
+        return None;
+    }
+    // `Current thread 0x` contains `thread 0x`, not `Thread 0x`, so the order is safe.
+    ["Current thread 0x", "Thread 0x", "Stack (most recent call first):"]
+        .iter()
+        .find_map(|marker| line.find(marker))
 }

@@ -1,37 +1,32 @@
 //! The vocabulary of ftsurvey and its pure logic.
 //!
-//! Everything here is data and functions over data: no I/O, no async, no clocks.
-//! Callers pass `now` and file contents in; the crates around this one do the reading,
-//! writing and talking.
+//! Everything here is data and functions over data: no I/O, no async, no clocks. Callers pass
+//! `now` and file contents in; the crates around this one do the reading, writing and talking.
+//!
+//! The root holds the vocabulary every crate speaks: ids, specs, outcomes and their evidence,
+//! categories, runs, interpreters, the registry's closed vocabularies, the classification of a
+//! package's outcomes and the statistics of its pass rate. Around it, by audience:
+//! - [`readers`]: turning a test run's output into evidence (the worker);
+//! - [`registry`]: the registry format and the choice of packages (the CLI);
+//! - [`results`]: the records of a results folder, built from outcomes or read from files;
+//! - [`views`]: what the CLI's verbs print from those records.
+//!
+//! Arrows go from the groups to the root and from views to results, never back.
 
 pub mod category;
 pub mod classify;
-pub mod compare;
-pub mod compat;
 pub mod evidence;
-pub mod export;
-pub mod faulthandler;
-pub mod flaky;
 pub mod ids;
 pub mod interpreter;
-pub mod junit;
 pub mod outcome;
 pub mod package_kind;
-pub mod plan;
+pub mod readers;
 pub mod registry;
-pub mod report;
-pub mod report_render;
 pub mod results;
 pub mod run;
-pub mod run_parallel;
-mod seed;
-pub mod show;
 pub mod spec;
 pub mod stats;
-pub mod text;
-pub mod tsan;
-pub mod unittest;
-pub mod wheels;
+pub mod views;
 
 pub use category::Category;
 pub use classify::{PackageResult, StatusCounts, classify};

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use domain::registry::{Selection, select};
+use domain::registry::laruche::{Selection, select};
 
 use crate::cli::{assert_success, ftsurvey};
 

@@ -364,10 +364,10 @@ fn export_writes_csv_json_and_jsonl_with_the_documented_columns() {
     assert!(stdout.is_empty(), "written to the file: {stdout}");
     let csv = std::fs::read_to_string(&csv_path).expect("csv written");
     let header = csv.lines().next().expect("header");
-    assert_eq!(header, domain::export::CSV_COLUMNS.join(","));
+    assert_eq!(header, domain::views::export::CSV_COLUMNS.join(","));
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).expect("README");
     assert!(
-        readme.contains(&format!("`{}`", domain::export::CSV_COLUMNS.join("`, `"))),
+        readme.contains(&format!("`{}`", domain::views::export::CSV_COLUMNS.join("`, `"))),
         "the README documents the column order"
     );
     assert_eq!(csv.lines().count(), 6, "{csv}");
@@ -719,7 +719,7 @@ fn the_verbs_on_a_fixture_run_with_races_crashes_a_deadlock_and_the_gil_comparis
     listed.sort();
     let mut expected: Vec<String> = records
         .iter()
-        .filter(|r| domain::flaky::is_flaky(r))
+        .filter(|r| domain::views::flaky::is_flaky(r))
         .map(|r| r.package.clone())
         .collect();
     expected.sort();

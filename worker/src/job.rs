@@ -87,14 +87,14 @@ pub(crate) async fn execute(
         .and_then(|dir| read_end(&dir.join("stderr.log"), CRASH_SEARCH_BYTES))
         .unwrap_or_else(|| supervised.stderr_tail.clone());
     let crash_signature = (status == IterationStatus::Crash)
-        .then(|| domain::faulthandler::crash_signature(&stderr_end))
+        .then(|| domain::readers::faulthandler::crash_signature(&stderr_end))
         .flatten();
     let evidence = IterationEvidence {
         tests: test_report(junit_path.as_deref(), &package.test_framework, &supervised, &stderr_end),
         stacks: supervised
             .stall_dump
             .as_deref()
-            .and_then(domain::faulthandler::thread_stacks),
+            .and_then(domain::readers::faulthandler::thread_stacks),
         tsan: if setups.tsan_build() {
             tsan_warnings(log_dir.as_deref(), &supervised, &prepared, &package.import_name)
         } else {
@@ -119,7 +119,7 @@ pub(crate) async fn execute(
                     .as_deref()
                     .and_then(|path| read_end(path, RUN_PARALLEL_SEARCH_BYTES))
                     .unwrap_or_else(|| supervised.stdout_tail.clone());
-                domain::run_parallel::parse_run_parallel(threads, &head, &tail)
+                domain::readers::run_parallel::parse_run_parallel(threads, &head, &tail)
             }),
     };
     tracing::debug!(
@@ -213,14 +213,14 @@ fn test_report(junit: Option<&Path>, framework: &str, supervised: &Supervised, s
     if let Some(path) = junit
         && let Ok(xml) = std::fs::read_to_string(path)
     {
-        match domain::junit::parse_junit(&xml) {
+        match domain::readers::junit::parse_junit(&xml) {
             Ok(report) => return Some(report),
             Err(error) => tracing::warn!(path = %path.display(), %error, "unreadable JUnit XML"),
         }
     }
     if framework == "unittest" {
-        return domain::unittest::parse_summary(stderr_end)
-            .or_else(|| domain::unittest::parse_summary(&supervised.stdout_tail));
+        return domain::readers::unittest::parse_summary(stderr_end)
+            .or_else(|| domain::readers::unittest::parse_summary(&supervised.stdout_tail));
     }
     None
 }
@@ -261,7 +261,7 @@ fn tsan_warnings(
         );
     }
     let markers: Vec<&str> = markers.iter().map(String::as_str).collect();
-    domain::tsan::parse_reports(&text, &markers)
+    domain::readers::tsan::parse_reports(&text, &markers)
 }
 
 /// The first `bytes` of a file, as text.

@@ -2,19 +2,7 @@
 //! many tests it ran in N threads at once and how many it ran once, single-threaded, because
 //! they are marked or detected as thread-unsafe. A green stress run covers only the former.
 
-use serde::{Deserialize, Serialize};
-
-/// One iteration's thread-stress coverage.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ParallelReport {
-    /// Threads each parallel test ran in.
-    pub threads: u32,
-    /// Tests the plugin ran in parallel; `None` when it printed no count (it did not load).
-    pub in_parallel: Option<u32>,
-    /// Tests run single-threaded because they are thread-unsafe.
-    pub thread_unsafe: u32,
-}
+use crate::evidence::ParallelReport;
 
 /// Reads the plugin's lines from the head and the tail of pytest's output:
 /// `Collected 12 items to run in parallel` and

@@ -20,6 +20,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::evidence::thread_header_start;
+
 /// The most [`thread_stacks`] keeps, in bytes; the start of the dump is kept.
 pub const MAX_STACKS_BYTES: usize = 64 * 1024;
 
@@ -105,12 +107,6 @@ pub fn thread_stacks(text: &str) -> Option<String> {
     Some(truncate_at_line(rendered, MAX_STACKS_BYTES))
 }
 
-/// How many thread blocks `stacks` holds (as returned by [`thread_stacks`], or any
-/// faulthandler output).
-pub fn count_threads(stacks: &str) -> usize {
-    stacks.lines().filter(|line| header_start(line).is_some()).count()
-}
-
 /// A `Fatal Python error` line and where its dump would be.
 #[derive(Debug)]
 struct FatalError<'a> {
@@ -166,7 +162,7 @@ fn parse(text: &str) -> Parsed<'_> {
                 next_dump_idx: parsed.dumps.len(),
             });
             state = State::Outside;
-        } else if let Some(start) = header_start(line) {
+        } else if let Some(start) = thread_header_start(line) {
             let block = new_block(line[start..].trim_end());
             let continues = state == State::AfterBlank && parsed.dumps.last().is_some_and(|dump| dump.accepts(&block));
             if !continues {
@@ -215,19 +211,6 @@ fn fatal_message(line: &str) -> Option<&str> {
     const PREFIX: &str = "Fatal Python error: ";
     let start = line.find(PREFIX)?;
     Some(line[start + PREFIX.len()..].trim())
-}
-
-/// Where a thread block header starts in `line`, if `line` is one.
-fn header_start(line: &str) -> Option<usize> {
-    const SUFFIX: &str = " (most recent call first):";
-    let line = line.trim_end();
-    if !line.ends_with(SUFFIX) {
-        return None;
-    }
-    // `Current thread 0x` contains `thread 0x`, not `Thread 0x`, so the order is safe.
-    ["Current thread 0x", "Thread 0x", "Stack (most recent call first):"]
-        .iter()
-        .find_map(|marker| line.find(marker))
 }
 
 /// Builds a block from its header, without the leading junk.
@@ -403,6 +386,7 @@ fn truncate_at_line(mut text: String, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::count_threads;
 
     // Samples are stderr of CPython 3.13.5t (free-threaded) run with `-X faulthandler`,
     // trimmed only where noted.

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::evidence::{Declaration, ExtensionReport};
 use crate::results::PackageRecord;
 use crate::stats::PassRate;
-use crate::text::{cell, plain_table, plural};
+use crate::views::text::{cell, plain_table, plural};
 
 /// One package's extension compatibility.
 #[derive(Debug, Clone, PartialEq, Serialize)]

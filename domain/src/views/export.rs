@@ -7,9 +7,9 @@
 use std::fmt::Write;
 use std::str::FromStr;
 
-use crate::compat::describe_declaration;
 use crate::results::PackageRecord;
 use crate::stats::PassRate;
+use crate::views::compat::describe_declaration;
 
 /// How `export` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

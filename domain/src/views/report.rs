@@ -1,5 +1,5 @@
 //! The `report` command's content: a document of headings, paragraphs, tables, code and a
-//! chart, built from a run; `report_render` writes it as Markdown, text or HTML.
+//! chart, built from a run; `render` writes it as Markdown, text or HTML.
 //!
 //! Sections: header, categories, triage, crashes, deadlocks, intermittent, TSAN, C extensions,
 //! GIL comparison, compatible packages. Empty sections are left out.
@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 
 use crate::category::Category;
-use crate::compat::CompatRow;
-use crate::flaky::analyse;
 use crate::results::{IterationRecord, PackageRecord, RunMeta};
-use crate::show::{CategoryCount, category_counts, severity_rank};
 use crate::stats::{PassRate, ruled_out_failure_rate};
-use crate::text::{cell, plural};
+use crate::views::compat::CompatRow;
+use crate::views::flaky::analyse;
+use crate::views::show::{CategoryCount, category_counts, severity_rank};
+use crate::views::text::{cell, plural};
 
 /// One block of a report.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,7 +176,7 @@ fn triage(blocks: &mut Vec<Block>, input: &ReportInput<'_>) {
                 };
                 let evidence = match record.evidence.first() {
                     Some(evidence) => evidence.clone(),
-                    None => crate::show::details(record),
+                    None => crate::views::show::details(record),
                 };
                 format!(
                     "{} ({}{popularity}): {}. Next: {}",
@@ -523,8 +523,8 @@ fn strings(items: &[&str]) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::classify::{GilComparison, StatusCounts};
-    use crate::report_render::{ReportFormat, render_report};
     use crate::results::IterationRecord;
+    use crate::views::render::{ReportFormat, render_report};
 
     fn record(name: &str, category: &str, statuses: &[&str]) -> PackageRecord {
         let mut record = PackageRecord {

@@ -18,6 +18,9 @@ use crate::outcome::{IterationOutcome, IterationStatus, SetupStage, signal_name}
 use crate::run::{RunState, RunSummary};
 use crate::spec::{Mode, RunSpec};
 
+use super::labeille;
+use super::test_failures::flaky_test_counts;
+
 /// `ft_meta.json`: what was run, where, and with which options.
 ///
 /// Read leniently: a field of an unexpected shape (another tool's `config`, say) reads as its
@@ -300,7 +303,7 @@ pub struct IterationRecord {
     /// For a stall: milliseconds from the last output or CPU progress to the verdict.
     pub stall_detected_after_ms: Option<u64>,
     /// With `--parallel-threads`: tests run in parallel and tests run alone as thread-unsafe.
-    pub parallel: Option<crate::run_parallel::ParallelReport>,
+    pub parallel: Option<crate::evidence::ParallelReport>,
 }
 
 impl Default for PackageRecord {
@@ -452,7 +455,7 @@ impl PackageRecord {
         if self.extensions.is_none()
             && let Some(compat) = &self.extension_compat
         {
-            let (report, fallback) = crate::seed::extension_report(compat);
+            let (report, fallback) = labeille::extension_report(compat);
             if self.gil_fallback_modules.is_empty() {
                 self.gil_fallback_modules = fallback;
             }
@@ -462,7 +465,7 @@ impl PackageRecord {
             self.tsan_warnings = merge_tsan(self.iterations.iter().map(|i| i.tsan_warnings.as_slice()));
             for kind in &self.tsan_warning_types {
                 if !self.tsan_warnings.iter().any(|w| &w.kind == kind) {
-                    self.tsan_warnings.push(crate::seed::tsan_warning_of_kind(kind));
+                    self.tsan_warnings.push(labeille::tsan_warning_of_kind(kind));
                 }
             }
         }
@@ -470,7 +473,7 @@ impl PackageRecord {
             self.tsan_warning_types = tsan_kinds(&self.tsan_warnings);
         }
         if self.flaky_tests.is_empty() {
-            self.flaky_tests = crate::flaky::flaky_test_counts(&self.iterations);
+            self.flaky_tests = flaky_test_counts(self.iterations.iter().filter_map(|i| i.tests.as_ref()));
         }
     }
 
@@ -592,7 +595,7 @@ impl From<&PackageResult> for PackageRecord {
         };
         record.tsan_warning_types = tsan_kinds(&record.tsan_warnings);
         let iterations: Vec<IterationRecord> = ft.iter().map(|o| IterationRecord::from(*o)).collect();
-        record.flaky_tests = crate::flaky::flaky_test_counts(&iterations);
+        record.flaky_tests = flaky_test_counts(iterations.iter().filter_map(|i| i.tests.as_ref()));
         record.iterations = iterations;
         record
     }
@@ -642,7 +645,13 @@ impl IterationRecord {
     /// Reads the old tool's per-test results and counts into [`IterationRecord::tests`].
     pub fn normalize(&mut self) {
         if self.tests.is_none() {
-            self.tests = crate::seed::test_report(self);
+            self.tests = labeille::test_report(
+                &self.test_results,
+                self.tests_passed,
+                self.tests_failed,
+                self.tests_errored,
+                self.tests_skipped,
+            );
         }
     }
 }
@@ -680,7 +689,7 @@ where
     Ok(items
         .into_iter()
         .filter_map(|item| match item {
-            serde_json::Value::String(kind) => Some(crate::seed::tsan_warning_of_kind(&kind)),
+            serde_json::Value::String(kind) => Some(labeille::tsan_warning_of_kind(&kind)),
             other => serde_json::from_value(other).ok(),
         })
         .collect())
@@ -699,6 +708,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::TsanAttribution;
     use crate::outcome::SetupFailure;
 
     fn outcome(iteration: u32, mode: Mode, status: IterationStatus, signal: Option<i32>) -> IterationOutcome {
@@ -905,5 +915,47 @@ mod tests {
         assert_eq!(meta.config.timeout, 0, "a float timeout reads as the default");
         assert!(meta.config.extra_deps.is_empty());
         assert!(RunMeta::parse("[1, 2]").is_err());
+    }
+
+    #[test]
+    fn an_old_tool_line_reads_into_ftsurvey_fields() {
+        let line = r#"{"package": "lxml", "category": "compatible_gil_fallback", "iterations_completed": 2,
+            "pass_count": 2, "pass_rate": 1.0, "tsan_warning_types": ["data race"], "flaky_tests": {},
+            "extension_compat": {"package": "lxml", "is_pure_python": false, "gil_fallback_active": true,
+                "extensions": [{"module_name": "lxml.etree", "is_extension": true, "import_ok": true,
+                                "triggered_gil_fallback": true},
+                               {"module_name": "lxml.objectify", "is_extension": true, "import_ok": false,
+                                "import_error": "boom"}],
+                "source_scan": {"files_scanned": 3, "files_with_mod_gil": 1, "declarations": [
+                    {"file": "src/etree.c", "line_number": 12, "line_text": "{Py_mod_gil, Py_MOD_GIL_USED}",
+                     "is_not_used": false}]}},
+            "iterations": [
+              {"index": 1, "status": "pass", "tsan_warnings": ["data race"],
+               "test_results": {"t::a": "PASSED", "t::b": "FAILED"}},
+              {"index": 2, "status": "pass", "tests_passed": 5, "tests_failed": 0}]}"#;
+        let record = PackageRecord::parse_line(line).expect("parse");
+        let extensions = record.extensions.as_ref().expect("extension report");
+        assert_eq!(extensions.modules, ["lxml.etree", "lxml.objectify"]);
+        assert_eq!(extensions.gil_enabled_by, ["lxml.etree"]);
+        assert_eq!(
+            extensions.import_errors,
+            [("lxml.objectify".to_string(), "boom".to_string())]
+        );
+        assert_eq!(extensions.declarations[0].gil_not_used, Some(false));
+        assert_eq!(record.gil_fallback_modules, ["lxml.etree"]);
+        assert_eq!(record.tsan_warnings.len(), 1);
+        assert_eq!(record.tsan_warnings[0].kind, "data race");
+        assert_eq!(
+            record.iterations[0].tsan_warnings[0].attribution,
+            TsanAttribution::Unknown
+        );
+        let first = record.iterations[0].tests.as_ref().expect("tests of 1");
+        assert_eq!(
+            (first.passed, first.failed, first.failing.clone()),
+            (1, 1, vec!["t::b".to_string()])
+        );
+        let second = record.iterations[1].tests.as_ref().expect("tests of 2");
+        assert_eq!((second.total, second.passed), (5, 5));
+        assert_eq!(record.flaky_tests.get("t::b"), Some(&1), "{:?}", record.flaky_tests);
     }
 }

@@ -7,9 +7,9 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::category::Category;
-use crate::results::{IterationRecord, PackageRecord};
+use crate::results::{IterationRecord, PackageRecord, TestFailures, test_failures};
 use crate::stats::PassRate;
-use crate::text::{cell, plain_table, plural};
+use crate::views::text::{cell, plain_table, plural};
 
 /// How a package's failures hang together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,31 +47,6 @@ impl Pattern {
             Pattern::RandomTest => "failures move between tests: suspect shared module or fixture state",
             Pattern::NoTestData => "no per-test results: rerun with pytest to name the failing tests",
         }
-    }
-}
-
-/// How often one test failed among the iterations that reported per-test results.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TestFailures {
-    pub test: String,
-    /// Iterations in which it failed or errored.
-    pub fails: u32,
-    /// Iterations that reported per-test results (the test is assumed to have run in each).
-    pub seen: u32,
-}
-
-impl TestFailures {
-    pub fn rate(&self) -> f64 {
-        if self.seen == 0 {
-            0.0
-        } else {
-            f64::from(self.fails) / f64::from(self.seen)
-        }
-    }
-
-    /// Failed in some iterations that reported tests, not all.
-    pub fn is_flaky(&self) -> bool {
-        self.fails < self.seen
     }
 }
 
@@ -156,7 +131,7 @@ pub fn analyse(record: &PackageRecord) -> FlakyAnalysis {
             signatures.insert(signature.clone(), 1);
         }
     }
-    let tests = test_failures(&iterations);
+    let tests = test_failures(iterations.iter().filter_map(|i| i.tests.as_ref()));
     let pattern = pattern(record, &iterations, &signatures, &tests);
     FlakyAnalysis {
         package: record.package.clone(),
@@ -170,37 +145,6 @@ pub fn analyse(record: &PackageRecord) -> FlakyAnalysis {
         tests,
         crash_signatures: by_count(signatures),
     }
-}
-
-/// Tests that failed at least once, with their counts, worst rate first.
-pub fn test_failures(iterations: &[&IterationRecord]) -> Vec<TestFailures> {
-    let reports: Vec<_> = iterations.iter().filter_map(|i| i.tests.as_ref()).collect();
-    let seen = reports.len() as u32;
-    let mut fails: BTreeMap<&str, u32> = BTreeMap::new();
-    for report in &reports {
-        for test in &report.failing {
-            *fails.entry(test.as_str()).or_default() += 1;
-        }
-    }
-    let mut tests: Vec<TestFailures> = fails
-        .into_iter()
-        .map(|(test, fails)| TestFailures {
-            test: test.to_string(),
-            fails,
-            seen,
-        })
-        .collect();
-    tests.sort_by(|a, b| b.rate().total_cmp(&a.rate()).then_with(|| a.test.cmp(&b.test)));
-    tests
-}
-
-/// The old tool's `flaky_tests`: tests failing in some iterations but not all, with counts.
-pub fn flaky_test_counts(iterations: &[IterationRecord]) -> BTreeMap<String, u32> {
-    test_failures(&iterations.iter().collect::<Vec<_>>())
-        .into_iter()
-        .filter(TestFailures::is_flaky)
-        .map(|t| (t.test, t.fails))
-        .collect()
 }
 
 /// Renders the overview of every flaky package, or the deep dive of the ones in `analyses`
@@ -376,6 +320,7 @@ fn by_count(counts: BTreeMap<String, u32>) -> Vec<(String, u32)> {
 mod tests {
     use super::*;
     use crate::evidence::TestReport;
+    use crate::results::flaky_test_counts;
 
     fn iteration(index: u32, status: &str, failing: Option<&[&str]>) -> IterationRecord {
         IterationRecord {
@@ -474,24 +419,26 @@ mod tests {
 
     #[test]
     fn flaky_tests_are_counted_against_iterations_with_results() {
-        let iterations = vec![
+        let iterations = [
             iteration(1, "fail", Some(&["t::a", "t::always"])),
             iteration(2, "pass", Some(&[])),
             iteration(3, "fail", Some(&["t::always", "t::b"])),
             iteration(4, "fail", Some(&["t::always"])),
             iteration(5, "crash", None),
         ];
-        let refs: Vec<&IterationRecord> = iterations.iter().collect();
-        let tests = test_failures(&refs);
+        let tests = test_failures(iterations.iter().filter_map(|i| i.tests.as_ref()));
         let summary: Vec<(&str, u32, u32)> = tests.iter().map(|t| (t.test.as_str(), t.fails, t.seen)).collect();
         assert_eq!(summary, vec![("t::always", 3, 4), ("t::a", 1, 4), ("t::b", 1, 4)]);
-        let counts = flaky_test_counts(&iterations);
+        let counts = flaky_test_counts(iterations.iter().filter_map(|i| i.tests.as_ref()));
         assert_eq!(counts.len(), 3, "all failed in some but not all: {counts:?}");
-        let every = vec![
+        let every = [
             iteration(1, "fail", Some(&["t::x"])),
             iteration(2, "fail", Some(&["t::x"])),
         ];
-        assert!(flaky_test_counts(&every).is_empty(), "failing every time is not flaky");
+        assert!(
+            flaky_test_counts(every.iter().filter_map(|i| i.tests.as_ref())).is_empty(),
+            "failing every time is not flaky"
+        );
     }
 
     #[test]

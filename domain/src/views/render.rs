@@ -4,9 +4,9 @@
 use std::fmt::Write;
 use std::str::FromStr;
 
-use crate::report::Block;
-use crate::show::CategoryCount;
-use crate::text::plain_table;
+use crate::views::report::Block;
+use crate::views::show::CategoryCount;
+use crate::views::text::plain_table;
 
 /// The formats `report --format` takes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -294,7 +294,7 @@ fn escape(text: &str) -> String {
 
 /// One line, pipes escaped, for a Markdown table cell or list item.
 fn md_cell(text: &str) -> String {
-    crate::text::one_line(text).replace('|', "\\|")
+    crate::views::text::one_line(text).replace('|', "\\|")
 }
 
 #[cfg(test)]

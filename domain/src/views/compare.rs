@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use crate::category::Category;
 use crate::results::PackageRecord;
-use crate::show::category_counts;
 use crate::stats::PassRate;
-use crate::text::{plain_table, plural};
+use crate::views::show::category_counts;
+use crate::views::text::{plain_table, plural};
 
 /// Pass-rate changes smaller than this are noise by default.
 pub const DEFAULT_THRESHOLD: f64 = 0.10;
@@ -311,7 +311,7 @@ fn is_tested_verdict(category: Category) -> bool {
 
 fn category_deltas(a: &[PackageRecord], b: &[PackageRecord]) -> Vec<CategoryDelta> {
     let (counts_a, counts_b) = (category_counts(a), category_counts(b));
-    let count = |counts: &[crate::show::CategoryCount], name: &str| {
+    let count = |counts: &[crate::views::show::CategoryCount], name: &str| {
         counts.iter().find(|c| c.category == name).map_or(0, |c| c.count)
     };
     let mut names: Vec<String> = Category::ALL.iter().map(|c| c.as_str().to_string()).collect();

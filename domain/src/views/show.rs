@@ -11,7 +11,7 @@ use crate::category::Category;
 use crate::outcome::signal_name;
 use crate::results::{PackageRecord, RunMeta};
 use crate::stats::{PassRate, ruled_out_failure_rate};
-use crate::text::{cell, plain_table, plural};
+use crate::views::text::{cell, plain_table, plural};
 
 /// How `show` orders the package table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -632,7 +632,7 @@ mod tests {
         racy.flaky_tests.insert("t::b".into(), 1);
 
         let mut tsan = record("tsan", "tsan_warnings", 2, 2);
-        tsan.tsan_warnings = vec![crate::seed::tsan_warning_of_kind("data race")];
+        tsan.tsan_warnings = vec![crate::results::labeille::tsan_warning_of_kind("data race")];
 
         let clean = record("clean", "compatible", 10, 10);
 

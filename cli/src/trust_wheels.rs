@@ -134,7 +134,7 @@ mod tests {
             source: domain::Source::Sdist,
             install_command: String::new(),
             test_command: String::new(),
-            test_framework: "pytest".into(),
+            test_framework: domain::package_kind::TestFramework::Pytest,
             import_name: name.into(),
             timeout_secs: None,
             env: BTreeMap::new(),

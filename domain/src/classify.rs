@@ -239,15 +239,52 @@ fn distinct_tsan_warnings(outcomes: &[&IterationOutcome]) -> usize {
     signatures.len()
 }
 
+/// What running with the GIL enabled says of a package's free-threaded failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GilVerdict {
+    /// The free-threaded iterations all passed: nothing to explain.
+    None,
+    /// The free-threaded iterations had failures (of any kind) and the GIL-enabled ones passed.
+    FtSpecific,
+    /// Both had failures: the suite fails with the GIL too.
+    PreExisting,
+}
+
+impl GilVerdict {
+    /// The name results files and the wire use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GilVerdict::None => "none",
+            GilVerdict::FtSpecific => "ft_specific",
+            GilVerdict::PreExisting => "pre_existing",
+        }
+    }
+}
+
+impl std::fmt::Display for GilVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for GilVerdict {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [GilVerdict::None, GilVerdict::FtSpecific, GilVerdict::PreExisting]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown GIL comparison verdict {s:?}: expected none, ft_specific or pre_existing"))
+    }
+}
+
 /// How a package fared with the GIL disabled against with it enabled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GilComparison {
     /// Counts over the GIL-enabled (`gil`) iterations.
     pub gil_counts: StatusCounts,
-    /// `ft_specific` when the free-threaded iterations had failures (of any kind) and the
-    /// GIL-enabled ones passed; `pre_existing` when both failed; `none` when the free-threaded
-    /// ones all passed.
-    pub verdict: String,
+    pub verdict: GilVerdict,
     /// Tests that failed in some free-threaded iteration and in no GIL-enabled one, sorted.
     pub ft_only_failing_tests: Vec<String>,
 }
@@ -265,9 +302,9 @@ impl GilComparison {
         let ft_failed = ft_counts.completed() > ft_counts.pass;
         let gil_failed = gil_counts.completed() > gil_counts.pass;
         let verdict = match (ft_failed, gil_failed) {
-            (false, _) => "none",
-            (true, false) => "ft_specific",
-            (true, true) => "pre_existing",
+            (false, _) => GilVerdict::None,
+            (true, false) => GilVerdict::FtSpecific,
+            (true, true) => GilVerdict::PreExisting,
         };
         let failing = |side: &[&IterationOutcome]| -> std::collections::BTreeSet<String> {
             side.iter()
@@ -279,7 +316,7 @@ impl GilComparison {
         let ft_only_failing_tests = failing(&ft).into_iter().filter(|t| !gil_failing.contains(t)).collect();
         Some(GilComparison {
             gil_counts,
-            verdict: verdict.to_string(),
+            verdict,
             ft_only_failing_tests,
         })
     }
@@ -291,10 +328,10 @@ impl GilComparison {
             self.gil_counts.pass,
             self.gil_counts.completed()
         );
-        let mut sentence = match self.verdict.as_str() {
-            "ft_specific" => format!("free-threading specific: {gil}"),
-            "pre_existing" => format!("pre-existing: fails with the GIL too ({gil})"),
-            _ => gil,
+        let mut sentence = match self.verdict {
+            GilVerdict::FtSpecific => format!("free-threading specific: {gil}"),
+            GilVerdict::PreExisting => format!("pre-existing: fails with the GIL too ({gil})"),
+            GilVerdict::None => gil,
         };
         if !self.ft_only_failing_tests.is_empty() {
             let shown: Vec<&str> = self.ft_only_failing_tests.iter().take(5).map(String::as_str).collect();

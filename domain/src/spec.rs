@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::interpreter::InterpreterRequirement;
+use crate::package_kind::{ExtensionType, TestFramework};
 
 /// Where a package's source tree comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,8 +47,8 @@ pub struct PackageSpec {
     pub install_command: String,
     /// Shell command run in the source tree for each iteration.
     pub test_command: String,
-    /// `pytest`, `unittest`, or whatever the registry says.
-    pub test_framework: String,
+    /// How the test command reports its results: decides how its exit code is read.
+    pub test_framework: TestFramework,
     /// The module to import to check the install.
     pub import_name: String,
     /// Overrides the run's per-iteration timeout.
@@ -56,8 +57,8 @@ pub struct PackageSpec {
     pub env: BTreeMap<String, String>,
     /// PyPI downloads, used for ordering and triage.
     pub download_count: Option<u64>,
-    /// `pure`, `extensions`, `c_extension`, `rust`, ... as the registry says.
-    pub extension_type: Option<String>,
+    /// What the package builds, as the registry says.
+    pub extension_type: Option<ExtensionType>,
 }
 
 impl PackageSpec {
@@ -240,7 +241,7 @@ mod tests {
             source: Source::Sdist,
             install_command: "python -m pip install . pytest".to_string(),
             test_command: "python -m pytest".to_string(),
-            test_framework: "pytest".to_string(),
+            test_framework: TestFramework::Pytest,
             import_name: PackageSpec::default_import_name(name),
             timeout_secs: None,
             env: BTreeMap::new(),

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use domain::classify::StatusCounts;
+use domain::package_kind::TestFramework;
 use domain::spec::RunOptions;
 use domain::{
     Assignment, Category, InterpreterProfile, InterpreterRequirement, IterationOutcome, IterationStatus, JobId,
@@ -207,12 +208,12 @@ impl From<&PackageSpec> for v1::PackageSpec {
             source: Some(source),
             install_command: spec.install_command.clone(),
             test_command: spec.test_command.clone(),
-            test_framework: spec.test_framework.clone(),
+            test_framework: spec.test_framework.to_string(),
             import_name: spec.import_name.clone(),
             timeout_secs: spec.timeout_secs,
             env: spec.env.clone().into_iter().collect(),
             download_count: spec.download_count,
-            extension_type: spec.extension_type.clone(),
+            extension_type: spec.extension_type.map(|t| t.to_string()),
         }
     }
 }
@@ -249,6 +250,18 @@ impl TryFrom<v1::PackageSpec> for PackageSpec {
         if wire.timeout_secs == Some(0) {
             return Err(invalid("package.timeout_secs", "must be at least 1"));
         }
+        // An empty framework is the registry's default, as a registry file without the field.
+        let test_framework = match wire.test_framework.as_str() {
+            "" => TestFramework::Pytest,
+            text => text
+                .parse()
+                .map_err(|reason: String| invalid("package.test_framework", reason))?,
+        };
+        let extension_type = wire
+            .extension_type
+            .map(|text| text.parse())
+            .transpose()
+            .map_err(|reason: String| invalid("package.extension_type", reason))?;
         Ok(PackageSpec {
             import_name: if wire.import_name.is_empty() {
                 PackageSpec::default_import_name(&wire.name)
@@ -260,11 +273,11 @@ impl TryFrom<v1::PackageSpec> for PackageSpec {
             source,
             install_command: wire.install_command,
             test_command: wire.test_command,
-            test_framework: wire.test_framework,
+            test_framework,
             timeout_secs: wire.timeout_secs,
             env: wire.env.into_iter().collect::<BTreeMap<_, _>>(),
             download_count: wire.download_count,
-            extension_type: wire.extension_type,
+            extension_type,
         })
     }
 }
@@ -574,7 +587,7 @@ impl From<&PackageResult> for v1::PackageResult {
             finished: r.finished,
             gil_comparison: r.gil_comparison.as_ref().map(|c| v1::GilComparison {
                 gil_counts: Some((&c.gil_counts).into()),
-                verdict: c.verdict.clone(),
+                verdict: c.verdict.to_string(),
                 ft_only_failing_tests: c.ft_only_failing_tests.clone(),
             }),
         }
@@ -598,11 +611,19 @@ impl TryFrom<v1::PackageResult> for PackageResult {
                 .map(IterationOutcome::try_from)
                 .collect::<Result<_, _>>()?,
             finished: w.finished,
-            gil_comparison: w.gil_comparison.map(|c| domain::classify::GilComparison {
-                gil_counts: c.gil_counts.map(StatusCounts::from).unwrap_or_default(),
-                verdict: c.verdict,
-                ft_only_failing_tests: c.ft_only_failing_tests,
-            }),
+            gil_comparison: w
+                .gil_comparison
+                .map(|c| {
+                    Ok::<_, WireError>(domain::classify::GilComparison {
+                        gil_counts: c.gil_counts.map(StatusCounts::from).unwrap_or_default(),
+                        verdict: c
+                            .verdict
+                            .parse()
+                            .map_err(|reason: String| invalid("result.gil_comparison.verdict", reason))?,
+                        ft_only_failing_tests: c.ft_only_failing_tests,
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -690,6 +711,8 @@ impl TryFrom<v1::Assignment> for Assignment {
 
 #[cfg(test)]
 mod tests {
+    use domain::package_kind::ExtensionType;
+
     use super::*;
 
     fn package() -> PackageSpec {
@@ -703,12 +726,12 @@ mod tests {
             },
             install_command: "pip install .".into(),
             test_command: "python -m pytest".into(),
-            test_framework: "pytest".into(),
+            test_framework: TestFramework::Pytest,
             import_name: "pkg".into(),
             timeout_secs: Some(30),
             env: BTreeMap::from([("A".into(), "1".into())]),
             download_count: Some(7),
-            extension_type: Some("pure".into()),
+            extension_type: Some(ExtensionType::Pure),
         }
     }
 
@@ -762,6 +785,26 @@ mod tests {
             RunSpec::try_from(wire).unwrap_err(),
             WireError::Missing("package.source")
         );
+    }
+
+    #[test]
+    fn package_vocabularies_are_parsed_at_the_edge() {
+        let mut wire = v1::PackageSpec::from(&package());
+        wire.test_framework = "pytets".into();
+        let err = PackageSpec::try_from(wire.clone()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid field package.test_framework: unknown test_framework \"pytets\""),
+            "{err}"
+        );
+        wire.test_framework = String::new();
+        assert_eq!(
+            PackageSpec::try_from(wire.clone()).unwrap().test_framework,
+            TestFramework::Pytest
+        );
+        wire.extension_type = Some("fortran".into());
+        let err = PackageSpec::try_from(wire).unwrap_err();
+        assert!(err.to_string().contains("package.extension_type"), "{err}");
     }
 
     #[test]

@@ -202,7 +202,7 @@ fn races_and_the_gil_comparison_over_many_iterations() {
         assert_eq!(record.category, category, "{package}\n{all}");
         if let Some(verdict) = verdict {
             let comparison = record.gil_comparison.as_ref().expect("compared with the GIL");
-            assert_eq!(comparison.verdict, verdict, "{package}: {comparison:?}");
+            assert_eq!(comparison.verdict.as_str(), verdict, "{package}: {comparison:?}");
         }
         assert_eq!(
             record.gil_enabled_iterations.as_ref().map(Vec::len),

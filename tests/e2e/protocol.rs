@@ -24,7 +24,7 @@ fn spec(names: &[&str], iterations: u32) -> RunSpec {
                 },
                 install_command: "python -m pip install . pytest".to_string(),
                 test_command: "python -m pytest".to_string(),
-                test_framework: "pytest".to_string(),
+                test_framework: domain::package_kind::TestFramework::Pytest,
                 import_name: PackageSpec::default_import_name(name),
                 timeout_secs: None,
                 env: Default::default(),

@@ -734,13 +734,8 @@ fn the_verbs_on_a_fixture_run_with_races_crashes_a_deadlock_and_the_gil_comparis
     );
 
     let gil_only = category_of(&records, "ftfix-gil-only");
-    let verdict = gil_only
-        .gil_comparison
-        .as_ref()
-        .expect("compared with the GIL")
-        .verdict
-        .clone();
-    assert_eq!(verdict, "ft_specific", "{gil_only:?}");
+    let verdict = gil_only.gil_comparison.as_ref().expect("compared with the GIL").verdict;
+    assert_eq!(verdict.as_str(), "ft_specific", "{gil_only:?}");
     let markdown = verb(&["report", folder]);
     for expected in [
         "## Triage",

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use domain::evidence::{IterationEvidence, TestReport};
+use domain::package_kind::TestFramework;
 use domain::{Assignment, IterationOutcome, IterationStatus, JobResult};
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +74,7 @@ pub(crate) async fn execute(
     if supervised.ending == Ending::Cancelled {
         return None;
     }
-    let (status, signal, harness_error) = iteration_status(&supervised.ending, &package.test_framework);
+    let (status, signal, harness_error) = iteration_status(&supervised.ending, package.test_framework);
     let exit_code = match supervised.ending {
         Ending::Exited { code, .. } => code,
         _ => None,
@@ -90,7 +91,7 @@ pub(crate) async fn execute(
         .then(|| domain::readers::faulthandler::crash_signature(&stderr_end))
         .flatten();
     let evidence = IterationEvidence {
-        tests: test_report(junit_path.as_deref(), &package.test_framework, &supervised, &stderr_end),
+        tests: test_report(junit_path.as_deref(), package.test_framework, &supervised, &stderr_end),
         stacks: supervised
             .stall_dump
             .as_deref()
@@ -108,7 +109,7 @@ pub(crate) async fn execute(
         parallel: assignment
             .options
             .parallel_threads
-            .filter(|_| package.test_framework == "pytest")
+            .filter(|_| package.test_framework == TestFramework::Pytest)
             .map(|threads| {
                 let stdout = log_dir.as_ref().map(|dir| dir.join("stdout.log"));
                 let head = stdout
@@ -175,7 +176,7 @@ fn iteration_env(
             .or_else(|| assignment.package.env.get(key).cloned())
     };
     let mut extra = Vec::new();
-    if assignment.package.test_framework == "pytest"
+    if assignment.package.test_framework == TestFramework::Pytest
         && let Some(junit) = junit_path
     {
         // pytest's own faulthandler plugin would point crash dumps at its captured stderr; the
@@ -209,7 +210,12 @@ fn iteration_env(
 }
 
 /// Per-test results: pytest's JUnit XML, or the summary `python -m unittest` prints.
-fn test_report(junit: Option<&Path>, framework: &str, supervised: &Supervised, stderr_end: &str) -> Option<TestReport> {
+fn test_report(
+    junit: Option<&Path>,
+    framework: TestFramework,
+    supervised: &Supervised,
+    stderr_end: &str,
+) -> Option<TestReport> {
     if let Some(path) = junit
         && let Ok(xml) = std::fs::read_to_string(path)
     {
@@ -218,11 +224,11 @@ fn test_report(junit: Option<&Path>, framework: &str, supervised: &Supervised, s
             Err(error) => tracing::warn!(path = %path.display(), %error, "unreadable JUnit XML"),
         }
     }
-    if framework == "unittest" {
-        return domain::readers::unittest::parse_summary(stderr_end)
-            .or_else(|| domain::readers::unittest::parse_summary(&supervised.stdout_tail));
+    match framework {
+        TestFramework::Unittest => domain::readers::unittest::parse_summary(stderr_end)
+            .or_else(|| domain::readers::unittest::parse_summary(&supervised.stdout_tail)),
+        _ => None,
     }
-    None
 }
 
 fn tsan_warnings(

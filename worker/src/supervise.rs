@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use domain::IterationStatus;
 use domain::outcome::CRASH_SIGNALS;
+use domain::package_kind::TestFramework;
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 use wait4::Wait4;
@@ -319,7 +320,10 @@ impl Drop for TreeGuard {
 }
 
 /// Maps how an iteration ended to its status, the crash signal and a harness-error reason.
-pub fn iteration_status(ending: &Ending, test_framework: &str) -> (IterationStatus, Option<i32>, Option<String>) {
+pub fn iteration_status(
+    ending: &Ending,
+    test_framework: TestFramework,
+) -> (IterationStatus, Option<i32>, Option<String>) {
     match *ending {
         Ending::TimedOut => (IterationStatus::Timeout, None, None),
         Ending::Stalled => (IterationStatus::Deadlock, None, None),
@@ -331,21 +335,26 @@ pub fn iteration_status(ending: &Ending, test_framework: &str) -> (IterationStat
             (IterationStatus::Crash, Some(code - 128), None)
         }
         Ending::Exited { code: Some(0), .. } => (IterationStatus::Pass, None, None),
-        Ending::Exited { code: Some(code), .. } if test_framework == "pytest" && (2..=5).contains(&code) => {
-            let reason = match code {
-                2 => "pytest was interrupted (exit 2)",
-                3 => "pytest internal error (exit 3)",
-                4 => "pytest usage error (exit 4)",
-                _ => "pytest collected no tests (exit 5)",
-            };
-            (IterationStatus::HarnessError, None, Some(reason.to_string()))
-        }
-        Ending::Exited { code: Some(5), .. } if test_framework == "unittest" => (
-            IterationStatus::HarnessError,
-            None,
-            Some("unittest ran no tests (exit 5)".to_string()),
-        ),
+        Ending::Exited {
+            code: Some(code),
+            signal,
+        } => match harness_error(test_framework, code) {
+            Some(reason) => (IterationStatus::HarnessError, None, Some(reason.to_string())),
+            None => (IterationStatus::Fail, signal, None),
+        },
         Ending::Exited { signal, .. } => (IterationStatus::Fail, signal, None),
+    }
+}
+
+/// The exit codes a test framework uses for its own errors, which say nothing of the tests.
+fn harness_error(test_framework: TestFramework, code: i32) -> Option<&'static str> {
+    match (test_framework, code) {
+        (TestFramework::Pytest, 2) => Some("pytest was interrupted (exit 2)"),
+        (TestFramework::Pytest, 3) => Some("pytest internal error (exit 3)"),
+        (TestFramework::Pytest, 4) => Some("pytest usage error (exit 4)"),
+        (TestFramework::Pytest, 5) => Some("pytest collected no tests (exit 5)"),
+        (TestFramework::Unittest, 5) => Some("unittest ran no tests (exit 5)"),
+        _ => None,
     }
 }
 
@@ -379,23 +388,58 @@ mod tests {
     fn exits_map_to_statuses() {
         let exit = |code: Option<i32>, signal: Option<i32>| Ending::Exited { code, signal };
         let cases = [
-            (exit(Some(0), None), "pytest", IterationStatus::Pass, None),
-            (exit(Some(1), None), "pytest", IterationStatus::Fail, None),
-            (exit(None, Some(11)), "pytest", IterationStatus::Crash, Some(11)),
-            (exit(Some(139), None), "pytest", IterationStatus::Crash, Some(11)),
-            (exit(Some(134), None), "unittest", IterationStatus::Crash, Some(6)),
-            (exit(Some(130), None), "pytest", IterationStatus::Fail, None),
-            (exit(None, Some(9)), "pytest", IterationStatus::Fail, Some(9)),
-            (exit(Some(5), None), "pytest", IterationStatus::HarnessError, None),
-            (exit(Some(5), None), "unittest", IterationStatus::HarnessError, None),
-            (exit(Some(5), None), "other", IterationStatus::Fail, None),
-            (Ending::TimedOut, "pytest", IterationStatus::Timeout, None),
+            (exit(Some(0), None), TestFramework::Pytest, IterationStatus::Pass, None),
+            (exit(Some(1), None), TestFramework::Pytest, IterationStatus::Fail, None),
+            (
+                exit(None, Some(11)),
+                TestFramework::Pytest,
+                IterationStatus::Crash,
+                Some(11),
+            ),
+            (
+                exit(Some(139), None),
+                TestFramework::Pytest,
+                IterationStatus::Crash,
+                Some(11),
+            ),
+            (
+                exit(Some(134), None),
+                TestFramework::Unittest,
+                IterationStatus::Crash,
+                Some(6),
+            ),
+            (
+                exit(Some(130), None),
+                TestFramework::Pytest,
+                IterationStatus::Fail,
+                None,
+            ),
+            (
+                exit(None, Some(9)),
+                TestFramework::Pytest,
+                IterationStatus::Fail,
+                Some(9),
+            ),
+            (
+                exit(Some(5), None),
+                TestFramework::Pytest,
+                IterationStatus::HarnessError,
+                None,
+            ),
+            (
+                exit(Some(5), None),
+                TestFramework::Unittest,
+                IterationStatus::HarnessError,
+                None,
+            ),
+            (exit(Some(5), None), TestFramework::Other, IterationStatus::Fail, None),
+            (Ending::TimedOut, TestFramework::Pytest, IterationStatus::Timeout, None),
         ];
         for (ending, framework, status, signal) in cases {
             let (got, got_signal, _) = iteration_status(&ending, framework);
             assert_eq!((got, got_signal), (status, signal), "{ending:?} {framework}");
         }
-        let (_, _, reason) = iteration_status(&exit(Some(5), None), "pytest");
+        let (_, _, reason) = iteration_status(&exit(Some(5), None), TestFramework::Pytest);
         assert_eq!(reason.as_deref(), Some("pytest collected no tests (exit 5)"));
     }
 

@@ -189,20 +189,17 @@ impl PackageEntry {
             source,
             install_command: non_empty(&self.install_command).unwrap_or_else(|| DEFAULT_INSTALL_COMMAND.to_string()),
             test_command: non_empty(&self.test_command).unwrap_or_else(|| DEFAULT_TEST_COMMAND.to_string()),
-            test_framework: self
-                .test_framework
-                .unwrap_or(TestFramework::Pytest)
-                .as_str()
-                .to_string(),
+            test_framework: self.test_framework.unwrap_or(TestFramework::Pytest),
             import_name: non_empty(&self.import_name)
                 .unwrap_or_else(|| PackageSpec::default_import_name(&self.package)),
             timeout_secs: self.timeout.filter(|t| *t > 0),
             env: self.env.clone(),
             download_count: index.and_then(|i| i.download_count),
-            extension_type: self
-                .extension_type
-                .map(|t| t.as_str().to_string())
-                .or_else(|| index.and_then(|i| i.extension_type.clone())),
+            extension_type: self.extension_type.or_else(|| {
+                index
+                    .and_then(|i| i.extension_type.as_deref())
+                    .and_then(|t| t.parse().ok())
+            }),
         })
     }
 
@@ -534,8 +531,8 @@ packages:
             .to_spec(dir, None)
             .expect("spec");
         assert_eq!(
-            (unittest.test_framework.as_str(), unittest.extension_type.as_deref()),
-            ("unittest", Some("cpp_extension"))
+            (unittest.test_framework, unittest.extension_type),
+            (TestFramework::Unittest, Some(ExtensionType::CppExtension))
         );
         assert!(package("p", "source: ftp\n").to_spec(dir, None).is_err());
     }

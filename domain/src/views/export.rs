@@ -165,7 +165,7 @@ fn export_csv(records: &[PackageRecord], download_counts: &std::collections::BTr
             record
                 .gil_comparison
                 .as_ref()
-                .map(|g| g.verdict.clone())
+                .map(|g| g.verdict.to_string())
                 .unwrap_or_default(),
             record
                 .gil_comparison

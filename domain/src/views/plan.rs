@@ -74,6 +74,7 @@ mod tests {
 
     use super::*;
     use crate::interpreter::InterpreterRequirement;
+    use crate::package_kind::TestFramework;
     use crate::spec::{Mode, RunOptions};
 
     fn package(name: &str, source: Source, version: Option<&str>) -> PackageSpec {
@@ -83,7 +84,7 @@ mod tests {
             source,
             install_command: "pip install . pytest".into(),
             test_command: "python -m pytest tests".into(),
-            test_framework: "pytest".into(),
+            test_framework: TestFramework::Pytest,
             import_name: name.into(),
             timeout_secs: Some(120),
             env: BTreeMap::from([("A".to_string(), "1".to_string())]),

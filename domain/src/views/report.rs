@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::category::Category;
+use crate::classify::GilVerdict;
 use crate::results::{IterationRecord, PackageRecord, RunMeta};
 use crate::stats::{PassRate, ruled_out_failure_rate};
 use crate::views::compat::CompatRow;
@@ -194,10 +195,10 @@ fn triage(blocks: &mut Vec<Block>, input: &ReportInput<'_>) {
 /// beat fewer.
 fn evidence_strength(record: &PackageRecord) -> u32 {
     let bad = record.completed_iterations() - record.passed_iterations().min(record.completed_iterations());
-    let gil = match record.gil_comparison.as_ref().map(|g| g.verdict.as_str()) {
-        Some("ft_specific") => 2,
-        Some("pre_existing") => 0,
-        _ => 1,
+    let gil = match record.gil_comparison.as_ref().map(|g| g.verdict) {
+        Some(GilVerdict::FtSpecific) => 2,
+        Some(GilVerdict::PreExisting) => 0,
+        Some(GilVerdict::None) | None => 1,
     };
     gil * 10_000 + bad.min(9_999)
 }
@@ -207,11 +208,11 @@ pub fn next_step(record: &PackageRecord) -> String {
     let pre_existing = record
         .gil_comparison
         .as_ref()
-        .is_some_and(|g| g.verdict == "pre_existing");
+        .is_some_and(|g| g.verdict == GilVerdict::PreExisting);
     let ft_only_tests = record
         .gil_comparison
         .as_ref()
-        .filter(|g| g.verdict == "ft_specific" && !g.ft_only_failing_tests.is_empty())
+        .filter(|g| g.verdict == GilVerdict::FtSpecific && !g.ft_only_failing_tests.is_empty())
         .map(|g| g.ft_only_failing_tests.join(", "));
     let ft_only = ft_only_tests.as_deref();
     match record.category() {
@@ -453,7 +454,7 @@ fn gil_comparison(blocks: &mut Vec<Block>, records: &[PackageRecord]) {
             let ft = PassRate::of(record.passed_iterations(), record.completed_iterations());
             Some(vec![
                 record.package.clone(),
-                comparison.verdict.clone(),
+                comparison.verdict.to_string(),
                 ft.map_or("N/A".to_string(), |r| r.describe()),
                 gil.map_or("N/A".to_string(), |r| r.describe()),
                 cell(&comparison.ft_only_failing_tests.join("; "), 160),
@@ -562,7 +563,7 @@ mod tests {
                 fail: 2,
                 ..StatusCounts::default()
             },
-            verdict: "pre_existing".into(),
+            verdict: GilVerdict::PreExisting,
             ft_only_failing_tests: Vec::new(),
         });
         let mut gil_only = record("gilonly", "incompatible", &["fail"]);
@@ -571,7 +572,7 @@ mod tests {
                 pass: 1,
                 ..StatusCounts::default()
             },
-            verdict: "ft_specific".into(),
+            verdict: GilVerdict::FtSpecific,
             ft_only_failing_tests: vec!["t::needs_gil".into()],
         });
         vec![

@@ -128,7 +128,7 @@ fn run_spec(jobs: u64) -> RunSpec {
                 source: Source::Sdist,
                 install_command: "true".into(),
                 test_command: "true".into(),
-                test_framework: "pytest".into(),
+                test_framework: domain::package_kind::TestFramework::Pytest,
                 import_name: format!("pkg_{i}"),
                 timeout_secs: None,
                 env: Default::default(),

@@ -58,7 +58,8 @@ impl StatusCounts {
 pub struct ClassifyInput<'a> {
     /// The package failed to set up on some worker.
     pub setup_failure: Option<&'a SetupFailure>,
-    /// Outcomes of the free-threaded (`ft`) iterations; other modes are ignored.
+    /// Every outcome of the package, of any mode: only the free-threaded (`ft`) ones are
+    /// classified; the GIL-enabled (`gil`) ones are read by [`GilComparison::of`] instead.
     pub outcomes: &'a [IterationOutcome],
     /// Extension modules that re-enabled the GIL at import.
     pub gil_fallback_modules: &'a [String],
@@ -73,9 +74,11 @@ pub struct Classification {
     pub evidence: Vec<String>,
 }
 
-/// Classifies a package. First match wins: install failure; import failure; nothing completed
-/// (harness error when harness errors were all there was, else unknown); any deadlock; any crash; all pass (TSAN warnings, else GIL fallback, else
-/// compatible); all fail (incompatible); otherwise intermittent.
+/// Classifies a package from its free-threaded outcomes. First match wins: install failure;
+/// import failure; nothing completed (harness error when harness errors were all there was,
+/// else unknown); any deadlock; any crash; all pass (TSAN warnings, else GIL fallback, else
+/// compatible); all fail (incompatible); otherwise intermittent. Harness errors never count
+/// as completed iterations; timeouts count as failures.
 pub fn classify(input: ClassifyInput<'_>) -> Classification {
     if let Some(failure) = input.setup_failure {
         let category = match failure.stage {

@@ -135,13 +135,6 @@ pub struct IterationOutcome {
     pub evidence: IterationEvidence,
 }
 
-impl IterationOutcome {
-    /// Whether this iteration says anything about the package (harness errors do not).
-    pub fn is_completed(&self) -> bool {
-        self.status != IterationStatus::HarnessError
-    }
-}
-
 /// Which step of setting a package up failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

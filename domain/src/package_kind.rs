@@ -3,6 +3,9 @@
 //!
 //! Every value the laruche registry uses is accepted; anything else is a malformed file, so a
 //! typo is reported by `registry validate` instead of silently changing how results are read.
+//! Both travel in each [`crate::PackageSpec`]: the worker reads [`TestFramework`] to decide
+//! how an exit code is read and whether pytest is asked for JUnit XML; [`ExtensionType`] is
+//! the registry's word only, shown by `registry list`, and decides nothing.
 
 use std::fmt;
 use std::str::FromStr;

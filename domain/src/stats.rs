@@ -88,14 +88,6 @@ pub fn ruled_out_failure_rate(passes: u32) -> f64 {
     1.0 - 0.05_f64.powf(1.0 / f64::from(passes))
 }
 
-/// `a race failing 26% of runs or more would have shown`, for a run of `passes` passes.
-pub fn ruled_out_sentence(passes: u32) -> String {
-    format!(
-        "{passes} passes rule out a race failing {:.0}% of runs or more (95%)",
-        (ruled_out_failure_rate(passes) * 100.0).ceil()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,10 +143,6 @@ mod tests {
             );
         }
         assert_eq!(ruled_out_failure_rate(0), 1.0);
-        assert_eq!(
-            ruled_out_sentence(10),
-            "10 passes rule out a race failing 26% of runs or more (95%)"
-        );
     }
 
     #[test]

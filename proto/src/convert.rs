@@ -179,16 +179,6 @@ impl From<OutcomeAck> for v1::AckStatus {
     }
 }
 
-/// Parses a wire `AckStatus`.
-pub fn ack_from_wire(value: i32) -> Result<OutcomeAck, WireError> {
-    match v1::AckStatus::try_from(value) {
-        Ok(v1::AckStatus::Recorded) => Ok(OutcomeAck::Recorded),
-        Ok(v1::AckStatus::Duplicate) => Ok(OutcomeAck::Duplicate),
-        Ok(v1::AckStatus::Stale) => Ok(OutcomeAck::Stale),
-        _ => Err(invalid("status", format!("unknown ack status {value}"))),
-    }
-}
-
 // ---- specs ----
 
 impl From<&PackageSpec> for v1::PackageSpec {

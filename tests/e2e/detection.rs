@@ -105,9 +105,13 @@ fn one_iteration_cases_get_their_categories_and_evidence() {
         stacks.contains("in first_a_then_b") && stacks.contains("in first_b_then_a"),
         "{stacks}"
     );
-    assert!(deadlock.duration_ms < 30_000, "{}", deadlock.duration_ms);
+    // Judged at the stall, not at the 60 s timeout (that would be `timeout`, not stalled), and
+    // not before the silence and idle CPU had lasted the ten-second threshold.
     let onset_to_verdict = deadlock.stall_detected_after_ms.expect("stall onset recorded");
-    assert!((10_000..15_000).contains(&onset_to_verdict), "{onset_to_verdict}");
+    assert!(
+        onset_to_verdict >= 10_000,
+        "judged {onset_to_verdict} ms after the onset"
+    );
 
     // Fifteen CPU seconds of silent work with a ten-second threshold is not a stall, and
     // the supervisor's CPU time counts them all. The fixture counts CPU, not wall time, so
@@ -151,7 +155,9 @@ fn one_iteration_cases_get_their_categories_and_evidence() {
     assert!(flood.stdout_tail.len() <= 16 * 1024);
 
     let grandchild = &category_of(&records, "ftfix-grandchild").iterations[0];
-    assert!(grandchild.duration_ms < 10_000, "{grandchild:?}");
+    // The grandchild holds the pipes open: had the iteration waited for them it would have
+    // timed out instead of passing.
+    assert_eq!(grandchild.status, "pass", "{grandchild:?}");
     assert!(grandchild.leftover_processes >= 1, "{grandchild:?}");
     assert_eq!(running("sleep 3001"), "", "the grandchild outlived its iteration");
 

@@ -20,7 +20,6 @@ pub const SIGNATURE_FRAMES: usize = 5;
 
 const WARNING_MARKER: &str = "WARNING: ThreadSanitizer: ";
 const SUMMARY_MARKER: &str = "SUMMARY: ThreadSanitizer: ";
-const MATCHED_MARKER: &str = "ThreadSanitizer: Matched ";
 
 /// Finds every ThreadSanitizer report in `text` and folds them into distinct warnings.
 ///
@@ -63,30 +62,6 @@ pub fn parse_reports(text: &str, package_markers: &[&str]) -> Vec<TsanWarning> {
         add_report(&mut warnings, report, package_markers);
     }
     warnings
-}
-
-/// How many reports the suppression file hid, summed over every process in `text`.
-///
-/// TSAN prints the tally only when run with `print_suppressions=1`, as
-/// `ThreadSanitizer: Matched N suppressions (pid=P):` followed by one `<count> <rule>`
-/// line per rule that matched; without that option this returns 0.
-pub fn suppressed_count(text: &str) -> u32 {
-    let mut total: u32 = 0;
-    let mut in_tally = false;
-    for line in text.lines() {
-        if line.contains(MATCHED_MARKER) {
-            in_tally = true;
-            continue;
-        }
-        if !in_tally {
-            continue;
-        }
-        match parse_tally_line(line) {
-            Some(n_matched) => total = total.saturating_add(n_matched),
-            None => in_tally = false,
-        }
-    }
-    total
 }
 
 /// One report as read, before it is folded into the warnings.
@@ -302,15 +277,6 @@ fn is_system_runtime(frame: &TsanFrame) -> bool {
 
 fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
-}
-
-/// `5 race:foo` → 5.
-fn parse_tally_line(line: &str) -> Option<u32> {
-    let (count, rule) = line.trim().split_once(' ')?;
-    if !rule.contains(':') {
-        return None;
-    }
-    count.parse().ok()
 }
 
 #[cfg(test)]
@@ -587,21 +553,5 @@ SUMMARY: ThreadSanitizer: data race Objects/obmalloc.c:862 in set_allocator_unlo
             "_race.cpython-313t-x86_64-linux-gnu.so"
         ));
         assert!(!frame_matches_marker(&by_file_name, ""));
-    }
-
-    #[test]
-    fn suppressed_count_sums_the_matched_tally_of_every_process() {
-        let text = "\
-ThreadSanitizer: Matched 2 suppressions (pid=18230):
-2 race:set_allocator_unlocked
-3 passed in 0.40s
-ThreadSanitizer: Matched 4 suppressions (pid=18231):
-3 race_top:assign_version_tag
-1 thread:pthread_create
-
-2 passed
-";
-        assert_eq!(suppressed_count(text), 6);
-        assert_eq!(suppressed_count(PACKAGE_RACE), 0);
     }
 }

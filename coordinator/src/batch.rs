@@ -14,7 +14,7 @@ use domain::{Assignment, InterpreterProfile, JobId, JobResult, LeaseToken, Worke
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::Status;
 
-use crate::hub::now_ms;
+use crate::clock::now_ms;
 use crate::service::status_from_store;
 use crate::store::{ClaimBatch, ClaimWant, Completion, MAX_CLAIM_BATCH, Report, Store};
 

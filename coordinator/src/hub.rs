@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use domain::{Assignment, JobId, RunId, WorkerId};
 use proto::v1;
@@ -215,12 +214,4 @@ impl Hub {
         // No receivers just means nobody is watching.
         let _ = self.run_changed.send(run_id);
     }
-}
-
-/// Milliseconds since the Unix epoch, the store's clock.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -5,6 +5,7 @@
 //! embedded CLI, the `serve` command and the tests all start it the same way.
 
 mod batch;
+mod clock;
 mod hub;
 mod reaper;
 mod service;

@@ -20,7 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::hub::{Hub, SessionSender, now_ms};
+use crate::clock::now_ms;
+use crate::hub::{Hub, SessionSender};
 use crate::service::status_from_wire;
 use crate::store::Completion;
 

@@ -32,6 +32,19 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the request that met this error may succeed sent again as it is: the
+    /// database's failures (down, restarting, a connection lost) and the store's own faults
+    /// may pass, while a missing or invalid run stays so. Services report the first kind as
+    /// an internal error.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => true,
+            StoreError::RunNotFound(_) | StoreError::InvalidRun(_) => false,
+        }
+    }
+}
+
 /// A job whose lease was taken away while a worker held it; that worker should stop it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedLease {

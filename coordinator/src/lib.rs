@@ -30,8 +30,9 @@ use crate::service::worker::Workers;
 /// Largest message either service accepts or sends.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// What the coordinator needs to run.
-#[derive(Debug, Clone)]
+/// What the coordinator needs to run. Its `Debug` output hides the database password and
+/// the tokens.
+#[derive(Clone)]
 pub struct Config {
     /// `postgres://...` or `sqlite://PATH` (created if missing).
     pub database_url: String,
@@ -53,6 +54,19 @@ impl Config {
             client_token: None,
             tls: None,
         }
+    }
+}
+
+// By hand, as a config gets logged and printed: the URL's password and the tokens stay out.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &store::redact_url(&self.database_url))
+            .field("settings", &self.settings)
+            .field("worker_token", &redact_token(self.worker_token.as_deref()))
+            .field("client_token", &redact_token(self.client_token.as_deref()))
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 
@@ -91,6 +105,11 @@ impl Default for Settings {
             reap_interval: Duration::from_secs(1),
         }
     }
+}
+
+/// Whether a token is set, without the token.
+fn redact_token(token: Option<&str>) -> Option<&'static str> {
+    token.map(|_| "<redacted>")
 }
 
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
@@ -142,4 +161,31 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .context("grpc server failed")?;
     reaper.await.context("reaper task panicked")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn a_configs_debug_output_names_the_database_host_but_no_password_or_token() {
+        let config = Config {
+            worker_token: Some("worker-token-7f3a".to_string()),
+            client_token: Some("client-token-91bc".to_string()),
+            ..Config::new("postgres://survey:pg-password-c2d4@db.example:5432/ftsurvey".to_string())
+        };
+        let printed = format!("{config:?}");
+        for secret in ["pg-password-c2d4", "worker-token-7f3a", "client-token-91bc"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            printed.contains("postgres://survey:***@db.example:5432/ftsurvey"),
+            "{printed}"
+        );
+        assert!(printed.contains(r#"worker_token: Some("<redacted>")"#), "{printed}");
+        assert!(printed.contains(r#"client_token: Some("<redacted>")"#), "{printed}");
+
+        let printed = format!("{:?}", Config::new("sqlite:///tmp/ftsurvey.db".to_string()));
+        assert!(printed.contains("worker_token: None, client_token: None"), "{printed}");
+    }
 }

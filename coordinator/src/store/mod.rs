@@ -15,7 +15,7 @@ use domain::{
 
 pub(crate) use common::MAX_CLAIM_BATCH;
 pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub(crate) use sqlite::SqliteStore;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ impl StoreError {
     /// database's failures (down, restarting, a connection lost) and the store's own faults
     /// may pass, while a missing or invalid run stays so. Services report the first kind as
     /// an internal error.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => true,
             StoreError::RunNotFound(_) | StoreError::InvalidRun(_) => false,

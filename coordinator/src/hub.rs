@@ -9,6 +9,7 @@ use proto::v1;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::batch::Batcher;
+use crate::config::Settings;
 use crate::store::{RevokedLease, Store};
 
 /// Messages to one worker session.
@@ -20,7 +21,7 @@ pub(crate) struct Hub {
     pub(crate) store: Arc<dyn Store>,
     /// Claims and outcomes of all sessions, batched into store transactions.
     pub(crate) batcher: Batcher,
-    pub(crate) settings: crate::Settings,
+    pub(crate) settings: Settings,
     /// Live sessions by worker id, each with a number that tells a session from its replacement.
     sessions: Mutex<HashMap<WorkerId, (u64, SessionSender)>>,
     next_session: Mutex<u64>,
@@ -50,7 +51,7 @@ struct InFlight {
 }
 
 impl Hub {
-    pub(crate) fn new(store: Arc<dyn Store>, settings: crate::Settings) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, settings: Settings) -> Self {
         Hub {
             batcher: Batcher::start(&store, settings.lease_duration),
             store,

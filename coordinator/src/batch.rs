@@ -12,11 +12,9 @@ use std::time::{Duration, Instant};
 
 use domain::{Assignment, InterpreterProfile, JobId, JobResult, LeaseToken, WorkerId};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tonic::Status;
 
-use crate::hub::now_ms;
-use crate::service::status_from_store;
-use crate::store::{ClaimBatch, ClaimWant, Completion, MAX_CLAIM_BATCH, Report, Store};
+use crate::clock::now_ms;
+use crate::store::{ClaimBatch, ClaimWant, Completion, MAX_CLAIM_BATCH, Report, Store, StoreError};
 
 /// Requests one transaction serves at most.
 const MAX_BATCH: usize = 256;
@@ -28,6 +26,18 @@ pub(crate) struct Batcher {
     /// One queue per outcome transaction in flight; a package's outcomes all go through one.
     reports: Vec<mpsc::UnboundedSender<ReportJob>>,
     pub(crate) stats: Arc<BatchStats>,
+}
+
+/// Why the batcher did not serve a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum BatchError {
+    /// The store transaction failed. Every request it served gets the one error, hence shared;
+    /// it was logged where the transaction failed.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// The queues' tasks are gone: the coordinator is stopping.
+    #[error("coordinator shutting down")]
+    ShuttingDown,
 }
 
 /// Counters of the batches, for the fleet status.
@@ -60,7 +70,7 @@ struct ClaimJob {
     profile: Arc<InterpreterProfile>,
     warm_packages: Vec<String>,
     max_jobs: u32,
-    reply: oneshot::Sender<Result<Vec<Assignment>, Status>>,
+    reply: oneshot::Sender<Result<Vec<Assignment>, BatchError>>,
 }
 
 #[derive(Debug)]
@@ -68,7 +78,7 @@ struct ReportJob {
     job_id: JobId,
     lease_token: LeaseToken,
     result: Arc<JobResult>,
-    reply: oneshot::Sender<Result<Completion, Status>>,
+    reply: oneshot::Sender<Result<Completion, BatchError>>,
 }
 
 impl Batcher {
@@ -102,7 +112,7 @@ impl Batcher {
         profile: Arc<InterpreterProfile>,
         warm_packages: Vec<String>,
         max_jobs: u32,
-    ) -> Result<Vec<Assignment>, Status> {
+    ) -> Result<Vec<Assignment>, BatchError> {
         let (reply, answer) = oneshot::channel();
         let job = ClaimJob {
             worker_id: worker_id.clone(),
@@ -111,12 +121,8 @@ impl Batcher {
             max_jobs,
             reply,
         };
-        self.claims
-            .send(job)
-            .map_err(|_| Status::unavailable("coordinator shutting down"))?;
-        answer
-            .await
-            .map_err(|_| Status::unavailable("coordinator shutting down"))?
+        self.claims.send(job).map_err(|_| BatchError::ShuttingDown)?;
+        answer.await.map_err(|_| BatchError::ShuttingDown)?
     }
 
     /// Records an outcome in the next outcome transaction; returns once it is committed.
@@ -130,7 +136,7 @@ impl Batcher {
         lease_token: LeaseToken,
         result: Arc<JobResult>,
         package: Option<&(impl Hash + ?Sized)>,
-    ) -> Result<Completion, Status> {
+    ) -> Result<Completion, BatchError> {
         let (reply, answer) = oneshot::channel();
         let job = ReportJob {
             job_id,
@@ -144,12 +150,8 @@ impl Batcher {
             None => job_id.0.hash(&mut hasher),
         }
         let queue = (hasher.finish() % self.reports.len() as u64) as usize;
-        self.reports[queue]
-            .send(job)
-            .map_err(|_| Status::unavailable("coordinator shutting down"))?;
-        answer
-            .await
-            .map_err(|_| Status::unavailable("coordinator shutting down"))?
+        self.reports[queue].send(job).map_err(|_| BatchError::ShuttingDown)?;
+        answer.await.map_err(|_| BatchError::ShuttingDown)?
     }
 }
 
@@ -247,9 +249,11 @@ async fn claim_group(
             }
         }
         Err(error) => {
-            let status = status_from_store(error);
+            // Logged here, once for the batch; the sessions that asked only wait and try again.
+            tracing::error!(error = %error, claims = group.len(), "a claim batch failed");
+            let error = BatchError::Store(Arc::new(error));
             for job in group {
-                let _ = job.reply.send(Err(status.clone()));
+                let _ = job.reply.send(Err(error.clone()));
             }
         }
     }
@@ -295,14 +299,18 @@ async fn report_batch(store: &dyn Store, batch: Vec<ReportJob>, stats: &BatchSta
                 let result = store
                     .complete_job(report.job_id, report.lease_token, report.result, now_ms())
                     .await
-                    .map_err(status_from_store);
+                    .map_err(|error| {
+                        tracing::error!(job.id = %report.job_id, error = %error, "an outcome was not recorded");
+                        BatchError::Store(Arc::new(error))
+                    });
                 let _ = reply.send(result);
             }
         }
         Err(error) => {
-            let status = status_from_store(error);
+            tracing::error!(error = %error, reports = reports.len(), "an outcome batch failed");
+            let error = BatchError::Store(Arc::new(error));
             for reply in replies {
-                let _ = reply.send(Err(status.clone()));
+                let _ = reply.send(Err(error.clone()));
             }
         }
     }

@@ -3,13 +3,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use domain::{Assignment, JobId, RunId, WorkerId};
 use proto::v1;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::batch::Batcher;
+use crate::config::Settings;
 use crate::store::{RevokedLease, Store};
 
 /// Messages to one worker session.
@@ -21,7 +21,7 @@ pub(crate) struct Hub {
     pub(crate) store: Arc<dyn Store>,
     /// Claims and outcomes of all sessions, batched into store transactions.
     pub(crate) batcher: Batcher,
-    pub(crate) settings: crate::Settings,
+    pub(crate) settings: Settings,
     /// Live sessions by worker id, each with a number that tells a session from its replacement.
     sessions: Mutex<HashMap<WorkerId, (u64, SessionSender)>>,
     next_session: Mutex<u64>,
@@ -51,7 +51,7 @@ struct InFlight {
 }
 
 impl Hub {
-    pub(crate) fn new(store: Arc<dyn Store>, settings: crate::Settings) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, settings: Settings) -> Self {
         Hub {
             batcher: Batcher::start(&store, settings.lease_duration),
             store,
@@ -215,12 +215,4 @@ impl Hub {
         // No receivers just means nobody is watching.
         let _ = self.run_changed.send(run_id);
     }
-}
-
-/// Milliseconds since the Unix epoch, the store's clock.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

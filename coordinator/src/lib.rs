@@ -5,10 +5,14 @@
 //! embedded CLI, the `serve` command and the tests all start it the same way.
 
 mod batch;
+mod clock;
+mod config;
 mod hub;
 mod reaper;
 mod service;
 pub mod store;
+
+pub use config::{Config, Settings, TlsFiles};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,69 +32,6 @@ use crate::service::worker::Workers;
 
 /// Largest message either service accepts or sends.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-
-/// What the coordinator needs to run.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// `postgres://...` or `sqlite://PATH` (created if missing).
-    pub database_url: String,
-    pub settings: Settings,
-    /// Bearer tokens required of workers and of clients; `None` requires none.
-    pub worker_token: Option<String>,
-    pub client_token: Option<String>,
-    /// Serve TLS with this certificate chain and key (PEM).
-    pub tls: Option<TlsFiles>,
-}
-
-impl Config {
-    /// A coordinator on `database_url` with default timing, no tokens and no TLS.
-    pub fn new(database_url: String) -> Self {
-        Config {
-            database_url,
-            settings: Settings::default(),
-            worker_token: None,
-            client_token: None,
-            tls: None,
-        }
-    }
-}
-
-/// A TLS identity, read from PEM files.
-#[derive(Clone)]
-pub struct TlsFiles {
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
-}
-
-impl std::fmt::Debug for TlsFiles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TlsFiles { .. }")
-    }
-}
-
-/// Timing of leases and the reaper.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// How often workers must heartbeat.
-    pub heartbeat_interval: Duration,
-    /// How long a lease lasts without a heartbeat.
-    pub lease_duration: Duration,
-    /// Leases a job may get before it is recorded as lost.
-    pub max_attempts: u32,
-    /// How often expired leases are looked for.
-    pub reap_interval: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            heartbeat_interval: Duration::from_secs(2),
-            lease_duration: Duration::from_secs(15),
-            max_attempts: 3,
-            reap_interval: Duration::from_secs(1),
-        }
-    }
-}
 
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {

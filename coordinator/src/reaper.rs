@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, now_ms};
+use crate::clock::now_ms;
+use crate::hub::Hub;
 
 pub(crate) async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(hub.settings.reap_interval);

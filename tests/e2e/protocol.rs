@@ -344,19 +344,27 @@ async fn watch_events_name_the_jobs_running_until_they_are_reported() {
     let run_id = submit(&cluster, &spec(&["a", "b"], 1)).await;
     let mut session = cluster.session().await;
     session.hello("w1", &ft_profile(), 1).await;
+    let before_assignment = Instant::now();
     session.send(In::Credit(v1::Credit { count: 1 })).await;
     let assignment = expect_assignment(&mut session).await;
     let package = assignment.package.as_ref().expect("package").name.clone();
 
     let mut events = watch(&cluster, &run_id).await;
     let snapshot = events.message().await.expect("snapshot").expect("an event");
+    let since_assignment = before_assignment.elapsed();
     let running: Vec<(&str, &str, u32)> = snapshot
         .running
         .iter()
         .map(|job| (job.package.as_str(), job.worker_id.as_str(), job.iteration))
         .collect();
     assert_eq!(running, vec![(package.as_str(), "w1", 1)]);
-    assert!(snapshot.running[0].running_ms >= 0);
+    // The job started between the credit and the snapshot, so it cannot have run longer; the
+    // millisecond allowed over is the rounding of the two clock readings it is the difference of.
+    let running_ms = snapshot.running[0].running_ms;
+    assert!(
+        running_ms <= since_assignment.as_millis() as i64 + 1,
+        "running {running_ms} ms, but assigned at most {since_assignment:?} ago"
+    );
 
     report(&session, &assignment, &assignment.lease_token).await;
     assert_eq!(

@@ -6,22 +6,87 @@ pub(crate) mod worker;
 use proto::WireError;
 use tonic::Status;
 
+use crate::batch::BatchError;
 use crate::store::StoreError;
 
-/// Every error a service returns goes through here. By value, to serve as a `map_err` callback.
+/// Maps the error of a service's own store call, and logs it when it is the store's fault
+/// (a missing or invalid run is the caller's: the status says so, nothing is logged). By
+/// value, to serve as a `map_err` callback.
 #[allow(clippy::needless_pass_by_value)]
 pub(crate) fn status_from_store(error: StoreError) -> Status {
-    match error {
-        StoreError::RunNotFound(_) => Status::not_found(error.to_string()),
-        StoreError::InvalidRun(_) => Status::invalid_argument(error.to_string()),
-        StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => {
-            tracing::error!(error = %error, "store error");
-            Status::internal(error.to_string())
-        }
+    if error.is_retryable() {
+        tracing::error!(error = %error, "store error");
+    }
+    store_status(&error)
+}
+
+/// Maps an error of the batcher. Not logged: the batcher logged the store's error where its
+/// batch failed, once for all the requests it served.
+#[allow(clippy::needless_pass_by_value)]
+pub(crate) fn status_from_batch(error: BatchError) -> Status {
+    match &error {
+        BatchError::Store(store_error) => store_status(store_error),
+        BatchError::ShuttingDown => Status::unavailable(error.to_string()),
     }
 }
 
 #[allow(clippy::needless_pass_by_value)]
 pub(crate) fn status_from_wire(error: WireError) -> Status {
     Status::invalid_argument(error.to_string())
+}
+
+/// The status of each kind of store error; the ones worth retrying are internal errors.
+fn store_status(error: &StoreError) -> Status {
+    match error {
+        StoreError::RunNotFound(_) => Status::not_found(error.to_string()),
+        StoreError::InvalidRun(_) => Status::invalid_argument(error.to_string()),
+        StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => {
+            Status::internal(error.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use domain::RunId;
+    use tonic::Code;
+
+    use super::{status_from_batch, status_from_store};
+    use crate::batch::BatchError;
+    use crate::store::StoreError;
+
+    const KINDS: usize = 5;
+
+    /// One store error of each kind; the same errors at every call.
+    fn store_error(kind: usize) -> StoreError {
+        match kind {
+            0 => StoreError::RunNotFound(RunId::from_uuid(uuid::Uuid::nil())),
+            1 => StoreError::InvalidRun("no packages".into()),
+            2 => StoreError::Database(sqlx::Error::PoolTimedOut),
+            3 => StoreError::Migrate(sqlx::migrate::MigrateError::VersionMissing(1)),
+            _ => StoreError::Corrupt("bad state".into()),
+        }
+    }
+
+    #[test]
+    fn store_errors_worth_retrying_are_exactly_the_internal_ones() {
+        for kind in 0..KINDS {
+            let error = store_error(kind);
+            let retryable = error.is_retryable();
+            let code = status_from_store(error).code();
+            assert_eq!(retryable, code == Code::Internal, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_error_has_the_status_of_its_store_error_or_unavailable_when_shutting_down() {
+        for kind in 0..KINDS {
+            let expected = status_from_store(store_error(kind));
+            let status = status_from_batch(BatchError::Store(Arc::new(store_error(kind))));
+            assert_eq!((status.code(), status.message()), (expected.code(), expected.message()));
+        }
+        assert_eq!(status_from_batch(BatchError::ShuttingDown).code(), Code::Unavailable);
+    }
 }

@@ -20,8 +20,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::hub::{Hub, SessionSender, now_ms};
-use crate::service::status_from_wire;
+use crate::batch::BatchError;
+use crate::clock::now_ms;
+use crate::hub::{Hub, SessionSender};
+use crate::service::{status_from_batch, status_from_wire};
 use crate::store::Completion;
 
 /// The `WorkerService` implementation.
@@ -179,7 +181,7 @@ async fn reject(sender: &SessionSender, reason: &str) {
 type InFlight<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// An outcome being committed: its job, lease and what the store said.
-type Recorded = (JobId, LeaseToken, Result<Completion, Status>);
+type Recorded = (JobId, LeaseToken, Result<Completion, BatchError>);
 
 impl Session {
     /// Serves the session until the worker leaves, the session is replaced or the
@@ -194,7 +196,7 @@ impl Session {
         inbound: &mut Streaming<v1::WorkerMessage>,
         shutdown: &CancellationToken,
     ) -> Result<(), Status> {
-        let mut claiming: Option<InFlight<Result<Vec<Assignment>, Status>>> = None;
+        let mut claiming: Option<InFlight<Result<Vec<Assignment>, BatchError>>> = None;
         let mut recording: FuturesUnordered<InFlight<Recorded>> = FuturesUnordered::new();
         let end = self
             .serve_streams(inbound, shutdown, &mut claiming, &mut recording)
@@ -219,7 +221,7 @@ impl Session {
         &mut self,
         inbound: &mut Streaming<v1::WorkerMessage>,
         shutdown: &CancellationToken,
-        claiming: &mut Option<InFlight<Result<Vec<Assignment>, Status>>>,
+        claiming: &mut Option<InFlight<Result<Vec<Assignment>, BatchError>>>,
         recording: &mut FuturesUnordered<InFlight<Recorded>>,
     ) -> Result<(), Status> {
         let mut poll = tokio::time::interval(DISPATCH_POLL);
@@ -260,8 +262,8 @@ impl Session {
                     let assignments = match claimed {
                         Ok(assignments) => assignments,
                         // The store's error is logged once per batch, where the batch failed.
-                        Err(status) => {
-                            tracing::debug!(worker.id = %self.worker_id, error = %status, "a claim failed; trying again");
+                        Err(error) => {
+                            tracing::debug!(worker.id = %self.worker_id, error = %error, "a claim failed; trying again");
                             idle = true;
                             continue;
                         }
@@ -340,12 +342,12 @@ impl Session {
                 // A store error (the database down or restarting) is tried again while the
                 // session lasts; when it ends unacknowledged, the worker sends it again.
                 match completion {
-                    Err(status) if status.code() == tonic::Code::Internal && !ending.is_cancelled() => {
+                    Err(BatchError::Store(error)) if error.is_retryable() && !ending.is_cancelled() => {
                         // The store's error is logged where the batch failed.
-                        tracing::debug!(job.id = %job_id, error = %status, retry_in = ?pause, "an outcome was not recorded");
+                        tracing::debug!(job.id = %job_id, error = %error, retry_in = ?pause, "an outcome was not recorded");
                         tokio::select! {
                             _ = tokio::time::sleep(pause) => {}
-                            _ = ending.cancelled() => return (job_id, token, Err(status)),
+                            _ = ending.cancelled() => return (job_id, token, Err(BatchError::Store(error))),
                         }
                         pause = (pause * 2).min(RECORD_RETRY_MAX);
                     }
@@ -357,7 +359,7 @@ impl Session {
 
     /// Acknowledges a committed outcome.
     async fn recorded(&mut self, (job_id, token, completion): Recorded) -> Result<(), Status> {
-        let completion = completion?;
+        let completion = completion.map_err(status_from_batch)?;
         if self.running.get(&job_id) == Some(&token) {
             self.running.remove(&job_id);
             self.report_running();
@@ -391,7 +393,7 @@ impl Session {
     }
 
     /// Asks for as many jobs as the worker has credits for, up to 32.
-    fn claim(&self) -> InFlight<Result<Vec<Assignment>, Status>> {
+    fn claim(&self) -> InFlight<Result<Vec<Assignment>, BatchError>> {
         let max_jobs = self.credits.min(32);
         // The packages set up most recently (the session keeps only those) are the ones worth
         // steering jobs to; asking for all of a long-lived worker's packages would make every

@@ -15,7 +15,7 @@ use domain::{
 
 pub(crate) use common::MAX_CLAIM_BATCH;
 pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub(crate) use sqlite::SqliteStore;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,19 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the request that met this error may succeed sent again as it is: the
+    /// database's failures (down, restarting, a connection lost) and the store's own faults
+    /// may pass, while a missing or invalid run stays so. Services report the first kind as
+    /// an internal error.
+    pub(crate) fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => true,
+            StoreError::RunNotFound(_) | StoreError::InvalidRun(_) => false,
+        }
+    }
 }
 
 /// A job whose lease was taken away while a worker held it; that worker should stop it.

@@ -62,7 +62,7 @@ impl PostgresStore {
     }
 
     /// Connects to the database at `url` and applies the migrations.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub(crate) async fn open(url: &str) -> Result<Self, StoreError> {
         let options = Self::connect_options(url)?;
         // A connection is checked with a round trip before use only after it has been idle a
         // while (across a database restart, say): checking every one would add a round trip

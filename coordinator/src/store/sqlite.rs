@@ -26,14 +26,14 @@ use super::{ClaimBatch, Completion, ReapReport, Report, RevokedLease, Store, Sto
 
 /// A store in one SQLite database.
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
+pub(crate) struct SqliteStore {
     pool: SqlitePool,
     specs: Arc<SpecCache>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` and applies the migrations.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub(crate) async fn open(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)

@@ -118,8 +118,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Creates a run and its jobs (packages x modes x iterations). With a `client_token` that
-    /// was used before, returns the run created then and creates nothing.
+    /// was used before, returns the run created then and creates nothing. A spec that fails
+    /// [`RunSpec::validate`] is `InvalidRun`, whichever backend.
     async fn submit_run(
+        &self,
+        run_id: RunId,
+        spec: &RunSpec,
+        client_token: Option<&str>,
+        now_ms: i64,
+    ) -> Result<RunSummary, StoreError> {
+        spec.validate().map_err(|e| StoreError::InvalidRun(e.to_string()))?;
+        self.insert_run(run_id, spec, client_token, now_ms).await
+    }
+
+    /// [`Store::submit_run`]'s work once the spec is known valid: each backend's own SQL.
+    async fn insert_run(
         &self,
         run_id: RunId,
         spec: &RunSpec,

@@ -100,14 +100,13 @@ impl Store for PostgresStore {
         2
     }
 
-    async fn submit_run(
+    async fn insert_run(
         &self,
         run_id: RunId,
         spec: &RunSpec,
         client_token: Option<&str>,
         now_ms: i64,
     ) -> Result<RunSummary, StoreError> {
-        spec.validate().map_err(|e| StoreError::InvalidRun(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
         if let Some(token) = client_token {
             // Two submits with one token: the second waits for the first's row, then finds it.

@@ -55,14 +55,13 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn submit_run(
+    async fn insert_run(
         &self,
         run_id: RunId,
         spec: &RunSpec,
         client_token: Option<&str>,
         now_ms: i64,
     ) -> Result<RunSummary, StoreError> {
-        spec.validate().map_err(|e| StoreError::InvalidRun(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
         if let Some(token) = client_token {
             let existing: Option<String> = sqlx::query_scalar("SELECT id FROM runs WHERE client_token = ?1")

@@ -10,7 +10,8 @@ use domain::package_kind::TestFramework;
 use domain::{Assignment, IterationOutcome, IterationStatus, JobResult};
 use tokio_util::sync::CancellationToken;
 
-use crate::setup::{Prepared, REMOVED_ENV, Setups};
+use crate::setup::{Prepared, Setups};
+use crate::shell::{REMOVED_ENV, sanitize};
 use crate::supervise::{CommandSpec, Ending, Supervised, iteration_status, run_command};
 
 /// Bytes at each end of `stdout.log` searched for pytest-run-parallel's counts.
@@ -37,7 +38,7 @@ pub(crate) async fn execute(
         Ok(prepared) => prepared,
         Err(failure) => return Some(JobResult::SetupFailed(failure)),
     };
-    let log_dir = setups.log_dir(assignment);
+    let log_dir = log_dir_under(&setups.logs_dir(), assignment);
     let log_dir = match std::fs::create_dir_all(&log_dir) {
         Ok(()) => Some(log_dir),
         Err(error) => {
@@ -313,10 +314,10 @@ fn harness_error(assignment: &Assignment, worker_id: &str, reason: String) -> It
     }
 }
 
-/// `<logs>/<run>/<package>/<mode>-<iteration>-a<attempt>`.
-pub(crate) fn log_dir_under(root: &Path, assignment: &Assignment) -> PathBuf {
+/// One iteration's log directory: `<logs>/<run>/<package>/<mode>-<iteration>-a<attempt>`.
+fn log_dir_under(root: &Path, assignment: &Assignment) -> PathBuf {
     root.join(assignment.run_id.to_string())
-        .join(crate::setup::sanitize(&assignment.package.name))
+        .join(sanitize(&assignment.package.name))
         .join(format!(
             "{}-{}-a{}",
             assignment.mode.as_str(),

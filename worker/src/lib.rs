@@ -4,16 +4,13 @@
 //! [`run`] takes a config and a shutdown token: the embedded CLI, the `worker` command and the
 //! tests start it the same way.
 
-mod extensions;
-pub mod installer;
 mod job;
-mod kept;
 mod output;
 pub mod probe;
 pub mod proctree;
 mod session;
 pub mod setup;
-mod source;
+mod shell;
 pub mod spool;
 pub mod supervise;
 
@@ -22,6 +19,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use domain::WorkerId;
 use tokio_util::sync::CancellationToken;
+
+pub use crate::setup::installer::Installer;
 
 /// What a worker needs to run.
 #[derive(Debug, Clone)]
@@ -41,7 +40,7 @@ pub struct WorkerConfig {
     /// The pip (and uv) cache shared by every venv.
     pub pip_cache_dir: PathBuf,
     /// uv when the machine has it, pip otherwise.
-    pub installer: installer::Installer,
+    pub installer: Installer,
     /// `PATH` for package commands, after the venv's `bin`.
     pub base_path: String,
     /// Accept a target that is not free-threaded.

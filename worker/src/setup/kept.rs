@@ -9,8 +9,9 @@ use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::setup::{SetupError, sanitize};
-use crate::source::{copy_tree, fetch};
+use crate::setup::error::SetupError;
+use crate::setup::source::{copy_tree, fetch};
+use crate::shell::sanitize;
 
 /// The file in a fetched source directory that says the fetch completed, naming the root.
 const FETCHED_FILE: &str = "ftsurvey-fetched.json";

@@ -7,6 +7,12 @@
 //! the package still imports, and goes straight to the tests. A file lock per setup keeps two
 //! processes from building the same one at once.
 
+mod error;
+mod extensions;
+pub mod installer;
+mod kept;
+mod source;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,24 +25,20 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::installer::Installer;
-use crate::kept::lock;
-use crate::source::shell_quote;
+use crate::setup::error::{SetupError, command_failure, output_tail};
+use crate::setup::installer::Installer;
+use crate::setup::kept::lock;
+use crate::shell::{REMOVED_ENV, sanitize, shell_quote};
 use crate::supervise::{CommandSpec, Ending, Supervised, run_command};
 
 /// Installs get this long.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// Bytes of a failing setup command's output kept in the result.
-const LOG_TAIL_BYTES: usize = 4096;
-/// Variables never passed to package commands: they would make the venv's python load
-/// another installation's modules.
-pub(crate) const REMOVED_ENV: [&str; 3] = ["PYTHONPATH", "PYTHONHOME", "PYTHON_GIL"];
 
 /// The file in a setup directory that says it is complete, and for which key.
 const READY_FILE: &str = "ftsurvey-ready.json";
 
 /// ThreadSanitizer suppressions for CPython-internal reports, shipped with the tool.
-const TSAN_SUPPRESSIONS: &str = include_str!("../../deploy/tsan-suppressions.txt");
+const TSAN_SUPPRESSIONS: &str = include_str!("../../../deploy/tsan-suppressions.txt");
 
 /// A package ready to test.
 #[derive(Debug)]
@@ -47,24 +49,6 @@ pub struct Prepared {
     pub env: Vec<(String, String)>,
     /// What importing the package did to the GIL; `None` when not probed.
     pub extensions: Option<ExtensionReport>,
-}
-
-/// Why setting a package up failed.
-#[derive(Debug, Clone)]
-pub(crate) struct SetupError {
-    pub(crate) stage: SetupStage,
-    pub(crate) message: String,
-    pub(crate) log_tail: String,
-}
-
-impl SetupError {
-    pub(crate) fn new(stage: SetupStage, message: String) -> Self {
-        SetupError {
-            stage,
-            message,
-            log_tail: String::new(),
-        }
-    }
 }
 
 type SetupCell = Arc<OnceCell<Result<Arc<Prepared>, SetupFailure>>>;
@@ -140,9 +124,9 @@ impl Setups {
         self.tsan_build
     }
 
-    /// Where one iteration's logs go: under the worker's `logs/`.
-    pub(crate) fn log_dir(&self, assignment: &domain::Assignment) -> PathBuf {
-        crate::job::log_dir_under(&self.dirs.worker_dir.join("logs"), assignment)
+    /// Where the iterations' logs go: the worker's `logs/`.
+    pub(crate) fn logs_dir(&self) -> PathBuf {
+        self.dirs.worker_dir.join("logs")
     }
 
     /// The installer this worker uses.
@@ -274,7 +258,7 @@ impl Setups {
         self.installer
             .finish_venv(&venv_dir)
             .map_err(|e| io(SetupStage::Install, e))?;
-        if let Err(error) = crate::extensions::install_hooks(&venv_dir) {
+        if let Err(error) = extensions::install_hooks(&venv_dir) {
             tracing::warn!(venv = %venv_dir.display(), %error, "cannot install the stack-dump hook; stalls will have no stacks");
         }
         step(
@@ -337,7 +321,7 @@ impl Setups {
 
     /// The source tree under `dir/src`, fetched through the repos dir when it can be kept.
     async fn source(&self, package: &PackageSpec, dir: &Path, env: &[(String, String)]) -> Result<PathBuf, SetupError> {
-        crate::kept::source_tree(
+        kept::source_tree(
             package,
             &self.python,
             &self.dirs.repos_dir,
@@ -376,12 +360,12 @@ impl Setups {
             return Err(SetupError {
                 stage: SetupStage::Import,
                 message: format!("import {} failed: {last}", package.import_name),
-                log_tail: tail(&format!("{}{}", result.stdout_tail, result.stderr_tail)),
+                log_tail: output_tail(&result),
             });
         }
         let extensions = if options.detect_extensions && self.free_threaded {
-            let mut report = crate::extensions::probe(&package.import_name, &neutral, env, cancel).await;
-            report.declarations = crate::extensions::scan_declarations(&source_dir);
+            let mut report = extensions::probe(&package.import_name, &neutral, env, cancel).await;
+            report.declarations = extensions::scan_declarations(&source_dir);
             Some(report)
         } else {
             None
@@ -448,64 +432,4 @@ async fn run(
     run_command(&spec, cancel)
         .await
         .map_err(|e| SetupError::new(SetupStage::Install, format!("cannot start `{command}`: {e}")))
-}
-
-/// A one-line message and the output's tail when a setup command did not succeed.
-pub(crate) fn command_failure(result: &Supervised, what: &str) -> Option<(String, String)> {
-    let message = match result.ending {
-        Ending::Exited { code: Some(0), .. } => return None,
-        Ending::Exited { code: Some(code), .. } => format!("{what} exited with status {code}"),
-        Ending::Exited {
-            signal: Some(signal), ..
-        } => format!("{what} was killed by signal {signal}"),
-        Ending::Exited { .. } => format!("{what} ended abnormally"),
-        Ending::TimedOut => format!("{what} timed out"),
-        Ending::Stalled => format!("{what} stalled"),
-        Ending::Cancelled => format!("{what} was cancelled"),
-    };
-    let last = result
-        .stderr_tail
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| is_informative(l));
-    let message = match last {
-        Some(line) => format!("{message}: {}", line.chars().take(300).collect::<String>()),
-        None => message,
-    };
-    Some((message, tail(&format!("{}{}", result.stdout_tail, result.stderr_tail))))
-}
-
-/// Whether a line of a failing command's stderr says something specific: pip ends its errors
-/// with generic notes and hints.
-fn is_informative(line: &str) -> bool {
-    const GENERIC: [&str; 6] = [
-        "note:",
-        "hint:",
-        "error: subprocess-exited-with-error",
-        "error: metadata-generation-failed",
-        "×",
-        "╰─>",
-    ];
-    !line.is_empty() && !GENERIC.iter().any(|g| line.starts_with(g)) && !line.starts_with('[') && !line.starts_with('│')
-}
-
-fn tail(text: &str) -> String {
-    let start = text.len().saturating_sub(LOG_TAIL_BYTES);
-    let start = (start..=text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(text.len());
-    text[start..].to_string()
-}
-
-pub(crate) fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

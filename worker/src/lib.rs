@@ -9,10 +9,10 @@ mod output;
 pub mod probe;
 pub mod proctree;
 mod session;
-pub mod setup;
+mod setup;
 mod shell;
-pub mod spool;
-pub mod supervise;
+mod spool;
+mod supervise;
 
 use std::path::PathBuf;
 

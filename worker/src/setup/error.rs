@@ -9,10 +9,12 @@ use crate::supervise::{Ending, Supervised};
 const LOG_TAIL_BYTES: usize = 4096;
 
 /// Why setting a package up failed.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct SetupError {
     pub(crate) stage: SetupStage,
+    /// One line, shown in the results.
     pub(crate) message: String,
+    /// The end of the failing command's output; empty when no command failed.
     pub(crate) log_tail: String,
 }
 

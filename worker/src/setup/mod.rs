@@ -9,7 +9,7 @@
 
 mod error;
 mod extensions;
-pub mod installer;
+pub(crate) mod installer;
 mod kept;
 mod source;
 
@@ -42,31 +42,31 @@ const TSAN_SUPPRESSIONS: &str = include_str!("../../../deploy/tsan-suppressions.
 
 /// A package ready to test.
 #[derive(Debug)]
-pub struct Prepared {
-    pub source_dir: PathBuf,
-    pub venv_dir: PathBuf,
+pub(crate) struct Prepared {
+    /// The source tree the tests run in.
+    pub(crate) source_dir: PathBuf,
     /// Environment every command of the package gets (PATH, VIRTUAL_ENV, pip settings).
-    pub env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
     /// What importing the package did to the GIL; `None` when not probed.
-    pub extensions: Option<ExtensionReport>,
+    pub(crate) extensions: Option<ExtensionReport>,
 }
 
 type SetupCell = Arc<OnceCell<Result<Arc<Prepared>, SetupFailure>>>;
 
 /// Where a worker's setups live. Every path is absolute.
 #[derive(Debug, Clone)]
-pub struct SetupDirs {
+pub(crate) struct SetupDirs {
     /// This worker's venvs with their source trees, one directory per setup key, kept across
     /// runs.
-    pub venvs_dir: PathBuf,
+    pub(crate) venvs_dir: PathBuf,
     /// Fetched sources (pinned sdists, git clones) by package, version and source, shared by
     /// the workers of a machine and copied into each setup.
-    pub repos_dir: PathBuf,
+    pub(crate) repos_dir: PathBuf,
     /// The pip and uv caches, shared by every venv.
-    pub cache_dir: PathBuf,
+    pub(crate) cache_dir: PathBuf,
     /// This worker's own directory: iteration logs, the TSAN suppression file, and the marker
     /// its processes carry.
-    pub worker_dir: PathBuf,
+    pub(crate) worker_dir: PathBuf,
 }
 
 /// What a kept setup records about itself.
@@ -79,7 +79,7 @@ struct ReadyRecord {
 
 /// The packages this worker has set up or failed to set up.
 #[derive(Debug)]
-pub struct Setups {
+pub(crate) struct Setups {
     python: PathBuf,
     profile_fingerprint: String,
     /// Extension probes only mean something on a free-threaded build.
@@ -97,7 +97,9 @@ pub struct Setups {
 }
 
 impl Setups {
-    pub fn new(
+    /// Setups for the target `python` (described by `profile`) under `dirs`; none is made
+    /// before a job asks for it.
+    pub(crate) fn new(
         python: PathBuf,
         profile: &InterpreterProfile,
         dirs: SetupDirs,
@@ -120,7 +122,7 @@ impl Setups {
     }
 
     /// Whether the target is a ThreadSanitizer build.
-    pub fn tsan_build(&self) -> bool {
+    pub(crate) fn tsan_build(&self) -> bool {
         self.tsan_build
     }
 
@@ -129,14 +131,9 @@ impl Setups {
         self.dirs.worker_dir.join("logs")
     }
 
-    /// The installer this worker uses.
-    pub fn installer(&self) -> &Installer {
-        &self.installer
-    }
-
     /// `TSAN_OPTIONS` for every command on a TSAN build: the suppressions, reports that do
     /// not stop the process or change its exit status (TSAN's default is 66).
-    pub fn tsan_options(&self) -> String {
+    pub(crate) fn tsan_options(&self) -> String {
         let mut value = "halt_on_error=0 exitcode=0".to_string();
         if let Some(path) = self.tsan_suppressions() {
             value = format!("suppressions={} {value}", path.display());
@@ -145,7 +142,7 @@ impl Setups {
     }
 
     /// The shipped TSAN suppression file, written beside the setups; `None` if it cannot be.
-    pub fn tsan_suppressions(&self) -> Option<PathBuf> {
+    fn tsan_suppressions(&self) -> Option<PathBuf> {
         self.tsan_suppressions
             .get_or_init(|| {
                 let path = self.dirs.worker_dir.join("tsan-suppressions.txt");
@@ -163,7 +160,7 @@ impl Setups {
     }
 
     /// Names of the packages set up successfully so far.
-    pub fn warm_packages(&self) -> Vec<String> {
+    pub(crate) fn warm_packages(&self) -> Vec<String> {
         let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<String> = cells
             .iter()
@@ -177,7 +174,11 @@ impl Setups {
 
     /// Sets the package up, or waits for the setup another slot started, or returns the
     /// earlier result.
-    pub async fn prepare(&self, package: &PackageSpec, options: &RunOptions) -> Result<Arc<Prepared>, SetupFailure> {
+    pub(crate) async fn prepare(
+        &self,
+        package: &PackageSpec,
+        options: &RunOptions,
+    ) -> Result<Arc<Prepared>, SetupFailure> {
         let key = format!(
             "{}\n{:?}\n{:?}\n{}\n{}\n{}",
             package.name,
@@ -230,10 +231,7 @@ impl Setups {
             .and_then(|bytes| serde_json::from_slice::<ReadyRecord>(&bytes).ok())
             .filter(|record| record.key == key && record.source_dir.is_dir());
         if let Some(record) = kept {
-            match self
-                .check(package, options, dir, record.source_dir, &venv_dir, &env)
-                .await
-            {
+            match self.check(package, options, dir, record.source_dir, &env).await {
                 Ok(prepared) => {
                     tracing::info!(package.name = %package.name, dir = %dir.display(), "reusing the kept setup");
                     return Ok(prepared);
@@ -284,7 +282,7 @@ impl Setups {
             )
             .await?;
         }
-        let prepared = self.check(package, options, dir, source_dir, &venv_dir, &env).await?;
+        let prepared = self.check(package, options, dir, source_dir, &env).await?;
         let record = ReadyRecord {
             key: key.to_string(),
             source_dir: prepared.source_dir.clone(),
@@ -340,7 +338,6 @@ impl Setups {
         options: &RunOptions,
         dir: &Path,
         source_dir: PathBuf,
-        venv_dir: &Path,
         env: &[(String, String)],
     ) -> Result<Prepared, SetupError> {
         let cancel = &self.shutdown;
@@ -372,7 +369,6 @@ impl Setups {
         };
         Ok(Prepared {
             source_dir,
-            venv_dir: venv_dir.to_path_buf(),
             env: env.to_vec(),
             extensions,
         })

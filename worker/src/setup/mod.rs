@@ -2,15 +2,16 @@
 //! worker; every iteration the worker runs for the package reuses it, and a failure is
 //! remembered so later jobs of the package report it at once.
 //!
-//! A setup that succeeded is kept on disk, keyed by (package, version, source, interpreter
-//! build, install command, extra deps): a later run of the same worker finds it, checks that
-//! the package still imports, and goes straight to the tests. A file lock per setup keeps two
-//! processes from building the same one at once.
+//! A setup that succeeded is kept on disk, keyed by a [`VenvKey`] (package, version, source,
+//! interpreter build, install command, extra deps): a later run of the same worker finds it,
+//! checks that the package still imports, and goes straight to the tests. A file lock per setup
+//! keeps two processes from building the same one at once.
 
 mod error;
 mod extensions;
 pub(crate) mod installer;
 mod kept;
+mod key;
 mod source;
 
 use std::collections::HashMap;
@@ -21,20 +22,20 @@ use std::time::{Duration, Instant};
 use domain::evidence::ExtensionReport;
 use domain::spec::RunOptions;
 use domain::{InterpreterProfile, PackageSpec, SetupFailure, SetupStage};
-use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use crate::setup::error::{SetupError, command_failure, output_tail};
 use crate::setup::installer::Installer;
 use crate::setup::kept::lock;
-use crate::shell::{REMOVED_ENV, sanitize, shell_quote};
+use crate::setup::key::{CacheKey, SourceKey, VenvKey};
+use crate::shell::{REMOVED_ENV, shell_quote};
 use crate::supervise::{CommandSpec, Ending, Supervised, run_command};
 
 /// Installs get this long.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// The file in a setup directory that says it is complete, and for which key.
+/// The file in a setup directory that says it is complete.
 const READY_FILE: &str = "ftsurvey-ready.json";
 
 /// ThreadSanitizer suppressions for CPython-internal reports, shipped with the tool.
@@ -72,7 +73,6 @@ pub(crate) struct SetupDirs {
 /// What a kept setup records about itself.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct ReadyRecord {
-    key: String,
     /// The source tree the tests run in.
     source_dir: PathBuf,
 }
@@ -91,7 +91,8 @@ pub(crate) struct Setups {
     dirs: SetupDirs,
     installer: Installer,
     base_path: String,
-    cells: Mutex<HashMap<String, SetupCell>>,
+    /// Each setup asked for so far, by the name of the directory it is kept in.
+    cells: Mutex<HashMap<String, (VenvKey, SetupCell)>>,
     /// Kills setup commands when the worker stops.
     shutdown: CancellationToken,
 }
@@ -163,9 +164,9 @@ impl Setups {
     pub(crate) fn warm_packages(&self) -> Vec<String> {
         let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<String> = cells
-            .iter()
+            .values()
             .filter(|(_, cell)| matches!(cell.get(), Some(Ok(_))))
-            .map(|(key, _)| key.split('\n').next().unwrap_or_default().to_string())
+            .map(|(key, _)| key.package.name.clone())
             .collect();
         names.sort();
         names.dedup();
@@ -179,23 +180,23 @@ impl Setups {
         package: &PackageSpec,
         options: &RunOptions,
     ) -> Result<Arc<Prepared>, SetupFailure> {
-        let key = format!(
-            "{}\n{:?}\n{:?}\n{}\n{}\n{}",
-            package.name,
-            package.version,
-            package.source,
-            self.profile_fingerprint,
-            package.install_command,
-            setup_deps(options).join(" ")
-        );
+        let key = VenvKey {
+            package: SourceKey::of(package),
+            interpreter: self.profile_fingerprint.clone(),
+            install_command: package.install_command.clone(),
+            setup_deps: setup_deps(options),
+        };
+        let dir_name = key.dir_name();
         let cell = {
             let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
-            cells.entry(key.clone()).or_default().clone()
+            let (_, cell) = cells
+                .entry(dir_name.clone())
+                .or_insert_with(|| (key.clone(), SetupCell::default()));
+            cell.clone()
         };
         cell.get_or_init(|| async {
             let started = Instant::now();
-            let digest = hex::encode(&Sha256::digest(key.as_bytes())[..8]);
-            let dir = self.dirs.venvs_dir.join(format!("{}-{digest}", sanitize(&package.name)));
+            let dir = self.dirs.venvs_dir.join(&dir_name);
             let result = self.set_up(package, options, &key, &dir).await;
             let duration_ms = started.elapsed().as_millis() as u64;
             match result {
@@ -219,7 +220,7 @@ impl Setups {
         &self,
         package: &PackageSpec,
         options: &RunOptions,
-        key: &str,
+        key: &VenvKey,
         dir: &Path,
     ) -> Result<Prepared, SetupError> {
         let _lock = lock(dir.with_extension("lock")).await?;
@@ -229,7 +230,7 @@ impl Setups {
         let kept = std::fs::read(&ready_path)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<ReadyRecord>(&bytes).ok())
-            .filter(|record| record.key == key && record.source_dir.is_dir());
+            .filter(|record| record.source_dir.is_dir() && key.is_stored_in(dir));
         if let Some(record) = kept {
             match self.check(package, options, dir, record.source_dir, &env).await {
                 Ok(prepared) => {
@@ -247,6 +248,7 @@ impl Setups {
             std::fs::remove_dir_all(dir).map_err(|e| io(SetupStage::Source, e))?;
         }
         std::fs::create_dir_all(dir).map_err(|e| io(SetupStage::Source, e))?;
+        key.write_to(dir).map_err(|e| io(SetupStage::Source, e))?;
 
         let cancel = &self.shutdown;
         let source_dir = self.source(package, dir, &env).await?;
@@ -284,7 +286,6 @@ impl Setups {
         }
         let prepared = self.check(package, options, dir, source_dir, &env).await?;
         let record = ReadyRecord {
-            key: key.to_string(),
             source_dir: prepared.source_dir.clone(),
         };
         let json = serde_json::to_vec(&record).expect("a ready record serialises");

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use worker::installer::Installer;
+use worker::Installer;
 
 /// Which installer to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

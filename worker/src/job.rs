@@ -10,7 +10,8 @@ use domain::package_kind::TestFramework;
 use domain::{Assignment, IterationOutcome, IterationStatus, JobResult};
 use tokio_util::sync::CancellationToken;
 
-use crate::setup::{Prepared, REMOVED_ENV, Setups};
+use crate::setup::{Prepared, Setups};
+use crate::shell::{REMOVED_ENV, sanitize};
 use crate::supervise::{CommandSpec, Ending, Supervised, iteration_status, run_command};
 
 /// Bytes at each end of `stdout.log` searched for pytest-run-parallel's counts.
@@ -37,7 +38,7 @@ pub(crate) async fn execute(
         Ok(prepared) => prepared,
         Err(failure) => return Some(JobResult::SetupFailed(failure)),
     };
-    let log_dir = setups.log_dir(assignment);
+    let log_dir = log_dir_under(&setups.logs_dir(), assignment);
     let log_dir = match std::fs::create_dir_all(&log_dir) {
         Ok(()) => Some(log_dir),
         Err(error) => {
@@ -123,6 +124,15 @@ pub(crate) async fn execute(
                 domain::readers::run_parallel::parse_run_parallel(threads, &head, &tail)
             }),
     };
+    if let Some(seen) = &supervised.stall_seen {
+        tracing::info!(
+            package.name = %package.name, job.id = %assignment.job_id,
+            quiet_ms = seen.quiet_for.as_millis() as u64, idle_ms = seen.idle_for.as_millis() as u64,
+            window_cpu_ms = seen.window_cpu.as_millis() as u64,
+            window_cpu_allowed_ms = seen.window_cpu_allowed.as_millis() as u64,
+            "iteration stalled: silent and idle for the threshold"
+        );
+    }
     tracing::debug!(
         package.name = %package.name, job.id = %assignment.job_id, status = status.as_str(),
         duration_ms = supervised.duration.as_millis() as u64, start_latency_ms = start_latency.as_millis() as u64,
@@ -313,10 +323,10 @@ fn harness_error(assignment: &Assignment, worker_id: &str, reason: String) -> It
     }
 }
 
-/// `<logs>/<run>/<package>/<mode>-<iteration>-a<attempt>`.
-pub(crate) fn log_dir_under(root: &Path, assignment: &Assignment) -> PathBuf {
+/// One iteration's log directory: `<logs>/<run>/<package>/<mode>-<iteration>-a<attempt>`.
+fn log_dir_under(root: &Path, assignment: &Assignment) -> PathBuf {
     root.join(assignment.run_id.to_string())
-        .join(crate::setup::sanitize(&assignment.package.name))
+        .join(sanitize(&assignment.package.name))
         .join(format!(
             "{}-{}-a{}",
             assignment.mode.as_str(),

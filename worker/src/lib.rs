@@ -4,53 +4,22 @@
 //! [`run`] takes a config and a shutdown token: the embedded CLI, the `worker` command and the
 //! tests start it the same way.
 
-mod extensions;
-pub mod installer;
+mod config;
 mod job;
-mod kept;
 mod output;
 pub mod probe;
 pub mod proctree;
 mod session;
-pub mod setup;
-mod source;
-pub mod spool;
-pub mod supervise;
-
-use std::path::PathBuf;
+mod setup;
+mod shell;
+mod spool;
+mod supervise;
 
 use anyhow::{Context, bail};
-use domain::WorkerId;
 use tokio_util::sync::CancellationToken;
 
-/// What a worker needs to run.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    pub worker_id: WorkerId,
-    /// e.g. `http://127.0.0.1:50051`.
-    pub coordinator_url: String,
-    pub target_python: PathBuf,
-    /// Jobs run at once.
-    pub slots: u32,
-    /// The outcome spool and iteration logs live here, under `workers/<id>`.
-    pub work_dir: PathBuf,
-    /// Venvs with their source trees, kept across runs (under `<id>/` per worker).
-    pub venvs_dir: PathBuf,
-    /// Fetched sources, kept across runs and shared by the workers of the machine.
-    pub repos_dir: PathBuf,
-    /// The pip (and uv) cache shared by every venv.
-    pub pip_cache_dir: PathBuf,
-    /// uv when the machine has it, pip otherwise.
-    pub installer: installer::Installer,
-    /// `PATH` for package commands, after the venv's `bin`.
-    pub base_path: String,
-    /// Accept a target that is not free-threaded.
-    pub allow_gil_build: bool,
-    /// The bearer token the coordinator requires of workers.
-    pub token: Option<String>,
-    /// A CA certificate (PEM) to trust for an `https://` coordinator.
-    pub ca_cert: Option<Vec<u8>>,
-}
+pub use crate::config::WorkerConfig;
+pub use crate::setup::installer::Installer;
 
 /// Runs the worker until `shutdown` is cancelled or the coordinator drains it.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {

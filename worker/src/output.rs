@@ -10,9 +10,9 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Bytes of each stream kept in memory.
-pub const TAIL_BYTES: usize = 16 * 1024;
+pub(crate) const TAIL_BYTES: usize = 16 * 1024;
 /// Bytes of each stream written to its log file; the rest is counted, not kept.
-pub const LOG_CAP_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const LOG_CAP_BYTES: u64 = 64 * 1024 * 1024;
 /// Bytes kept of what arrives after a mark.
 const CAPTURE_BYTES: usize = 256 * 1024;
 const CHUNK_BYTES: usize = 64 * 1024;

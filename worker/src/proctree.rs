@@ -41,7 +41,7 @@ fn is_root(pid: i32) -> bool {
 
 /// Makes this process the reaper of its orphaned descendants, so a test's escaped grandchild
 /// stays visible as the worker's child. Failing is not fatal: the marker still finds them.
-pub fn become_subreaper() {
+pub(crate) fn become_subreaper() {
     if let Err(error) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(%error, "cannot become a child subreaper; escaped processes are found by their environment only");
     }
@@ -53,7 +53,7 @@ pub(crate) const WORKER_VAR: &str = "FTSURVEY_WORKER_DIR";
 
 /// Kills every process started by an earlier worker with this directory (one killed with
 /// SIGKILL leaves its iterations running). Returns how many there were.
-pub fn kill_leftovers(worker_dir: &std::path::Path) -> usize {
+pub(crate) fn kill_leftovers(worker_dir: &std::path::Path) -> usize {
     let marker = format!("{WORKER_VAR}={}", worker_dir.display()).into_bytes();
     let me = std::process::id() as i32;
     let mut killed = 0;

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::WorkerConfig;
+use crate::config::WorkerConfig;
 use crate::setup::Setups;
 use crate::spool::{Spool, SpooledOutcome};
 

@@ -8,26 +8,27 @@ use serde::{Deserialize, Serialize};
 
 /// An outcome waiting for its acknowledgement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SpooledOutcome {
-    pub job_id: JobId,
-    pub lease_token: LeaseToken,
-    pub result: JobResult,
+pub(crate) struct SpooledOutcome {
+    pub(crate) job_id: JobId,
+    pub(crate) lease_token: LeaseToken,
+    pub(crate) result: JobResult,
 }
 
 /// A directory of spooled outcomes, one file per job.
 #[derive(Debug, Clone)]
-pub struct Spool {
+pub(crate) struct Spool {
     dir: PathBuf,
 }
 
 impl Spool {
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
+    /// The spool in `dir`, created if missing.
+    pub(crate) fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         Ok(Spool { dir: dir.to_path_buf() })
     }
 
     /// Writes the outcome durably (temp file, fsync, rename).
-    pub fn put(&self, outcome: &SpooledOutcome) -> std::io::Result<()> {
+    pub(crate) fn put(&self, outcome: &SpooledOutcome) -> std::io::Result<()> {
         use std::io::Write;
         let name = format!("{}-{}.json", outcome.job_id, outcome.lease_token);
         let temp = self.dir.join(format!(".{name}.tmp"));
@@ -38,7 +39,7 @@ impl Spool {
     }
 
     /// Forgets every outcome of the job.
-    pub fn remove(&self, job_id: JobId) -> std::io::Result<()> {
+    pub(crate) fn remove(&self, job_id: JobId) -> std::io::Result<()> {
         let prefix = format!("{job_id}-");
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
@@ -50,7 +51,7 @@ impl Spool {
     }
 
     /// Every outcome still waiting; unreadable files are skipped with a warning.
-    pub fn pending(&self) -> std::io::Result<Vec<SpooledOutcome>> {
+    pub(crate) fn pending(&self) -> std::io::Result<Vec<SpooledOutcome>> {
         let mut outcomes = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();

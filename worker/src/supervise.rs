@@ -16,7 +16,6 @@ use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 use wait4::Wait4;
 
-pub use crate::output::{LOG_CAP_BYTES, TAIL_BYTES};
 use crate::output::{Output, Stream, read_stream};
 use crate::proctree::{self, MARKER_VAR, Tree};
 
@@ -30,33 +29,33 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// How long a stack dump may take to arrive after the dump signal.
 const DUMP_WAIT: Duration = Duration::from_secs(3);
 /// The signal that asks Python processes for their stacks (see [`DUMP_SIGNAL_VAR`]).
-pub const DUMP_SIGNAL: Signal = Signal::SIGUSR1;
+pub(crate) const DUMP_SIGNAL: Signal = Signal::SIGUSR1;
 /// Set in every supervised command's environment to the dump signal's number: the worker's
 /// startup hook in each venv registers faulthandler for it.
-pub const DUMP_SIGNAL_VAR: &str = "FTSURVEY_DUMP_SIGNAL";
+pub(crate) const DUMP_SIGNAL_VAR: &str = "FTSURVEY_DUMP_SIGNAL";
 
 /// One command to run.
 #[derive(Debug, Clone)]
-pub struct CommandSpec<'a> {
+pub(crate) struct CommandSpec<'a> {
     /// Run with `sh -c`.
-    pub shell_command: &'a str,
-    pub cwd: &'a Path,
+    pub(crate) shell_command: &'a str,
+    pub(crate) cwd: &'a Path,
     /// Set on top of the inherited environment, in order.
-    pub env: &'a [(String, String)],
+    pub(crate) env: &'a [(String, String)],
     /// Removed from the inherited environment.
-    pub env_remove: &'a [&'a str],
-    pub timeout: Duration,
-    /// Where `stdout.log` and `stderr.log` go (capped at [`LOG_CAP_BYTES`] each); `None` keeps
+    pub(crate) env_remove: &'a [&'a str],
+    pub(crate) timeout: Duration,
+    /// Where `stdout.log` and `stderr.log` go (capped at [`crate::output::LOG_CAP_BYTES`] each); `None` keeps
     /// only the tails.
-    pub log_dir: Option<&'a Path>,
+    pub(crate) log_dir: Option<&'a Path>,
     /// Silence on both streams and no CPU progress of the tree for this long is a stall;
     /// `None` never checks.
-    pub stall_threshold: Option<Duration>,
+    pub(crate) stall_threshold: Option<Duration>,
 }
 
 /// How a supervised command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ending {
+pub(crate) enum Ending {
     /// Exited on its own, with a code or by a signal.
     Exited { code: Option<i32>, signal: Option<i32> },
     /// Killed at the timeout.
@@ -69,47 +68,47 @@ pub enum Ending {
 
 /// What a supervised command did.
 #[derive(Debug, Clone)]
-pub struct Supervised {
-    pub ending: Ending,
+pub(crate) struct Supervised {
+    pub(crate) ending: Ending,
     /// From spawn to exit.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// When the process was spawned.
-    pub spawned_at: Instant,
-    pub stdout_tail: String,
-    pub stderr_tail: String,
+    pub(crate) spawned_at: Instant,
+    pub(crate) stdout_tail: String,
+    pub(crate) stderr_tail: String,
     /// Bytes each stream printed in all.
-    pub stdout_bytes: u64,
-    pub stderr_bytes: u64,
+    pub(crate) stdout_bytes: u64,
+    pub(crate) stderr_bytes: u64,
     /// The last non-empty line either stream printed.
-    pub last_output_line: String,
+    pub(crate) last_output_line: String,
     /// User + system CPU time of the command and the descendants it waited for.
-    pub cpu_time_ms: Option<u64>,
+    pub(crate) cpu_time_ms: Option<u64>,
     /// Largest resident set of the command or a descendant it waited for, KiB.
-    pub max_rss_kb: Option<u64>,
+    pub(crate) max_rss_kb: Option<u64>,
     /// What the processes printed after the dump signal at a stall: their thread stacks.
-    pub stall_dump: Option<String>,
+    pub(crate) stall_dump: Option<String>,
     /// Processes of the tree still alive after it ended (or was stopped), all killed.
-    pub leftover_processes: usize,
+    pub(crate) leftover_processes: usize,
     /// From the stall's onset (the last output or CPU progress) to the kill.
-    pub stall_detected_after: Option<Duration>,
+    pub(crate) stall_detected_after: Option<Duration>,
     /// What the stall check saw when it judged the command stalled.
-    pub stall_seen: Option<StallSeen>,
+    pub(crate) stall_seen: Option<StallSeen>,
 }
 
 /// Why a command was judged stalled: how long both streams had been silent, how long its tree
 /// had used no noticeable CPU, and the CPU it used over the threshold's window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StallSeen {
-    pub quiet_for: Duration,
-    pub idle_for: Duration,
-    pub window_cpu: Duration,
+pub(crate) struct StallSeen {
+    pub(crate) quiet_for: Duration,
+    pub(crate) idle_for: Duration,
+    pub(crate) window_cpu: Duration,
     /// The most CPU the window may hold for a stall: 2% of one core over the threshold.
-    pub window_cpu_allowed: Duration,
+    pub(crate) window_cpu_allowed: Duration,
 }
 
 /// Runs the command until it exits, stalls, times out or is cancelled. Only a failure to start
 /// it is an error; whatever happens after is in the result.
-pub async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationToken) -> std::io::Result<Supervised> {
+pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationToken) -> std::io::Result<Supervised> {
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let mut command = std::process::Command::new("sh");
     command
@@ -343,7 +342,7 @@ impl Drop for TreeGuard {
 }
 
 /// Maps how an iteration ended to its status, the crash signal and a harness-error reason.
-pub fn iteration_status(
+pub(crate) fn iteration_status(
     ending: &Ending,
     test_framework: TestFramework,
 ) -> (IterationStatus, Option<i32>, Option<String>) {
@@ -392,6 +391,7 @@ fn exited(status: ExitStatus) -> Ending {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::TAIL_BYTES;
 
     async fn run(command: &str, timeout: Duration) -> Supervised {
         let dir = std::env::temp_dir();

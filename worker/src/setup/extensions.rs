@@ -8,8 +8,7 @@ use std::time::Duration;
 use domain::evidence::{Declaration, ExtensionReport};
 use tokio_util::sync::CancellationToken;
 
-use crate::setup::REMOVED_ENV;
-use crate::source::shell_quote;
+use crate::shell::{REMOVED_ENV, shell_quote};
 use crate::supervise::{CommandSpec, Ending, run_command};
 
 const PROBE_SCRIPT: &str = include_str!("python/probe_extensions.py");

@@ -2,10 +2,17 @@
 //! worker; every iteration the worker runs for the package reuses it, and a failure is
 //! remembered so later jobs of the package report it at once.
 //!
-//! A setup that succeeded is kept on disk, keyed by (package, version, source, interpreter
-//! build, install command, extra deps): a later run of the same worker finds it, checks that
-//! the package still imports, and goes straight to the tests. A file lock per setup keeps two
-//! processes from building the same one at once.
+//! A setup that succeeded is kept on disk, keyed by a [`VenvKey`] (package, version, source,
+//! interpreter build, install command, extra deps): a later run of the same worker finds it,
+//! checks that the package still imports, and goes straight to the tests. A file lock per setup
+//! keeps two processes from building the same one at once.
+
+mod error;
+mod extensions;
+pub(crate) mod installer;
+mod kept;
+mod key;
+mod source;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,87 +22,64 @@ use std::time::{Duration, Instant};
 use domain::evidence::ExtensionReport;
 use domain::spec::RunOptions;
 use domain::{InterpreterProfile, PackageSpec, SetupFailure, SetupStage};
-use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::installer::Installer;
-use crate::kept::lock;
-use crate::source::shell_quote;
+use crate::setup::error::{SetupError, command_failure, output_tail};
+use crate::setup::installer::Installer;
+use crate::setup::kept::lock;
+use crate::setup::key::{CacheKey, SourceKey, VenvKey};
+use crate::shell::{REMOVED_ENV, shell_quote};
 use crate::supervise::{CommandSpec, Ending, Supervised, run_command};
 
 /// Installs get this long.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// Bytes of a failing setup command's output kept in the result.
-const LOG_TAIL_BYTES: usize = 4096;
-/// Variables never passed to package commands: they would make the venv's python load
-/// another installation's modules.
-pub(crate) const REMOVED_ENV: [&str; 3] = ["PYTHONPATH", "PYTHONHOME", "PYTHON_GIL"];
 
-/// The file in a setup directory that says it is complete, and for which key.
+/// The file in a setup directory that says it is complete.
 const READY_FILE: &str = "ftsurvey-ready.json";
 
 /// ThreadSanitizer suppressions for CPython-internal reports, shipped with the tool.
-const TSAN_SUPPRESSIONS: &str = include_str!("../../deploy/tsan-suppressions.txt");
+const TSAN_SUPPRESSIONS: &str = include_str!("../../../deploy/tsan-suppressions.txt");
 
 /// A package ready to test.
 #[derive(Debug)]
-pub struct Prepared {
-    pub source_dir: PathBuf,
-    pub venv_dir: PathBuf,
+pub(crate) struct Prepared {
+    /// The source tree the tests run in.
+    pub(crate) source_dir: PathBuf,
     /// Environment every command of the package gets (PATH, VIRTUAL_ENV, pip settings).
-    pub env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
     /// What importing the package did to the GIL; `None` when not probed.
-    pub extensions: Option<ExtensionReport>,
-}
-
-/// Why setting a package up failed.
-#[derive(Debug, Clone)]
-pub(crate) struct SetupError {
-    pub(crate) stage: SetupStage,
-    pub(crate) message: String,
-    pub(crate) log_tail: String,
-}
-
-impl SetupError {
-    pub(crate) fn new(stage: SetupStage, message: String) -> Self {
-        SetupError {
-            stage,
-            message,
-            log_tail: String::new(),
-        }
-    }
+    pub(crate) extensions: Option<ExtensionReport>,
 }
 
 type SetupCell = Arc<OnceCell<Result<Arc<Prepared>, SetupFailure>>>;
 
 /// Where a worker's setups live. Every path is absolute.
 #[derive(Debug, Clone)]
-pub struct SetupDirs {
+pub(crate) struct SetupDirs {
     /// This worker's venvs with their source trees, one directory per setup key, kept across
     /// runs.
-    pub venvs_dir: PathBuf,
+    pub(crate) venvs_dir: PathBuf,
     /// Fetched sources (pinned sdists, git clones) by package, version and source, shared by
     /// the workers of a machine and copied into each setup.
-    pub repos_dir: PathBuf,
+    pub(crate) repos_dir: PathBuf,
     /// The pip and uv caches, shared by every venv.
-    pub cache_dir: PathBuf,
+    pub(crate) cache_dir: PathBuf,
     /// This worker's own directory: iteration logs, the TSAN suppression file, and the marker
     /// its processes carry.
-    pub worker_dir: PathBuf,
+    pub(crate) worker_dir: PathBuf,
 }
 
 /// What a kept setup records about itself.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct ReadyRecord {
-    key: String,
     /// The source tree the tests run in.
     source_dir: PathBuf,
 }
 
 /// The packages this worker has set up or failed to set up.
 #[derive(Debug)]
-pub struct Setups {
+pub(crate) struct Setups {
     python: PathBuf,
     profile_fingerprint: String,
     /// Extension probes only mean something on a free-threaded build.
@@ -107,13 +91,16 @@ pub struct Setups {
     dirs: SetupDirs,
     installer: Installer,
     base_path: String,
-    cells: Mutex<HashMap<String, SetupCell>>,
+    /// Each setup asked for so far, by the name of the directory it is kept in.
+    cells: Mutex<HashMap<String, (VenvKey, SetupCell)>>,
     /// Kills setup commands when the worker stops.
     shutdown: CancellationToken,
 }
 
 impl Setups {
-    pub fn new(
+    /// Setups for the target `python` (described by `profile`) under `dirs`; none is made
+    /// before a job asks for it.
+    pub(crate) fn new(
         python: PathBuf,
         profile: &InterpreterProfile,
         dirs: SetupDirs,
@@ -136,23 +123,18 @@ impl Setups {
     }
 
     /// Whether the target is a ThreadSanitizer build.
-    pub fn tsan_build(&self) -> bool {
+    pub(crate) fn tsan_build(&self) -> bool {
         self.tsan_build
     }
 
-    /// Where one iteration's logs go: under the worker's `logs/`.
-    pub(crate) fn log_dir(&self, assignment: &domain::Assignment) -> PathBuf {
-        crate::job::log_dir_under(&self.dirs.worker_dir.join("logs"), assignment)
-    }
-
-    /// The installer this worker uses.
-    pub fn installer(&self) -> &Installer {
-        &self.installer
+    /// Where the iterations' logs go: the worker's `logs/`.
+    pub(crate) fn logs_dir(&self) -> PathBuf {
+        self.dirs.worker_dir.join("logs")
     }
 
     /// `TSAN_OPTIONS` for every command on a TSAN build: the suppressions, reports that do
     /// not stop the process or change its exit status (TSAN's default is 66).
-    pub fn tsan_options(&self) -> String {
+    pub(crate) fn tsan_options(&self) -> String {
         let mut value = "halt_on_error=0 exitcode=0".to_string();
         if let Some(path) = self.tsan_suppressions() {
             value = format!("suppressions={} {value}", path.display());
@@ -161,7 +143,7 @@ impl Setups {
     }
 
     /// The shipped TSAN suppression file, written beside the setups; `None` if it cannot be.
-    pub fn tsan_suppressions(&self) -> Option<PathBuf> {
+    fn tsan_suppressions(&self) -> Option<PathBuf> {
         self.tsan_suppressions
             .get_or_init(|| {
                 let path = self.dirs.worker_dir.join("tsan-suppressions.txt");
@@ -179,12 +161,12 @@ impl Setups {
     }
 
     /// Names of the packages set up successfully so far.
-    pub fn warm_packages(&self) -> Vec<String> {
+    pub(crate) fn warm_packages(&self) -> Vec<String> {
         let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<String> = cells
-            .iter()
+            .values()
             .filter(|(_, cell)| matches!(cell.get(), Some(Ok(_))))
-            .map(|(key, _)| key.split('\n').next().unwrap_or_default().to_string())
+            .map(|(key, _)| key.package.name.clone())
             .collect();
         names.sort();
         names.dedup();
@@ -193,24 +175,28 @@ impl Setups {
 
     /// Sets the package up, or waits for the setup another slot started, or returns the
     /// earlier result.
-    pub async fn prepare(&self, package: &PackageSpec, options: &RunOptions) -> Result<Arc<Prepared>, SetupFailure> {
-        let key = format!(
-            "{}\n{:?}\n{:?}\n{}\n{}\n{}",
-            package.name,
-            package.version,
-            package.source,
-            self.profile_fingerprint,
-            package.install_command,
-            setup_deps(options).join(" ")
-        );
+    pub(crate) async fn prepare(
+        &self,
+        package: &PackageSpec,
+        options: &RunOptions,
+    ) -> Result<Arc<Prepared>, SetupFailure> {
+        let key = VenvKey {
+            package: SourceKey::of(package),
+            interpreter: self.profile_fingerprint.clone(),
+            install_command: package.install_command.clone(),
+            setup_deps: setup_deps(options),
+        };
+        let dir_name = key.dir_name();
         let cell = {
             let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
-            cells.entry(key.clone()).or_default().clone()
+            let (_, cell) = cells
+                .entry(dir_name.clone())
+                .or_insert_with(|| (key.clone(), SetupCell::default()));
+            cell.clone()
         };
         cell.get_or_init(|| async {
             let started = Instant::now();
-            let digest = hex::encode(&Sha256::digest(key.as_bytes())[..8]);
-            let dir = self.dirs.venvs_dir.join(format!("{}-{digest}", sanitize(&package.name)));
+            let dir = self.dirs.venvs_dir.join(&dir_name);
             let result = self.set_up(package, options, &key, &dir).await;
             let duration_ms = started.elapsed().as_millis() as u64;
             match result {
@@ -234,7 +220,7 @@ impl Setups {
         &self,
         package: &PackageSpec,
         options: &RunOptions,
-        key: &str,
+        key: &VenvKey,
         dir: &Path,
     ) -> Result<Prepared, SetupError> {
         let _lock = lock(dir.with_extension("lock")).await?;
@@ -244,12 +230,9 @@ impl Setups {
         let kept = std::fs::read(&ready_path)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<ReadyRecord>(&bytes).ok())
-            .filter(|record| record.key == key && record.source_dir.is_dir());
+            .filter(|record| record.source_dir.is_dir() && key.is_stored_in(dir));
         if let Some(record) = kept {
-            match self
-                .check(package, options, dir, record.source_dir, &venv_dir, &env)
-                .await
-            {
+            match self.check(package, options, dir, record.source_dir, &env).await {
                 Ok(prepared) => {
                     tracing::info!(package.name = %package.name, dir = %dir.display(), "reusing the kept setup");
                     return Ok(prepared);
@@ -265,6 +248,7 @@ impl Setups {
             std::fs::remove_dir_all(dir).map_err(|e| io(SetupStage::Source, e))?;
         }
         std::fs::create_dir_all(dir).map_err(|e| io(SetupStage::Source, e))?;
+        key.write_to(dir).map_err(|e| io(SetupStage::Source, e))?;
 
         let cancel = &self.shutdown;
         let source_dir = self.source(package, dir, &env).await?;
@@ -274,7 +258,7 @@ impl Setups {
         self.installer
             .finish_venv(&venv_dir)
             .map_err(|e| io(SetupStage::Install, e))?;
-        if let Err(error) = crate::extensions::install_hooks(&venv_dir) {
+        if let Err(error) = extensions::install_hooks(&venv_dir) {
             tracing::warn!(venv = %venv_dir.display(), %error, "cannot install the stack-dump hook; stalls will have no stacks");
         }
         step(
@@ -300,9 +284,8 @@ impl Setups {
             )
             .await?;
         }
-        let prepared = self.check(package, options, dir, source_dir, &venv_dir, &env).await?;
+        let prepared = self.check(package, options, dir, source_dir, &env).await?;
         let record = ReadyRecord {
-            key: key.to_string(),
             source_dir: prepared.source_dir.clone(),
         };
         let json = serde_json::to_vec(&record).expect("a ready record serialises");
@@ -337,7 +320,7 @@ impl Setups {
 
     /// The source tree under `dir/src`, fetched through the repos dir when it can be kept.
     async fn source(&self, package: &PackageSpec, dir: &Path, env: &[(String, String)]) -> Result<PathBuf, SetupError> {
-        crate::kept::source_tree(
+        kept::source_tree(
             package,
             &self.python,
             &self.dirs.repos_dir,
@@ -356,7 +339,6 @@ impl Setups {
         options: &RunOptions,
         dir: &Path,
         source_dir: PathBuf,
-        venv_dir: &Path,
         env: &[(String, String)],
     ) -> Result<Prepared, SetupError> {
         let cancel = &self.shutdown;
@@ -376,19 +358,18 @@ impl Setups {
             return Err(SetupError {
                 stage: SetupStage::Import,
                 message: format!("import {} failed: {last}", package.import_name),
-                log_tail: tail(&format!("{}{}", result.stdout_tail, result.stderr_tail)),
+                log_tail: output_tail(&result),
             });
         }
         let extensions = if options.detect_extensions && self.free_threaded {
-            let mut report = crate::extensions::probe(&package.import_name, &neutral, env, cancel).await;
-            report.declarations = crate::extensions::scan_declarations(&source_dir);
+            let mut report = extensions::probe(&package.import_name, &neutral, env, cancel).await;
+            report.declarations = extensions::scan_declarations(&source_dir);
             Some(report)
         } else {
             None
         };
         Ok(Prepared {
             source_dir,
-            venv_dir: venv_dir.to_path_buf(),
             env: env.to_vec(),
             extensions,
         })
@@ -448,64 +429,4 @@ async fn run(
     run_command(&spec, cancel)
         .await
         .map_err(|e| SetupError::new(SetupStage::Install, format!("cannot start `{command}`: {e}")))
-}
-
-/// A one-line message and the output's tail when a setup command did not succeed.
-pub(crate) fn command_failure(result: &Supervised, what: &str) -> Option<(String, String)> {
-    let message = match result.ending {
-        Ending::Exited { code: Some(0), .. } => return None,
-        Ending::Exited { code: Some(code), .. } => format!("{what} exited with status {code}"),
-        Ending::Exited {
-            signal: Some(signal), ..
-        } => format!("{what} was killed by signal {signal}"),
-        Ending::Exited { .. } => format!("{what} ended abnormally"),
-        Ending::TimedOut => format!("{what} timed out"),
-        Ending::Stalled => format!("{what} stalled"),
-        Ending::Cancelled => format!("{what} was cancelled"),
-    };
-    let last = result
-        .stderr_tail
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| is_informative(l));
-    let message = match last {
-        Some(line) => format!("{message}: {}", line.chars().take(300).collect::<String>()),
-        None => message,
-    };
-    Some((message, tail(&format!("{}{}", result.stdout_tail, result.stderr_tail))))
-}
-
-/// Whether a line of a failing command's stderr says something specific: pip ends its errors
-/// with generic notes and hints.
-fn is_informative(line: &str) -> bool {
-    const GENERIC: [&str; 6] = [
-        "note:",
-        "hint:",
-        "error: subprocess-exited-with-error",
-        "error: metadata-generation-failed",
-        "×",
-        "╰─>",
-    ];
-    !line.is_empty() && !GENERIC.iter().any(|g| line.starts_with(g)) && !line.starts_with('[') && !line.starts_with('│')
-}
-
-fn tail(text: &str) -> String {
-    let start = text.len().saturating_sub(LOG_TAIL_BYTES);
-    let start = (start..=text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(text.len());
-    text[start..].to_string()
-}
-
-pub(crate) fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

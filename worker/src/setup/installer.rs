@@ -9,7 +9,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::source::shell_quote;
+use crate::shell::shell_quote;
 
 /// How venvs are made and packages installed.
 #[derive(Debug, Clone, PartialEq, Eq)]

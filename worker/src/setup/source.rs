@@ -7,7 +7,8 @@ use std::time::Duration;
 use domain::{PackageSpec, SetupStage, Source};
 use tokio_util::sync::CancellationToken;
 
-use crate::setup::{SetupError, command_failure};
+use crate::setup::error::{SetupError, command_failure};
+use crate::shell::shell_quote;
 use crate::supervise::{CommandSpec, run_command};
 
 /// Downloads and clones get this long.
@@ -166,11 +167,6 @@ fn io_error(path: &Path, error: &std::io::Error) -> SetupError {
     SetupError::new(SetupStage::Source, format!("{}: {error}", path.display()))
 }
 
-/// Quotes `value` for `sh`.
-pub(crate) fn shell_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,11 +196,5 @@ mod tests {
         let whole = dir.path().join("whole");
         copy_tree(&src, &whole, false).expect("copy");
         assert!(whole.join("build/lib/x.py").exists() && whole.join("a.egg-info/PKG-INFO").exists());
-    }
-
-    #[test]
-    fn shell_quoting_survives_quotes() {
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 }

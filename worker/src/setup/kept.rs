@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use domain::{PackageSpec, SetupStage, Source};
 use nix::fcntl::{Flock, FlockArg};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::setup::{SetupError, sanitize};
-use crate::source::{copy_tree, fetch};
+use crate::setup::error::SetupError;
+use crate::setup::key::{CacheKey, SourceKey};
+use crate::setup::source::{copy_tree, fetch};
 
 /// The file in a fetched source directory that says the fetch completed, naming the root.
 const FETCHED_FILE: &str = "ftsurvey-fetched.json";
@@ -34,9 +34,8 @@ pub(crate) async fn source_tree(
     if !keepable {
         return fetch(package, python, dest, env, cancel).await;
     }
-    let key = format!("{}\n{:?}\n{:?}", package.name, package.version, package.source);
-    let digest = hex::encode(&Sha256::digest(key)[..8]);
-    let kept = repos_dir.join(format!("{}-{digest}", sanitize(&package.name)));
+    let key = SourceKey::of(package);
+    let kept = repos_dir.join(key.dir_name());
     let root = {
         let _lock = lock(kept.with_extension("lock")).await?;
         let fetched = kept.join(FETCHED_FILE);
@@ -44,13 +43,14 @@ pub(crate) async fn source_tree(
             .ok()
             .and_then(|bytes| serde_json::from_slice::<PathBuf>(&bytes).ok());
         match recorded {
-            Some(root) if root.is_dir() => root,
+            Some(root) if root.is_dir() && key.is_stored_in(&kept) => root,
             _ => {
                 let io = |e: std::io::Error| SetupError::new(SetupStage::Source, format!("{}: {e}", kept.display()));
                 if kept.exists() {
                     std::fs::remove_dir_all(&kept).map_err(io)?;
                 }
                 std::fs::create_dir_all(&kept).map_err(io)?;
+                key.write_to(&kept).map_err(io)?;
                 let root = fetch(package, python, &kept.join("tree"), env, cancel).await?;
                 std::fs::write(&fetched, serde_json::to_vec(&root).expect("a path serialises")).map_err(io)?;
                 root

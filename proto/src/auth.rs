@@ -6,8 +6,17 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 /// Adds a bearer token (if any) to every outgoing request.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct BearerToken(Option<AsciiMetadataValue>);
+
+/// Says only whether a token is sent: the token itself stays out of logs and panics.
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BearerToken")
+            .field(&self.0.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
 
 impl BearerToken {
     /// A token to send; `None` sends none. Fails on characters a header cannot carry.
@@ -15,7 +24,11 @@ impl BearerToken {
         match token {
             None => Ok(BearerToken(None)),
             Some(token) => MetadataValue::try_from(format!("Bearer {token}"))
-                .map(|value| BearerToken(Some(value)))
+                .map(|mut value| {
+                    // Marked sensitive, so tonic and its tracing never print the header's value.
+                    value.set_sensitive(true);
+                    BearerToken(Some(value))
+                })
                 .map_err(|_| "the token must be printable ASCII".to_string()),
         }
     }
@@ -97,5 +110,20 @@ mod tests {
         assert!(missing.message().contains("a worker token is required"));
         assert!(RequireToken::new(None, "client").call(Request::new(())).is_ok());
         assert!(BearerToken::new(Some("bad\ntoken")).is_err());
+    }
+
+    #[test]
+    fn debug_output_never_carries_a_token() {
+        let send = BearerToken::new(Some("s3cret-token")).expect("token");
+        let shown = format!("{send:?} {:?}", RequireToken::new(Some("s3cret-token"), "worker"));
+        assert!(!shown.contains("s3cret-token"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("required: true"),
+            "{shown}"
+        );
+        assert_eq!(
+            format!("{:?}", BearerToken::new(None).expect("none")),
+            "BearerToken(None)"
+        );
     }
 }

@@ -46,8 +46,8 @@ pub(crate) async fn connect(url: &str, token: Option<&str>, ca_cert: Option<&Pat
         .with_context(|| format!("cannot connect to the coordinator at {url}"))?;
     let token = BearerToken::new(token).map_err(|e| anyhow::anyhow!("invalid --token: {e}"))?;
     Ok(SurveyServiceClient::with_interceptor(channel, token)
-        .max_decoding_message_size(coordinator::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(coordinator::MAX_MESSAGE_BYTES))
+        .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(proto::MAX_MESSAGE_BYTES))
 }
 
 impl CoordinatorArgs {

@@ -30,9 +30,6 @@ use crate::hub::Hub;
 use crate::service::survey::Survey;
 use crate::service::worker::Workers;
 
-/// Largest message either service accepts or sends.
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = store::open(&config.database_url)
@@ -48,15 +45,15 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         hub: hub.clone(),
         shutdown: shutdown.clone(),
     })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
     let survey = InterceptedService::new(survey, RequireToken::new(config.client_token.as_deref(), "client"));
     let workers = WorkerServiceServer::new(Workers {
         hub: hub.clone(),
         shutdown: shutdown.clone(),
     })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
     let workers = InterceptedService::new(workers, RequireToken::new(config.worker_token.as_deref(), "worker"));
 
     let address = listener.local_addr().context("listener has no address")?;

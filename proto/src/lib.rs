@@ -1,7 +1,8 @@
 //! The ftsurvey wire protocol, `ftsurvey.v1`, and its conversions to and from domain types.
 //!
-//! This is the only crate that names both wire and domain types: the coordinator and the
-//! worker convert at their gRPC edges through [`convert`] and work with domain types inside.
+//! [`convert`] is the one place that converts between wire and domain types: the coordinator,
+//! the worker and the CLI convert at their gRPC edges through it and work with domain types
+//! inside.
 
 #[allow(clippy::all, unreachable_pub, missing_debug_implementations)]
 pub mod v1 {
@@ -12,3 +13,7 @@ pub mod auth;
 pub mod convert;
 
 pub use convert::WireError;
+
+/// Largest message any peer of the protocol sends or accepts: the coordinator's services, the
+/// worker's session and the CLI's client all set it on both directions.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

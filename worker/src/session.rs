@@ -21,8 +21,6 @@ use crate::spool::{Spool, SpooledOutcome};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Largest message the worker sends or accepts.
-const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A job running on this worker.
 #[derive(Debug)]
@@ -138,8 +136,8 @@ impl Worker {
             Err(error) => return SessionEnd::Refused(anyhow::anyhow!("invalid --token: {error}")),
         };
         let mut client = WorkerServiceClient::with_interceptor(channel, token)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
         let (out_tx, out_rx) = mpsc::channel::<v1::WorkerMessage>(256);
         let hello = v1::Hello {
             worker_id: self.config.worker_id.to_string(),

@@ -204,8 +204,8 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut client = SurveyServiceClient::connect(address.clone())
         .await?
-        .max_encoding_message_size(coordinator::MAX_MESSAGE_BYTES * 4)
-        .max_decoding_message_size(coordinator::MAX_MESSAGE_BYTES * 4);
+        .max_encoding_message_size(proto::MAX_MESSAGE_BYTES * 4)
+        .max_decoding_message_size(proto::MAX_MESSAGE_BYTES * 4);
 
     // Submitting a big run, through gRPC.
     if options.submit_jobs > 0 {

@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::places;
+
 /// A running coordinator and its local workers.
 #[derive(Debug)]
 pub(crate) struct Embedded {
@@ -69,7 +71,7 @@ impl Embedded {
                 repos_dir: config.places.repos_dir.clone(),
                 pip_cache_dir: config.places.pip_cache_dir.clone(),
                 installer: config.places.installer.clone(),
-                base_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+                base_path: places::base_path(),
                 allow_gil_build: config.allow_gil_build,
                 token: None,
                 ca_cert: None,

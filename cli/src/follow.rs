@@ -11,6 +11,7 @@ use domain::{InterpreterProfile, PackageResult, RunSpec, RunSummary};
 use proto::v1;
 
 use crate::embedded::Embedded;
+use crate::places;
 use crate::progress::{Progress, ProgressStyle};
 use crate::remote::Client;
 use crate::results_dir::ResultsDir;
@@ -231,9 +232,7 @@ pub(crate) fn run_meta(
         python_version: profile.map(|p| p.version.clone()).unwrap_or_default(),
         interpreter: profile.cloned(),
         system: SystemInfo {
-            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default(),
+            hostname: places::hostname().unwrap_or_default(),
             os: std::env::consts::OS.to_string(),
             arch: std::env::consts::ARCH.to_string(),
             cpu_count: std::thread::available_parallelism()

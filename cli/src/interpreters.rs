@@ -9,6 +9,8 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use domain::{InterpreterProfile, InterpreterRequirement};
 
+use crate::places;
+
 /// What `--target-python` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TargetArg {
@@ -165,28 +167,15 @@ pub(crate) async fn managed_builds(cache_dir: &Path) -> Vec<ManagedBuild> {
     builds
 }
 
-/// `$FTSURVEY_CACHE_DIR`, else `$XDG_CACHE_HOME/ftsurvey`, else `~/.cache/ftsurvey`: the
-/// same place the builder script uses.
-pub(crate) fn cache_dir_from_env() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("FTSURVEY_CACHE_DIR").filter(|v| !v.is_empty()) {
-        return crate::run_cmd::absolute(Path::new(&dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(dir).join("ftsurvey"));
-    }
-    let home = std::env::var_os("HOME").context("none of FTSURVEY_CACHE_DIR, XDG_CACHE_HOME and HOME is set")?;
-    Ok(PathBuf::from(home).join(".cache").join("ftsurvey"))
-}
-
 /// What the environment says about finding and building interpreters.
 pub(crate) fn provisioning_from_env() -> anyhow::Result<Provisioning> {
     let source = match std::env::var_os("FTSURVEY_CPYTHON_SOURCE").filter(|v| !v.is_empty()) {
-        Some(source) => Some(crate::run_cmd::absolute(Path::new(&source))?),
+        Some(source) => Some(places::absolute(Path::new(&source))?),
         None => None,
     };
     Ok(Provisioning {
         path_var: std::env::var_os("PATH").unwrap_or_default(),
-        cache_dir: cache_dir_from_env()?,
+        cache_dir: places::cache_dir()?,
         source,
     })
 }

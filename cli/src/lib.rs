@@ -7,6 +7,7 @@ mod embedded;
 mod fleet_cmd;
 mod follow;
 mod interpreters;
+mod places;
 mod progress;
 mod python_cmd;
 mod registry_cmd;

@@ -50,7 +50,7 @@ pub(crate) fn run(command: PythonCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn list() -> anyhow::Result<ExitCode> {
-    let cache_dir = crate::interpreters::cache_dir_from_env()?;
+    let cache_dir = crate::places::cache_dir()?;
     let builds = crate::interpreters::managed_builds(&cache_dir).await;
     if builds.is_empty() {
         println!(

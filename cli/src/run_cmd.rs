@@ -12,6 +12,7 @@ use domain::{InterpreterProfile, InterpreterRequirement, Mode, RunSpec};
 use crate::embedded::{Embedded, EmbeddedConfig};
 use crate::follow::{run_meta, submit, survey};
 use crate::interpreters::{Origin, TargetArg};
+use crate::places;
 use crate::registry_dir;
 use crate::results_dir::ResultsDir;
 
@@ -189,7 +190,7 @@ async fn resolve_target(args: &RunArgs) -> anyhow::Result<Target> {
             let (profile, origin) = found;
             (PathBuf::from(&profile.executable), origin)
         }
-        TargetArg::Path(path) => (absolute(&path)?, Origin::Given),
+        TargetArg::Path(path) => (places::absolute(&path)?, Origin::Given),
     };
     let profile = worker::probe::probe(&target_python)
         .await
@@ -252,11 +253,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             registry.label
         );
     }
-    let results_root = absolute(&args.results_dir)?;
-    let work_dir = match &args.work_dir {
-        Some(dir) => absolute(dir)?,
-        None => default_work_dir()?,
-    };
+    let results_root = places::absolute(&args.results_dir)?;
+    let work_dir = places::work_dir(args.work_dir.as_deref())?;
     let mut specs = selected.specs;
     let trusted = if args.dry_run {
         Vec::new()
@@ -410,20 +408,4 @@ fn trust_wheels(
         .iter()
         .map(|(name, wheel)| crate::trust_wheels::trusted_record(name, wheel, &abi_tag))
         .collect()
-}
-
-pub(crate) fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
-}
-
-/// `$XDG_CACHE_HOME/ftsurvey/work`, or `~/.cache/ftsurvey/work`.
-pub(crate) fn default_work_dir() -> anyhow::Result<PathBuf> {
-    let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let home = std::env::var_os("HOME").context("neither --work-dir nor HOME is set")?;
-            PathBuf::from(home).join(".cache")
-        }
-    };
-    Ok(cache.join("ftsurvey").join("work"))
 }

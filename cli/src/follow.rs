@@ -11,11 +11,12 @@ use domain::{InterpreterProfile, PackageResult, RunSpec, RunSummary};
 use proto::v1;
 
 use crate::embedded::Embedded;
+use crate::interpreters::Target;
 use crate::places;
 use crate::progress::{Progress, ProgressStyle};
 use crate::remote::Client;
 use crate::results_dir::ResultsDir;
-use crate::run_cmd::{RunArgs, Target};
+use crate::run_cmd::RunArgs;
 
 /// Submits the run; returns its summary.
 pub(crate) async fn submit(client: &mut Client, spec: &RunSpec) -> anyhow::Result<RunSummary> {

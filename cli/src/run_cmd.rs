@@ -7,11 +7,11 @@ use anyhow::{Context, bail};
 use clap::Args;
 use domain::results::PackageRecord;
 use domain::spec::RunOptions;
-use domain::{InterpreterProfile, InterpreterRequirement, Mode, RunSpec};
+use domain::{InterpreterRequirement, Mode, RunSpec};
 
 use crate::embedded::{Embedded, EmbeddedConfig};
 use crate::follow::{run_meta, submit, survey};
-use crate::interpreters::{Origin, TargetArg};
+use crate::interpreters::{Origin, Target, TargetArg};
 use crate::places;
 use crate::registry_dir;
 use crate::results_dir::ResultsDir;
@@ -129,29 +129,6 @@ fn parse_env_pair(value: &str) -> Result<(String, String), String> {
     match value.split_once('=') {
         Some((key, val)) if !key.is_empty() => Ok((key.to_string(), val.to_string())),
         _ => Err(format!("expected KEY=VALUE, got {value:?}")),
-    }
-}
-
-/// The interpreter a run is for: probed here, or (for a fleet) only requested.
-#[derive(Debug)]
-pub(crate) enum Target {
-    Local(InterpreterProfile),
-    Requested(InterpreterRequirement),
-}
-
-impl Target {
-    pub(crate) fn profile(&self) -> Option<&InterpreterProfile> {
-        match self {
-            Target::Local(profile) => Some(profile),
-            Target::Requested(_) => None,
-        }
-    }
-
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Target::Local(profile) => profile.summary(),
-            Target::Requested(requirement) => format!("workers with {}", requirement.describe()),
-        }
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::places;
+use crate::remote::ClientCredentials;
 
 /// A running coordinator and its local workers.
 #[derive(Debug)]
@@ -56,7 +57,7 @@ impl Embedded {
             coordinator_shutdown.clone(),
         ));
         let url = format!("http://{address}");
-        let client = crate::remote::connect(&url, None, None).await?;
+        let client = crate::remote::connect(&url, &ClientCredentials::default()).await?;
 
         let workers_shutdown = CancellationToken::new();
         let mut workers = Vec::new();

@@ -11,6 +11,7 @@ use domain::WorkerId;
 use tokio_util::sync::CancellationToken;
 
 use crate::places;
+use crate::remote::CaCertArg;
 
 /// Flags of `ftsurvey serve`.
 #[derive(Debug, Args)]
@@ -78,9 +79,8 @@ pub(crate) struct WorkerArgs {
     /// The bearer token the coordinator requires of workers.
     #[arg(long = "token", env = "FTSURVEY_WORKER_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Trust this CA certificate (PEM) for an `https://` coordinator.
-    #[arg(long, env = "FTSURVEY_CA_CERT", value_name = "FILE")]
-    ca_cert: Option<PathBuf>,
+    #[command(flatten)]
+    ca: CaCertArg,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -141,12 +141,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         base_path: places::base_path(),
         allow_gil_build: args.allow_gil_build,
         token: args.token.clone(),
-        ca_cert: match &args.ca_cert {
-            Some(path) => {
-                Some(std::fs::read(path).with_context(|| format!("cannot read --ca-cert {}", path.display()))?)
-            }
-            None => None,
-        },
+        ca_cert: args.ca.read_pem()?,
     };
     let shutdown = CancellationToken::new();
     spawn_stop_on_signal(shutdown.clone());

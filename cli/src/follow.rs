@@ -91,10 +91,10 @@ pub(crate) async fn survey(
             }
             // A coordinator that went away is connected to afresh (a remote one; the embedded
             // one does not go away).
-            if let Some(url) = &args.coordinator
+            if let Some(fleet) = args.fleet()
                 && !first_watch
             {
-                match crate::remote::connect(url, args.token.as_deref(), args.ca_cert.as_ref()).await {
+                match fleet.connect().await {
                     Ok(fresh) => *client = fresh,
                     Err(error) => {
                         progress.println(&format!("cannot reach the coordinator ({error:#}); retrying in 2 s"));

@@ -14,6 +14,7 @@ use crate::follow::{run_meta, submit, survey};
 use crate::interpreters::{Origin, Target, TargetArg};
 use crate::places;
 use crate::registry_dir;
+use crate::remote::{ClientCredentials, CoordinatorArgs};
 use crate::results_dir::ResultsDir;
 
 /// Flags of `ftsurvey run`; names follow the tool ftsurvey replaces.
@@ -29,12 +30,9 @@ pub(crate) struct RunArgs {
     /// Submit to this coordinator (a fleet) instead of running embedded, then follow the run.
     #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
     pub(crate) coordinator: Option<String>,
-    /// With --coordinator: the bearer token it requires of clients.
-    #[arg(long = "token", env = "FTSURVEY_CLIENT_TOKEN", hide_env_values = true)]
-    pub(crate) token: Option<String>,
-    /// With --coordinator: trust this CA certificate (PEM) for an `https://` URL.
-    #[arg(long, env = "FTSURVEY_CA_CERT", value_name = "FILE")]
-    pub(crate) ca_cert: Option<PathBuf>,
+    /// With --coordinator: the client token and CA certificate it asks for.
+    #[command(flatten)]
+    pub(crate) credentials: ClientCredentials,
     /// With --coordinator: print the run id once submitted and return.
     #[arg(long, requires = "coordinator")]
     pub(crate) detach: bool,
@@ -123,6 +121,13 @@ pub(crate) struct RunArgs {
     /// Local workers, each running one iteration at a time.
     #[arg(long, default_value_t = 1, env = "FTSURVEY_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub(crate) workers: u32,
+}
+
+impl RunArgs {
+    /// The coordinator of `--coordinator`, with the client's credentials.
+    pub(crate) fn fleet(&self) -> Option<CoordinatorArgs> {
+        self.coordinator.as_deref().map(|url| self.credentials.at(url))
+    }
 }
 
 fn parse_env_pair(value: &str) -> Result<(String, String), String> {
@@ -299,8 +304,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    if let Some(url) = &args.coordinator {
-        let mut client = crate::remote::connect(url, args.token.as_deref(), args.ca_cert.as_ref()).await?;
+    if let Some(fleet) = args.fleet() {
+        let mut client = fleet.connect().await?;
         if args.detach {
             let summary = submit(&mut client, &spec).await?;
             println!("{}", summary.run_id);

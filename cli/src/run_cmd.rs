@@ -10,11 +10,11 @@ use domain::spec::RunOptions;
 use domain::{InterpreterRequirement, Mode, RunSpec};
 
 use crate::embedded::{Embedded, EmbeddedConfig};
-use crate::follow::{run_meta, submit, survey};
+use crate::follow::{FollowOptions, run_meta, submit, survey};
 use crate::interpreters::{Origin, Target, TargetArg};
 use crate::places;
 use crate::registry_dir;
-use crate::remote::{ClientCredentials, CoordinatorArgs};
+use crate::remote::ClientCredentials;
 use crate::results_dir::ResultsDir;
 
 /// Flags of `ftsurvey run`; names follow the tool ftsurvey replaces.
@@ -121,13 +121,6 @@ pub(crate) struct RunArgs {
     /// Local workers, each running one iteration at a time.
     #[arg(long, default_value_t = 1, env = "FTSURVEY_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub(crate) workers: u32,
-}
-
-impl RunArgs {
-    /// The coordinator of `--coordinator`, with the client's credentials.
-    pub(crate) fn fleet(&self) -> Option<CoordinatorArgs> {
-        self.coordinator.as_deref().map(|url| self.credentials.at(url))
-    }
 }
 
 fn parse_env_pair(value: &str) -> Result<(String, String), String> {
@@ -256,7 +249,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             requirement,
             registry: Some(registry.label.clone()),
         };
-        let mut meta = run_meta(run_id, &spec, &args, target.profile(), started_at);
+        let mut meta = run_meta(run_id, &spec, args.workers, target.profile(), started_at);
         meta.config.packages = trusted.iter().map(|r| r.package.clone()).collect();
         meta.finished_at = Some(jiff::Timestamp::now().to_string());
         results.write_meta(&meta)?;
@@ -304,7 +297,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    if let Some(fleet) = args.fleet() {
+    let follow = FollowOptions {
+        coordinator: args.coordinator.as_deref().map(|url| args.credentials.at(url)),
+        quiet: args.quiet,
+        n_workers: args.workers,
+    };
+    if let Some(fleet) = &follow.coordinator {
         let mut client = fleet.connect().await?;
         if args.detach {
             let summary = submit(&mut client, &spec).await?;
@@ -312,7 +310,17 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let results = ResultsDir::create(&results_root, started_at)?;
-        return survey(&mut client, None, &spec, &args, &target, &results, &trusted, started_at).await;
+        return survey(
+            &mut client,
+            None,
+            &spec,
+            &follow,
+            &target,
+            &results,
+            &trusted,
+            started_at,
+        )
+        .await;
     }
     let Target::Local(profile) = &target else {
         bail!("an embedded run needs --target-python to be an interpreter on this machine");
@@ -335,7 +343,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         &mut client,
         Some(&mut embedded),
         &spec,
-        &args,
+        &follow,
         &target,
         &results,
         &trusted,

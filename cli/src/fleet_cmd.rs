@@ -18,7 +18,8 @@ use crate::remote::CaCertArg;
 pub(crate) struct ServeArgs {
     /// The store: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` or `sqlite://PATH`; migrations
     /// are applied at start.
-    #[arg(long, env = "FTSURVEY_DATABASE_URL", value_name = "URL")]
+    // Its value stays out of --help: the URL may carry the password.
+    #[arg(long, env = "FTSURVEY_DATABASE_URL", hide_env_values = true, value_name = "URL")]
     database_url: String,
     /// Address to serve gRPC on.
     #[arg(

@@ -302,46 +302,38 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         quiet: args.quiet,
         n_workers: args.workers,
     };
-    if let Some(fleet) = &follow.coordinator {
-        let mut client = fleet.connect().await?;
-        if args.detach {
-            let summary = submit(&mut client, &spec).await?;
-            println!("{}", summary.run_id);
-            return Ok(ExitCode::SUCCESS);
+    let (mut client, mut embedded, results) = match &follow.coordinator {
+        Some(fleet) => {
+            let mut client = fleet.connect().await?;
+            if args.detach {
+                let summary = submit(&mut client, &spec).await?;
+                println!("{}", summary.run_id);
+                return Ok(ExitCode::SUCCESS);
+            }
+            (client, None, ResultsDir::create(&results_root, started_at)?)
         }
-        let results = ResultsDir::create(&results_root, started_at)?;
-        return survey(
-            &mut client,
-            None,
-            &spec,
-            &follow,
-            &target,
-            &results,
-            &trusted,
-            started_at,
-        )
-        .await;
-    }
-    let Target::Local(profile) = &target else {
-        bail!("an embedded run needs --target-python to be an interpreter on this machine");
+        None => {
+            let Target::Local(profile) = &target else {
+                bail!("an embedded run needs --target-python to be an interpreter on this machine");
+            };
+            // Before the results folder: a run refused for a busy work dir leaves nothing behind.
+            let work_dir_lock = crate::embedded::lock_work_dir(&work_dir)?;
+            let results = ResultsDir::create(&results_root, started_at)?;
+            let embedded = Embedded::start(EmbeddedConfig {
+                work_dir: work_dir.clone(),
+                work_dir_lock,
+                target_python: profile.executable.clone().into(),
+                n_workers: args.workers,
+                allow_gil_build: args.allow_gil_build,
+                places: args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?,
+            })
+            .await?;
+            (embedded.client.clone(), Some(embedded), results)
+        }
     };
-    // Before the results folder: a run refused for a busy work dir leaves nothing behind.
-    let work_dir_lock = crate::embedded::lock_work_dir(&work_dir)?;
-    let results = ResultsDir::create(&results_root, started_at)?;
-
-    let mut embedded = Embedded::start(EmbeddedConfig {
-        work_dir: work_dir.clone(),
-        work_dir_lock,
-        target_python: profile.executable.clone().into(),
-        n_workers: args.workers,
-        allow_gil_build: args.allow_gil_build,
-        places: args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?,
-    })
-    .await?;
-    let mut client = embedded.client.clone();
     let outcome = survey(
         &mut client,
-        Some(&mut embedded),
+        embedded.as_mut(),
         &spec,
         &follow,
         &target,
@@ -350,7 +342,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         started_at,
     )
     .await;
-    let stopped = embedded.stop().await;
+    // The local workers and coordinator stop even when following failed.
+    let stopped = match embedded {
+        Some(embedded) => embedded.stop().await,
+        None => Ok(()),
+    };
     let code = outcome?;
     stopped?;
     Ok(code)

@@ -14,6 +14,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::places;
+use crate::remote::ClientCredentials;
+
 /// A running coordinator and its local workers.
 #[derive(Debug)]
 pub(crate) struct Embedded {
@@ -54,7 +57,7 @@ impl Embedded {
             coordinator_shutdown.clone(),
         ));
         let url = format!("http://{address}");
-        let client = crate::remote::connect(&url, None, None).await?;
+        let client = crate::remote::connect(&url, &ClientCredentials::default()).await?;
 
         let workers_shutdown = CancellationToken::new();
         let mut workers = Vec::new();
@@ -69,7 +72,7 @@ impl Embedded {
                 repos_dir: config.places.repos_dir.clone(),
                 pip_cache_dir: config.places.pip_cache_dir.clone(),
                 installer: config.places.installer.clone(),
-                base_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+                base_path: places::base_path(),
                 allow_gil_build: config.allow_gil_build,
                 token: None,
                 ca_cert: None,

@@ -10,12 +10,16 @@ use clap::Args;
 use domain::WorkerId;
 use tokio_util::sync::CancellationToken;
 
+use crate::places;
+use crate::remote::CaCertArg;
+
 /// Flags of `ftsurvey serve`.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// The store: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` or `sqlite://PATH`; migrations
     /// are applied at start.
-    #[arg(long, env = "FTSURVEY_DATABASE_URL", value_name = "URL")]
+    // Its value stays out of --help: the URL may carry the password.
+    #[arg(long, env = "FTSURVEY_DATABASE_URL", hide_env_values = true, value_name = "URL")]
     database_url: String,
     /// Address to serve gRPC on.
     #[arg(
@@ -76,9 +80,8 @@ pub(crate) struct WorkerArgs {
     /// The bearer token the coordinator requires of workers.
     #[arg(long = "token", env = "FTSURVEY_WORKER_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Trust this CA certificate (PEM) for an `https://` coordinator.
-    #[arg(long, env = "FTSURVEY_CA_CERT", value_name = "FILE")]
-    ca_cert: Option<PathBuf>,
+    #[command(flatten)]
+    ca: CaCertArg,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -115,13 +118,14 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let work_dir = match &args.work_dir {
-        Some(dir) => crate::run_cmd::absolute(dir)?,
-        None => crate::run_cmd::default_work_dir()?,
-    };
+    let work_dir = places::work_dir(args.work_dir.as_deref())?;
     let worker_id = match &args.worker_id {
         Some(id) => id.clone(),
-        None => format!("{}-{}", hostname(), std::process::id()),
+        None => format!(
+            "{}-{}",
+            places::hostname().unwrap_or_else(|| "worker".to_string()),
+            std::process::id()
+        ),
     };
     let target_python = worker_target(&args.target_python).await?;
     let places = args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?;
@@ -135,15 +139,10 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         pip_cache_dir: places.pip_cache_dir,
         installer: places.installer,
         work_dir,
-        base_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+        base_path: places::base_path(),
         allow_gil_build: args.allow_gil_build,
         token: args.token.clone(),
-        ca_cert: match &args.ca_cert {
-            Some(path) => {
-                Some(std::fs::read(path).with_context(|| format!("cannot read --ca-cert {}", path.display()))?)
-            }
-            None => None,
-        },
+        ca_cert: args.ca.read_pem()?,
     };
     let shutdown = CancellationToken::new();
     spawn_stop_on_signal(shutdown.clone());
@@ -177,17 +176,11 @@ fn spawn_stop_on_signal(shutdown: CancellationToken) {
     });
 }
 
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "worker".to_string())
-}
-
 /// The worker's interpreter: `--target-python` as a path, or a request met as `run` meets it.
 async fn worker_target(text: &str) -> anyhow::Result<PathBuf> {
     let provisioning = crate::interpreters::provisioning_from_env()?;
     match crate::interpreters::parse_target(text, &provisioning.path_var)? {
-        crate::interpreters::TargetArg::Path(path) => crate::run_cmd::absolute(&path),
+        crate::interpreters::TargetArg::Path(path) => places::absolute(&path),
         crate::interpreters::TargetArg::Request(requirement) => {
             let (profile, origin) = crate::interpreters::resolve_request(&requirement, &provisioning)
                 .await

@@ -11,10 +11,23 @@ use domain::{InterpreterProfile, PackageResult, RunSpec, RunSummary};
 use proto::v1;
 
 use crate::embedded::Embedded;
+use crate::interpreters::Target;
+use crate::places;
 use crate::progress::{Progress, ProgressStyle};
-use crate::remote::Client;
+use crate::remote::{Client, CoordinatorArgs};
 use crate::results_dir::ResultsDir;
-use crate::run_cmd::{RunArgs, Target};
+
+/// What following a run needs of the command's flags.
+#[derive(Debug)]
+pub(crate) struct FollowOptions {
+    /// The fleet's coordinator, connected to afresh when it goes away; `None` for the embedded
+    /// one, which does not.
+    pub(crate) coordinator: Option<CoordinatorArgs>,
+    /// No progress on stderr.
+    pub(crate) quiet: bool,
+    /// The local workers, for `ft_meta.json`.
+    pub(crate) n_workers: u32,
+}
 
 /// Submits the run; returns its summary.
 pub(crate) async fn submit(client: &mut Client, spec: &RunSpec) -> anyhow::Result<RunSummary> {
@@ -38,7 +51,7 @@ pub(crate) async fn survey(
     client: &mut Client,
     mut embedded: Option<&mut Embedded>,
     spec: &RunSpec,
-    args: &RunArgs,
+    options: &FollowOptions,
     target: &Target,
     results: &ResultsDir,
     trusted: &[PackageRecord],
@@ -46,9 +59,9 @@ pub(crate) async fn survey(
 ) -> anyhow::Result<ExitCode> {
     let summary = submit(client, spec).await?;
     let run_id = summary.run_id;
-    let mut meta = run_meta(run_id, spec, args, target.profile(), started_at);
+    let mut meta = run_meta(run_id, spec, options.n_workers, target.profile(), started_at);
     results.write_meta(&meta)?;
-    let mut progress = Progress::new(ProgressStyle::detect(args.quiet));
+    let mut progress = Progress::new(ProgressStyle::detect(options.quiet));
     progress.println(&format!(
         "run {run_id}: {} packages x {} iterations on {} -> {}",
         spec.packages.len(),
@@ -89,10 +102,10 @@ pub(crate) async fn survey(
             }
             // A coordinator that went away is connected to afresh (a remote one; the embedded
             // one does not go away).
-            if let Some(url) = &args.coordinator
+            if let Some(fleet) = &options.coordinator
                 && !first_watch
             {
-                match crate::remote::connect(url, args.token.as_deref(), args.ca_cert.as_ref()).await {
+                match fleet.connect().await {
                     Ok(fresh) => *client = fresh,
                     Err(error) => {
                         progress.println(&format!("cannot reach the coordinator ({error:#}); retrying in 2 s"));
@@ -217,7 +230,7 @@ pub(crate) async fn survey(
 pub(crate) fn run_meta(
     run_id: domain::RunId,
     spec: &RunSpec,
-    args: &RunArgs,
+    n_workers: u32,
     profile: Option<&InterpreterProfile>,
     started_at: jiff::Timestamp,
 ) -> RunMeta {
@@ -231,9 +244,7 @@ pub(crate) fn run_meta(
         python_version: profile.map(|p| p.version.clone()).unwrap_or_default(),
         interpreter: profile.cloned(),
         system: SystemInfo {
-            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default(),
+            hostname: places::hostname().unwrap_or_default(),
             os: std::env::consts::OS.to_string(),
             arch: std::env::consts::ARCH.to_string(),
             cpu_count: std::thread::available_parallelism()
@@ -241,7 +252,7 @@ pub(crate) fn run_meta(
                 .unwrap_or(1),
         },
         config: RunConfig {
-            workers: args.workers,
+            workers: n_workers,
             ..RunConfig::of_spec(spec)
         },
     }

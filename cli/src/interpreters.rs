@@ -3,11 +3,17 @@
 //! PATH, one this tool built before (the managed builds), or a new build from source.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 use domain::{InterpreterProfile, InterpreterRequirement};
+
+use crate::places;
+
+/// The builder script, the same one `deploy/` ships, run with bash.
+const BUILDER: &str = include_str!("../../deploy/build-cpython.sh");
 
 /// What `--target-python` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +22,33 @@ pub(crate) enum TargetArg {
     Path(PathBuf),
     /// A version and build the interpreter must have.
     Request(InterpreterRequirement),
+}
+
+/// The interpreter a run is for: probed here, or (for a fleet) only requested.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// An interpreter on this machine, probed.
+    Local(InterpreterProfile),
+    /// What the fleet's workers must have; no interpreter here was looked at.
+    Requested(InterpreterRequirement),
+}
+
+impl Target {
+    /// The probed interpreter, when there is one here.
+    pub(crate) fn profile(&self) -> Option<&InterpreterProfile> {
+        match self {
+            Target::Local(profile) => Some(profile),
+            Target::Requested(_) => None,
+        }
+    }
+
+    /// The interpreter for the user: its summary, or the workers it asks for.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Target::Local(profile) => profile.summary(),
+            Target::Requested(requirement) => format!("workers with {}", requirement.describe()),
+        }
+    }
 }
 
 /// Where interpreters are looked for and how a missing one is built; read from the
@@ -104,7 +137,7 @@ pub(crate) async fn resolve_request(
         requirement.describe(),
         source.display()
     );
-    let python = crate::python_cmd::build_python(&source, requirement.tsan, None)?;
+    let python = build_python(&source, requirement.tsan, None)?;
     let profile = worker::probe::probe(&python)
         .await
         .with_context(|| format!("the interpreter just built at {} does not run", python.display()))?;
@@ -165,30 +198,52 @@ pub(crate) async fn managed_builds(cache_dir: &Path) -> Vec<ManagedBuild> {
     builds
 }
 
-/// `$FTSURVEY_CACHE_DIR`, else `$XDG_CACHE_HOME/ftsurvey`, else `~/.cache/ftsurvey`: the
-/// same place the builder script uses.
-pub(crate) fn cache_dir_from_env() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("FTSURVEY_CACHE_DIR").filter(|v| !v.is_empty()) {
-        return crate::run_cmd::absolute(Path::new(&dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(dir).join("ftsurvey"));
-    }
-    let home = std::env::var_os("HOME").context("none of FTSURVEY_CACHE_DIR, XDG_CACHE_HOME and HOME is set")?;
-    Ok(PathBuf::from(home).join(".cache").join("ftsurvey"))
-}
-
 /// What the environment says about finding and building interpreters.
 pub(crate) fn provisioning_from_env() -> anyhow::Result<Provisioning> {
     let source = match std::env::var_os("FTSURVEY_CPYTHON_SOURCE").filter(|v| !v.is_empty()) {
-        Some(source) => Some(crate::run_cmd::absolute(Path::new(&source))?),
+        Some(source) => Some(places::absolute(Path::new(&source))?),
         None => None,
     };
     Ok(Provisioning {
         path_var: std::env::var_os("PATH").unwrap_or_default(),
-        cache_dir: cache_dir_from_env()?,
+        cache_dir: places::cache_dir()?,
         source,
     })
+}
+
+/// Builds (or finds in the cache) an interpreter from `source`; returns its path. The
+/// builder's progress goes to stderr.
+pub(crate) fn build_python(source: &Path, tsan: bool, prefix: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if !source.exists() {
+        bail!("CPython source not found: {}", source.display());
+    }
+    let mut script = tempfile::Builder::new()
+        .prefix("ftsurvey-build-cpython")
+        .suffix(".sh")
+        .tempfile()
+        .context("cannot write the builder script")?;
+    script
+        .write_all(BUILDER.as_bytes())
+        .context("cannot write the builder script")?;
+    let mut command = std::process::Command::new("bash");
+    command.arg(script.path()).arg("--source").arg(source);
+    if tsan {
+        command.arg("--tsan");
+    }
+    if let Some(prefix) = prefix {
+        command.arg("--prefix").arg(prefix);
+    }
+    // The script prints the interpreter's path on stdout and its progress on stderr.
+    let output = command
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run bash for the builder script")?;
+    if !output.status.success() {
+        bail!("building CPython failed ({}); the lines above say why", output.status);
+    }
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    anyhow::ensure!(!path.is_empty(), "the builder script printed no interpreter path");
+    Ok(PathBuf::from(path))
 }
 
 /// `python3.13t` (and for a GIL build `python3.13`) in each PATH directory, in PATH order.

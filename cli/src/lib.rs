@@ -7,6 +7,7 @@ mod embedded;
 mod fleet_cmd;
 mod follow;
 mod interpreters;
+mod places;
 mod progress;
 mod python_cmd;
 mod registry_cmd;
@@ -57,7 +58,7 @@ enum Command {
     /// Run a worker: pull jobs from a coordinator, run them under supervision, report back.
     Worker(Box<fleet_cmd::WorkerArgs>),
     /// A coordinator's connected workers and the runs it is working through.
-    Status(runs_cmd::CoordinatorArg),
+    Status(remote::CoordinatorArgs),
     /// Runs on a coordinator: list them, cancel one.
     #[command(subcommand)]
     Runs(runs_cmd::RunsCommand),

@@ -2,15 +2,14 @@
 //! or directory with the project's builder script, cached by (source hash, variant), and lists
 //! the builds in that cache.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 
-/// The builder script, the same one `deploy/` ships, run with bash.
-const BUILDER: &str = include_str!("../../deploy/build-cpython.sh");
+use crate::interpreters;
+use crate::places;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PythonCommand {
@@ -41,7 +40,7 @@ pub(crate) fn run(command: PythonCommand) -> anyhow::Result<ExitCode> {
             let Some(source) = &args.source else {
                 bail!("no CPython source: pass --source or set FTSURVEY_CPYTHON_SOURCE to a tarball or directory");
             };
-            let python = build_python(source, args.tsan, args.prefix.as_deref())?;
+            let python = interpreters::build_python(source, args.tsan, args.prefix.as_deref())?;
             println!("{}", python.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -50,8 +49,8 @@ pub(crate) fn run(command: PythonCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn list() -> anyhow::Result<ExitCode> {
-    let cache_dir = crate::interpreters::cache_dir_from_env()?;
-    let builds = crate::interpreters::managed_builds(&cache_dir).await;
+    let cache_dir = places::cache_dir()?;
+    let builds = interpreters::managed_builds(&cache_dir).await;
     if builds.is_empty() {
         println!(
             "no managed builds in {}; `ftsurvey python build` or `run --target-python 3.13t` makes one",
@@ -81,39 +80,4 @@ fn request_of(profile: &domain::InterpreterProfile) -> String {
         tsan: profile.tsan,
     }
     .describe()
-}
-
-/// Builds (or finds in the cache) an interpreter from `source`; returns its path. The
-/// builder's progress goes to stderr.
-pub(crate) fn build_python(source: &Path, tsan: bool, prefix: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if !source.exists() {
-        bail!("CPython source not found: {}", source.display());
-    }
-    let mut script = tempfile::Builder::new()
-        .prefix("ftsurvey-build-cpython")
-        .suffix(".sh")
-        .tempfile()
-        .context("cannot write the builder script")?;
-    script
-        .write_all(BUILDER.as_bytes())
-        .context("cannot write the builder script")?;
-    let mut command = std::process::Command::new("bash");
-    command.arg(script.path()).arg("--source").arg(source);
-    if tsan {
-        command.arg("--tsan");
-    }
-    if let Some(prefix) = prefix {
-        command.arg("--prefix").arg(prefix);
-    }
-    // The script prints the interpreter's path on stdout and its progress on stderr.
-    let output = command
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run bash for the builder script")?;
-    if !output.status.success() {
-        bail!("building CPython failed ({}); the lines above say why", output.status);
-    }
-    let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    anyhow::ensure!(!path.is_empty(), "the builder script printed no interpreter path");
-    Ok(PathBuf::from(path))
 }

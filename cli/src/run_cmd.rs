@@ -7,12 +7,14 @@ use anyhow::{Context, bail};
 use clap::Args;
 use domain::results::PackageRecord;
 use domain::spec::RunOptions;
-use domain::{InterpreterProfile, InterpreterRequirement, Mode, RunSpec};
+use domain::{InterpreterRequirement, Mode, RunSpec};
 
 use crate::embedded::{Embedded, EmbeddedConfig};
-use crate::follow::{run_meta, submit, survey};
-use crate::interpreters::{Origin, TargetArg};
+use crate::follow::{FollowOptions, run_meta, submit, survey};
+use crate::interpreters::{Origin, Target, TargetArg};
+use crate::places;
 use crate::registry_dir;
+use crate::remote::ClientCredentials;
 use crate::results_dir::ResultsDir;
 
 /// Flags of `ftsurvey run`; names follow the tool ftsurvey replaces.
@@ -28,12 +30,9 @@ pub(crate) struct RunArgs {
     /// Submit to this coordinator (a fleet) instead of running embedded, then follow the run.
     #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
     pub(crate) coordinator: Option<String>,
-    /// With --coordinator: the bearer token it requires of clients.
-    #[arg(long = "token", env = "FTSURVEY_CLIENT_TOKEN", hide_env_values = true)]
-    pub(crate) token: Option<String>,
-    /// With --coordinator: trust this CA certificate (PEM) for an `https://` URL.
-    #[arg(long, env = "FTSURVEY_CA_CERT", value_name = "FILE")]
-    pub(crate) ca_cert: Option<PathBuf>,
+    /// With --coordinator: the client token and CA certificate it asks for.
+    #[command(flatten)]
+    pub(crate) credentials: ClientCredentials,
     /// With --coordinator: print the run id once submitted and return.
     #[arg(long, requires = "coordinator")]
     pub(crate) detach: bool,
@@ -131,29 +130,6 @@ fn parse_env_pair(value: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The interpreter a run is for: probed here, or (for a fleet) only requested.
-#[derive(Debug)]
-pub(crate) enum Target {
-    Local(InterpreterProfile),
-    Requested(InterpreterRequirement),
-}
-
-impl Target {
-    pub(crate) fn profile(&self) -> Option<&InterpreterProfile> {
-        match self {
-            Target::Local(profile) => Some(profile),
-            Target::Requested(_) => None,
-        }
-    }
-
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Target::Local(profile) => profile.summary(),
-            Target::Requested(requirement) => format!("workers with {}", requirement.describe()),
-        }
-    }
-}
-
 /// Probes `--target-python`, or finds or builds the interpreter a request asks for; with a
 /// coordinator (or for a dry run) a request is kept as such. Refuses what the flags do not
 /// allow.
@@ -189,7 +165,7 @@ async fn resolve_target(args: &RunArgs) -> anyhow::Result<Target> {
             let (profile, origin) = found;
             (PathBuf::from(&profile.executable), origin)
         }
-        TargetArg::Path(path) => (absolute(&path)?, Origin::Given),
+        TargetArg::Path(path) => (places::absolute(&path)?, Origin::Given),
     };
     let profile = worker::probe::probe(&target_python)
         .await
@@ -252,11 +228,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             registry.label
         );
     }
-    let results_root = absolute(&args.results_dir)?;
-    let work_dir = match &args.work_dir {
-        Some(dir) => absolute(dir)?,
-        None => default_work_dir()?,
-    };
+    let results_root = places::absolute(&args.results_dir)?;
+    let work_dir = places::work_dir(args.work_dir.as_deref())?;
     let mut specs = selected.specs;
     let trusted = if args.dry_run {
         Vec::new()
@@ -276,7 +249,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             requirement,
             registry: Some(registry.label.clone()),
         };
-        let mut meta = run_meta(run_id, &spec, &args, target.profile(), started_at);
+        let mut meta = run_meta(run_id, &spec, args.workers, target.profile(), started_at);
         meta.config.packages = trusted.iter().map(|r| r.package.clone()).collect();
         meta.finished_at = Some(jiff::Timestamp::now().to_string());
         results.write_meta(&meta)?;
@@ -324,45 +297,56 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    if let Some(url) = &args.coordinator {
-        let mut client = crate::remote::connect(url, args.token.as_deref(), args.ca_cert.as_ref()).await?;
-        if args.detach {
-            let summary = submit(&mut client, &spec).await?;
-            println!("{}", summary.run_id);
-            return Ok(ExitCode::SUCCESS);
-        }
-        let results = ResultsDir::create(&results_root, started_at)?;
-        return survey(&mut client, None, &spec, &args, &target, &results, &trusted, started_at).await;
-    }
-    let Target::Local(profile) = &target else {
-        bail!("an embedded run needs --target-python to be an interpreter on this machine");
-    };
-    // Before the results folder: a run refused for a busy work dir leaves nothing behind.
-    let work_dir_lock = crate::embedded::lock_work_dir(&work_dir)?;
-    let results = ResultsDir::create(&results_root, started_at)?;
-
-    let mut embedded = Embedded::start(EmbeddedConfig {
-        work_dir: work_dir.clone(),
-        work_dir_lock,
-        target_python: profile.executable.clone().into(),
+    let follow = FollowOptions {
+        coordinator: args.coordinator.as_deref().map(|url| args.credentials.at(url)),
+        quiet: args.quiet,
         n_workers: args.workers,
-        allow_gil_build: args.allow_gil_build,
-        places: args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?,
-    })
-    .await?;
-    let mut client = embedded.client.clone();
+    };
+    let (mut client, mut embedded, results) = match &follow.coordinator {
+        Some(fleet) => {
+            let mut client = fleet.connect().await?;
+            if args.detach {
+                let summary = submit(&mut client, &spec).await?;
+                println!("{}", summary.run_id);
+                return Ok(ExitCode::SUCCESS);
+            }
+            (client, None, ResultsDir::create(&results_root, started_at)?)
+        }
+        None => {
+            let Target::Local(profile) = &target else {
+                bail!("an embedded run needs --target-python to be an interpreter on this machine");
+            };
+            // Before the results folder: a run refused for a busy work dir leaves nothing behind.
+            let work_dir_lock = crate::embedded::lock_work_dir(&work_dir)?;
+            let results = ResultsDir::create(&results_root, started_at)?;
+            let embedded = Embedded::start(EmbeddedConfig {
+                work_dir: work_dir.clone(),
+                work_dir_lock,
+                target_python: profile.executable.clone().into(),
+                n_workers: args.workers,
+                allow_gil_build: args.allow_gil_build,
+                places: args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?,
+            })
+            .await?;
+            (embedded.client.clone(), Some(embedded), results)
+        }
+    };
     let outcome = survey(
         &mut client,
-        Some(&mut embedded),
+        embedded.as_mut(),
         &spec,
-        &args,
+        &follow,
         &target,
         &results,
         &trusted,
         started_at,
     )
     .await;
-    let stopped = embedded.stop().await;
+    // The local workers and coordinator stop even when following failed.
+    let stopped = match embedded {
+        Some(embedded) => embedded.stop().await,
+        None => Ok(()),
+    };
     let code = outcome?;
     stopped?;
     Ok(code)
@@ -410,20 +394,4 @@ fn trust_wheels(
         .iter()
         .map(|(name, wheel)| crate::trust_wheels::trusted_record(name, wheel, &abi_tag))
         .collect()
-}
-
-pub(crate) fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
-}
-
-/// `$XDG_CACHE_HOME/ftsurvey/work`, or `~/.cache/ftsurvey/work`.
-pub(crate) fn default_work_dir() -> anyhow::Result<PathBuf> {
-    let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let home = std::env::var_os("HOME").context("neither --work-dir nor HOME is set")?;
-            PathBuf::from(home).join(".cache")
-        }
-    };
-    Ok(cache.join("ftsurvey").join("work"))
 }

@@ -1,7 +1,7 @@
 //! Where the result verbs (`show`, `flaky`, `compat`, `compare`, `report`, `export`) read a
 //! run from: a results folder, or a run id on a coordinator.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use clap::Args;
@@ -9,6 +9,7 @@ use domain::results::{PackageRecord, RunMeta};
 use domain::{PackageResult, RunSpec, RunSummary};
 use proto::v1;
 
+use crate::remote::{ClientCredentials, CoordinatorArgs};
 use crate::results_dir::read_results_dir;
 
 /// How to reach the coordinator when RUN is a run id.
@@ -18,12 +19,8 @@ pub(crate) struct RemoteArgs {
     /// is an existing path is still read as a folder.
     #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
     pub(crate) coordinator: Option<String>,
-    /// The bearer token the coordinator requires of clients.
-    #[arg(long = "token", env = "FTSURVEY_CLIENT_TOKEN", hide_env_values = true)]
-    pub(crate) token: Option<String>,
-    /// Trust this CA certificate (PEM) for an `https://` coordinator.
-    #[arg(long, env = "FTSURVEY_CA_CERT", value_name = "FILE")]
-    pub(crate) ca_cert: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) credentials: ClientCredentials,
 }
 
 /// A run as the verbs see it, wherever it came from.
@@ -53,7 +50,7 @@ pub(crate) fn load(run: &str, remote: &RemoteArgs) -> anyhow::Result<LoadedRun> 
     match (&remote.coordinator, looks_like_id) {
         (Some(url), true) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(load_remote(run, url, remote))
+            runtime.block_on(load_remote(run, &remote.credentials.at(url)))
         }
         (Some(_), false) => anyhow::bail!(
             "{run} is neither a results folder nor a run id: pass a folder path or the UUID `ftsurvey runs list` shows"
@@ -69,8 +66,9 @@ pub(crate) fn load(run: &str, remote: &RemoteArgs) -> anyhow::Result<LoadedRun> 
 }
 
 /// Fetches a run and its package results from a coordinator.
-async fn load_remote(run: &str, url: &str, remote: &RemoteArgs) -> anyhow::Result<LoadedRun> {
-    let mut client = crate::remote::connect(url, remote.token.as_deref(), remote.ca_cert.as_ref()).await?;
+async fn load_remote(run: &str, coordinator: &CoordinatorArgs) -> anyhow::Result<LoadedRun> {
+    let url = &coordinator.coordinator;
+    let mut client = coordinator.connect().await?;
     let got = client
         .get_run(v1::GetRunRequest {
             run_id: run.to_string(),

@@ -11,19 +11,12 @@ use proto::v1;
 
 use crate::remote::{CoordinatorArgs, status_error};
 
-/// Where the coordinator is; shared by these commands.
-#[derive(Debug, Args)]
-pub(crate) struct CoordinatorArg {
-    #[command(flatten)]
-    coordinator: CoordinatorArgs,
-}
-
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunsCommand {
     /// Runs, newest first, with their progress.
     List {
         #[command(flatten)]
-        coordinator: CoordinatorArg,
+        coordinator: CoordinatorArgs,
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -31,7 +24,7 @@ pub(crate) enum RunsCommand {
     /// Cancels a run: pending jobs at once, running ones are stopped on their workers.
     Cancel {
         #[command(flatten)]
-        coordinator: CoordinatorArg,
+        coordinator: CoordinatorArgs,
         /// The run's id.
         run_id: String,
     },
@@ -40,7 +33,7 @@ pub(crate) enum RunsCommand {
 pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
     match command {
         RunsCommand::List { coordinator, limit } => {
-            let mut client = coordinator.coordinator.connect().await?;
+            let mut client = coordinator.connect().await?;
             let listed = client
                 .list_runs(v1::ListRunsRequest { limit })
                 .await
@@ -55,7 +48,7 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
             println!("{}", runs_table(&runs));
         }
         RunsCommand::Cancel { coordinator, run_id } => {
-            let mut client = coordinator.coordinator.connect().await?;
+            let mut client = coordinator.connect().await?;
             let cancelled = client
                 .cancel_run(v1::CancelRunRequest { run_id: run_id.clone() })
                 .await
@@ -76,7 +69,7 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
 #[derive(Debug, Args)]
 pub(crate) struct DrainArgs {
     #[command(flatten)]
-    coordinator: CoordinatorArg,
+    coordinator: CoordinatorArgs,
     /// The worker's id, as `ftsurvey status` lists it.
     worker_id: String,
     /// Why, for the worker's log.
@@ -85,7 +78,7 @@ pub(crate) struct DrainArgs {
 }
 
 pub(crate) async fn drain(args: DrainArgs) -> anyhow::Result<ExitCode> {
-    let mut client = args.coordinator.coordinator.connect().await?;
+    let mut client = args.coordinator.connect().await?;
     let drained = client
         .drain_worker(v1::DrainWorkerRequest {
             worker_id: args.worker_id.clone(),
@@ -102,8 +95,8 @@ pub(crate) async fn drain(args: DrainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn status(coordinator: CoordinatorArg) -> anyhow::Result<ExitCode> {
-    let mut client = coordinator.coordinator.connect().await?;
+pub(crate) async fn status(coordinator: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let mut client = coordinator.connect().await?;
     let status = client
         .get_status(v1::GetStatusRequest {})
         .await

@@ -6,6 +6,8 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use worker::Installer;
 
+use crate::places;
+
 /// Which installer to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum InstallerChoice {
@@ -50,12 +52,12 @@ impl SetupArgs {
     /// Fills in defaults under `work_dir` and finds uv; `path_var` is `PATH`.
     pub(crate) fn resolve(&self, work_dir: &Path, path_var: Option<&std::ffi::OsStr>) -> anyhow::Result<SetupPlaces> {
         let dir = |given: &Option<PathBuf>, default: &str| match given {
-            Some(dir) => crate::run_cmd::absolute(dir),
+            Some(dir) => places::absolute(dir),
             None => Ok(work_dir.join(default)),
         };
         let uv = match &self.uv {
             Some(uv) => {
-                let uv = crate::run_cmd::absolute(uv)?;
+                let uv = places::absolute(uv)?;
                 anyhow::ensure!(uv.is_file(), "--uv {} does not exist", uv.display());
                 Some(uv)
             }

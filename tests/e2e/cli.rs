@@ -1,5 +1,5 @@
-//! The CLI as a user types it: `ftsurvey run` on the fixture registry, `show`, bad input and
-//! Ctrl-C.
+//! The CLI as a user types it: `ftsurvey run` on the fixture registry, `show`, bad input,
+//! Ctrl-C, and help that keeps secrets.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -313,6 +313,47 @@ fn bad_input_is_one_line_and_no_work() {
         stderr.starts_with("error: cannot create results dir") && stderr.trim().lines().count() == 1,
         "{stderr}"
     );
+}
+
+#[test]
+fn help_documents_the_secret_flags_without_the_secrets_set_in_the_environment() {
+    const SECRET: &str = "s3cret-from-the-environment";
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "serve",
+            &[
+                "--database-url",
+                "FTSURVEY_DATABASE_URL",
+                "--worker-token",
+                "FTSURVEY_WORKER_TOKEN",
+                "--client-token",
+                "FTSURVEY_CLIENT_TOKEN",
+            ],
+        ),
+        ("worker", &["--token", "FTSURVEY_WORKER_TOKEN"]),
+        ("run", &["--token", "FTSURVEY_CLIENT_TOKEN"]),
+    ];
+    for (command, documented) in cases {
+        let output = ftsurvey()
+            .args([command, "--help"])
+            .env(
+                "FTSURVEY_DATABASE_URL",
+                format!("postgres://survey:{SECRET}@db:5432/ftsurvey"),
+            )
+            .env("FTSURVEY_WORKER_TOKEN", format!("worker-{SECRET}"))
+            .env("FTSURVEY_CLIENT_TOKEN", format!("client-{SECRET}"))
+            .output()
+            .expect("run ftsurvey");
+        assert_success(&output);
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(!help.contains(SECRET), "`{command} --help` shows a secret:\n{help}");
+        for word in documented {
+            assert!(
+                help.contains(word),
+                "`{command} --help` does not document {word}:\n{help}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -13,13 +13,35 @@ pub struct TestReport {
     pub errors: u32,
     pub skipped: u32,
     /// Ids (`classname::name`) of the tests that failed or errored, sorted, at most
-    /// [`TestReport::MAX_NAMED`].
+    /// [`TestReport::MAX_NAMED`], each at most [`TestReport::MAX_ID_BYTES`].
     pub failing: Vec<String>,
 }
 
 impl TestReport {
     /// Failing tests named per iteration; the counts stay exact beyond it.
     pub const MAX_NAMED: usize = 200;
+    /// The longest test id kept. Test names are the package's to choose: without a bound, a
+    /// few hundred names of 100 KB would make one outcome larger than a message may be.
+    pub const MAX_ID_BYTES: usize = 512;
+
+    /// `id`, or when it is longer than [`TestReport::MAX_ID_BYTES`] its start, the number of
+    /// bytes cut and a digest of the whole id, so two long ids that share their start stay
+    /// two tests.
+    pub fn bounded_id(id: &str) -> String {
+        if id.len() <= Self::MAX_ID_BYTES {
+            return id.to_string();
+        }
+        // Room for the marker: up to 20 digits of count and 16 of digest.
+        let mut end = Self::MAX_ID_BYTES - 64;
+        while !id.is_char_boundary(end) {
+            end -= 1;
+        }
+        // FNV-1a: stable across builds and platforms, which a std hasher does not promise.
+        let digest = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("{}...[{} bytes cut, {digest:016x}]", &id[..end], id.len() - end)
+    }
 }
 
 /// Which code a ThreadSanitizer warning belongs to, judged by the binaries in its stacks.

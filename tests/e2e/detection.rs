@@ -64,6 +64,7 @@ fn one_iteration_cases_get_their_categories_and_evidence() {
         "ftfix-grandchild",
         "ftfix-unittest",
         "ftfix-no-tests",
+        "ftfix-hostile-evidence",
     ];
     let (_survey, records) = survey(
         &free_threaded_python(),
@@ -92,6 +93,7 @@ fn one_iteration_cases_get_their_categories_and_evidence() {
         ("ftfix-grandchild", "compatible"),
         ("ftfix-unittest", "compatible"),
         ("ftfix-no-tests", "harness_error"),
+        ("ftfix-hostile-evidence", "compatible"),
     ];
     for (package, category) in expected {
         assert_eq!(category_of(&records, package).category, category, "{package}\n{all}");
@@ -160,6 +162,16 @@ fn one_iteration_cases_get_their_categories_and_evidence() {
     assert_eq!(grandchild.status, "pass", "{grandchild:?}");
     assert!(grandchild.leftover_processes >= 1, "{grandchild:?}");
     assert_eq!(running("sleep 3001"), "", "the grandchild outlived its iteration");
+
+    // Its tests pass, then turn junit.xml into a symlink to /dev/zero and stderr.log into a
+    // FIFO: neither is read (a worker that followed or opened them would never report), and
+    // the iteration is judged on its exit alone.
+    let hostile = &category_of(&records, "ftfix-hostile-evidence").iterations[0];
+    assert_eq!(
+        (hostile.status.as_str(), hostile.tests.as_ref()),
+        ("pass", None),
+        "{hostile:?}"
+    );
 
     let unittest = &category_of(&records, "ftfix-unittest").iterations[0];
     let tests = unittest.tests.as_ref().expect("unittest summary");

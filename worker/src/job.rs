@@ -10,6 +10,7 @@ use domain::package_kind::TestFramework;
 use domain::{Assignment, IterationOutcome, IterationStatus, JobResult};
 use tokio_util::sync::CancellationToken;
 
+use crate::evidence_file::{read_capped, read_end, read_start};
 use crate::setup::{Prepared, Setups};
 use crate::shell::{REMOVED_ENV, sanitize};
 use crate::supervise::{CommandSpec, Ending, Supervised, iteration_status, run_command};
@@ -18,6 +19,10 @@ use crate::supervise::{CommandSpec, Ending, Supervised, iteration_status, run_co
 const RUN_PARALLEL_SEARCH_BYTES: u64 = 64 * 1024;
 /// Bytes of the end of `stderr.log` searched for a crash's faulthandler output.
 const CRASH_SEARCH_BYTES: u64 = 256 * 1024;
+/// The largest `junit.xml` read: a suite of tens of thousands of tests writes a few MiB.
+const JUNIT_MAX_BYTES: u64 = 32 * 1024 * 1024;
+/// The most bytes of ThreadSanitizer output read from an iteration's files, all together.
+const TSAN_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Runs the job; `None` when it was cancelled and nothing should be reported.
 pub(crate) async fn execute(
@@ -226,12 +231,14 @@ fn test_report(
     supervised: &Supervised,
     stderr_end: &str,
 ) -> Option<TestReport> {
-    if let Some(path) = junit
-        && let Ok(xml) = std::fs::read_to_string(path)
-    {
-        match domain::readers::junit::parse_junit(&xml) {
-            Ok(report) => return Some(report),
-            Err(error) => tracing::warn!(path = %path.display(), %error, "unreadable JUnit XML"),
+    if let Some(path) = junit {
+        match read_capped(path, JUNIT_MAX_BYTES) {
+            Ok(bytes) => match domain::readers::junit::parse_junit(&String::from_utf8_lossy(&bytes)) {
+                Ok(report) => return Some(report),
+                Err(error) => tracing::warn!(path = %path.display(), %error, "unreadable JUnit XML"),
+            },
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(path = %path.display(), %error, "JUnit XML not read"),
         }
     }
     match framework {
@@ -257,10 +264,16 @@ fn tsan_warnings(
             files.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tsan.")));
             files.push(dir.join("stderr.log"));
             files.sort();
+            let mut budget = TSAN_MAX_BYTES;
             for file in files {
-                if let Ok(bytes) = std::fs::read(&file) {
-                    text.push_str(&String::from_utf8_lossy(&bytes));
-                    text.push('\n');
+                match read_capped(&file, budget) {
+                    Ok(bytes) => {
+                        budget -= bytes.len() as u64;
+                        text.push_str(&String::from_utf8_lossy(&bytes));
+                        text.push('\n');
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => tracing::warn!(path = %file.display(), %error, "ThreadSanitizer output not read"),
                 }
             }
         }
@@ -278,26 +291,6 @@ fn tsan_warnings(
     }
     let markers: Vec<&str> = markers.iter().map(String::as_str).collect();
     domain::readers::tsan::parse_reports(&text, &markers)
-}
-
-/// The first `bytes` of a file, as text.
-fn read_start(path: &Path, bytes: u64) -> Option<String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).ok()?;
-    let mut buffer = Vec::new();
-    file.take(bytes).read_to_end(&mut buffer).ok()?;
-    Some(String::from_utf8_lossy(&buffer).into_owned())
-}
-
-/// The last `bytes` of a file, as text.
-fn read_end(path: &Path, bytes: u64) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(bytes))).ok()?;
-    let mut buffer = Vec::new();
-    file.read_to_end(&mut buffer).ok()?;
-    Some(String::from_utf8_lossy(&buffer).into_owned())
 }
 
 fn harness_error(assignment: &Assignment, worker_id: &str, reason: String) -> IterationOutcome {

@@ -5,6 +5,7 @@
 //! tests start it the same way.
 
 mod config;
+mod evidence_file;
 mod job;
 mod output;
 pub mod probe;

@@ -112,7 +112,7 @@ fn report_from_statuses(status_by_id: BTreeMap<String, CaseStatus>) -> TestRepor
         *counter = counter.saturating_add(1);
         let is_failing = matches!(status, CaseStatus::Failed | CaseStatus::Error);
         if is_failing && report.failing.len() < TestReport::MAX_NAMED {
-            report.failing.push(id);
+            report.failing.push(TestReport::bounded_id(&id));
         }
     }
     report
@@ -244,6 +244,28 @@ E   ModuleNotFoundError: No module named 'nonexistent_module_xyz'</error></testc
         assert_eq!(parsed.failing.len(), TestReport::MAX_NAMED);
         assert_eq!(parsed.failing.first().map(String::as_str), Some("m::t0000"));
         assert!(parsed.failing.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+
+    #[test]
+    fn failing_names_are_bounded_in_length_so_a_report_stays_small() {
+        // The poison report: the most names, each of 100 KB (a 20 MB report before the bound).
+        let long = "é".repeat(50_000);
+        let cases: String = (0..TestReport::MAX_NAMED)
+            .map(|test_idx| format!(r#"<testcase classname="m" name="{long}{test_idx:04}"><failure/></testcase>"#))
+            .collect();
+        let parsed = parse_junit(&format!("<testsuite>{cases}</testsuite>")).expect("generated xml parses");
+        assert_eq!(parsed.failing.len(), TestReport::MAX_NAMED);
+        let bytes: usize = parsed.failing.iter().map(String::len).sum();
+        assert!(
+            bytes <= TestReport::MAX_NAMED * TestReport::MAX_ID_BYTES,
+            "{bytes} bytes"
+        );
+        let first = &parsed.failing[0];
+        assert!(first.starts_with("m::éé") && first.contains(" bytes cut, "), "{first}");
+        let distinct: std::collections::BTreeSet<&String> = parsed.failing.iter().collect();
+        assert_eq!(distinct.len(), TestReport::MAX_NAMED, "cut ids stay distinct");
+        let short = TestReport::bounded_id("m::t");
+        assert_eq!(short, "m::t");
     }
 
     #[test]

@@ -42,8 +42,8 @@ pub fn parse_summary(text: &str) -> Option<TestReport> {
         .iter()
         .filter_map(|l| l.strip_prefix("FAIL: ").or_else(|| l.strip_prefix("ERROR: ")))
         .map(|name| match (name.find('('), name.rfind(')')) {
-            (Some(open), Some(close)) if open < close => name[open + 1..close].to_string(),
-            _ => name.trim().to_string(),
+            (Some(open), Some(close)) if open < close => TestReport::bounded_id(&name[open + 1..close]),
+            _ => TestReport::bounded_id(name.trim()),
         })
         .collect();
     failing.sort();

@@ -50,6 +50,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 3, env = "FTSURVEY_MAX_ATTEMPTS", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
+    /// Serve on an address other than loopback without worker and client tokens or without
+    /// TLS. Anyone who reaches such a coordinator can submit runs, and a run's commands are
+    /// shell commands every worker executes.
+    #[arg(long, env = "FTSURVEY_INSECURE")]
+    insecure: bool,
 }
 
 /// Flags of `ftsurvey worker`.
@@ -85,6 +90,7 @@ pub(crate) struct WorkerArgs {
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    check_exposure(&args)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -127,6 +133,8 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             std::process::id()
         ),
     };
+    proto::auth::check_transport(&args.coordinator, args.ca.ca_cert.is_some()).map_err(anyhow::Error::msg)?;
+    proto::auth::BearerToken::new(args.token.as_deref()).map_err(|e| anyhow::anyhow!("invalid --token: {e}"))?;
     let target_python = worker_target(&args.target_python).await?;
     let places = args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?;
     let config = worker::WorkerConfig {
@@ -154,6 +162,47 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     );
     worker::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses empty tokens, and a coordinator reachable beyond this machine without both tokens
+/// and TLS unless `--insecure` says so (then it warns).
+fn check_exposure(args: &ServeArgs) -> anyhow::Result<()> {
+    for (flag, token) in [
+        ("--worker-token", &args.worker_token),
+        ("--client-token", &args.client_token),
+    ] {
+        if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            anyhow::bail!("{flag} is empty: give a token, or leave the flag out");
+        }
+    }
+    if args.listen.ip().is_loopback() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if args.worker_token.is_none() {
+        missing.push("--worker-token");
+    }
+    if args.client_token.is_none() {
+        missing.push("--client-token");
+    }
+    if args.tls_cert.is_none() {
+        missing.push("--tls-cert/--tls-key");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let missing = missing.join(", ");
+    if !args.insecure {
+        anyhow::bail!(
+            "--listen {} is reachable beyond this machine, and without {missing} anyone who reaches it can run commands on every worker; give them, or pass --insecure",
+            args.listen
+        );
+    }
+    eprintln!(
+        "warning: serving on {} without {missing} (--insecure): anyone who reaches it can submit runs, whose commands every worker executes",
+        args.listen
+    );
+    Ok(())
 }
 
 /// Cancels `shutdown` on Ctrl-C or SIGTERM.

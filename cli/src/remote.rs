@@ -75,6 +75,8 @@ impl CoordinatorArgs {
 /// Connects to the coordinator at `url` (`http://HOST:PORT`, or `https://` with a CA
 /// certificate).
 pub(crate) async fn connect(url: &str, credentials: &ClientCredentials) -> anyhow::Result<Client> {
+    proto::auth::check_transport(url, credentials.ca.ca_cert.is_some()).map_err(anyhow::Error::msg)?;
+    let token = BearerToken::new(credentials.token.as_deref()).map_err(|e| anyhow::anyhow!("invalid --token: {e}"))?;
     let mut endpoint = Channel::from_shared(url.to_string())
         .with_context(|| format!("bad coordinator url {url:?}"))?
         .connect_timeout(std::time::Duration::from_secs(10));
@@ -89,7 +91,6 @@ pub(crate) async fn connect(url: &str, credentials: &ClientCredentials) -> anyho
         .connect()
         .await
         .with_context(|| format!("cannot connect to the coordinator at {url}"))?;
-    let token = BearerToken::new(credentials.token.as_deref()).map_err(|e| anyhow::anyhow!("invalid --token: {e}"))?;
     Ok(SurveyServiceClient::with_interceptor(channel, token)
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES))

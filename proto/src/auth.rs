@@ -19,10 +19,12 @@ impl std::fmt::Debug for BearerToken {
 }
 
 impl BearerToken {
-    /// A token to send; `None` sends none. Fails on characters a header cannot carry.
+    /// A token to send; `None` sends none. Fails on an empty token and on characters a header
+    /// cannot carry.
     pub fn new(token: Option<&str>) -> Result<Self, String> {
         match token {
             None => Ok(BearerToken(None)),
+            Some(token) if token.trim().is_empty() => Err("the token is empty".to_string()),
             Some(token) => MetadataValue::try_from(format!("Bearer {token}"))
                 .map(|mut value| {
                     // Marked sensitive, so tonic and its tracing never print the header's value.
@@ -41,6 +43,21 @@ impl Interceptor for BearerToken {
         }
         Ok(request)
     }
+}
+
+/// Checks that a coordinator URL and a CA certificate go together: with `--ca-cert` and an
+/// `http://` URL the certificate would be unused and everything, the token included, would
+/// travel in plaintext.
+pub fn check_transport(url: &str, has_ca_cert: bool) -> Result<(), String> {
+    let plaintext = url
+        .split_once("://")
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("http"));
+    if plaintext && has_ca_cert {
+        return Err(format!(
+            "--ca-cert needs an https:// coordinator URL, not {url}: over http:// nothing is encrypted, the token included"
+        ));
+    }
+    Ok(())
 }
 
 /// Lets through only requests carrying the expected bearer token (any request when none is
@@ -110,6 +127,15 @@ mod tests {
         assert!(missing.message().contains("a worker token is required"));
         assert!(RequireToken::new(None, "client").call(Request::new(())).is_ok());
         assert!(BearerToken::new(Some("bad\ntoken")).is_err());
+        assert_eq!(BearerToken::new(Some(" ")).unwrap_err(), "the token is empty");
+    }
+
+    #[test]
+    fn a_ca_certificate_goes_only_with_https() {
+        assert!(check_transport("http://coordinator:50051", true).is_err());
+        assert!(check_transport("HTTP://coordinator:50051", true).is_err());
+        assert!(check_transport("https://coordinator:50051", true).is_ok());
+        assert!(check_transport("http://coordinator:50051", false).is_ok());
     }
 
     #[test]

@@ -372,3 +372,89 @@ fn tokens_tls_and_the_database_password_are_handled() {
     assert!(!log.contains("sekret-password"), "the password leaked:\n{log}");
     assert!(log.contains("postgres:***@"), "{log}");
 }
+
+#[test]
+fn an_exposed_coordinator_is_not_served_open_and_a_ca_certificate_is_never_sent_plaintext() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = format!("sqlite://{}", dir.path().join("exposed.db").display());
+    let serve = |args: &[&str]| {
+        let mut command = ftsurvey();
+        command
+            .env_remove("FTSURVEY_WORKER_TOKEN")
+            .env_remove("FTSURVEY_CLIENT_TOKEN")
+            .args(["serve", "--database-url", &database_url])
+            .args(args);
+        command
+    };
+    let one_line_error = |output: std::process::Output, expected: &str| {
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(expected), "{stderr}");
+    };
+
+    // Beyond loopback with nothing to keep strangers out: refused before it listens.
+    let port = free_port();
+    let open = serve(&["--listen", &format!("0.0.0.0:{port}")])
+        .output()
+        .expect("serve");
+    one_line_error(open, "without --worker-token, --client-token, --tls-cert/--tls-key");
+    let tokens_only = serve(&[
+        "--listen",
+        &format!("0.0.0.0:{port}"),
+        "--worker-token",
+        "w",
+        "--client-token",
+        "c",
+    ])
+    .output()
+    .expect("serve");
+    one_line_error(tokens_only, "without --tls-cert/--tls-key");
+    let empty = serve(&["--worker-token", ""]).output().expect("serve");
+    one_line_error(empty, "--worker-token is empty");
+
+    // With --insecure it serves, and says loudly what that means.
+    let log = dir.path().join("insecure.log");
+    let _insecure = spawn(
+        serve(&["--listen", &format!("0.0.0.0:{port}"), "--insecure"]).env("FTSURVEY_LOG", "info"),
+        &log,
+    );
+    wait_for_port("127.0.0.1", port, &log);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("warning: serving on 0.0.0.0") && text.contains("every worker executes"),
+        "{text}"
+    );
+
+    // A CA certificate with an http:// URL is refused before anything is sent, by clients and
+    // by workers; so is an empty token.
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not read").expect("write");
+    let url = format!("http://127.0.0.1:{port}");
+    let status = ftsurvey()
+        .args(["status", "--coordinator", &url, "--ca-cert"])
+        .arg(&ca)
+        .output()
+        .expect("status");
+    one_line_error(status, "--ca-cert needs an https:// coordinator URL");
+    let worker = ftsurvey()
+        .args([
+            "worker",
+            "--coordinator",
+            &url,
+            "--target-python",
+            "python3",
+            "--ca-cert",
+        ])
+        .arg(&ca)
+        .arg("--work-dir")
+        .arg(dir.path().join("w"))
+        .output()
+        .expect("worker");
+    one_line_error(worker, "--ca-cert needs an https:// coordinator URL");
+    let empty_token = ftsurvey()
+        .args(["status", "--coordinator", &url, "--token", ""])
+        .output()
+        .expect("status");
+    one_line_error(empty_token, "invalid --token: the token is empty");
+}

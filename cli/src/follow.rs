@@ -217,7 +217,7 @@ pub(crate) async fn survey(
     meta.finished_at = Some(jiff::Timestamp::now().to_string());
     results.write_meta(&meta)?;
     let show = domain::views::show::render_show(Some(&meta), &records, &domain::views::show::ShowOptions::default());
-    println!("{show}");
+    println!("{}", domain::views::text::neutralise_controls(&show));
     println!("results: {}", results.path().display());
     Ok(if interrupted {
         ExitCode::from(130)

@@ -76,7 +76,7 @@ impl Progress {
                 let settled = self.summary.as_ref().map_or(0, |s| s.jobs_settled);
                 let due = self.last_plain.is_none_or(|at| at.elapsed() >= PLAIN_EVERY);
                 if due && settled != self.last_plain_settled {
-                    eprintln!("{}", self.status_line());
+                    eprintln!("{}", domain::views::text::neutralise_controls(&self.status_line()));
                     self.last_plain = Some(Instant::now());
                     self.last_plain_settled = settled;
                 }
@@ -98,7 +98,7 @@ impl Progress {
             return;
         }
         self.clear();
-        eprintln!("{line}");
+        eprintln!("{}", domain::views::text::neutralise_controls(line));
         if self.style == ProgressStyle::Bar {
             self.draw();
         }
@@ -119,7 +119,8 @@ impl Progress {
 
     fn draw(&mut self) {
         let line = self.status_line();
-        eprint!("\r\x1b[2K{line}");
+        // The bar's own escapes are written here; the line's text never carries one.
+        eprint!("\r\x1b[2K{}", domain::views::text::neutralise_controls(&line));
         let _ = std::io::stderr().flush();
         self.drawn = true;
     }

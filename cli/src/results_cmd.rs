@@ -131,7 +131,7 @@ pub(crate) fn run_show(args: &ShowArgs) -> anyhow::Result<()> {
         limit: args.limit,
     };
     match args.format {
-        ShowFormat::Text => print!("{}", render_show(run.meta.as_ref(), &run.records, &options)),
+        ShowFormat::Text => print_text(&render_show(run.meta.as_ref(), &run.records, &options)),
         ShowFormat::Json => print_json(&show_json(run.meta.as_ref(), &run.records, &options))?,
     }
     Ok(())
@@ -148,7 +148,7 @@ pub(crate) fn run_flaky(args: &FlakyArgs) -> anyhow::Result<()> {
         None => run.records.iter().filter(|r| is_flaky(r)).map(analyse).collect(),
     };
     match args.format {
-        ShowFormat::Text => print!("{}", render_flaky(&analyses, args.package.is_some())),
+        ShowFormat::Text => print_text(&render_flaky(&analyses, args.package.is_some())),
         ShowFormat::Json => print_json(&analyses)?,
     }
     Ok(())
@@ -159,7 +159,7 @@ pub(crate) fn run_compat(args: &CompatArgs) -> anyhow::Result<()> {
     let run = load(&args.run, &args.remote)?;
     let rows = compat_rows(&run.records, args.extensions_only);
     match args.format {
-        ShowFormat::Text => print!("{}", render_compat(&rows)),
+        ShowFormat::Text => print_text(&render_compat(&rows)),
         ShowFormat::Json => print_json(&rows)?,
     }
     Ok(())
@@ -171,7 +171,7 @@ pub(crate) fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
     let b = load(&args.run_b, &args.remote)?;
     let comparison = compare(&a.name, &a.records, &b.name, &b.records, args.threshold);
     match args.format {
-        ShowFormat::Text => print!("{}", render_compare(&comparison)),
+        ShowFormat::Text => print_text(&render_compare(&comparison)),
         ShowFormat::Json => print_json(&comparison)?,
     }
     Ok(())
@@ -251,4 +251,9 @@ fn parse_fraction(text: &str) -> Result<f64, String> {
         Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
         _ => Err(format!("expected a fraction from 0 to 1, got {text:?}")),
     }
+}
+
+/// Prints a text view with the control characters packages wrote neutralised.
+fn print_text(text: &str) {
+    print!("{}", domain::views::text::neutralise_controls(text));
 }

@@ -105,8 +105,10 @@ async fn load_remote(run: &str, coordinator: &CoordinatorArgs) -> anyhow::Result
 
 /// Writes `text` to `output`, or to stdout when there is none.
 pub(crate) fn write_output(output: Option<&Path>, text: &str) -> anyhow::Result<()> {
+    // The text quotes what packages wrote; a terminal (now, or a `cat` later) must not obey it.
+    let text = domain::views::text::neutralise_controls(text);
     match output {
-        Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display())),
+        Some(path) => std::fs::write(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display())),
         None => {
             print!("{text}");
             Ok(())

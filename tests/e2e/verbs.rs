@@ -767,3 +767,42 @@ fn the_verbs_on_a_fixture_run_with_races_crashes_a_deadlock_and_the_gil_comparis
     ]);
     assert_loads_cleanly_in_chromium(&page, &survey.dir.path().join("report.png"));
 }
+
+#[test]
+fn text_a_package_wrote_reaches_terminals_markdown_and_spreadsheets_inert() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A crash signature with a backtick and terminal escapes (clear screen, retitle, bell), and
+    // a flaky test whose name is a spreadsheet formula.
+    let hostile_test = "=HYPERLINK(\"http://x\")";
+    let mut hostile = record(
+        "hostile",
+        "crash",
+        &[("crash", &[hostile_test]), ("pass", &[]), ("fail", &[hostile_test])],
+    );
+    hostile.failure_signatures = vec!["Segmentation fault: a`b.py:7 \u{1b}[2J\u{1b}]0;owned\u{7}f".to_string()];
+    hostile.iterations[0].crash_signature = Some(hostile.failure_signatures[0].clone());
+    let folder = write_folder(dir.path(), "ft_20261101_100000", &[hostile]);
+    let folder = folder.to_str().expect("utf-8 path");
+
+    for args in [
+        vec!["show", folder],
+        vec!["flaky", folder],
+        vec!["report", folder, "--format", "text"],
+        vec!["report", folder, "--format", "markdown"],
+        vec!["export", folder, "--format", "csv"],
+    ] {
+        let out = verb(&args);
+        assert!(
+            !out.chars().any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{args:?} printed a control character:\n{out:?}"
+        );
+    }
+    let markdown = verb(&["report", folder, "--format", "markdown"]);
+    assert!(
+        markdown.contains("start from the top frame of ``Segmentation fault: a`b.py:7"),
+        "the signature's backtick must not end its code span:\n{markdown}"
+    );
+    let csv = verb(&["export", folder, "--format", "csv"]);
+    assert!(csv.contains("'=HYPERLINK"), "{csv}");
+    assert!(!csv.contains(",=HYPERLINK") && !csv.contains("\"=HYPERLINK"), "{csv}");
+}

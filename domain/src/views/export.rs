@@ -4,6 +4,7 @@
 //! statistics; CSV carries the package-level fields in [`CSV_COLUMNS`] order, lists joined
 //! with `; `. The column order is a compatibility surface: add columns at the end only.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::str::FromStr;
 
@@ -185,12 +186,21 @@ fn export_csv(records: &[PackageRecord], download_counts: &std::collections::BTr
     out
 }
 
-/// RFC 4180: quoted when it holds a comma, quote or line break, quotes doubled.
+/// RFC 4180: quoted when it holds a comma, quote or line break, quotes doubled. A cell that a
+/// spreadsheet would read as a formula (starting with `=`, `+`, `-`, `@`, a tab or a carriage
+/// return, and not a number) gets a leading `'`, so a test name like `=HYPERLINK(...)` stays
+/// text.
 fn csv_field(text: &str) -> String {
+    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']) && text.parse::<f64>().is_err();
+    let text = if formula {
+        Cow::Owned(format!("'{text}"))
+    } else {
+        Cow::Borrowed(text)
+    };
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
-        text.to_string()
+        text.into_owned()
     }
 }
 
@@ -236,6 +246,18 @@ mod tests {
             csv.contains("\"exit 1: \"\"quoted\"\", with comma\nand a line\""),
             "{csv}"
         );
+    }
+
+    #[test]
+    fn csv_cells_a_spreadsheet_would_run_stay_text() {
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\")\""
+        );
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("+1+2"), "'+1+2");
+        assert_eq!(csv_field("-0.5"), "-0.5");
+        assert_eq!(csv_field("test_a"), "test_a");
     }
 
     #[test]

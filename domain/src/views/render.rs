@@ -269,20 +269,48 @@ fn text_chart(counts: &[CategoryCount]) -> String {
     out
 }
 
-/// `` `x` `` as `<code>x</code>`, when the backticks pair up.
+/// Markdown code spans as `<code>`: a run of backticks opens a span that the next run of the
+/// same length closes (so ``` ``a`b`` ``` holds a backtick), one space of padding on each side
+/// is dropped, and a run that nothing closes stays as it is.
 fn code_spans(escaped: &str) -> String {
-    if !escaped.matches('`').count().is_multiple_of(2) {
-        return escaped.to_string();
-    }
     let mut out = String::new();
-    for (idx, part) in escaped.split('`').enumerate() {
-        if idx % 2 == 1 {
-            let _ = write!(out, "<code>{part}</code>");
-        } else {
-            out.push_str(part);
+    let mut rest = escaped;
+    while let Some(open) = rest.find('`') {
+        out.push_str(&rest[..open]);
+        let fence_len = rest[open..].len() - rest[open..].trim_start_matches('`').len();
+        let after = &rest[open + fence_len..];
+        match closing_fence(after, fence_len) {
+            Some(close) => {
+                let inner = &after[..close];
+                let inner = match inner.strip_prefix(' ').and_then(|i| i.strip_suffix(' ')) {
+                    Some(stripped) if !stripped.is_empty() => stripped,
+                    _ => inner,
+                };
+                let _ = write!(out, "<code>{inner}</code>");
+                rest = &after[close + fence_len..];
+            }
+            None => {
+                out.push_str(&rest[open..open + fence_len]);
+                rest = after;
+            }
         }
     }
+    out.push_str(rest);
     out
+}
+
+/// Where in `text` a run of exactly `fence_len` backticks starts.
+fn closing_fence(text: &str, fence_len: usize) -> Option<usize> {
+    let mut idx = 0;
+    while let Some(found) = text[idx..].find('`') {
+        let start = idx + found;
+        let run = text[start..].len() - text[start..].trim_start_matches('`').len();
+        if run == fence_len {
+            return Some(start);
+        }
+        idx = start + run;
+    }
+    None
 }
 
 fn escape(text: &str) -> String {
@@ -305,6 +333,8 @@ mod tests {
     fn backticks_become_code_spans_only_in_pairs() {
         assert_eq!(code_spans("run `a` and `b`"), "run <code>a</code> and <code>b</code>");
         assert_eq!(code_spans("a lone ` stays"), "a lone ` stays");
+        assert_eq!(code_spans("frame ``a`b`` here"), "frame <code>a`b</code> here");
+        assert_eq!(code_spans("`` `edge ``"), "<code>`edge</code>");
         let html = render_report(&[Block::Paragraph("Last output: `x < y`".into())], ReportFormat::Html);
         assert!(html.contains("<p>Last output: <code>x &lt; y</code></p>"), "{html}");
     }

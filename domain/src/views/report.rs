@@ -13,7 +13,7 @@ use crate::stats::{PassRate, ruled_out_failure_rate};
 use crate::views::compat::CompatRow;
 use crate::views::flaky::analyse;
 use crate::views::show::{CategoryCount, category_counts, severity_rank};
-use crate::views::text::{cell, plural};
+use crate::views::text::{cell, code_span, plural};
 
 /// One block of a report.
 #[derive(Debug, Clone, PartialEq)]
@@ -218,8 +218,8 @@ pub fn next_step(record: &PackageRecord) -> String {
     match record.category() {
         Some(Category::Crash) => match record.failure_signatures.first() {
             Some(signature) => format!(
-                "reproduce with PYTHON_GIL=0 and start from the top frame of `{}`",
-                cell(signature, 100)
+                "reproduce with PYTHON_GIL=0 and start from the top frame of {}",
+                code_span(&cell(signature, 100))
             ),
             None => "reproduce with PYTHON_GIL=0 under faulthandler to get a stack".to_string(),
         },
@@ -311,7 +311,7 @@ fn deadlocks(blocks: &mut Vec<Block>, records: &[PackageRecord]) {
             if last.is_empty() {
                 "none before the stack dump".to_string()
             } else {
-                format!("`{}`", cell(last, 160))
+                code_span(&cell(last, 160))
             }
         )));
         match stalled.and_then(|i| i.stacks.as_deref()) {

@@ -1,10 +1,50 @@
-//! Small text helpers the views share: one-line cells, truncation, plain tables.
+//! Small text helpers the views share: one-line cells, truncation, plain tables, and making
+//! text a package wrote safe for whoever reads it (a terminal, a Markdown renderer).
+
+use std::borrow::Cow;
 
 use comfy_table::{CellAlignment, Table};
 
-/// Whitespace (newlines included) collapsed to single spaces.
+/// What stands for a control character a package printed.
+const REPLACEMENT: char = '\u{FFFD}';
+
+/// Whitespace (newlines included) collapsed to single spaces, control characters replaced.
 pub fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    neutralise_controls(&text.split_whitespace().collect::<Vec<_>>().join(" ")).into_owned()
+}
+
+/// `text` with every control character but newline and tab replaced by U+FFFD, so that what a
+/// package printed (an escape sequence, a carriage return, a bell) cannot move the cursor,
+/// recolour or retitle a terminal, or hide text, when a view shows it.
+pub fn neutralise_controls(text: &str) -> Cow<'_, str> {
+    let is_unsafe = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.contains(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| if is_unsafe(c) { REPLACEMENT } else { c })
+            .collect(),
+    )
+}
+
+/// `text` as one Markdown code span: fenced with one backtick more than its longest run of
+/// backticks, and padded with spaces when it starts or ends with one, so no backtick inside can
+/// close the span early.
+pub fn code_span(text: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    let pad = if text.starts_with('`') || text.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{text}{pad}{fence}")
 }
 
 /// At most `max_chars` characters, ending in `...` when cut.
@@ -52,5 +92,24 @@ mod tests {
         assert_eq!(cell(&"x".repeat(10), 6), "xxx...");
         assert_eq!(truncate("short", 5), "short");
         assert_eq!((plural(1), plural(2)), ("", "s"));
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_reader() {
+        let hostile = "ok\u{1b}[2J\u{1b}]0;pwned\u{7}\rgone\u{9b}31m";
+        let shown = neutralise_controls(hostile);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert_eq!(shown.matches('\u{FFFD}').count(), 5, "{shown:?}");
+        assert_eq!(neutralise_controls("line\n\tindented"), "line\n\tindented");
+        assert!(matches!(neutralise_controls("plain"), Cow::Borrowed(_)));
+        assert!(!cell(hostile, 80).contains('\u{1b}'));
+    }
+
+    #[test]
+    fn a_code_span_cannot_be_closed_by_what_it_holds() {
+        assert_eq!(code_span("f()"), "`f()`");
+        assert_eq!(code_span("a`b"), "``a`b``");
+        assert_eq!(code_span("x```y"), "````x```y````");
+        assert_eq!(code_span("`edge"), "`` `edge ``");
     }
 }

@@ -14,10 +14,13 @@ use crate::store::StoreError;
 /// value, to serve as a `map_err` callback.
 #[allow(clippy::needless_pass_by_value)]
 pub(crate) fn status_from_store(error: StoreError) -> Status {
-    if error.is_retryable() {
-        tracing::error!(error = %error, "store error");
+    match internal_error_id(&error) {
+        Some(id) => {
+            tracing::error!(error.id = %id, error = %error, "store error");
+            internal_status(&id)
+        }
+        None => caller_status(&error),
     }
-    store_status(&error)
 }
 
 /// Maps an error of the batcher. Not logged: the batcher logged the store's error where its
@@ -25,7 +28,13 @@ pub(crate) fn status_from_store(error: StoreError) -> Status {
 #[allow(clippy::needless_pass_by_value)]
 pub(crate) fn status_from_batch(error: BatchError) -> Status {
     match &error {
-        BatchError::Store(store_error) => store_status(store_error),
+        BatchError::Store(store_error) => match internal_error_id(store_error) {
+            Some(id) => {
+                tracing::warn!(error.id = %id, error = %store_error, "store error answered to a peer");
+                internal_status(&id)
+            }
+            None => caller_status(store_error),
+        },
         BatchError::ShuttingDown => Status::unavailable(error.to_string()),
     }
 }
@@ -35,14 +44,25 @@ pub(crate) fn status_from_wire(error: WireError) -> Status {
     Status::invalid_argument(error.to_string())
 }
 
-/// The status of each kind of store error; the ones worth retrying are internal errors.
-fn store_status(error: &StoreError) -> Status {
+/// A fresh id for a store error that is the coordinator's fault (the ones worth retrying),
+/// `None` for the caller's own mistakes.
+fn internal_error_id(error: &StoreError) -> Option<String> {
+    error
+        .is_retryable()
+        .then(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string())
+}
+
+/// An internal error as peers see it: its id, never its details (SQL, table names, paths),
+/// which the coordinator's log keeps under that id.
+fn internal_status(id: &str) -> Status {
+    Status::internal(format!("internal error {id}; the coordinator's log has the details"))
+}
+
+/// The status of a store error that is the caller's: a run that does not exist or is invalid.
+fn caller_status(error: &StoreError) -> Status {
     match error {
         StoreError::RunNotFound(_) => Status::not_found(error.to_string()),
-        StoreError::InvalidRun(_) => Status::invalid_argument(error.to_string()),
-        StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => {
-            Status::internal(error.to_string())
-        }
+        _ => Status::invalid_argument(error.to_string()),
     }
 }
 
@@ -81,11 +101,35 @@ mod tests {
     }
 
     #[test]
+    fn internal_errors_reach_peers_as_an_id_without_their_details() {
+        for kind in [2, 3, 4] {
+            let details = store_error(kind).to_string();
+            for status in [
+                status_from_store(store_error(kind)),
+                status_from_batch(BatchError::Store(Arc::new(store_error(kind)))),
+            ] {
+                assert_eq!(status.code(), Code::Internal);
+                assert!(status.message().starts_with("internal error "), "{}", status.message());
+                assert!(
+                    !status.message().contains(&details),
+                    "{} leaks {details}",
+                    status.message()
+                );
+            }
+        }
+        let not_found = status_from_store(store_error(0));
+        assert!(not_found.message().contains("not found") || not_found.code() == Code::NotFound);
+    }
+
+    #[test]
     fn a_batch_error_has_the_status_of_its_store_error_or_unavailable_when_shutting_down() {
         for kind in 0..KINDS {
             let expected = status_from_store(store_error(kind));
             let status = status_from_batch(BatchError::Store(Arc::new(store_error(kind))));
-            assert_eq!((status.code(), status.message()), (expected.code(), expected.message()));
+            assert_eq!(status.code(), expected.code());
+            if status.code() != Code::Internal {
+                assert_eq!(status.message(), expected.message());
+            }
         }
         assert_eq!(status_from_batch(BatchError::ShuttingDown).code(), Code::Unavailable);
     }

@@ -235,22 +235,38 @@ pub async fn open(database_url: &str) -> Result<std::sync::Arc<dyn Store>, Store
     )))
 }
 
-/// The URL with any password replaced, for messages and logs.
+/// `url` with its password hidden, in the user info (`user:***@host`) and in the query
+/// (`?password=***`, `sslpassword`), for logs and messages.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let (base, query) = match rest.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (rest, None),
     };
-    match authority.rsplit_once('@') {
+    // The last `@` ends the user info, whatever a careless password holds (`/` included).
+    let mut redacted = match base.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{tail}")
+            format!("{scheme}://{user}:***@{host}")
         }
-        None => url.to_string(),
+        None => format!("{scheme}://{base}"),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword") => {
+                    format!("{key}=***")
+                }
+                _ => param.to_string(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&params.join("&"));
     }
+    redacted
 }
 
 #[cfg(test)]
@@ -265,5 +281,14 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
         assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=require&password=secret"),
+            "postgres://u:***@h/db?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://h/db?PASSWORD=secret"),
+            "postgres://h/db?PASSWORD=***"
+        );
+        assert_eq!(redact_url("postgres://u:se/cr@et@h/db"), "postgres://u:***@h/db");
     }
 }

@@ -39,8 +39,9 @@ pub(crate) struct RunArgs {
     /// Accept a target that is not free-threaded (the GIL stays on; for testing the tool).
     #[arg(long, env = "FTSURVEY_ALLOW_GIL_BUILD")]
     pub(crate) allow_gil_build: bool,
-    /// Times to run each package's test suite.
-    #[arg(long, default_value_t = 10, env = "FTSURVEY_ITERATIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Times to run each package's test suite (at most 10,000).
+    #[arg(long, default_value_t = 10, env = "FTSURVEY_ITERATIONS",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(domain::RunSpec::MAX_ITERATIONS)))]
     pub(crate) iterations: u32,
     /// Seconds before one iteration is killed.
     #[arg(long, default_value_t = 600, env = "FTSURVEY_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]

@@ -181,13 +181,26 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    /// Checks what the types cannot: at least one package, iteration and mode; unique names.
+    /// The most iterations of one package a run may ask for.
+    pub const MAX_ITERATIONS: u32 = 10_000;
+    /// The most jobs (packages x modes x iterations) one run may hold: a survey of PyPI's top
+    /// 5,000 packages at 100 iterations in both modes is a million.
+    pub const MAX_JOBS: u64 = 2_000_000;
+
+    /// Checks what the types cannot: at least one package, iteration and mode; unique names;
+    /// a size the coordinator can hold.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.packages.is_empty() {
             return Err(SpecError::NoPackages);
         }
         if self.iterations == 0 {
             return Err(SpecError::ZeroIterations);
+        }
+        if self.iterations > Self::MAX_ITERATIONS {
+            return Err(SpecError::TooManyIterations(self.iterations));
+        }
+        if self.total_jobs() > Self::MAX_JOBS {
+            return Err(SpecError::TooManyJobs(self.total_jobs()));
         }
         if self.modes.is_empty() {
             return Err(SpecError::NoModes);
@@ -228,6 +241,10 @@ pub enum SpecError {
     EmptyPackageName,
     #[error("package {0:?} is selected twice")]
     DuplicatePackage(String),
+    #[error("{0} iterations asked for, at most {max} allowed", max = RunSpec::MAX_ITERATIONS)]
+    TooManyIterations(u32),
+    #[error("the run would hold {0} jobs, at most {max} allowed: split it", max = RunSpec::MAX_JOBS)]
+    TooManyJobs(u64),
 }
 
 #[cfg(test)]
@@ -294,6 +311,19 @@ mod tests {
         spec.iterations = 1;
         spec.packages.push(package("a"));
         assert_eq!(spec.validate(), Err(SpecError::DuplicatePackage("a".into())));
+        spec.packages.pop();
+        spec.iterations = 4_000_000_000;
+        assert_eq!(spec.validate(), Err(SpecError::TooManyIterations(4_000_000_000)));
+        spec.iterations = RunSpec::MAX_ITERATIONS;
+        spec.packages = (0..201).map(|idx| package(&format!("p{idx}"))).collect();
+        spec.modes = vec![Mode::Ft, Mode::Gil];
+        assert_eq!(spec.validate(), Err(SpecError::TooManyJobs(4_020_000)));
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("at most 2000000 allowed")
+        );
     }
 
     #[test]

@@ -281,6 +281,8 @@ fn bad_input_is_one_line_and_no_work() {
 
     let zero = bad_run(&survey, &python, &["--allow-gil-build", "--iterations", "0"]);
     assert!(zero.contains("--iterations") && zero.contains('0'), "{zero}");
+    let huge = bad_run(&survey, &python, &["--allow-gil-build", "--iterations", "4000000000"]);
+    assert!(huge.contains("--iterations") && huge.contains("1..=10000"), "{huge}");
 
     let output = ftsurvey()
         .args(["run", "--allow-gil-build", "--target-python"])

@@ -186,7 +186,7 @@ pub(crate) fn run_report(args: &ReportArgs) -> anyhow::Result<()> {
         records: &run.records,
         download_counts: &downloads,
     });
-    write_output(args.output.as_deref(), &render_report(&blocks, args.format))
+    write_output(args.output.as_deref(), &render_report(&blocks, args.format), &run)
 }
 
 /// Download counts: from `--registry-dir` when given, else those the run recorded, else from
@@ -226,7 +226,11 @@ pub(crate) fn run_export(args: &ExportArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|m| m.config.download_counts.clone())
         .unwrap_or_default();
-    write_output(args.output.as_deref(), &export(&run.records, args.format, &downloads))
+    write_output(
+        args.output.as_deref(),
+        &export(&run.records, args.format, &downloads),
+        &run,
+    )
 }
 
 /// The record of `name`, or an error listing what the run has.

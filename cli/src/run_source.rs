@@ -1,7 +1,7 @@
 //! Where the result verbs (`show`, `flaky`, `compat`, `compare`, `report`, `export`) read a
 //! run from: a results folder, or a run id on a coordinator.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -10,7 +10,7 @@ use domain::{PackageResult, RunSpec, RunSummary};
 use proto::v1;
 
 use crate::remote::{ClientCredentials, CoordinatorArgs};
-use crate::results_dir::read_results_dir;
+use crate::results_dir::{META_FILE, RESULTS_FILE, read_results_dir};
 
 /// How to reach the coordinator when RUN is a run id.
 #[derive(Debug, Clone, Default, Args)]
@@ -30,6 +30,9 @@ pub(crate) struct LoadedRun {
     pub(crate) name: String,
     pub(crate) meta: Option<RunMeta>,
     pub(crate) records: Vec<PackageRecord>,
+    /// The files the run was read from (none for a run fetched from a coordinator), which an
+    /// output must never replace.
+    pub(crate) read_from: Vec<PathBuf>,
 }
 
 /// Reads `run`, printing what could not be read as warnings on stderr.
@@ -40,10 +43,20 @@ pub(crate) fn load(run: &str, remote: &RemoteArgs) -> anyhow::Result<LoadedRun> 
         for warning in &warnings {
             eprintln!("warning: {warning}");
         }
+        let dir = if path.is_file() {
+            path.parent().unwrap_or(Path::new("."))
+        } else {
+            path
+        };
+        let read_from = [path.to_path_buf(), dir.join(RESULTS_FILE), dir.join(META_FILE)]
+            .into_iter()
+            .filter_map(|file| file.canonicalize().ok())
+            .collect();
         return Ok(LoadedRun {
             name: path.display().to_string(),
             meta,
             records,
+            read_from,
         });
     }
     let looks_like_id = uuid::Uuid::parse_str(run).is_ok();
@@ -100,18 +113,46 @@ async fn load_remote(run: &str, coordinator: &CoordinatorArgs) -> anyhow::Result
         name: format!("run {run} on {url}"),
         meta: Some(RunMeta::of_run(&summary, &spec)),
         records,
+        read_from: Vec::new(),
     })
 }
 
-/// Writes `text` to `output`, or to stdout when there is none.
-pub(crate) fn write_output(output: Option<&Path>, text: &str) -> anyhow::Result<()> {
+/// Writes `text` to `output`, or to stdout when there is none. A file is written whole or not
+/// at all (a temporary file beside it, renamed over it), and never over what `run` was read
+/// from.
+pub(crate) fn write_output(output: Option<&Path>, text: &str, run: &LoadedRun) -> anyhow::Result<()> {
     // The text quotes what packages wrote; a terminal (now, or a `cat` later) must not obey it.
     let text = domain::views::text::neutralise_controls(text);
-    match output {
-        Some(path) => std::fs::write(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display())),
-        None => {
-            print!("{text}");
-            Ok(())
-        }
+    let Some(path) = output else {
+        print!("{text}");
+        return Ok(());
+    };
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("-o {}: not a file name", path.display()))?;
+    let target = parent
+        .canonicalize()
+        .with_context(|| format!("cannot write {}: no folder {}", path.display(), parent.display()))?
+        .join(file_name);
+    let resolved = target.canonicalize().unwrap_or(target);
+    if run.read_from.contains(&resolved) {
+        anyhow::bail!(
+            "-o {} is a file of the run being read ({}): write the output elsewhere",
+            path.display(),
+            run.name
+        );
     }
+    let mut temporary =
+        tempfile::NamedTempFile::new_in(parent).with_context(|| format!("cannot write in {}", parent.display()))?;
+    std::io::Write::write_all(&mut temporary, text.as_bytes())
+        .and_then(|()| temporary.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    temporary
+        .persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

@@ -806,3 +806,49 @@ fn text_a_package_wrote_reaches_terminals_markdown_and_spreadsheets_inert() {
     assert!(csv.contains("'=HYPERLINK"), "{csv}");
     assert!(!csv.contains(",=HYPERLINK") && !csv.contains("\"=HYPERLINK"), "{csv}");
 }
+
+#[test]
+fn an_output_never_replaces_the_run_it_reads_and_is_written_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = write_folder(dir.path(), "ft_20261101_100000", &run_a());
+    let results = folder.join("ft_results.jsonl");
+    let before = std::fs::read(&results).expect("results");
+    for (verb_name, target) in [
+        ("report", results.clone()),
+        ("export", folder.join("ft_meta.json")),
+        ("export", folder.join(".").join("ft_results.jsonl")),
+    ] {
+        let error = failing_verb(&[
+            verb_name,
+            folder.to_str().expect("utf-8"),
+            "-o",
+            target.to_str().expect("utf-8"),
+        ]);
+        assert!(error.contains("is a file of the run being read"), "{error}");
+    }
+    assert_eq!(
+        std::fs::read(&results).expect("results"),
+        before,
+        "the input is untouched"
+    );
+
+    let out = dir.path().join("out.csv");
+    std::fs::write(&out, "an older export").expect("write");
+    verb(&[
+        "export",
+        folder.to_str().expect("utf-8"),
+        "-o",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        std::fs::read_to_string(&out)
+            .expect("csv")
+            .starts_with("package,category,")
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "no temporary file is left beside the output: {left:?}");
+}

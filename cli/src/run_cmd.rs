@@ -44,10 +44,12 @@ pub(crate) struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=i64::from(domain::RunSpec::MAX_ITERATIONS)))]
     pub(crate) iterations: u32,
     /// Seconds before one iteration is killed.
-    #[arg(long, default_value_t = 600, env = "FTSURVEY_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 600, env = "FTSURVEY_TIMEOUT",
+          value_parser = clap::value_parser!(u64).range(1..=domain::RunSpec::MAX_TIMEOUT_SECS))]
     pub(crate) timeout: u64,
     /// Seconds without output and CPU progress before an iteration counts as stalled.
-    #[arg(long, default_value_t = 60, env = "FTSURVEY_STALL_THRESHOLD", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 60, env = "FTSURVEY_STALL_THRESHOLD",
+          value_parser = clap::value_parser!(u64).range(1..=domain::RunSpec::MAX_STALL_THRESHOLD_SECS))]
     pub(crate) stall_threshold: u64,
     /// Only these packages (exact names; comma-separated or repeated).
     #[arg(long, value_delimiter = ',', env = "FTSURVEY_PACKAGES")]

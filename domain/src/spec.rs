@@ -186,6 +186,10 @@ impl RunSpec {
     /// The most jobs (packages x modes x iterations) one run may hold: a survey of PyPI's top
     /// 5,000 packages at 100 iterations in both modes is a million.
     pub const MAX_JOBS: u64 = 2_000_000;
+    /// The longest per-iteration timeout a run may set: a week.
+    pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+    /// The longest stall threshold a run may set: a day.
+    pub const MAX_STALL_THRESHOLD_SECS: u64 = 24 * 3600;
 
     /// Checks what the types cannot: at least one package, iteration and mode; unique names;
     /// a size the coordinator can hold.
@@ -204,6 +208,17 @@ impl RunSpec {
         }
         if self.modes.is_empty() {
             return Err(SpecError::NoModes);
+        }
+        if self.options.timeout_secs > Self::MAX_TIMEOUT_SECS
+            || self
+                .packages
+                .iter()
+                .any(|p| p.timeout_secs.unwrap_or(0) > Self::MAX_TIMEOUT_SECS)
+        {
+            return Err(SpecError::TimeoutTooLong);
+        }
+        if self.options.stall_threshold_secs > Self::MAX_STALL_THRESHOLD_SECS {
+            return Err(SpecError::StallThresholdTooLong(self.options.stall_threshold_secs));
         }
         if self.options.timeout_secs == 0 {
             return Err(SpecError::ZeroTimeout);
@@ -241,6 +256,10 @@ pub enum SpecError {
     EmptyPackageName,
     #[error("package {0:?} is selected twice")]
     DuplicatePackage(String),
+    #[error("a timeout is longer than {max} seconds", max = RunSpec::MAX_TIMEOUT_SECS)]
+    TimeoutTooLong,
+    #[error("stall threshold of {0} seconds, at most {max} allowed", max = RunSpec::MAX_STALL_THRESHOLD_SECS)]
+    StallThresholdTooLong(u64),
     #[error("{0} iterations asked for, at most {max} allowed", max = RunSpec::MAX_ITERATIONS)]
     TooManyIterations(u32),
     #[error("the run would hold {0} jobs, at most {max} allowed: split it", max = RunSpec::MAX_JOBS)]
@@ -324,6 +343,12 @@ mod tests {
                 .to_string()
                 .contains("at most 2000000 allowed")
         );
+        spec.packages.truncate(2);
+        spec.options.stall_threshold_secs = u64::MAX;
+        assert_eq!(spec.validate(), Err(SpecError::StallThresholdTooLong(u64::MAX)));
+        spec.options.stall_threshold_secs = 60;
+        spec.packages[0].timeout_secs = Some(u64::MAX / 1000);
+        assert_eq!(spec.validate(), Err(SpecError::TimeoutTooLong));
     }
 
     #[test]

@@ -278,16 +278,18 @@ impl StallCheck {
             self.history.pop_front();
         }
         // 2% of a core over one sample counts as busy.
-        let busy_per_sample = (self.ticks_per_second * SAMPLE_EVERY.as_millis() as u64 / 1000 / 50).max(1);
+        // Saturating: the threshold comes from a run's spec, and a bad one must not overflow.
+        let busy_per_sample =
+            (self.ticks_per_second.saturating_mul(SAMPLE_EVERY.as_millis() as u64) / 1000 / 50).max(1);
         if ticks >= busy_per_sample {
             self.last_busy = now;
         }
         let window_ticks: u64 = self.history.iter().map(|(_, t)| t).sum();
-        let allowed = (self.ticks_per_second * threshold.as_secs() / 50).max(1);
+        let allowed = (self.ticks_per_second.saturating_mul(threshold.as_secs()) / 50).max(1);
         let quiet = output.quiet_for();
         let idle = now.duration_since(self.last_busy);
         if quiet >= threshold && idle >= threshold && window_ticks < allowed {
-            let as_time = |ticks: u64| Duration::from_millis(ticks * 1000 / self.ticks_per_second.max(1));
+            let as_time = |ticks: u64| Duration::from_millis(ticks.saturating_mul(1000) / self.ticks_per_second.max(1));
             let seen = StallSeen {
                 quiet_for: quiet,
                 idle_for: idle,

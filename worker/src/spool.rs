@@ -1,6 +1,8 @@
 //! The outcome spool: every outcome is on disk before it is sent and stays there until the
 //! coordinator acknowledges it, so neither a coordinator outage nor a worker restart loses it.
+//! A file that cannot be read back is moved to `bad/` and reported once, never resent.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use domain::{JobId, JobResult, LeaseToken};
@@ -21,9 +23,9 @@ pub(crate) struct Spool {
 }
 
 impl Spool {
-    /// The spool in `dir`, created if missing.
+    /// The spool in `dir`, created if missing, readable by this user only.
     pub(crate) fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         Ok(Spool { dir: dir.to_path_buf() })
     }
 
@@ -35,7 +37,9 @@ impl Spool {
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(&serde_json::to_vec(outcome)?)?;
         file.sync_all()?;
-        std::fs::rename(&temp, self.dir.join(name))
+        std::fs::rename(&temp, self.dir.join(name))?;
+        // The rename is durable only once the directory that records it is.
+        std::fs::File::open(&self.dir)?.sync_all()
     }
 
     /// Forgets every outcome of the job.
@@ -58,14 +62,29 @@ impl Spool {
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            match std::fs::read(&path).map(|bytes| serde_json::from_slice::<SpooledOutcome>(&bytes)) {
-                Ok(Ok(outcome)) => outcomes.push(outcome),
-                Ok(Err(error)) => tracing::warn!(path = %path.display(), error = %error, "unreadable spooled outcome"),
-                Err(error) => tracing::warn!(path = %path.display(), error = %error, "unreadable spooled outcome"),
+            let read = std::fs::read(&path)
+                .map_err(|error| error.to_string())
+                .and_then(|bytes| serde_json::from_slice::<SpooledOutcome>(&bytes).map_err(|error| error.to_string()));
+            match read {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(error) => self.set_aside(&path, &error),
             }
         }
         outcomes.sort_by_key(|o| o.job_id);
         Ok(outcomes)
+    }
+
+    /// Moves an unreadable file to `bad/`, so it is reported once and never sent.
+    fn set_aside(&self, path: &Path, error: &str) {
+        let bad = self.dir.join("bad");
+        let moved = std::fs::create_dir_all(&bad)
+            .and_then(|()| std::fs::rename(path, bad.join(path.file_name().unwrap_or_default())));
+        match moved {
+            Ok(()) => tracing::warn!(path = %path.display(), %error, "unreadable spooled outcome moved to bad/"),
+            Err(move_error) => {
+                tracing::warn!(path = %path.display(), %error, %move_error, "unreadable spooled outcome left in place");
+            }
+        }
     }
 }
 
@@ -93,5 +112,20 @@ mod tests {
         assert_eq!(reopened.pending().expect("pending"), vec![outcome]);
         reopened.remove(JobId(7)).expect("remove");
         assert!(reopened.pending().expect("pending").is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_outcome_is_set_aside_once_and_the_spool_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool_dir = dir.path().join("spool");
+        let spool = Spool::open(&spool_dir).expect("open");
+        let mode = std::fs::metadata(&spool_dir).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        std::fs::write(spool_dir.join("9-garbage.json"), b"{not json").expect("write");
+        assert!(spool.pending().expect("pending").is_empty());
+        assert!(spool_dir.join("bad/9-garbage.json").exists(), "moved to bad/");
+        assert!(!spool_dir.join("9-garbage.json").exists());
+        assert!(spool.pending().expect("pending again").is_empty());
     }
 }

@@ -123,7 +123,7 @@ pub(crate) type WorkDirLock = Flock<std::fs::File>;
 /// the OS's (`flock`), so it goes with the process however that ends; the file names the pid
 /// that holds it.
 pub(crate) fn lock_work_dir(work_dir: &Path) -> anyhow::Result<WorkDirLock> {
-    std::fs::create_dir_all(work_dir).with_context(|| format!("cannot create work dir {}", work_dir.display()))?;
+    crate::places::create_work_dir(work_dir)?;
     let path = work_dir.join("ftsurvey.lock");
     let file = std::fs::OpenOptions::new()
         .read(true)

@@ -125,6 +125,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let work_dir = places::work_dir(args.work_dir.as_deref())?;
+    places::create_work_dir(&work_dir)?;
     let worker_id = match &args.worker_id {
         Some(id) => id.clone(),
         None => format!(

@@ -50,6 +50,7 @@ conformance!(
     an_outcome_is_recorded_once_and_duplicates_and_stale_tokens_are_ignored,
     an_expired_lease_is_reclaimed_by_another_worker_and_the_old_token_is_rejected,
     a_job_leased_too_often_is_lost_and_never_counted_against_the_package,
+    a_job_whose_sessions_end_max_attempts_times_is_lost_like_an_expired_one,
     a_heartbeat_extends_the_lease,
     a_setup_failure_cancels_the_packages_other_jobs_and_revokes_their_leases,
     cancelling_a_run_cancels_pending_jobs_and_revokes_leases,
@@ -384,6 +385,46 @@ async fn a_job_leased_too_often_is_lost_and_never_counted_against_the_package(st
         .remove(0);
     assert_eq!(result.category, Category::Unknown);
     assert_eq!(result.counts.fail + result.counts.crash + result.counts.timeout, 0);
+}
+
+async fn a_job_whose_sessions_end_max_attempts_times_is_lost_like_an_expired_one(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["a", "b"], 1), 0).await;
+    let ft = profile("3.13", true);
+    // w1 takes both jobs; its session ends, as a worker killed by package a's tests would, and
+    // gives back a's lease only; b's lease stays w1's.
+    let first = claim(&store, &worker("w1"), &ft, &[], 2, 1).await;
+    assert_eq!(first.len(), 2);
+    let a = first.iter().find(|j| j.package.name == "a").expect("a leased");
+    let b = first.iter().find(|j| j.package.name == "b").expect("b leased");
+    let report = store
+        .abandon_jobs(&[(a.job_id, a.lease_token)], 2, 10)
+        .await
+        .expect("abandon");
+    assert_eq!(
+        (report.requeued, report.lost, report.runs_touched.clone()),
+        (1, 0, vec![run_id])
+    );
+    // The second session to end with it is its last attempt: lost, and its package settles.
+    let second = claim(&store, &worker("w2"), &ft, &[], 5, 20).await;
+    assert_eq!(second.len(), 1, "only a was given back");
+    assert_eq!((second[0].package.name.as_str(), second[0].attempt), ("a", 2));
+    let report = store
+        .abandon_jobs(&[(second[0].job_id, second[0].lease_token)], 2, 30)
+        .await
+        .expect("abandon again");
+    assert_eq!((report.requeued, report.lost), (0, 1));
+    let results = store.package_results(run_id, &[], false).await.expect("results");
+    let result_of = |name: &str| results.iter().find(|r| r.package == name).expect("a result");
+    assert!(result_of("a").finished, "a lost job settles its package");
+    assert_eq!(result_of("a").category, Category::Unknown);
+    assert!(!result_of("b").finished, "b's lease was not given back");
+    let extended = store
+        .heartbeat(&worker("w1"), &[(b.job_id, b.lease_token)], LEASE_MS, 40)
+        .await
+        .expect("heartbeat");
+    assert_eq!(extended, 1, "b's lease is still w1's");
+    let nothing = store.abandon_jobs(&[], 2, 50).await.expect("abandon nothing");
+    assert_eq!((nothing.requeued, nothing.lost), (0, 0));
 }
 
 async fn a_heartbeat_extends_the_lease(store: Arc<dyn Store>) {

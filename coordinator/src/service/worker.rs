@@ -157,15 +157,33 @@ async fn run_session(
     // the workers are fine: their leases stay, their heartbeats keep them after the restart,
     // and expiry reclaims those of workers that do not come back.
     if !shutdown.is_cancelled() {
-        release(&hub, &worker_id, &leases).await;
+        abandon(&hub, &worker_id, &leases).await;
     }
     hub.unregister_session(&worker_id, number);
     hub.jobs_available.notify_waiters();
     tracing::info!(worker.id = %worker_id, released = leases.len(), "worker disconnected");
 }
 
-/// Gives a worker's leases back to the queue and tells the watchers of their runs; on failure
-/// the leases expire instead.
+/// Ends the leases of a worker that went away: each job goes back to the queue at once, or is
+/// lost once it has ended `max_attempts` sessions; on failure the leases expire instead.
+async fn abandon(hub: &Hub, worker_id: &WorkerId, leases: &[(JobId, LeaseToken)]) {
+    match hub
+        .store
+        .abandon_jobs(leases, hub.settings.max_attempts, now_ms())
+        .await
+    {
+        Ok(report) => {
+            if report.lost > 0 {
+                tracing::warn!(worker.id = %worker_id, lost = report.lost, "jobs lost: their last attempt ended with the session");
+            }
+            report.runs_touched.iter().for_each(|run| hub.notify_run(*run));
+        }
+        Err(error) => tracing::error!(worker.id = %worker_id, error = %error, "could not give back the leases"),
+    }
+}
+
+/// Gives leases that never reached the worker back to the queue and tells the watchers of
+/// their runs; on failure the leases expire instead.
 async fn release(hub: &Hub, worker_id: &WorkerId, leases: &[(JobId, LeaseToken)]) {
     match hub.store.release_jobs(leases, now_ms()).await {
         Ok(runs) => runs.into_iter().for_each(|run| hub.notify_run(run)),

@@ -202,9 +202,30 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
             .ok_or_else(|| StoreError::Corrupt("no completion for a recorded report".into()))
     }
 
-    /// Gives leased jobs back to the queue at once (a worker's session ended). Only the named
-    /// leases are touched. Returns the runs affected.
+    /// Gives leased jobs that never reached a worker back to the queue at once (a claim that
+    /// came back after its worker was drained). Only the named leases are touched. Returns the
+    /// runs affected.
     async fn release_jobs(&self, leases: &[(JobId, LeaseToken)], now_ms: i64) -> Result<Vec<RunId>, StoreError>;
+
+    /// Ends the named leases now, as if they had expired: the jobs of a worker whose session
+    /// ended go back to the queue at once, and each such end counts as an attempt, so a job
+    /// whose package kills or wedges every worker it reaches is lost after `max_attempts`
+    /// instead of going round the fleet for ever.
+    async fn abandon_jobs(
+        &self,
+        leases: &[(JobId, LeaseToken)],
+        max_attempts: u32,
+        now_ms: i64,
+    ) -> Result<ReapReport, StoreError> {
+        if leases.is_empty() {
+            return Ok(ReapReport::default());
+        }
+        self.expire_leases(leases, now_ms).await?;
+        self.reap_expired(max_attempts, now_ms).await
+    }
+
+    /// Makes the named leases expire before `now_ms`, so the next reap takes them.
+    async fn expire_leases(&self, leases: &[(JobId, LeaseToken)], now_ms: i64) -> Result<(), StoreError>;
 
     /// Returns expired leases to pending with one more attempt, or marks them lost once a job
     /// has been leased `max_attempts` times.

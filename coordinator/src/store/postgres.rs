@@ -699,6 +699,22 @@ impl Store for PostgresStore {
         Ok(touched)
     }
 
+    async fn expire_leases(&self, leases: &[(JobId, LeaseToken)], now_ms: i64) -> Result<(), StoreError> {
+        let ids: Vec<i64> = leases.iter().map(|(id, _)| id.0).collect();
+        let tokens: Vec<String> = leases.iter().map(|(_, t)| t.to_string()).collect();
+        sqlx::query(
+            "UPDATE jobs SET lease_expires_at_ms = $3
+             FROM UNNEST($1::bigint[], $2::text[]) AS held (id, token)
+             WHERE jobs.id = held.id AND jobs.lease_token = held.token AND jobs.state = 'leased'",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(now_ms - 1)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn reap_expired(&self, max_attempts: u32, now_ms: i64) -> Result<ReapReport, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The expired leases' packages are locked before any job changes (see lock_packages);

@@ -451,6 +451,23 @@ impl Store for SqliteStore {
         Ok(runs)
     }
 
+    async fn expire_leases(&self, leases: &[(JobId, LeaseToken)], now_ms: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (job_id, token) in leases {
+            sqlx::query(
+                "UPDATE jobs SET lease_expires_at_ms = ?3
+                 WHERE id = ?1 AND lease_token = ?2 AND state = 'leased'",
+            )
+            .bind(job_id.0)
+            .bind(token.to_string())
+            .bind(now_ms - 1)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn reap_expired(&self, max_attempts: u32, now_ms: i64) -> Result<ReapReport, StoreError> {
         let mut tx = self.pool.begin().await?;
         let expired = sqlx::query(

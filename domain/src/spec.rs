@@ -66,7 +66,55 @@ impl PackageSpec {
     pub fn default_import_name(name: &str) -> String {
         name.replace(['-', '.'], "_").to_lowercase()
     }
+
+    /// A distribution name as PyPI allows it: ASCII letters, digits, `.`, `_` and `-`, starting
+    /// and ending with a letter or digit. Names reach paths and command lines, so nothing else
+    /// (`../x`, `-flag`, a space, a quote) is let through.
+    pub fn check_name(name: &str) -> Result<(), String> {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_NAME_BYTES
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "package name {name:?} is not a PyPI name (letters, digits, `.`, `_`, `-`)"
+            ))
+        }
+    }
+
+    /// An import name as dotted Python identifiers (ASCII): it becomes Python source in the
+    /// import check (`import NAME`), so anything else could run code of the registry's choosing.
+    pub fn check_import_name(import_name: &str) -> Result<(), String> {
+        let is_identifier = |part: &str| {
+            part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        if import_name.len() <= MAX_NAME_BYTES && import_name.split('.').all(is_identifier) {
+            Ok(())
+        } else {
+            Err(format!("import_name {import_name:?} is not a dotted Python name"))
+        }
+    }
+
+    /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+    pub fn check_env_key(key: &str) -> Result<(), String> {
+        let ok = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("env key {key:?} is not a variable name"))
+        }
+    }
 }
+
+/// The longest package or import name accepted.
+const MAX_NAME_BYTES: usize = 200;
 
 /// Whether a job runs with the GIL disabled (`ft`) or enabled (`gil`, for comparison).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -349,6 +397,25 @@ mod tests {
         spec.options.stall_threshold_secs = 60;
         spec.packages[0].timeout_secs = Some(u64::MAX / 1000);
         assert_eq!(spec.validate(), Err(SpecError::TimeoutTooLong));
+    }
+
+    #[test]
+    fn names_that_reach_paths_commands_and_python_source_are_checked() {
+        for good in ["requests", "zope.interface", "ftfix-pass", "A1", "x_y"] {
+            assert_eq!(PackageSpec::check_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", "../etc", "-rf", "a b", "a'b", "name.", "é"] {
+            assert!(PackageSpec::check_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["yaml", "google.protobuf", "_cffi_backend"] {
+            assert_eq!(PackageSpec::check_import_name(good), Ok(()), "{good}");
+        }
+        for bad in ["os; os.system('id')", "a..b", "1abc", "", "a.", "__import__('os')"] {
+            assert!(PackageSpec::check_import_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(PackageSpec::check_env_key("PYTHONHASHSEED"), Ok(()));
+        assert!(PackageSpec::check_env_key("A=B").is_err());
+        assert!(PackageSpec::check_env_key("1X").is_err());
     }
 
     #[test]

@@ -215,6 +215,14 @@ impl TryFrom<v1::PackageSpec> for PackageSpec {
         if wire.name.trim().is_empty() {
             return Err(WireError::Missing("package.name"));
         }
+        PackageSpec::check_name(&wire.name).map_err(|reason| invalid("package.name", reason))?;
+        if !wire.import_name.is_empty() {
+            PackageSpec::check_import_name(&wire.import_name)
+                .map_err(|reason| invalid("package.import_name", reason))?;
+        }
+        if let Some(key) = wire.env.keys().find(|key| PackageSpec::check_env_key(key).is_err()) {
+            return Err(invalid("package.env", format!("invalid variable name {key:?}")));
+        }
         let source = match wire.source.ok_or(WireError::Missing("package.source"))? {
             v1::package_spec::Source::Sdist(_) => Source::Sdist,
             v1::package_spec::Source::Git(git) => {
@@ -793,8 +801,23 @@ mod tests {
             TestFramework::Pytest
         );
         wire.extension_type = Some("fortran".into());
-        let err = PackageSpec::try_from(wire).unwrap_err();
+        let err = PackageSpec::try_from(wire.clone()).unwrap_err();
         assert!(err.to_string().contains("package.extension_type"), "{err}");
+        wire.extension_type = None;
+        wire.import_name = "os; os.system('id')".into();
+        let err = PackageSpec::try_from(wire.clone()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid field package.import_name"),
+            "{err}"
+        );
+        wire.import_name = String::new();
+        wire.name = "../../etc".into();
+        let err = PackageSpec::try_from(wire.clone()).unwrap_err();
+        assert!(err.to_string().starts_with("invalid field package.name"), "{err}");
+        wire.name = "p".into();
+        wire.env.insert("LD PRELOAD".into(), "x".into());
+        let err = PackageSpec::try_from(wire).unwrap_err();
+        assert!(err.to_string().starts_with("invalid field package.env"), "{err}");
     }
 
     #[test]

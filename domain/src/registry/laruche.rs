@@ -139,6 +139,13 @@ pub fn parse_package(file: &str, text: &str) -> Result<PackageEntry, RegistryErr
     if entry.package.trim().is_empty() {
         return Err(malformed(file, "field package is empty"));
     }
+    PackageSpec::check_name(&entry.package).map_err(|reason| malformed(file, reason))?;
+    if let Some(import_name) = entry.import_name.as_deref().filter(|n| !n.trim().is_empty()) {
+        PackageSpec::check_import_name(import_name.trim()).map_err(|reason| malformed(file, reason))?;
+    }
+    for key in entry.env.keys() {
+        PackageSpec::check_env_key(key).map_err(|reason| malformed(file, reason))?;
+    }
     Ok(entry)
 }
 
@@ -471,6 +478,21 @@ packages:
                 "packages/f.yaml",
                 "package: f\nextension_type: fortran\n",
                 "packages/f.yaml: ",
+            ),
+            (
+                "packages/g.yaml",
+                "package: g\nimport_name: \"os; os.system('id')\"\n",
+                "packages/g.yaml: import_name \"os; os.system('id')\" is not a dotted Python name",
+            ),
+            (
+                "packages/h.yaml",
+                "package: ../../h\n",
+                "packages/h.yaml: package name \"../../h\" is not a PyPI name",
+            ),
+            (
+                "packages/i.yaml",
+                "package: i\nenv:\n  \"LD PRELOAD\": x\n",
+                "packages/i.yaml: env key \"LD PRELOAD\" is not a variable name",
             ),
         ];
         for (file, text, expected) in cases {

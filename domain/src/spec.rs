@@ -62,9 +62,15 @@ pub struct PackageSpec {
 }
 
 impl PackageSpec {
-    /// The import name used when the registry gives none.
+    /// The import name used when the registry gives none: always a Python name, so a package
+    /// whose name starts with a digit fails its import check instead of its whole run.
     pub fn default_import_name(name: &str) -> String {
-        name.replace(['-', '.'], "_").to_lowercase()
+        let import_name = name.replace(['-', '.'], "_").to_lowercase();
+        if import_name.starts_with(|c: char| c.is_ascii_digit()) {
+            format!("_{import_name}")
+        } else {
+            import_name
+        }
     }
 
     /// A distribution name as PyPI allows it: ASCII letters, digits, `.`, `_` and `-`, starting
@@ -412,6 +418,13 @@ mod tests {
         }
         for bad in ["os; os.system('id')", "a..b", "1abc", "", "a.", "__import__('os')"] {
             assert!(PackageSpec::check_import_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(PackageSpec::default_import_name("2captcha-python"), "_2captcha_python");
+        for name in ["2captcha-python", "zope.interface", "A-B"] {
+            assert_eq!(
+                PackageSpec::check_import_name(&PackageSpec::default_import_name(name)),
+                Ok(())
+            );
         }
         assert_eq!(PackageSpec::check_env_key("PYTHONHASHSEED"), Ok(()));
         assert!(PackageSpec::check_env_key("A=B").is_err());

@@ -111,7 +111,7 @@ pub(crate) async fn execute(
         log_dir: log_dir.as_ref().map(|d| d.display().to_string()),
         output_bytes: supervised.stdout_bytes + supervised.stderr_bytes,
         leftover_processes: supervised.leftover_processes as u32,
-        stall_detected_after_ms: supervised.stall_detected_after.map(|d| d.as_millis() as u64),
+        stall_detected_after_ms: supervised.stall_seen.map(|seen| seen.detected_after.as_millis() as u64),
         parallel: assignment
             .options
             .parallel_threads

@@ -89,8 +89,6 @@ pub(crate) struct Supervised {
     pub(crate) stall_dump: Option<String>,
     /// Processes of the tree still alive after it ended (or was stopped), all killed.
     pub(crate) leftover_processes: usize,
-    /// From the stall's onset (the last output or CPU progress) to the kill.
-    pub(crate) stall_detected_after: Option<Duration>,
     /// What the stall check saw when it judged the command stalled.
     pub(crate) stall_seen: Option<StallSeen>,
 }
@@ -99,6 +97,8 @@ pub(crate) struct Supervised {
 /// had used no noticeable CPU, and the CPU it used over the threshold's window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StallSeen {
+    /// From the stall's onset (the last output or CPU progress) to the verdict.
+    pub(crate) detected_after: Duration,
     pub(crate) quiet_for: Duration,
     pub(crate) idle_for: Duration,
     pub(crate) window_cpu: Duration,
@@ -162,7 +162,6 @@ pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationTok
     let deadline = tokio::time::sleep(spec.timeout);
     tokio::pin!(deadline);
     let mut stall_dump = None;
-    let mut stall_detected_after = None;
     let mut stall_seen = None;
     let (ending, usage) = loop {
         tokio::select! {
@@ -173,8 +172,7 @@ pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationTok
             _ = cancel.cancelled() => break (Some(Ending::Cancelled), Ok(Err(std::io::Error::other("killed")))),
             _ = sampler.tick() => {
                 let Some(tree) = guard.0.as_mut() else { continue };
-                if let Some((onset, seen)) = stall.observe(tree, &output) {
-                    stall_detected_after = Some(onset.elapsed());
+                if let Some(seen) = stall.observe(tree, &output) {
                     stall_seen = Some(seen);
                     stall_dump = Some(dump_stacks(tree, &output).await);
                     break (Some(Ending::Stalled), Ok(Err(std::io::Error::other("killed"))));
@@ -235,7 +233,6 @@ pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationTok
         max_rss_kb: usage.as_ref().map(|u| u.rusage.maxrss / 1024),
         stall_dump,
         leftover_processes,
-        stall_detected_after,
         stall_seen,
     })
 }
@@ -264,8 +261,8 @@ impl StallCheck {
         }
     }
 
-    /// Samples the tree; returns when the stall began, and what was seen, if it has stalled.
-    fn observe(&mut self, tree: &mut Tree, output: &Output) -> Option<(Instant, StallSeen)> {
+    /// Samples the tree; returns what was seen if it has stalled.
+    fn observe(&mut self, tree: &mut Tree, output: &Output) -> Option<StallSeen> {
         let threshold = self.threshold?;
         let now = Instant::now();
         let ticks = tree.cpu_progress();
@@ -278,25 +275,24 @@ impl StallCheck {
             self.history.pop_front();
         }
         // 2% of a core over one sample counts as busy.
-        // Saturating: the threshold comes from a run's spec, and a bad one must not overflow.
-        let busy_per_sample =
-            (self.ticks_per_second.saturating_mul(SAMPLE_EVERY.as_millis() as u64) / 1000 / 50).max(1);
+        let busy_per_sample = (self.ticks_per_second * SAMPLE_EVERY.as_millis() as u64 / 1000 / 50).max(1);
         if ticks >= busy_per_sample {
             self.last_busy = now;
         }
         let window_ticks: u64 = self.history.iter().map(|(_, t)| t).sum();
+        // Saturating: the threshold comes from a run's spec, and a bad one must not overflow.
         let allowed = (self.ticks_per_second.saturating_mul(threshold.as_secs()) / 50).max(1);
         let quiet = output.quiet_for();
         let idle = now.duration_since(self.last_busy);
         if quiet >= threshold && idle >= threshold && window_ticks < allowed {
             let as_time = |ticks: u64| Duration::from_millis(ticks.saturating_mul(1000) / self.ticks_per_second.max(1));
-            let seen = StallSeen {
+            Some(StallSeen {
+                detected_after: quiet.min(idle),
                 quiet_for: quiet,
                 idle_for: idle,
                 window_cpu: as_time(window_ticks),
                 window_cpu_allowed: as_time(allowed),
-            };
-            Some((now - quiet.min(idle), seen))
+            })
         } else {
             None
         }
@@ -564,7 +560,7 @@ mod tests {
         let seen = stalled.stall_seen.expect("what the stall check saw");
         assert!(seen.quiet_for >= threshold && seen.idle_for >= threshold, "{seen:?}");
         assert!(seen.window_cpu < seen.window_cpu_allowed, "{seen:?}");
-        let after = stalled.stall_detected_after.expect("stall onset");
+        let after = seen.detected_after;
         assert!(after >= threshold, "onset {after:?} before the threshold");
         assert_eq!(running("^sleep 1240$"), "");
 

@@ -10,7 +10,7 @@ use crate::interpreter::InterpreterRequirement;
 use crate::package_kind::{ExtensionType, TestFramework};
 
 /// Where a package's source tree comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Source {
     /// The sdist of `PackageSpec::version` (or the latest) from PyPI.

@@ -22,7 +22,7 @@ const KEY_FILE: &str = "key.json";
 const DIGEST_BYTES: usize = 8;
 
 /// What decides a package's fetched source tree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct SourceKey {
     pub(crate) name: String,
     pub(crate) version: Option<String>,
@@ -30,7 +30,7 @@ pub(crate) struct SourceKey {
 }
 
 /// What decides a package's venv: its source, the interpreter and what is installed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct VenvKey {
     pub(crate) package: SourceKey,
     /// The target interpreter's fingerprint: a venv is only valid for the build it was made

@@ -91,8 +91,8 @@ pub(crate) struct Setups {
     dirs: SetupDirs,
     installer: Installer,
     base_path: String,
-    /// Each setup asked for so far, by the name of the directory it is kept in.
-    cells: Mutex<HashMap<String, (VenvKey, SetupCell)>>,
+    /// Each setup asked for so far, by its key.
+    cells: Mutex<HashMap<VenvKey, SetupCell>>,
     /// Kills setup commands when the worker stops.
     shutdown: CancellationToken,
 }
@@ -164,7 +164,7 @@ impl Setups {
     pub(crate) fn warm_packages(&self) -> Vec<String> {
         let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<String> = cells
-            .values()
+            .iter()
             .filter(|(_, cell)| matches!(cell.get(), Some(Ok(_))))
             .map(|(key, _)| key.package.name.clone())
             .collect();
@@ -186,17 +186,13 @@ impl Setups {
             install_command: package.install_command.clone(),
             setup_deps: setup_deps(options),
         };
-        let dir_name = key.dir_name();
         let cell = {
             let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
-            let (_, cell) = cells
-                .entry(dir_name.clone())
-                .or_insert_with(|| (key.clone(), SetupCell::default()));
-            cell.clone()
+            cells.entry(key.clone()).or_default().clone()
         };
         cell.get_or_init(|| async {
             let started = Instant::now();
-            let dir = self.dirs.venvs_dir.join(&dir_name);
+            let dir = self.dirs.venvs_dir.join(key.dir_name());
             let result = self.set_up(package, options, &key, &dir).await;
             let duration_ms = started.elapsed().as_millis() as u64;
             match result {

@@ -42,10 +42,7 @@ pub(crate) fn read_capped(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8
 
 /// The first `bytes` of a regular file, as text.
 pub(crate) fn read_start(path: &Path, bytes: u64) -> Option<String> {
-    let file = open_regular(path).ok()?;
-    let mut buffer = Vec::new();
-    file.take(bytes).read_to_end(&mut buffer).ok()?;
-    Some(String::from_utf8_lossy(&buffer).into_owned())
+    read_text(open_regular(path).ok()?, bytes)
 }
 
 /// The last `bytes` of a regular file, as text. Reads at most `bytes` even if the file grows
@@ -54,6 +51,11 @@ pub(crate) fn read_end(path: &Path, bytes: u64) -> Option<String> {
     let mut file = open_regular(path).ok()?;
     let len = file.metadata().ok()?.len();
     file.seek(SeekFrom::Start(len.saturating_sub(bytes))).ok()?;
+    read_text(file, bytes)
+}
+
+/// At most `bytes` from where `file` stands, as text.
+fn read_text(file: File, bytes: u64) -> Option<String> {
     let mut buffer = Vec::new();
     file.take(bytes).read_to_end(&mut buffer).ok()?;
     Some(String::from_utf8_lossy(&buffer).into_owned())

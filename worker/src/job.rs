@@ -231,14 +231,12 @@ fn test_report(
     supervised: &Supervised,
     stderr_end: &str,
 ) -> Option<TestReport> {
-    if let Some(path) = junit {
-        match read_capped(path, JUNIT_MAX_BYTES) {
-            Ok(bytes) => match domain::readers::junit::parse_junit(&String::from_utf8_lossy(&bytes)) {
-                Ok(report) => return Some(report),
-                Err(error) => tracing::warn!(path = %path.display(), %error, "unreadable JUnit XML"),
-            },
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => tracing::warn!(path = %path.display(), %error, "JUnit XML not read"),
+    if let Some(path) = junit
+        && let Some(bytes) = read_evidence(path, JUNIT_MAX_BYTES)
+    {
+        match domain::readers::junit::parse_junit(&String::from_utf8_lossy(&bytes)) {
+            Ok(report) => return Some(report),
+            Err(error) => tracing::warn!(path = %path.display(), %error, "unreadable JUnit XML"),
         }
     }
     match framework {
@@ -266,14 +264,10 @@ fn tsan_warnings(
             files.sort();
             let mut budget = TSAN_MAX_BYTES;
             for file in files {
-                match read_capped(&file, budget) {
-                    Ok(bytes) => {
-                        budget -= bytes.len() as u64;
-                        text.push_str(&String::from_utf8_lossy(&bytes));
-                        text.push('\n');
-                    }
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => tracing::warn!(path = %file.display(), %error, "ThreadSanitizer output not read"),
+                if let Some(bytes) = read_evidence(&file, budget) {
+                    budget -= bytes.len() as u64;
+                    text.push_str(&String::from_utf8_lossy(&bytes));
+                    text.push('\n');
                 }
             }
         }
@@ -291,6 +285,19 @@ fn tsan_warnings(
     }
     let markers: Vec<&str> = markers.iter().map(String::as_str).collect();
     domain::readers::tsan::parse_reports(&text, &markers)
+}
+
+/// A file the iteration left, at most `max_bytes`; a file that is missing is no evidence, one
+/// that cannot be read (too large, not a regular file) is left unread with a warning.
+fn read_evidence(path: &Path, max_bytes: u64) -> Option<Vec<u8>> {
+    match read_capped(path, max_bytes) {
+        Ok(bytes) => Some(bytes),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "evidence file not read");
+            None
+        }
+    }
 }
 
 fn harness_error(assignment: &Assignment, worker_id: &str, reason: String) -> IterationOutcome {

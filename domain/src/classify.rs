@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::category::Category;
 use crate::outcome::{IterationOutcome, IterationStatus, SetupFailure, SetupStage, signal_name};
+use crate::package_kind::string_enum;
 use crate::spec::Mode;
 
 /// How many iterations ended in each status.
@@ -243,8 +244,7 @@ fn distinct_tsan_warnings(outcomes: &[&IterationOutcome]) -> usize {
 }
 
 /// What running with the GIL enabled says of a package's free-threaded failures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GilVerdict {
     /// The free-threaded iterations all passed: nothing to explain.
     None,
@@ -255,6 +255,9 @@ pub enum GilVerdict {
 }
 
 impl GilVerdict {
+    /// Every value, in the order error messages list them.
+    pub const ALL: [GilVerdict; 3] = [GilVerdict::None, GilVerdict::FtSpecific, GilVerdict::PreExisting];
+
     /// The name results files and the wire use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -265,22 +268,7 @@ impl GilVerdict {
     }
 }
 
-impl std::fmt::Display for GilVerdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for GilVerdict {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [GilVerdict::None, GilVerdict::FtSpecific, GilVerdict::PreExisting]
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unknown GIL comparison verdict {s:?}: expected none, ft_specific or pre_existing"))
-    }
-}
+string_enum!(GilVerdict, "GIL comparison verdict");
 
 /// How a package fared with the GIL disabled against with it enabled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

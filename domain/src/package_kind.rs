@@ -7,9 +7,6 @@
 //! how an exit code is read and whether pytest is asked for JUnit XML; [`ExtensionType`] is
 //! the registry's word only, shown by `registry list`, and decides nothing.
 
-use std::fmt;
-use std::str::FromStr;
-
 /// How a package's test command reports its results; decides how exit codes are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TestFramework {
@@ -95,15 +92,17 @@ impl ExtensionType {
     }
 }
 
+/// Display, parsing and serde for a closed vocabulary: a type with `as_str` and `ALL`, written
+/// and read by its names. `$what` names the field in the error of an unknown value.
 macro_rules! string_enum {
     ($type:ident, $what:literal) => {
-        impl fmt::Display for $type {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $type {
+        impl std::str::FromStr for $type {
             type Err = String;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -133,6 +132,8 @@ macro_rules! string_enum {
         }
     };
 }
+
+pub(crate) use string_enum;
 
 string_enum!(TestFramework, "test_framework");
 string_enum!(ExtensionType, "extension_type");

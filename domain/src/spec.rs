@@ -96,11 +96,7 @@ impl PackageSpec {
     /// An import name as dotted Python identifiers (ASCII): it becomes Python source in the
     /// import check (`import NAME`), so anything else could run code of the registry's choosing.
     pub fn check_import_name(import_name: &str) -> Result<(), String> {
-        let is_identifier = |part: &str| {
-            part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        };
-        if import_name.len() <= MAX_NAME_BYTES && import_name.split('.').all(is_identifier) {
+        if import_name.len() <= MAX_NAME_BYTES && import_name.split('.').all(is_ascii_identifier) {
             Ok(())
         } else {
             Err(format!("import_name {import_name:?} is not a dotted Python name"))
@@ -109,9 +105,7 @@ impl PackageSpec {
 
     /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
     pub fn check_env_key(key: &str) -> Result<(), String> {
-        let ok = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if ok {
+        if is_ascii_identifier(key) {
             Ok(())
         } else {
             Err(format!("env key {key:?} is not a variable name"))
@@ -121,6 +115,12 @@ impl PackageSpec {
 
 /// The longest package or import name accepted.
 const MAX_NAME_BYTES: usize = 200;
+
+/// `[A-Za-z_][A-Za-z0-9_]*`: a Python identifier or an environment variable name.
+fn is_ascii_identifier(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
 
 /// Whether a job runs with the GIL disabled (`ft`) or enabled (`gil`, for comparison).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

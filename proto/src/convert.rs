@@ -220,8 +220,8 @@ impl TryFrom<v1::PackageSpec> for PackageSpec {
             PackageSpec::check_import_name(&wire.import_name)
                 .map_err(|reason| invalid("package.import_name", reason))?;
         }
-        if let Some(key) = wire.env.keys().find(|key| PackageSpec::check_env_key(key).is_err()) {
-            return Err(invalid("package.env", format!("invalid variable name {key:?}")));
+        for key in wire.env.keys() {
+            PackageSpec::check_env_key(key).map_err(|reason| invalid("package.env", reason))?;
         }
         let source = match wire.source.ok_or(WireError::Missing("package.source"))? {
             v1::package_spec::Source::Sdist(_) => Source::Sdist,

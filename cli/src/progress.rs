@@ -76,7 +76,7 @@ impl Progress {
                 let settled = self.summary.as_ref().map_or(0, |s| s.jobs_settled);
                 let due = self.last_plain.is_none_or(|at| at.elapsed() >= PLAIN_EVERY);
                 if due && settled != self.last_plain_settled {
-                    eprintln!("{}", domain::views::text::neutralise_controls(&self.status_line()));
+                    eprintln!("{}", self.status_line());
                     self.last_plain = Some(Instant::now());
                     self.last_plain_settled = settled;
                 }
@@ -119,25 +119,27 @@ impl Progress {
 
     fn draw(&mut self) {
         let line = self.status_line();
-        // The bar's own escapes are written here; the line's text never carries one.
-        eprint!("\r\x1b[2K{}", domain::views::text::neutralise_controls(&line));
+        eprint!("\r\x1b[2K{line}");
         let _ = std::io::stderr().flush();
         self.drawn = true;
     }
 
     /// `[#####.....] 12/40 iterations, 3/6 packages, 1m20s left | crash 1, compatible 2`
+    /// The status line, with whatever control characters a package's name carried replaced:
+    /// the bar's own escapes are the only ones written.
     fn status_line(&self) -> String {
         let slowest = self
             .slowest
             .as_ref()
             .filter(|_| self.summary.as_ref().is_some_and(|s| s.jobs_running > 0))
             .map(|(package, since)| (package.as_str(), since.elapsed()));
-        status_line(
+        let line = status_line(
             self.summary.as_ref(),
             slowest,
             self.started.elapsed(),
             self.style == ProgressStyle::Bar,
-        )
+        );
+        domain::views::text::neutralise_controls(&line).into_owned()
     }
 }
 

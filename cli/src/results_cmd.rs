@@ -14,7 +14,7 @@ use domain::views::render::{ReportFormat, render_report};
 use domain::views::report::{ReportInput, build_report};
 use domain::views::show::{ShowFormat, ShowOptions, SortKey, render_show, show_json};
 
-use crate::run_source::{LoadedRun, RemoteArgs, load, write_output};
+use crate::run_source::{LoadedRun, RemoteArgs, load, print_text, write_output};
 
 /// Flags of `ftsurvey show`; names follow the tool ftsurvey replaces.
 #[derive(Debug, Args)]
@@ -255,9 +255,4 @@ fn parse_fraction(text: &str) -> Result<f64, String> {
         Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
         _ => Err(format!("expected a fraction from 0 to 1, got {text:?}")),
     }
-}
-
-/// Prints a text view with the control characters packages wrote neutralised.
-fn print_text(text: &str) {
-    print!("{}", domain::views::text::neutralise_controls(text));
 }

@@ -95,14 +95,8 @@ impl ResultsDir {
     }
 }
 
-/// Reads a results folder, or the `ft_results.jsonl` in one: the run's metadata (if readable),
-/// one record per package, and warnings about what was skipped.
-///
-/// Lenient where an interrupted or older run leaves gaps: a missing or unreadable meta file, a
-/// bad line, or a last line cut short are warnings. A package written twice keeps its last line,
-/// at the place of its first. Only a folder that does not exist, or holds neither file, is an
-/// error.
-pub(crate) fn read_results_dir(path: &Path) -> anyhow::Result<(Option<RunMeta>, Vec<PackageRecord>, Vec<String>)> {
+/// The results and meta files of `path`, a results folder or its `ft_results.jsonl`.
+pub(crate) fn results_files(path: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (dir, results_path) = if path.is_file() {
         let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         (dir, path.to_path_buf())
@@ -114,7 +108,18 @@ pub(crate) fn read_results_dir(path: &Path) -> anyhow::Result<(Option<RunMeta>, 
             path.display()
         );
     };
-    let meta_path = dir.join(META_FILE);
+    Ok((results_path, dir.join(META_FILE)))
+}
+
+/// Reads a results folder, or the `ft_results.jsonl` in one: the run's metadata (if readable),
+/// one record per package, and warnings about what was skipped.
+///
+/// Lenient where an interrupted or older run leaves gaps: a missing or unreadable meta file, a
+/// bad line, or a last line cut short are warnings. A package written twice keeps its last line,
+/// at the place of its first. Only a folder that does not exist, or holds neither file, is an
+/// error.
+pub(crate) fn read_results_dir(path: &Path) -> anyhow::Result<(Option<RunMeta>, Vec<PackageRecord>, Vec<String>)> {
+    let (results_path, meta_path) = results_files(path)?;
     let mut warnings = Vec::new();
 
     let meta = match std::fs::read_to_string(&meta_path) {
@@ -147,7 +152,7 @@ pub(crate) fn read_results_dir(path: &Path) -> anyhow::Result<(Option<RunMeta>, 
         Err(error) if error.kind() == ErrorKind::NotFound => {
             bail!(
                 "{} is not a results folder: it has neither {RESULTS_FILE} nor {META_FILE}",
-                dir.display()
+                meta_path.parent().unwrap_or(Path::new(".")).display()
             );
         }
         Err(error) => return Err(error).with_context(|| format!("cannot read {}", results_path.display())),

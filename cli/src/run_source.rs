@@ -10,7 +10,7 @@ use domain::{PackageResult, RunSpec, RunSummary};
 use proto::v1;
 
 use crate::remote::{ClientCredentials, CoordinatorArgs};
-use crate::results_dir::{META_FILE, RESULTS_FILE, read_results_dir};
+use crate::results_dir::{read_results_dir, results_files};
 
 /// How to reach the coordinator when RUN is a run id.
 #[derive(Debug, Clone, Default, Args)]
@@ -43,12 +43,8 @@ pub(crate) fn load(run: &str, remote: &RemoteArgs) -> anyhow::Result<LoadedRun> 
         for warning in &warnings {
             eprintln!("warning: {warning}");
         }
-        let dir = if path.is_file() {
-            path.parent().unwrap_or(Path::new("."))
-        } else {
-            path
-        };
-        let read_from = [path.to_path_buf(), dir.join(RESULTS_FILE), dir.join(META_FILE)]
+        let (results_path, meta_path) = results_files(path)?;
+        let read_from = [results_path, meta_path]
             .into_iter()
             .filter_map(|file| file.canonicalize().ok())
             .collect();
@@ -117,16 +113,21 @@ async fn load_remote(run: &str, coordinator: &CoordinatorArgs) -> anyhow::Result
     })
 }
 
+/// Prints a view on stdout with the control characters packages wrote neutralised.
+pub(crate) fn print_text(text: &str) {
+    print!("{}", domain::views::text::neutralise_controls(text));
+}
+
 /// Writes `text` to `output`, or to stdout when there is none. A file is written whole or not
 /// at all (a temporary file beside it, renamed over it), and never over what `run` was read
 /// from.
 pub(crate) fn write_output(output: Option<&Path>, text: &str, run: &LoadedRun) -> anyhow::Result<()> {
-    // The text quotes what packages wrote; a terminal (now, or a `cat` later) must not obey it.
-    let text = domain::views::text::neutralise_controls(text);
     let Some(path) = output else {
-        print!("{text}");
+        print_text(text);
         return Ok(());
     };
+    // The text quotes what packages wrote; a terminal (now, or a `cat` later) must not obey it.
+    let text = domain::views::text::neutralise_controls(text);
     let parent = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),

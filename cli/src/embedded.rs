@@ -76,6 +76,7 @@ impl Embedded {
                 allow_gil_build: config.allow_gil_build,
                 token: None,
                 ca_cert: None,
+                sandbox: worker::SandboxConfig::default(),
             };
             workers.push(tokio::spawn(worker::run(worker_config, workers_shutdown.clone())));
         }

@@ -152,6 +152,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         allow_gil_build: args.allow_gil_build,
         token: args.token.clone(),
         ca_cert: args.ca.read_pem()?,
+        sandbox: worker::SandboxConfig::default(),
     };
     let shutdown = CancellationToken::new();
     spawn_stop_on_signal(shutdown.clone());

@@ -158,6 +158,9 @@ pub struct IterationEvidence {
     pub stall_detected_after_ms: Option<u64>,
     /// With `--parallel-threads`: how many tests ran in parallel and how many were not.
     pub parallel: Option<ParallelReport>,
+    /// How the iteration was sealed and which of its limits it ran into; `None` from a worker
+    /// that predates the sandbox.
+    pub sandbox: Option<SandboxReport>,
 }
 
 impl IterationEvidence {
@@ -178,6 +181,111 @@ pub struct ParallelReport {
     /// Tests run single-threaded because they are thread-unsafe.
     pub thread_unsafe: u32,
 }
+
+/// How one command was sealed off from the worker and the machine, and what it ran into.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SandboxReport {
+    pub kind: SandboxKind,
+    /// How the memory limit was held, and at how many bytes.
+    pub memory: LimitHeld,
+    pub memory_limit_bytes: u64,
+    /// How the process limit was held, and at how many processes.
+    pub pids: LimitHeld,
+    pub pids_limit: u64,
+    /// The most bytes one file, and all the files under the iteration's directories, may take.
+    pub disk_limit_bytes: u64,
+    /// The tests could reach the host's network (the registry's `network: true` or
+    /// `--test-network`); otherwise they had loopback only, where the sandbox could do that.
+    pub network: bool,
+    /// The limits the command ran into, each once, in the order first seen.
+    pub limits_hit: Vec<LimitHit>,
+}
+
+/// What sealed a command off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SandboxKind {
+    /// Nothing: the command ran as the worker's user, with the worker's view of the machine.
+    #[default]
+    None,
+    /// bubblewrap: its own PID, network, IPC and UTS namespaces, the system read-only, the
+    /// worker's files out of sight, no capabilities.
+    Bwrap,
+}
+
+impl SandboxKind {
+    pub const ALL: [SandboxKind; 2] = [SandboxKind::None, SandboxKind::Bwrap];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxKind::None => "none",
+            SandboxKind::Bwrap => "bwrap",
+        }
+    }
+}
+
+/// What held a limit on a command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum LimitHeld {
+    /// Nothing could: the limit was not enforced.
+    #[default]
+    None,
+    /// A cgroup v2 controller (`memory.max`, `pids.max`).
+    Cgroup2,
+    /// A cgroup v1 controller (`memory.limit_in_bytes`, `pids.max`).
+    Cgroup1,
+    /// A resource limit on each process (`RLIMIT_AS`, `RLIMIT_NPROC`).
+    Rlimit,
+}
+
+impl LimitHeld {
+    pub const ALL: [LimitHeld; 4] = [
+        LimitHeld::None,
+        LimitHeld::Cgroup2,
+        LimitHeld::Cgroup1,
+        LimitHeld::Rlimit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitHeld::None => "none",
+            LimitHeld::Cgroup2 => "cgroup2",
+            LimitHeld::Cgroup1 => "cgroup1",
+            LimitHeld::Rlimit => "rlimit",
+        }
+    }
+}
+
+/// A limit a command ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitHit {
+    /// The kernel killed a process at the memory limit.
+    Memory,
+    /// A fork failed at the process limit.
+    Pids,
+    /// A file reached the file-size limit.
+    FileSize,
+    /// The files under the iteration's directories reached the disk limit; the command was
+    /// killed.
+    Disk,
+}
+
+impl LimitHit {
+    pub const ALL: [LimitHit; 4] = [LimitHit::Memory, LimitHit::Pids, LimitHit::FileSize, LimitHit::Disk];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitHit::Memory => "memory",
+            LimitHit::Pids => "pids",
+            LimitHit::FileSize => "file_size",
+            LimitHit::Disk => "disk",
+        }
+    }
+}
+
+crate::package_kind::string_enum!(SandboxKind, "sandbox");
+crate::package_kind::string_enum!(LimitHeld, "limit enforcement");
+crate::package_kind::string_enum!(LimitHit, "limit");
 
 /// How many thread blocks `stacks` holds (as the worker keeps them, or any faulthandler
 /// output).

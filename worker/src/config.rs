@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use domain::WorkerId;
 
+use crate::sandbox::SandboxConfig;
 use crate::setup::installer::Installer;
 
 /// What a worker needs to run. Its `Debug` output hides the token.
@@ -34,6 +35,8 @@ pub struct WorkerConfig {
     pub token: Option<String>,
     /// A CA certificate (PEM) to trust for an `https://` coordinator.
     pub ca_cert: Option<Vec<u8>>,
+    /// The sandbox and limits of every command run for a package.
+    pub sandbox: SandboxConfig,
 }
 
 // By hand, so that logging a config never writes the token out.
@@ -57,6 +60,7 @@ impl std::fmt::Debug for WorkerConfig {
                 "ca_cert",
                 &self.ca_cert.as_ref().map(|pem| format!("<{} bytes of PEM>", pem.len())),
             )
+            .field("sandbox", &self.sandbox)
             .finish()
     }
 }
@@ -80,6 +84,7 @@ mod tests {
             allow_gil_build: false,
             token: token.map(str::to_string),
             ca_cert: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+            sandbox: SandboxConfig::default(),
         }
     }
 

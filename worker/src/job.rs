@@ -128,6 +128,7 @@ pub(crate) async fn execute(
                     .unwrap_or_else(|| supervised.stdout_tail.clone());
                 domain::readers::run_parallel::parse_run_parallel(threads, &head, &tail)
             }),
+        sandbox: None,
     };
     if let Some(seen) = &supervised.stall_seen {
         tracing::info!(

@@ -10,6 +10,7 @@ mod job;
 mod output;
 pub mod probe;
 pub mod proctree;
+mod sandbox;
 mod session;
 mod setup;
 mod shell;
@@ -20,6 +21,7 @@ use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::WorkerConfig;
+pub use crate::sandbox::{Limits, SandboxConfig, SandboxMode};
 pub use crate::setup::installer::Installer;
 
 /// Runs the worker until `shutdown` is cancelled or the coordinator drains it.

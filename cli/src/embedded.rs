@@ -40,6 +40,8 @@ pub(crate) struct EmbeddedConfig {
     pub(crate) allow_gil_build: bool,
     /// Venvs, sources, the wheel cache and the installer.
     pub(crate) places: crate::setup_args::SetupPlaces,
+    /// The sandbox and limits of every local worker.
+    pub(crate) sandbox: worker::SandboxConfig,
 }
 
 impl Embedded {
@@ -76,7 +78,7 @@ impl Embedded {
                 allow_gil_build: config.allow_gil_build,
                 token: None,
                 ca_cert: None,
-                sandbox: worker::SandboxConfig::default(),
+                sandbox: config.sandbox.clone(),
             };
             workers.push(tokio::spawn(worker::run(worker_config, workers_shutdown.clone())));
         }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use clap::parser::ValueSource;
 use domain::WorkerId;
 use tokio_util::sync::CancellationToken;
 
@@ -82,11 +83,18 @@ pub(crate) struct WorkerArgs {
     /// Accept a target that is not free-threaded.
     #[arg(long, env = "FTSURVEY_ALLOW_GIL_BUILD")]
     allow_gil_build: bool,
-    /// The bearer token the coordinator requires of workers.
+    /// A file holding the bearer token the coordinator requires of workers (readable by this
+    /// worker's user alone); the sandbox hides it from what the worker runs.
+    #[arg(long, env = "FTSURVEY_WORKER_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The bearer token on the command line, or in the environment. Prefer --token-file: a
+    /// command line is readable by every local user.
     #[arg(long = "token", env = "FTSURVEY_WORKER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[command(flatten)]
     ca: CaCertArg,
+    #[command(flatten)]
+    sandbox: crate::sandbox_args::SandboxArgs,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -123,7 +131,10 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+/// Runs a worker; `token_source` says where clap found `--token`, typed or from the
+/// environment.
+pub(crate) async fn worker(args: WorkerArgs, token_source: Option<ValueSource>) -> anyhow::Result<ExitCode> {
+    let token = worker_token(&args, token_source)?;
     let work_dir = places::work_dir(args.work_dir.as_deref())?;
     places::create_work_dir(&work_dir)?;
     let worker_id = match &args.worker_id {
@@ -135,7 +146,12 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     proto::auth::check_transport(&args.coordinator, args.ca.ca_cert.is_some()).map_err(anyhow::Error::msg)?;
-    proto::auth::BearerToken::new(args.token.as_deref()).map_err(|e| anyhow::anyhow!("invalid --token: {e}"))?;
+    let token_flag = if args.token_file.is_some() {
+        "--token-file"
+    } else {
+        "--token"
+    };
+    proto::auth::BearerToken::new(token.as_deref()).map_err(|e| anyhow::anyhow!("invalid {token_flag}: {e}"))?;
     let target_python = worker_target(&args.target_python).await?;
     let places = args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?;
     let config = worker::WorkerConfig {
@@ -150,9 +166,9 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         work_dir,
         base_path: places::base_path(),
         allow_gil_build: args.allow_gil_build,
-        token: args.token.clone(),
+        token,
         ca_cert: args.ca.read_pem()?,
-        sandbox: worker::SandboxConfig::default(),
+        sandbox: args.sandbox.config(hidden_files(&args)?),
     };
     let shutdown = CancellationToken::new();
     spawn_stop_on_signal(shutdown.clone());
@@ -164,6 +180,40 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     );
     worker::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The worker's token: read from `--token-file`, or `--token` as given (with a warning when
+/// typed, as every local user can read a command line). The two are one too many.
+fn worker_token(args: &WorkerArgs, token_source: Option<ValueSource>) -> anyhow::Result<Option<String>> {
+    let typed = token_source == Some(ValueSource::CommandLine);
+    match (&args.token_file, &args.token) {
+        (Some(_), Some(_)) if typed => anyhow::bail!("--token and --token-file both give the token: give one"),
+        (Some(_), Some(_)) => {
+            anyhow::bail!("--token-file and FTSURVEY_WORKER_TOKEN both give the token: unset FTSURVEY_WORKER_TOKEN")
+        }
+        (Some(path), None) => Ok(Some(crate::secrets::read_token_file("--token-file", path)?)),
+        (None, token) => {
+            if typed {
+                eprintln!(
+                    "warning: --token is readable by every local user in /proc/{}/cmdline; give the token with --token-file instead",
+                    std::process::id()
+                );
+            }
+            Ok(token.clone())
+        }
+    }
+}
+
+/// The worker's secrets for the sandbox to hide: its token file and CA certificate, as the
+/// files they are (a symlink's target).
+fn hidden_files(args: &WorkerArgs) -> anyhow::Result<Vec<PathBuf>> {
+    [("--token-file", &args.token_file), ("--ca-cert", &args.ca.ca_cert)]
+        .into_iter()
+        .filter_map(|(flag, path)| Some((flag, path.as_ref()?)))
+        .map(|(flag, path)| {
+            std::fs::canonicalize(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+        })
+        .collect()
 }
 
 /// Refuses empty tokens, and a coordinator reachable beyond this machine without both tokens

@@ -18,13 +18,15 @@ mod results_dir;
 mod run_cmd;
 mod run_source;
 mod runs_cmd;
+mod sandbox_args;
+mod secrets;
 mod setup_args;
 mod stability;
 mod trust_wheels;
 
 use std::process::ExitCode;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Tells which packages work on free-threaded CPython.
 #[derive(Debug, Parser)]
@@ -73,11 +75,30 @@ enum Command {
 }
 
 /// Parses the command line, runs the command, and turns any error into one line on stderr.
+///
+/// A binary's `main` calls it first thing: it takes the secrets out of the environment, which
+/// is sound only while the process has one thread.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let command = Cli::command();
+    let secret_env_vars = secrets::secret_env_vars(&command);
+    let matches = match command.try_get_matches() {
+        Ok(matches) => matches,
+        Err(error) => return flag_error(&error),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(error) => return flag_error(&error),
     };
+    // SAFETY: this process has one thread: a binary's `main` calls this first thing, nothing
+    // above starts a thread, and the tokio runtime, the first thing that does, is built below
+    // in `run_async`.
+    #[allow(unsafe_code)]
+    unsafe {
+        secrets::remove_from_env(&secret_env_vars);
+    }
+    let worker_token_source = matches
+        .subcommand_matches("worker")
+        .and_then(|worker| worker.value_source("token"));
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => run_async(run_cmd::run(*args)),
@@ -93,7 +114,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => run_async(runs_cmd::status(args)),
         Command::Runs(command) => run_async(runs_cmd::runs(command)),
         Command::Drain(args) => run_async(runs_cmd::drain(args)),
-        Command::Worker(args) => run_async(fleet_cmd::worker(*args)),
+        Command::Worker(args) => run_async(fleet_cmd::worker(*args, worker_token_source)),
     };
     match result {
         Ok(code) => code,

@@ -108,6 +108,9 @@ pub(crate) struct RunArgs {
     pub(crate) quiet: bool,
     #[command(flatten)]
     pub(crate) setup: crate::setup_args::SetupArgs,
+    /// The sandbox and limits of the local workers (not of a fleet's).
+    #[command(flatten)]
+    pub(crate) sandbox: crate::sandbox_args::SandboxArgs,
     /// Thread stress: run every pytest test in N threads at once (installs pytest-run-parallel
     /// into each venv); the results say how many tests ran in parallel and how many were
     /// run alone as thread-unsafe.
@@ -329,6 +332,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 n_workers: args.workers,
                 allow_gil_build: args.allow_gil_build,
                 places: args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?,
+                sandbox: args.sandbox.config(Vec::new()),
             })
             .await?;
             (embedded.client.clone(), Some(embedded), results)

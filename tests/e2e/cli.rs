@@ -332,7 +332,7 @@ fn help_documents_the_secret_flags_without_the_secrets_set_in_the_environment() 
                 "FTSURVEY_CLIENT_TOKEN",
             ],
         ),
-        ("worker", &["--token", "FTSURVEY_WORKER_TOKEN"]),
+        ("worker", &["--token", "--token-file", "FTSURVEY_WORKER_TOKEN"]),
         ("run", &["--token", "FTSURVEY_CLIENT_TOKEN"]),
     ];
     for (command, documented) in cases {

@@ -341,11 +341,15 @@ fn tokens_tls_and_the_database_password_are_handled() {
         .expect("worker");
     one_line_error(refused, "the coordinator refused this worker: wrong worker token");
 
-    // The right token over TLS: the worker is seen connected.
+    // The right token over TLS, from a token file: the worker is seen connected.
+    let token_file = dir.join("worker-token");
+    std::fs::write(&token_file, "worker-secret\n").expect("write the token file");
     let _worker = spawn(
         ftsurvey()
             .arg("worker")
-            .args(["--coordinator", &url, "--worker-id", "w1", "--token", "worker-secret"])
+            .args(["--coordinator", &url, "--worker-id", "w1"])
+            .arg("--token-file")
+            .arg(&token_file)
             .arg("--ca-cert")
             .arg(&ca)
             .arg("--target-python")

@@ -12,3 +12,4 @@ mod setups;
 mod store;
 mod verbs;
 mod wheels;
+mod worker_token;

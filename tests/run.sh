@@ -31,6 +31,24 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     echo "tests/run.sh: chromium is missing and cannot be installed here (not root, or no apt-get); the HTML report test will fail" >&2
   fi
 fi
+# Every iteration runs in bubblewrap (the default sandbox picks it when `bwrap` is on PATH) and
+# the sandbox tests insist on it: without it they fail, so this fails first, saying why.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "tests/run.sh: installing bubblewrap for the sandbox" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } \
+      || true
+  fi
+  if ! command -v bwrap >/dev/null 2>&1; then
+    echo "tests/run.sh: bwrap (bubblewrap) is missing and could not be installed (not root, no apt-get, or apt-get failed); install the bubblewrap package" >&2
+    exit 1
+  fi
+fi
+if ! bwrap --ro-bind / / --dev /dev --proc /proc --unshare-all --die-with-parent -- true 2>/dev/null; then
+  echo "tests/run.sh: bwrap is installed but cannot create namespaces here (try: bwrap --ro-bind / / --unshare-all -- true); the sandbox tests need it" >&2
+  exit 1
+fi
 need_python FTSURVEY_TEST_FT_PYTHON "" free-threaded
 need_python FTSURVEY_TEST_TSAN_PYTHON --tsan ThreadSanitizer
 # The setup tests run uv (from PyPI) as well as pip; without one on PATH, uv is installed into

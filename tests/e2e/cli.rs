@@ -50,7 +50,7 @@ impl Survey {
         }
     }
 
-    fn results_root(&self) -> PathBuf {
+    pub(crate) fn results_root(&self) -> PathBuf {
         self.dir.path().join("results")
     }
 

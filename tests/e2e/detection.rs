@@ -22,7 +22,7 @@ fn tsan_python() -> PathBuf {
 }
 
 /// Processes whose command line matches `pattern`, as pgrep prints them.
-fn running(pattern: &str) -> String {
+pub(crate) fn running(pattern: &str) -> String {
     let found = Command::new("pgrep").args(["-af", pattern]).output().expect("pgrep");
     String::from_utf8_lossy(&found.stdout).into_owned()
 }

@@ -1,5 +1,5 @@
-//! The one end-to-end test binary: the store conformance suite, the gRPC surface, the CLI, and
-//! detection on real free-threaded and ThreadSanitizer builds.
+//! The one end-to-end test binary: the store conformance suite, the gRPC surface, the CLI,
+//! detection on real free-threaded and ThreadSanitizer builds, and the sandbox under attack.
 
 mod cli;
 mod detection;
@@ -8,6 +8,7 @@ mod fleet;
 mod interpreters;
 mod protocol;
 mod registry;
+mod sandbox;
 mod setups;
 mod store;
 mod verbs;

@@ -8,13 +8,17 @@ use crate::package_kind::string_enum;
 use crate::spec::Mode;
 
 /// How many iterations ended in each status.
+///
+/// Read with defaults: counts stored or written before a status existed read as zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StatusCounts {
     pub pass: u32,
     pub fail: u32,
     pub crash: u32,
     pub deadlock: u32,
     pub timeout: u32,
+    pub oom: u32,
     pub harness_error: u32,
 }
 
@@ -34,13 +38,14 @@ impl StatusCounts {
             IterationStatus::Crash => self.crash += 1,
             IterationStatus::Deadlock => self.deadlock += 1,
             IterationStatus::Timeout => self.timeout += 1,
+            IterationStatus::Oom => self.oom += 1,
             IterationStatus::HarnessError => self.harness_error += 1,
         }
     }
 
     /// Iterations that say something about the package (all but harness errors).
     pub fn completed(&self) -> u32 {
-        self.pass + self.fail + self.crash + self.deadlock + self.timeout
+        self.pass + self.fail + self.crash + self.deadlock + self.timeout + self.oom
     }
 
     pub fn total(&self) -> u32 {
@@ -79,7 +84,9 @@ pub struct Classification {
 /// import failure; nothing completed (harness error when harness errors were all there was,
 /// else unknown); any deadlock; any crash; all pass (TSAN warnings, else GIL fallback, else
 /// compatible); all fail (incompatible); otherwise intermittent. Harness errors never count
-/// as completed iterations; timeouts count as failures.
+/// as completed iterations; timeouts count as failures, and so do iterations killed at the
+/// memory limit (`oom`): both are resource exhaustion, which the package owns (the free-threaded
+/// build's memory use is part of what is surveyed), and neither is a crash or a stall.
 pub fn classify(input: ClassifyInput<'_>) -> Classification {
     if let Some(failure) = input.setup_failure {
         let category = match failure.stage {
@@ -116,6 +123,12 @@ pub fn classify(input: ClassifyInput<'_>) -> Classification {
     }
     if counts.timeout > 0 {
         evidence.push(format!("{} of {completed} iterations timed out", counts.timeout));
+    }
+    if counts.oom > 0 {
+        evidence.push(format!(
+            "{} of {completed} iterations were killed at the memory limit",
+            counts.oom
+        ));
     }
 
     if counts.deadlock > 0 {
@@ -455,7 +468,7 @@ mod tests {
 
     #[test]
     fn statuses_classify_first_match_wins() {
-        use IterationStatus::{Crash, Deadlock, Fail, HarnessError, Pass, Timeout};
+        use IterationStatus::{Crash, Deadlock, Fail, HarnessError, Oom, Pass, Timeout};
         let table: &[(&[IterationStatus], Category)] = &[
             (&[], Category::Unknown),
             (&[HarnessError, HarnessError], Category::HarnessError),
@@ -466,6 +479,12 @@ mod tests {
             (&[Fail, Timeout], Category::Incompatible),
             (&[Pass, Fail], Category::Intermittent),
             (&[Pass, Timeout], Category::Intermittent),
+            (&[Oom, Oom], Category::Incompatible),
+            (&[Fail, Oom], Category::Incompatible),
+            (&[Pass, Oom], Category::Intermittent),
+            (&[Oom, HarnessError], Category::Incompatible),
+            (&[Oom, Crash], Category::Crash),
+            (&[Oom, Deadlock], Category::Deadlock),
             (&[Pass, Crash], Category::Crash),
             (&[Crash, Crash], Category::Crash),
             (&[Fail, Crash, Deadlock], Category::Deadlock),
@@ -543,6 +562,36 @@ mod tests {
             "{:?}",
             got.evidence
         );
+    }
+
+    #[test]
+    fn an_iteration_killed_at_the_memory_limit_is_a_failure_named_in_the_evidence_not_a_crash() {
+        let mut oom = outcome(IterationStatus::Oom);
+        oom.signal = Some(9);
+        let result = PackageResult::build("p", 2, None, vec![oom, outcome(IterationStatus::Pass)], true);
+        assert_eq!(result.category, Category::Intermittent);
+        assert_eq!(
+            (result.counts.oom, result.counts.crash, result.counts.completed()),
+            (1, 0, 2)
+        );
+        assert_eq!(result.pass_rate(), Some(0.5));
+        assert!(
+            result
+                .evidence
+                .iter()
+                .any(|e| e == "1 of 2 iterations were killed at the memory limit"),
+            "{:?}",
+            result.evidence
+        );
+    }
+
+    #[test]
+    fn counts_written_before_oom_existed_still_read() {
+        let counts: StatusCounts = serde_json::from_str(
+            r#"{"pass": 1, "fail": 2, "crash": 0, "deadlock": 0, "timeout": 1, "harness_error": 0}"#,
+        )
+        .expect("old counts");
+        assert_eq!((counts.oom, counts.completed()), (0, 4));
     }
 
     #[test]

@@ -22,17 +22,21 @@ pub enum IterationStatus {
     Deadlock,
     /// Still running at the timeout while making progress; killed.
     Timeout,
+    /// Killed by the kernel at the iteration's memory limit: resource exhaustion, like a
+    /// timeout, and never a crash although the kill is a signal.
+    Oom,
     /// The test harness itself failed (pytest exit 2-5): not evidence about free-threading.
     HarnessError,
 }
 
 impl IterationStatus {
-    pub const ALL: [IterationStatus; 6] = [
+    pub const ALL: [IterationStatus; 7] = [
         IterationStatus::Pass,
         IterationStatus::Fail,
         IterationStatus::Crash,
         IterationStatus::Deadlock,
         IterationStatus::Timeout,
+        IterationStatus::Oom,
         IterationStatus::HarnessError,
     ];
 
@@ -43,6 +47,7 @@ impl IterationStatus {
             IterationStatus::Crash => "crash",
             IterationStatus::Deadlock => "deadlock",
             IterationStatus::Timeout => "timeout",
+            IterationStatus::Oom => "oom",
             IterationStatus::HarnessError => "harness_error",
         }
     }
@@ -192,4 +197,19 @@ pub enum JobResult {
     Iteration(IterationOutcome),
     /// The package could not be set up, so the iteration did not run.
     SetupFailed(SetupFailure),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_serde_and_parsing_agree() {
+        for status in IterationStatus::ALL {
+            let json = serde_json::to_string(&status).expect("serialize");
+            assert_eq!(json, format!("\"{status}\""));
+            assert_eq!(status.as_str().parse::<IterationStatus>(), Ok(status));
+        }
+        assert_eq!("oom".parse::<IterationStatus>(), Ok(IterationStatus::Oom));
+    }
 }

@@ -74,6 +74,7 @@ impl From<IterationStatus> for v1::IterationStatus {
             IterationStatus::Crash => v1::IterationStatus::Crash,
             IterationStatus::Deadlock => v1::IterationStatus::Deadlock,
             IterationStatus::Timeout => v1::IterationStatus::Timeout,
+            IterationStatus::Oom => v1::IterationStatus::Oom,
             IterationStatus::HarnessError => v1::IterationStatus::HarnessError,
         }
     }
@@ -86,6 +87,7 @@ fn status_from_wire(value: i32) -> Result<IterationStatus, WireError> {
         Ok(v1::IterationStatus::Crash) => Ok(IterationStatus::Crash),
         Ok(v1::IterationStatus::Deadlock) => Ok(IterationStatus::Deadlock),
         Ok(v1::IterationStatus::Timeout) => Ok(IterationStatus::Timeout),
+        Ok(v1::IterationStatus::Oom) => Ok(IterationStatus::Oom),
         Ok(v1::IterationStatus::HarnessError) => Ok(IterationStatus::HarnessError),
         _ => Err(invalid("status", format!("unknown iteration status {value}"))),
     }
@@ -555,6 +557,7 @@ impl From<&StatusCounts> for v1::StatusCounts {
             deadlock: c.deadlock,
             timeout: c.timeout,
             harness_error: c.harness_error,
+            oom: c.oom,
         }
     }
 }
@@ -567,6 +570,7 @@ impl From<v1::StatusCounts> for StatusCounts {
             crash: c.crash,
             deadlock: c.deadlock,
             timeout: c.timeout,
+            oom: c.oom,
             harness_error: c.harness_error,
         }
     }
@@ -818,6 +822,24 @@ mod tests {
         wire.env.insert("LD PRELOAD".into(), "x".into());
         let err = PackageSpec::try_from(wire).unwrap_err();
         assert!(err.to_string().starts_with("invalid field package.env"), "{err}");
+    }
+
+    #[test]
+    fn every_iteration_status_and_its_count_cross_the_wire() {
+        for status in IterationStatus::ALL {
+            let wire = v1::IterationStatus::from(status) as i32;
+            assert_eq!(status_from_wire(wire), Ok(status));
+        }
+        assert_eq!(
+            v1::IterationStatus::from(IterationStatus::Oom),
+            v1::IterationStatus::Oom
+        );
+        let counts = StatusCounts {
+            oom: 3,
+            timeout: 1,
+            ..StatusCounts::default()
+        };
+        assert_eq!(StatusCounts::from(v1::StatusCounts::from(&counts)), counts);
     }
 
     #[test]

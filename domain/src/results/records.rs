@@ -182,6 +182,8 @@ pub struct PackageRecord {
     pub deadlock_count: u32,
     /// Timeouts that were not stalls (the old tool counted deadlocks here too).
     pub timeout_count: u32,
+    /// Iterations killed by the kernel at their memory limit; failures, never crashes.
+    pub oom_count: u32,
     /// Iterations where the test harness itself failed; not in `iterations_completed`.
     pub harness_error_count: u32,
     /// Passes over completed iterations; `None` when none completed.
@@ -245,7 +247,8 @@ pub struct IterationRecord {
     pub index: u32,
     /// `ft` or `gil`.
     pub mode: String,
-    /// An [`IterationStatus`] name: `pass`, `fail`, `crash`, `deadlock`, `timeout`, `harness_error`.
+    /// An [`IterationStatus`] name: `pass`, `fail`, `crash`, `deadlock`, `timeout`, `oom`,
+    /// `harness_error`.
     pub status: String,
     pub exit_code: Option<i32>,
     /// The signal that ended the test process, if any (a kill at a timeout too).
@@ -321,6 +324,7 @@ impl Default for PackageRecord {
             crash_count: 0,
             deadlock_count: 0,
             timeout_count: 0,
+            oom_count: 0,
             harness_error_count: 0,
             pass_rate: None,
             mean_duration_s: 0.0,
@@ -567,6 +571,7 @@ impl From<&PackageResult> for PackageRecord {
             crash_count: result.counts.crash,
             deadlock_count: result.counts.deadlock,
             timeout_count: result.counts.timeout,
+            oom_count: result.counts.oom,
             harness_error_count: result.counts.harness_error,
             pass_rate: result.pass_rate(),
             mean_duration_s,
@@ -774,6 +779,29 @@ mod tests {
         killed.exit_code = None;
         let record = IterationRecord::from(&killed);
         assert_eq!((record.signal, record.crash_signal), (Some(9), None));
+    }
+
+    #[test]
+    fn an_iteration_killed_at_the_memory_limit_is_counted_as_oom_and_not_as_a_crash() {
+        let mut oom = outcome(2, Mode::Ft, IterationStatus::Oom, Some(9));
+        oom.exit_code = None;
+        let result = PackageResult::build(
+            "p",
+            2,
+            None,
+            vec![outcome(1, Mode::Ft, IterationStatus::Pass, None), oom],
+            true,
+        );
+        let record = PackageRecord::from(&result);
+        assert_eq!(
+            (record.oom_count, record.crash_count, record.iterations_completed),
+            (1, 0, 2)
+        );
+        assert_eq!(record.iterations[1].status, "oom");
+        assert_eq!(record.iterations[1].crash_signal, None);
+        let line = serde_json::to_string(&record).expect("serialize");
+        assert!(line.contains("\"oom_count\":1"), "{line}");
+        assert_eq!(PackageRecord::parse_line(&line).expect("parse"), record);
     }
 
     #[test]

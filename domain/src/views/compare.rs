@@ -89,6 +89,10 @@ pub struct Comparison {
     pub resolved_crashes: Vec<String>,
     pub new_deadlocks: Vec<String>,
     pub resolved_deadlocks: Vec<String>,
+    /// Packages with iterations killed at the memory limit in B and not in A, and the other
+    /// way round: a regression they explain may be the limit's, not free-threading's.
+    pub new_ooms: Vec<String>,
+    pub resolved_ooms: Vec<String>,
     pub only_in_a: Vec<String>,
     pub only_in_b: Vec<String>,
 }
@@ -114,6 +118,8 @@ pub fn compare(run_a: &str, a: &[PackageRecord], run_b: &str, b: &[PackageRecord
         resolved_crashes: Vec::new(),
         new_deadlocks: Vec::new(),
         resolved_deadlocks: Vec::new(),
+        new_ooms: Vec::new(),
+        resolved_ooms: Vec::new(),
         only_in_a: a_map.keys().filter(|k| !b_map.contains_key(*k)).cloned().collect(),
         only_in_b: b_map.keys().filter(|k| !a_map.contains_key(*k)).cloned().collect(),
     };
@@ -160,6 +166,11 @@ pub fn compare(run_a: &str, a: &[PackageRecord], run_b: &str, b: &[PackageRecord
             match (before.deadlock_count > 0, after.deadlock_count > 0) {
                 (false, true) => comparison.new_deadlocks.push(name.clone()),
                 (true, false) => comparison.resolved_deadlocks.push(name.clone()),
+                _ => {}
+            }
+            match (before.oom_count > 0, after.oom_count > 0) {
+                (false, true) => comparison.new_ooms.push(name.clone()),
+                (true, false) => comparison.resolved_ooms.push(name.clone()),
                 _ => {}
             }
         }
@@ -266,6 +277,8 @@ pub fn render_compare(c: &Comparison) -> String {
         ("Resolved crashes", &c.resolved_crashes),
         ("New deadlocks", &c.new_deadlocks),
         ("Resolved deadlocks", &c.resolved_deadlocks),
+        ("New out-of-memory kills", &c.new_ooms),
+        ("Resolved out-of-memory kills", &c.resolved_ooms),
         ("Only in A", &c.only_in_a),
         ("Only in B", &c.only_in_b),
     ] {
@@ -339,6 +352,7 @@ mod tests {
             iterations_completed: completed,
             crash_count: u32::from(category == "crash"),
             deadlock_count: u32::from(category == "deadlock"),
+            oom_count: u32::from(category == "incompatible"),
             ..PackageRecord::default()
         }
     }
@@ -426,14 +440,23 @@ mod tests {
 
     #[test]
     fn the_text_view_lists_every_section() {
-        let a = [record("p", "compatible", 3, 3), record("x", "compatible", 3, 3)];
-        let b = [record("p", "crash", 1, 3), record("y", "compatible", 3, 3)];
+        let a = [
+            record("p", "compatible", 3, 3),
+            record("q", "compatible", 3, 3),
+            record("x", "compatible", 3, 3),
+        ];
+        let b = [
+            record("p", "crash", 1, 3),
+            record("q", "incompatible", 0, 3),
+            record("y", "compatible", 3, 3),
+        ];
         let text = render_compare(&compare("A", &a, "B", &b, DEFAULT_THRESHOLD));
         for expected in [
-            "1 package in both: 0 unchanged, 1 regression",
+            "2 packages in both: 0 unchanged, 2 regressions",
             "compatible -> crash",
             "regression",
             "New crashes (1): p",
+            "New out-of-memory kills (1): q",
             "Only in A (1): x",
             "Only in B (1): y",
             "3/3 (44-100%)",

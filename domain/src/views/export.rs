@@ -34,7 +34,7 @@ impl FromStr for ExportFormat {
 }
 
 /// The CSV header, in order.
-pub const CSV_COLUMNS: [&str; 34] = [
+pub const CSV_COLUMNS: [&str; 35] = [
     "package",
     "category",
     "iterations_planned",
@@ -69,6 +69,7 @@ pub const CSV_COLUMNS: [&str; 34] = [
     "finished",
     "evidence",
     "download_count",
+    "oom_count",
 ];
 
 /// Renders `records` in `format`; `download_counts` fills the popularity column.
@@ -178,6 +179,7 @@ fn export_csv(records: &[PackageRecord], download_counts: &std::collections::BTr
             download_counts
                 .get(&record.package)
                 .map_or(String::new(), u64::to_string),
+            record.oom_count.to_string(),
         ];
         debug_assert_eq!(cells.len(), CSV_COLUMNS.len());
         let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
@@ -241,7 +243,7 @@ mod tests {
             a.starts_with("a,compatible,0,10,10,0,0,0,0,0,1.0000,0.7225,1.0000,0.2589,"),
             "{a}"
         );
-        assert!(a.ends_with(",true,all 10 iterations passed,600"), "{a}");
+        assert!(a.ends_with(",true,all 10 iterations passed,600,0"), "{a}");
         assert!(
             csv.contains("\"exit 1: \"\"quoted\"\", with comma\nand a line\""),
             "{csv}"

@@ -62,7 +62,7 @@ pub struct FlakyAnalysis {
     pub longest_pass_streak: u32,
     pub longest_fail_streak: u32,
     /// One character per iteration in order: `.` pass, `F` fail, `C` crash, `D` deadlock,
-    /// `T` timeout, `H` harness error.
+    /// `T` timeout, `M` killed at the memory limit (oom), `H` harness error.
     pub timeline: String,
     /// Tests that failed at least once, worst rate first.
     pub tests: Vec<TestFailures>,
@@ -122,6 +122,7 @@ pub fn analyse(record: &PackageRecord) -> FlakyAnalysis {
             ("crash", record.crash_count),
             ("deadlock", record.deadlock_count),
             ("timeout", record.timeout_count),
+            ("oom", record.oom_count),
         ] {
             if n > 0 {
                 modes.insert(mode.to_string(), n);
@@ -212,7 +213,7 @@ fn render_one(out: &mut String, a: &FlakyAnalysis) {
     if !a.timeline.is_empty() {
         let _ = writeln!(
             out,
-            "  Iterations:    {}  (. pass, F fail, C crash, D deadlock, T timeout, H harness error)",
+            "  Iterations:    {}  (. pass, F fail, C crash, D deadlock, T timeout, M oom, H harness error)",
             a.timeline
         );
     }
@@ -305,6 +306,7 @@ fn status_char(status: &str) -> char {
         "crash" => 'C',
         "deadlock" => 'D',
         "timeout" => 'T',
+        "oom" => 'M',
         "harness_error" => 'H',
         _ => '?',
     }
@@ -403,16 +405,18 @@ mod tests {
                 iteration(5, "harness_error", None),
                 iteration(6, "fail", None),
                 iteration(7, "pass", None),
+                iteration(8, "oom", None),
             ],
         ));
-        assert_eq!(analysis.timeline, "..FCHF.");
+        assert_eq!(analysis.timeline, "..FCHF.M");
         assert_eq!((analysis.longest_pass_streak, analysis.longest_fail_streak), (2, 3));
         assert_eq!(
             analysis.failure_modes,
             vec![
                 ("fail".to_string(), 2),
                 ("crash (SIGABRT)".to_string(), 1),
-                ("harness_error".to_string(), 1)
+                ("harness_error".to_string(), 1),
+                ("oom".to_string(), 1)
             ]
         );
     }

@@ -230,6 +230,12 @@ pub fn next_step(record: &PackageRecord) -> String {
             Some(pattern) => pattern.hint().to_string(),
             None => "run more iterations to see the failure again".to_string(),
         },
+        // Before the GIL comparison: an iteration killed at the memory limit says nothing of
+        // which test failed, only that the suite needs more memory than it was given.
+        Some(Category::Incompatible) if record.oom_count > 0 && record.oom_count == record.completed_iterations() => {
+            "every iteration was killed at the memory limit: compare its peak memory with PYTHON_GIL=0 and =1 before raising the limit"
+                .to_string()
+        }
         Some(Category::Incompatible) if pre_existing => {
             "fails with the GIL too: fix the test suite first; not a free-threading bug".to_string()
         }
@@ -616,6 +622,24 @@ mod tests {
             triage[4]
         );
         assert!(triage[1].contains("10 downloads") || triage[0].contains("10 downloads"));
+    }
+
+    #[test]
+    fn a_package_out_of_memory_every_time_is_told_to_measure_its_memory() {
+        let mut hungry = record("hungry", "incompatible", &["oom", "oom"]);
+        hungry.oom_count = 2;
+        hungry.iterations_completed = 2;
+        assert!(
+            next_step(&hungry).contains("killed at the memory limit"),
+            "{}",
+            next_step(&hungry)
+        );
+        hungry.oom_count = 1;
+        assert!(
+            next_step(&hungry).contains("PYTHON_GIL=0 and again"),
+            "{}",
+            next_step(&hungry)
+        );
     }
 
     #[test]

@@ -358,7 +358,7 @@ fn package_table(records: &[&PackageRecord]) -> Table {
 }
 
 /// The facts a reader looks for first: the setup error, the crash, flaky tests, TSAN, stalls,
-/// timeouts, harness errors, the GIL fallback culprit; for a package that passed everything,
+/// timeouts, memory-limit kills, harness errors, the GIL fallback culprit; for a package that passed everything,
 /// the race rate its passes rule out.
 pub fn details(record: &PackageRecord) -> String {
     let mut facts: Vec<String> = Vec::new();
@@ -391,6 +391,9 @@ pub fn details(record: &PackageRecord) -> String {
     }
     if record.timeout_count > 0 {
         facts.push(format!("{} timed out", record.timeout_count));
+    }
+    if record.oom_count > 0 {
+        facts.push(format!("{} out of memory", record.oom_count));
     }
     if record.harness_error_count > 0 {
         let reason = record.iterations.iter().find_map(|i| i.harness_error.as_deref());
@@ -621,6 +624,9 @@ mod tests {
         let mut slow = record("slow", "incompatible", 0, 2);
         slow.timeout_count = 2;
 
+        let mut hungry = record("hungry", "intermittent", 1, 3);
+        hungry.oom_count = 2;
+
         let mut stuck = record("stuck", "deadlock", 1, 2);
         stuck.deadlock_count = 1;
 
@@ -644,13 +650,16 @@ mod tests {
                 "import failed: ModuleNotFoundError: No module named '_speedups'",
             ),
             ("slow", "2 timed out"),
+            ("hungry", "2 out of memory"),
             ("stuck", "1 stalled"),
             ("fallback", "GIL re-enabled by pkg._speedups"),
             ("racy", "2 flaky tests"),
             ("tsan", "TSAN: data race"),
             ("clean", "rules out a race failing >= 26% of runs"),
         ];
-        let records = [crashed, no_install, no_import, slow, stuck, fallback, racy, tsan, clean];
+        let records = [
+            crashed, no_install, no_import, slow, hungry, stuck, fallback, racy, tsan, clean,
+        ];
         let lines = table_lines(&show(&records));
         for (package, expected) in cases {
             let row = row_of(&lines, package);

@@ -164,7 +164,7 @@ pub(crate) async fn survey(
                 for package in event.finished_packages {
                     let result = PackageResult::try_from(package)?;
                     if written.insert(result.package.clone()) {
-                        let record = PackageRecord::from(&result);
+                        let record = PackageRecord::of_run(&result, spec);
                         results.append_package(&record)?;
                         progress.println(&format!("[{}/{total}] {}", written.len(), progress_line(&result)));
                         records.push(record);
@@ -207,7 +207,7 @@ pub(crate) async fn survey(
             let result = PackageResult::try_from(package)?;
             let has_data = !result.iterations.is_empty() || result.setup_failure.is_some();
             if has_data && written.insert(result.package.clone()) {
-                let record = PackageRecord::from(&result);
+                let record = PackageRecord::of_run(&result, spec);
                 results.append_package(&record)?;
                 records.push(record);
             }

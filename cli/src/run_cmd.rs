@@ -116,6 +116,10 @@ pub(crate) struct RunArgs {
     /// run alone as thread-unsafe.
     #[arg(long, value_name = "N", env = "FTSURVEY_PARALLEL_THREADS", value_parser = clap::value_parser!(u32).range(2..=1024))]
     pub(crate) parallel_threads: Option<u32>,
+    /// Let every package's tests use the host network (without it, only the packages whose
+    /// registry file says `network: true` do).
+    #[arg(long, env = "FTSURVEY_TEST_NETWORK")]
+    pub(crate) test_network: bool,
     /// A package with a free-threaded wheel on PyPI for the version tested (the pinned one,
     /// else the latest), the target's ABI and this platform is `compatible_by_wheel` and is
     /// not run.
@@ -294,6 +298,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             detect_extensions: args.detect_extensions || !args.no_detect_extensions,
             tsan: args.tsan,
             parallel_threads: args.parallel_threads,
+            test_network: args.test_network,
         },
         requirement,
         registry: Some(registry.label.clone()),

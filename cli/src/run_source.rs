@@ -102,7 +102,7 @@ async fn load_remote(run: &str, coordinator: &CoordinatorArgs) -> anyhow::Result
         let result = PackageResult::try_from(result)?;
         // Packages with nothing recorded yet say nothing; a results folder leaves them out too.
         if !result.iterations.is_empty() || result.setup_failure.is_some() || result.finished {
-            records.push(PackageRecord::from(&result));
+            records.push(PackageRecord::of_run(&result, &spec));
         }
     }
     Ok(LoadedRun {

@@ -140,6 +140,7 @@ mod tests {
             env: BTreeMap::new(),
             download_count: None,
             extension_type: None,
+            network: false,
         }
     }
 

@@ -59,6 +59,10 @@ pub struct PackageSpec {
     pub download_count: Option<u64>,
     /// What the package builds, as the registry says.
     pub extension_type: Option<ExtensionType>,
+    /// The package's tests need the host's network (the registry's `network: true`); without
+    /// it they get loopback only, where the worker's sandbox can cut them off.
+    #[serde(default)]
+    pub network: bool,
 }
 
 impl PackageSpec {
@@ -184,6 +188,10 @@ pub struct RunOptions {
     /// Run each pytest test in this many threads at once (pytest-run-parallel).
     #[serde(default)]
     pub parallel_threads: Option<u32>,
+    /// Let every package's tests use the host's network (`--test-network`), whatever the
+    /// registry says.
+    #[serde(default)]
+    pub test_network: bool,
 }
 
 impl Default for RunOptions {
@@ -199,6 +207,7 @@ impl Default for RunOptions {
             detect_extensions: true,
             tsan: false,
             parallel_threads: None,
+            test_network: false,
         }
     }
 }
@@ -216,6 +225,12 @@ impl RunOptions {
     /// The timeout for one iteration of `package`.
     pub fn effective_timeout_secs(&self, package: &PackageSpec) -> u64 {
         package.timeout_secs.unwrap_or(self.timeout_secs)
+    }
+
+    /// Whether `package`'s tests may reach the host's network: the run lets every package's
+    /// do so, or the registry says this one needs it.
+    pub fn tests_get_network(&self, package: &PackageSpec) -> bool {
+        self.test_network || package.network
     }
 }
 
@@ -337,6 +352,7 @@ mod tests {
             env: BTreeMap::new(),
             download_count: None,
             extension_type: None,
+            network: false,
         }
     }
 
@@ -364,6 +380,30 @@ mod tests {
         assert_eq!(options.effective_timeout_secs(&pkg), 600);
         pkg.timeout_secs = Some(30);
         assert_eq!(options.effective_timeout_secs(&pkg), 30);
+    }
+
+    #[test]
+    fn tests_get_the_network_when_the_package_or_the_run_says_so() {
+        let mut pkg = package("a");
+        let mut options = RunOptions::default();
+        assert!(!options.tests_get_network(&pkg));
+        pkg.network = true;
+        assert!(options.tests_get_network(&pkg));
+        pkg.network = false;
+        options.test_network = true;
+        assert!(options.tests_get_network(&pkg));
+    }
+
+    #[test]
+    fn specs_stored_before_the_network_fields_still_read() {
+        let mut stored = serde_json::to_value(package("a")).expect("serialize");
+        stored.as_object_mut().expect("object").remove("network");
+        let read: PackageSpec = serde_json::from_value(stored).expect("old spec");
+        assert!(!read.network);
+        let mut stored = serde_json::to_value(RunOptions::default()).expect("serialize");
+        stored.as_object_mut().expect("object").remove("test_network");
+        let read: RunOptions = serde_json::from_value(stored).expect("old options");
+        assert!(!read.test_network);
     }
 
     #[test]

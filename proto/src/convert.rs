@@ -206,6 +206,7 @@ impl From<&PackageSpec> for v1::PackageSpec {
             env: spec.env.clone().into_iter().collect(),
             download_count: spec.download_count,
             extension_type: spec.extension_type.map(|t| t.to_string()),
+            network: spec.network,
         }
     }
 }
@@ -278,6 +279,7 @@ impl TryFrom<v1::PackageSpec> for PackageSpec {
             env: wire.env.into_iter().collect::<BTreeMap<_, _>>(),
             download_count: wire.download_count,
             extension_type,
+            network: wire.network,
         })
     }
 }
@@ -302,6 +304,7 @@ impl From<&RunOptions> for v1::RunOptions {
             detect_extensions: options.detect_extensions,
             tsan: options.tsan,
             parallel_threads: options.parallel_threads,
+            test_network: options.test_network,
         }
     }
 }
@@ -330,6 +333,7 @@ impl TryFrom<v1::RunOptions> for RunOptions {
             detect_extensions: wire.detect_extensions,
             tsan: wire.tsan,
             parallel_threads: wire.parallel_threads.filter(|n| *n > 0),
+            test_network: wire.test_network,
         })
     }
 }
@@ -734,6 +738,7 @@ mod tests {
             env: BTreeMap::from([("A".into(), "1".into())]),
             download_count: Some(7),
             extension_type: Some(ExtensionType::Pure),
+            network: false,
         }
     }
 
@@ -757,6 +762,35 @@ mod tests {
         };
         let wire = v1::RunSpec::from(&spec);
         assert_eq!(RunSpec::try_from(wire).unwrap(), spec);
+    }
+
+    #[test]
+    fn the_network_grants_round_trip() {
+        for (network, test_network) in [(false, false), (true, false), (false, true), (true, true)] {
+            let spec = RunSpec {
+                label: "l".into(),
+                packages: vec![PackageSpec { network, ..package() }],
+                iterations: 1,
+                modes: vec![Mode::Ft],
+                options: RunOptions {
+                    test_network,
+                    ..RunOptions::default()
+                },
+                requirement: InterpreterRequirement::any(),
+                registry: None,
+            };
+            let wire = v1::RunSpec::from(&spec);
+            assert_eq!(
+                (wire.packages[0].network, wire.options.as_ref().map(|o| o.test_network)),
+                (network, Some(test_network))
+            );
+            let back = RunSpec::try_from(wire).unwrap();
+            assert_eq!(back, spec);
+            assert_eq!(
+                back.options.tests_get_network(&back.packages[0]),
+                network || test_network
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn spec(names: &[&str], iterations: u32) -> RunSpec {
                 env: Default::default(),
                 download_count: None,
                 extension_type: None,
+                network: false,
             })
             .collect(),
         iterations,

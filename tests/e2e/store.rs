@@ -80,6 +80,7 @@ fn package(name: &str) -> PackageSpec {
         env: Default::default(),
         download_count: None,
         extension_type: None,
+        network: false,
     }
 }
 

@@ -102,6 +102,9 @@ pub struct PackageEntry {
     /// This tool's extension: environment for the package's commands.
     #[serde(default, deserialize_with = "null_as_default")]
     pub env: BTreeMap<String, String>,
+    /// This tool's extension: the package's tests need the host's network (false when unset).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub network: bool,
 }
 
 /// A registry file that cannot be used.
@@ -207,6 +210,7 @@ impl PackageEntry {
                     .and_then(|i| i.extension_type.as_deref())
                     .and_then(|t| t.parse().ok())
             }),
+            network: self.network,
         })
     }
 
@@ -557,6 +561,11 @@ packages:
             (TestFramework::Unittest, Some(ExtensionType::CppExtension))
         );
         assert!(package("p", "source: ftp\n").to_spec(dir, None).is_err());
+        let network = |extra: &str| package("n", extra).to_spec(dir, None).expect("spec").network;
+        assert!(!network(""), "no network unless asked for");
+        assert!(!network("network: null\n"));
+        assert!(network("network: true\n"));
+        assert!(parse_package("packages/n.yaml", "package: n\nnetwork: maybe\n").is_err());
     }
 
     #[test]

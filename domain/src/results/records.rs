@@ -109,6 +109,9 @@ pub struct RunConfig {
     /// Download counts of the packages, from the registry: the popularity triage sorts by.
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "BTreeMap::is_empty")]
     pub download_counts: BTreeMap<String, u64>,
+    /// `--test-network`: every package's tests could use the host's network.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "is_false")]
+    pub test_network: bool,
 }
 
 impl RunConfig {
@@ -132,6 +135,7 @@ impl RunConfig {
                 .iter()
                 .filter_map(|p| Some((p.name.clone(), p.download_count?)))
                 .collect(),
+            test_network: spec.options.test_network,
         }
     }
 }
@@ -237,6 +241,11 @@ pub struct PackageRecord {
     /// The old tool trusted a free-threaded wheel on PyPI instead of testing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ft_wheel_found: Option<bool>,
+    /// The run let this package's tests use the host's network (the registry's `network: true`
+    /// or `--test-network`); absent when it did not. A worker without a sandbox cannot take
+    /// the network away, as each iteration's `sandbox` tells.
+    #[serde(skip_serializing_if = "is_false")]
+    pub network: bool,
 }
 
 /// One iteration of a package's test suite.
@@ -348,6 +357,7 @@ impl Default for PackageRecord {
             flaky_tests: BTreeMap::new(),
             extension_compat: None,
             ft_wheel_found: None,
+            network: false,
         }
     }
 }
@@ -597,11 +607,26 @@ impl From<&PackageResult> for PackageRecord {
             flaky_tests: BTreeMap::new(),
             extension_compat: None,
             ft_wheel_found: None,
+            network: false,
         };
         record.tsan_warning_types = tsan_kinds(&record.tsan_warnings);
         let iterations: Vec<IterationRecord> = ft.iter().map(|o| IterationRecord::from(*o)).collect();
         record.flaky_tests = flaky_test_counts(iterations.iter().filter_map(|i| i.tests.as_ref()));
         record.iterations = iterations;
+        record
+    }
+}
+
+impl PackageRecord {
+    /// The record of a package of `spec`: [`PackageRecord::from`] its result, with what the
+    /// run granted the package that the result does not carry (the network).
+    pub fn of_run(result: &PackageResult, spec: &RunSpec) -> PackageRecord {
+        let mut record = PackageRecord::from(result);
+        record.network = spec
+            .packages
+            .iter()
+            .find(|p| p.name == result.package)
+            .is_some_and(|p| spec.options.tests_get_network(p));
         record
     }
 }
@@ -698,6 +723,10 @@ where
             other => serde_json::from_value(other).ok(),
         })
         .collect())
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// Reads a field, falling back to its default when it has another shape (or is `null`).
@@ -802,6 +831,54 @@ mod tests {
         let line = serde_json::to_string(&record).expect("serialize");
         assert!(line.contains("\"oom_count\":1"), "{line}");
         assert_eq!(PackageRecord::parse_line(&line).expect("parse"), record);
+    }
+
+    #[test]
+    fn the_record_says_which_packages_tests_had_the_network() {
+        let package = |name: &str, network: bool| crate::spec::PackageSpec {
+            name: name.into(),
+            version: None,
+            source: crate::spec::Source::Sdist,
+            install_command: "pip install .".into(),
+            test_command: "python -m pytest".into(),
+            test_framework: crate::package_kind::TestFramework::Pytest,
+            import_name: name.into(),
+            timeout_secs: None,
+            env: BTreeMap::new(),
+            download_count: None,
+            extension_type: None,
+            network,
+        };
+        let mut spec = RunSpec {
+            label: "l".into(),
+            packages: vec![package("online", true), package("offline", false)],
+            iterations: 1,
+            modes: vec![Mode::Ft],
+            options: crate::spec::RunOptions::default(),
+            requirement: crate::interpreter::InterpreterRequirement::any(),
+            registry: None,
+        };
+        let result = |name: &str| {
+            PackageResult::build(
+                name,
+                1,
+                None,
+                vec![outcome(1, Mode::Ft, IterationStatus::Pass, None)],
+                true,
+            )
+        };
+        let online = PackageRecord::of_run(&result("online"), &spec);
+        let offline = PackageRecord::of_run(&result("offline"), &spec);
+        assert!(online.network && !offline.network);
+        let line = serde_json::to_string(&online).expect("serialize");
+        assert!(line.contains("\"network\":true"), "{line}");
+        assert_eq!(PackageRecord::parse_line(&line).expect("parse"), online);
+        let line = serde_json::to_string(&offline).expect("serialize");
+        assert!(!line.contains("\"network\""), "left out when false: {line}");
+
+        spec.options.test_network = true;
+        assert!(PackageRecord::of_run(&result("offline"), &spec).network);
+        assert!(RunConfig::of_spec(&spec).test_network);
     }
 
     #[test]
@@ -920,6 +997,7 @@ mod tests {
                 packages: vec!["six".into(), "attrs".into()],
                 env: BTreeMap::from([("PYTHONMALLOC".to_string(), "debug".to_string())]),
                 modes: vec!["ft".into()],
+                test_network: true,
                 ..RunConfig::default()
             },
         };

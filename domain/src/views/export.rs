@@ -34,7 +34,7 @@ impl FromStr for ExportFormat {
 }
 
 /// The CSV header, in order.
-pub const CSV_COLUMNS: [&str; 35] = [
+pub const CSV_COLUMNS: [&str; 36] = [
     "package",
     "category",
     "iterations_planned",
@@ -70,6 +70,7 @@ pub const CSV_COLUMNS: [&str; 35] = [
     "evidence",
     "download_count",
     "oom_count",
+    "network",
 ];
 
 /// Renders `records` in `format`; `download_counts` fills the popularity column.
@@ -180,6 +181,7 @@ fn export_csv(records: &[PackageRecord], download_counts: &std::collections::BTr
                 .get(&record.package)
                 .map_or(String::new(), u64::to_string),
             record.oom_count.to_string(),
+            record.network.to_string(),
         ];
         debug_assert_eq!(cells.len(), CSV_COLUMNS.len());
         let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
@@ -243,7 +245,7 @@ mod tests {
             a.starts_with("a,compatible,0,10,10,0,0,0,0,0,1.0000,0.7225,1.0000,0.2589,"),
             "{a}"
         );
-        assert!(a.ends_with(",true,all 10 iterations passed,600,0"), "{a}");
+        assert!(a.ends_with(",true,all 10 iterations passed,600,0,false"), "{a}");
         assert!(
             csv.contains("\"exit 1: \"\"quoted\"\", with comma\nand a line\""),
             "{csv}"

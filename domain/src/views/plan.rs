@@ -41,10 +41,15 @@ pub fn render_dry_run(spec: &RunSpec) -> String {
             format!("source:  {}", describe_source(package)),
             format!("install: {install}"),
             format!(
-                "test:    {}  [{}, timeout {} s]",
+                "test:    {}  [{}, timeout {} s{}]",
                 options.effective_test_command(package),
                 package.test_framework,
-                options.effective_timeout_secs(package)
+                options.effective_timeout_secs(package),
+                if options.tests_get_network(package) {
+                    ", network"
+                } else {
+                    ""
+                }
             ),
         ];
         if !package.env.is_empty() {
@@ -90,6 +95,7 @@ mod tests {
             env: BTreeMap::from([("A".to_string(), "1".to_string())]),
             download_count: None,
             extension_type: None,
+            network: false,
         }
     }
 
@@ -136,7 +142,14 @@ mod tests {
     fn a_dry_run_lists_each_package_with_its_effective_commands() {
         let spec = RunSpec {
             label: "x".into(),
-            packages: vec![package("six", Source::Sdist, Some("1.17.0"))],
+            packages: vec![
+                package("six", Source::Sdist, Some("1.17.0")),
+                PackageSpec {
+                    network: true,
+                    env: BTreeMap::new(),
+                    ..package("requests", Source::Sdist, None)
+                },
+            ],
             iterations: 3,
             modes: vec![Mode::Ft, Mode::Gil],
             options: RunOptions {
@@ -153,7 +166,11 @@ mod tests {
    install: pip install . pytest && pip install trustme
    test:    python -m pytest tests -x  [pytest, timeout 120 s]
    env:     A=1
-1 packages x 3 iterations x 2 mode(s) = 6 jobs; nothing was run (--dry-run)
+2. requests
+   source:  sdist requests (latest)
+   install: pip install . pytest && pip install trustme
+   test:    python -m pytest tests -x  [pytest, timeout 120 s, network]
+2 packages x 3 iterations x 2 mode(s) = 12 jobs; nothing was run (--dry-run)
 ";
         assert_eq!(text, expected);
     }

@@ -155,6 +155,9 @@ pub fn render_header(out: &mut String, meta: &RunMeta) {
         if config.modes.iter().any(|m| m == "gil") {
             line.push_str(", compared with the GIL");
         }
+        if config.test_network {
+            line.push_str(", tests with the network");
+        }
         let _ = writeln!(out, "  Iterations: {line}");
     }
 
@@ -278,6 +281,8 @@ pub struct PackageRow {
     pub deadlocks: u32,
     /// Tests that failed in some iterations but not all.
     pub flaky_tests: usize,
+    /// The run let the package's tests use the host's network.
+    pub network: bool,
     pub details: String,
 }
 
@@ -294,6 +299,7 @@ impl PackageRow {
             crashes: record.crashed_iterations(),
             deadlocks: record.deadlock_count,
             flaky_tests: record.flaky_tests.len(),
+            network: record.network,
             details: details(record),
         }
     }
@@ -359,7 +365,7 @@ fn package_table(records: &[&PackageRecord]) -> Table {
 
 /// The facts a reader looks for first: the setup error, the crash, flaky tests, TSAN, stalls,
 /// timeouts, memory-limit kills, harness errors, the GIL fallback culprit; for a package that passed everything,
-/// the race rate its passes rule out.
+/// the race rate its passes rule out; last, whether its tests had the network.
 pub fn details(record: &PackageRecord) -> String {
     let mut facts: Vec<String> = Vec::new();
     if !record.install_ok {
@@ -412,11 +418,18 @@ pub fn details(record: &PackageRecord) -> String {
             (ruled_out_failure_rate(record.completed_iterations()) * 100.0).ceil()
         ));
     }
-    let text = if facts.is_empty() {
+    let mut text = if facts.is_empty() {
         record.evidence.join("; ")
     } else {
         facts.join("; ")
     };
+    // Added last, so that it hides neither the evidence nor the ruled-out rate.
+    if record.network {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str("tests had the network");
+    }
     cell(&text, DETAILS_CHARS)
 }
 
@@ -642,6 +655,9 @@ mod tests {
 
         let clean = record("clean", "compatible", 10, 10);
 
+        let mut online = record("online", "compatible", 10, 10);
+        online.network = true;
+
         let cases = [
             ("crashed", "SIGABRT: _PyObject_GC_Link"),
             ("noinstall", "install failed: install command exited with 1: xxx"),
@@ -656,9 +672,13 @@ mod tests {
             ("racy", "2 flaky tests"),
             ("tsan", "TSAN: data race"),
             ("clean", "rules out a race failing >= 26% of runs"),
+            (
+                "online",
+                "rules out a race failing >= 26% of runs; tests had the network",
+            ),
         ];
         let records = [
-            crashed, no_install, no_import, slow, hungry, stuck, fallback, racy, tsan, clean,
+            crashed, no_install, no_import, slow, hungry, stuck, fallback, racy, tsan, clean, online,
         ];
         let lines = table_lines(&show(&records));
         for (package, expected) in cases {
@@ -693,6 +713,7 @@ mod tests {
                 iterations: 10,
                 timeout: 600,
                 stall_threshold: 60,
+                test_network: true,
                 ..RunConfig::default()
             },
         };
@@ -703,7 +724,7 @@ mod tests {
             "Run 0190f1c2 (2 packages x 10)",
             "Python:     Python 3.13.5 at /opt/py/bin/python3.13t",
             "System:     box linux x86_64, 8 CPUs",
-            "Iterations: 10 per package, timeout 600s, stall threshold 60s",
+            "Iterations: 10 per package, timeout 600s, stall threshold 60s, tests with the network",
             "Started:    2026-03-03T14:00:00Z [interrupted]",
             "1 of 1 did not finish",
         ] {

@@ -134,6 +134,7 @@ fn run_spec(jobs: u64) -> RunSpec {
                 env: Default::default(),
                 download_count: None,
                 extension_type: None,
+                network: false,
             })
             .collect(),
         iterations: 10,

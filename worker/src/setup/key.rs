@@ -119,6 +119,7 @@ mod tests {
             env: BTreeMap::new(),
             download_count: None,
             extension_type: None,
+            network: false,
         }
     }
 

@@ -281,6 +281,16 @@ impl LimitHit {
             LimitHit::Disk => "disk",
         }
     }
+
+    /// The limit in words, as in `hit the memory limit`.
+    pub fn label(self) -> &'static str {
+        match self {
+            LimitHit::Memory => "memory",
+            LimitHit::Pids => "process",
+            LimitHit::FileSize => "file-size",
+            LimitHit::Disk => "disk",
+        }
+    }
 }
 
 crate::package_kind::string_enum!(SandboxKind, "sandbox");

@@ -877,6 +877,46 @@ mod tests {
     }
 
     #[test]
+    fn an_oom_outcome_and_its_sandbox_report_cross_the_wire() {
+        use domain::evidence::{LimitHeld, LimitHit, SandboxKind, SandboxReport};
+        let outcome = IterationOutcome {
+            iteration: 2,
+            mode: Mode::Ft,
+            status: IterationStatus::Oom,
+            exit_code: None,
+            signal: Some(9),
+            duration_ms: 1200,
+            cpu_time_ms: Some(800),
+            max_rss_kb: Some(4 << 20),
+            stalled: false,
+            last_output_line: "tests/test_big.py ".into(),
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            crash_signature: None,
+            harness_error: None,
+            worker_id: "w1".into(),
+            attempt: 1,
+            start_latency_ms: Some(5),
+            evidence: domain::evidence::IterationEvidence {
+                sandbox: Some(SandboxReport {
+                    kind: SandboxKind::Bwrap,
+                    memory: LimitHeld::Cgroup2,
+                    memory_limit_bytes: 4 << 30,
+                    pids: LimitHeld::Rlimit,
+                    pids_limit: 4096,
+                    disk_limit_bytes: 8 << 30,
+                    network: true,
+                    limits_hit: vec![LimitHit::Memory],
+                }),
+                ..Default::default()
+            },
+        };
+        let wire = v1::IterationOutcome::from(&outcome);
+        assert_eq!(wire.status, v1::IterationStatus::Oom as i32);
+        assert_eq!(IterationOutcome::try_from(wire).unwrap(), outcome);
+    }
+
+    #[test]
     fn unspecified_enums_are_rejected() {
         let wire = v1::JobResult {
             kind: Some(v1::job_result::Kind::SetupFailed(v1::SetupFailure {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::category::Category;
 use crate::classify::{GilComparison, PackageResult, StatusCounts};
-use crate::evidence::{ExtensionReport, TestReport, TsanWarning};
+use crate::evidence::{ExtensionReport, SandboxReport, TestReport, TsanWarning};
 use crate::interpreter::InterpreterProfile;
 use crate::outcome::{IterationOutcome, IterationStatus, SetupStage, signal_name};
 use crate::run::{RunState, RunSummary};
@@ -316,6 +316,12 @@ pub struct IterationRecord {
     pub stall_detected_after_ms: Option<u64>,
     /// With `--parallel-threads`: tests run in parallel and tests run alone as thread-unsafe.
     pub parallel: Option<crate::evidence::ParallelReport>,
+    /// The sandbox the tests ran in (`none` or `bwrap`), how its limits were held and at what,
+    /// whether the tests had the network, and the limits they hit (`memory`, `pids`,
+    /// `file_size`, `disk`); `None` from a worker that predates the sandbox. Read leniently, so
+    /// a sandbox or limit a later version names reads as `None` instead of losing the line.
+    #[serde(deserialize_with = "lenient")]
+    pub sandbox: Option<SandboxReport>,
 }
 
 impl Default for PackageRecord {
@@ -397,6 +403,7 @@ impl Default for IterationRecord {
             leftover_processes: 0,
             stall_detected_after_ms: None,
             parallel: None,
+            sandbox: None,
         }
     }
 }
@@ -667,6 +674,7 @@ impl From<&IterationOutcome> for IterationRecord {
             leftover_processes: outcome.evidence.leftover_processes,
             stall_detected_after_ms: outcome.evidence.stall_detected_after_ms,
             parallel: outcome.evidence.parallel.clone(),
+            sandbox: outcome.evidence.sandbox.clone(),
         }
     }
 }
@@ -742,7 +750,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::TsanAttribution;
+    use crate::evidence::{LimitHeld, LimitHit, SandboxKind, TsanAttribution};
     use crate::outcome::SetupFailure;
 
     fn outcome(iteration: u32, mode: Mode, status: IterationStatus, signal: Option<i32>) -> IterationOutcome {
@@ -879,6 +887,33 @@ mod tests {
         spec.options.test_network = true;
         assert!(PackageRecord::of_run(&result("offline"), &spec).network);
         assert!(RunConfig::of_spec(&spec).test_network);
+    }
+
+    #[test]
+    fn each_iteration_says_how_it_was_sandboxed_and_which_limits_it_hit() {
+        let mut oom = outcome(1, Mode::Ft, IterationStatus::Oom, Some(9));
+        oom.evidence.sandbox = Some(SandboxReport {
+            kind: SandboxKind::Bwrap,
+            memory: LimitHeld::Cgroup2,
+            memory_limit_bytes: 4 << 30,
+            network: true,
+            limits_hit: vec![LimitHit::Memory, LimitHit::Pids],
+            ..SandboxReport::default()
+        });
+        let record = IterationRecord::from(&oom);
+        let line = serde_json::to_value(&record).expect("serialize");
+        assert_eq!(line["sandbox"]["kind"], "bwrap");
+        assert_eq!(line["sandbox"]["network"], true);
+        assert_eq!(line["sandbox"]["limits_hit"], serde_json::json!(["memory", "pids"]));
+        let back: IterationRecord = serde_json::from_value(line.clone()).expect("parse");
+        assert_eq!(back, record);
+
+        let mut newer = line;
+        newer["sandbox"]["kind"] = "a-sandbox-of-tomorrow".into();
+        let read: IterationRecord = serde_json::from_value(newer).expect("a newer line still reads");
+        assert_eq!((read.status.as_str(), read.sandbox), ("oom", None));
+        let old = IterationRecord::from(&outcome(1, Mode::Ft, IterationStatus::Pass, None));
+        assert_eq!(old.sandbox, None);
     }
 
     #[test]

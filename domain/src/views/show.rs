@@ -8,6 +8,7 @@ use comfy_table::Table;
 use serde::Serialize;
 
 use crate::category::Category;
+use crate::evidence::LimitHit;
 use crate::outcome::signal_name;
 use crate::results::{PackageRecord, RunMeta};
 use crate::stats::{PassRate, ruled_out_failure_rate};
@@ -364,7 +365,8 @@ fn package_table(records: &[&PackageRecord]) -> Table {
 }
 
 /// The facts a reader looks for first: the setup error, the crash, flaky tests, TSAN, stalls,
-/// timeouts, memory-limit kills, harness errors, the GIL fallback culprit; for a package that passed everything,
+/// timeouts, memory-limit kills, the sandbox limits iterations hit, harness errors, the GIL
+/// fallback culprit; for a package that passed everything,
 /// the race rate its passes rule out; last, whether its tests had the network.
 pub fn details(record: &PackageRecord) -> String {
     let mut facts: Vec<String> = Vec::new();
@@ -401,6 +403,7 @@ pub fn details(record: &PackageRecord) -> String {
     if record.oom_count > 0 {
         facts.push(format!("{} out of memory", record.oom_count));
     }
+    facts.extend(limits_hit(record));
     if record.harness_error_count > 0 {
         let reason = record.iterations.iter().find_map(|i| i.harness_error.as_deref());
         facts.push(match reason {
@@ -431,6 +434,49 @@ pub fn details(record: &PackageRecord) -> String {
         text.push_str("tests had the network");
     }
     cell(&text, DETAILS_CHARS)
+}
+
+/// `iterations 2, 5 hit the disk limit`, `iteration 7 hit the process and file-size limits`:
+/// the iterations that hit sandbox limits, grouped by the limits they hit, in first-seen order.
+/// An `oom` iteration's memory limit is left out: "out of memory" said so.
+fn limits_hit(record: &PackageRecord) -> Vec<String> {
+    const SHOWN: usize = 3;
+    let mut groups: Vec<(Vec<LimitHit>, Vec<String>)> = Vec::new();
+    for iteration in &record.iterations {
+        let Some(sandbox) = &iteration.sandbox else {
+            continue;
+        };
+        let limits: Vec<LimitHit> = LimitHit::ALL
+            .into_iter()
+            .filter(|limit| sandbox.limits_hit.contains(limit))
+            .filter(|limit| !(*limit == LimitHit::Memory && iteration.status == "oom"))
+            .collect();
+        if limits.is_empty() {
+            continue;
+        }
+        let index = iteration.index.to_string();
+        match groups.iter_mut().find(|(seen, _)| *seen == limits) {
+            Some((_, indices)) => indices.push(index),
+            None => groups.push((limits, vec![index])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(limits, indices)| {
+            let which = match indices.len() {
+                1 => format!("iteration {}", indices[0]),
+                n if n <= SHOWN => format!("iterations {}", indices.join(", ")),
+                n => format!("iterations {} and {} more", indices[..SHOWN].join(", "), n - SHOWN),
+            };
+            let labels: Vec<&str> = limits.iter().map(|limit| limit.label()).collect();
+            let what = match labels.split_last() {
+                Some((last, [])) => format!("the {last} limit"),
+                Some((last, rest)) => format!("the {} and {last} limits", rest.join(", ")),
+                None => String::new(),
+            };
+            format!("{which} hit {what}")
+        })
+        .collect()
 }
 
 /// `SIGSEGV: <signature>` from the first crashed iteration, or the first known signature.
@@ -658,6 +704,23 @@ mod tests {
         let mut online = record("online", "compatible", 10, 10);
         online.network = true;
 
+        let hit = |limits: &[LimitHit]| {
+            Some(crate::evidence::SandboxReport {
+                limits_hit: limits.to_vec(),
+                ..Default::default()
+            })
+        };
+        let mut limited = record("limited", "intermittent", 2, 8);
+        limited.oom_count = 1;
+        limited.iterations[2].status = "oom".into();
+        limited.iterations[2].sandbox = hit(&[LimitHit::Memory]);
+        limited.iterations[3].sandbox = hit(&[LimitHit::Memory]);
+        let mut full = record("full", "intermittent", 2, 8);
+        for iteration in &mut full.iterations[1..6] {
+            iteration.sandbox = hit(&[LimitHit::Disk]);
+        }
+        full.iterations[7].sandbox = hit(&[LimitHit::Pids, LimitHit::FileSize]);
+
         let cases = [
             ("crashed", "SIGABRT: _PyObject_GC_Link"),
             ("noinstall", "install failed: install command exited with 1: xxx"),
@@ -676,9 +739,11 @@ mod tests {
                 "online",
                 "rules out a race failing >= 26% of runs; tests had the network",
             ),
+            ("limited", "1 out of memory; iteration 4 hit the memory limit"),
+            ("full", "iterations 2, 3, 4 and 2 more hit the disk limit; iteration 8"),
         ];
         let records = [
-            crashed, no_install, no_import, slow, hungry, stuck, fallback, racy, tsan, clean, online,
+            crashed, no_install, no_import, slow, hungry, stuck, fallback, racy, tsan, clean, online, limited, full,
         ];
         let lines = table_lines(&show(&records));
         for (package, expected) in cases {
@@ -689,6 +754,30 @@ mod tests {
         assert!(
             install_row.ends_with("...") && !install_row.contains(&"x".repeat(DETAILS_CHARS)),
             "truncated: {install_row}"
+        );
+    }
+
+    #[test]
+    fn iterations_are_grouped_by_the_limits_they_hit() {
+        let mut limited = record("p", "intermittent", 1, 4);
+        let sandbox = |limits: &[LimitHit]| {
+            Some(crate::evidence::SandboxReport {
+                limits_hit: limits.to_vec(),
+                ..Default::default()
+            })
+        };
+        limited.iterations[1].sandbox = sandbox(&[LimitHit::FileSize, LimitHit::Pids]);
+        limited.iterations[2].sandbox = sandbox(&[]);
+        limited.iterations[3].sandbox = sandbox(&[LimitHit::Pids, LimitHit::FileSize]);
+        assert_eq!(
+            limits_hit(&limited),
+            ["iterations 2, 4 hit the process and file-size limits"]
+        );
+        limited.iterations[3].status = "oom".into();
+        limited.iterations[3].sandbox = sandbox(&[LimitHit::Memory]);
+        assert_eq!(
+            limits_hit(&limited),
+            ["iteration 2 hit the process and file-size limits"]
         );
     }
 

@@ -63,6 +63,7 @@ conformance!(
     concurrent_runs_share_the_fleet,
     a_batch_of_outcomes_records_each_job_once,
     a_packages_last_two_outcomes_recorded_at_once_give_it_one_verdict,
+    network_grants_and_an_oom_outcome_with_its_sandbox_report_are_kept,
 );
 
 fn package(name: &str) -> PackageSpec {
@@ -570,6 +571,55 @@ async fn verdicts_are_recomputed_as_outcomes_arrive_and_the_run_finishes(store: 
     assert_eq!(summary.packages_finished, 2);
     assert_eq!(summary.categories.get(&Category::Intermittent), Some(&1));
     assert_eq!(summary.finished_at_ms, Some(13));
+}
+
+async fn network_grants_and_an_oom_outcome_with_its_sandbox_report_are_kept(store: Arc<dyn Store>) {
+    use domain::evidence::{LimitHeld, LimitHit, SandboxKind, SandboxReport};
+    let mut spec = spec(&["online", "offline"], 1);
+    spec.packages[0].network = true;
+    let run_id = submit(&store, &spec, 0).await;
+    let (_, stored) = store.get_run(run_id).await.expect("get");
+    assert_eq!(stored, spec);
+    let jobs = claim(&store, &worker("w"), &profile("3.13", true), &[], 10, 0).await;
+    assert_eq!(jobs.len(), 2);
+    let sandbox = SandboxReport {
+        kind: SandboxKind::Bwrap,
+        memory: LimitHeld::Cgroup2,
+        memory_limit_bytes: 1 << 30,
+        network: false,
+        limits_hit: vec![LimitHit::Memory],
+        ..SandboxReport::default()
+    };
+    for job in &jobs {
+        let online = job.package.name == "online";
+        assert_eq!(
+            job.options.tests_get_network(&job.package),
+            online,
+            "{}",
+            job.package.name
+        );
+        let mut result = outcome(job.iteration, IterationStatus::Oom);
+        if let JobResult::Iteration(oom) = &mut result {
+            oom.exit_code = None;
+            oom.signal = Some(9);
+            oom.evidence.sandbox = Some(SandboxReport {
+                network: online,
+                ..sandbox.clone()
+            });
+        }
+        let completion = store.complete_job(job.job_id, job.lease_token, &result, 5).await;
+        assert_eq!(completion.expect("complete").ack, OutcomeAck::Recorded);
+    }
+    let results = store.package_results(run_id, &[], true).await.expect("results");
+    for result in &results {
+        assert_eq!(result.category, Category::Incompatible, "{result:?}");
+        assert_eq!((result.counts.oom, result.counts.crash), (1, 0));
+        let iteration = &result.iterations[0];
+        assert_eq!(iteration.status, IterationStatus::Oom);
+        let kept = iteration.evidence.sandbox.as_ref().expect("the sandbox report is kept");
+        assert_eq!(kept.limits_hit, [LimitHit::Memory]);
+        assert_eq!(kept.network, result.package == "online");
+    }
 }
 
 async fn released_jobs_go_back_to_the_queue(store: Arc<dyn Store>) {

@@ -377,7 +377,10 @@ fn export_writes_csv_json_and_jsonl_with_the_documented_columns() {
         "{regressed}"
     );
     assert!(regressed.contains("tests/test_x.py::test_race=6"), "{regressed}");
-    assert!(regressed.ends_with(",900"), "download count: {regressed}");
+    assert!(
+        regressed.ends_with(",900,0,false"),
+        "download count, oom count, network: {regressed}"
+    );
 
     let json: serde_json::Value =
         serde_json::from_str(&verb(&["export", folder, "--format", "json"])).expect("valid JSON");

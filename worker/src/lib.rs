@@ -6,6 +6,7 @@
 
 mod config;
 mod evidence_file;
+pub mod fresh_tree;
 mod job;
 mod output;
 pub mod probe;

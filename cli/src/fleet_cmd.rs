@@ -152,6 +152,8 @@ pub(crate) async fn worker(args: WorkerArgs, token_source: Option<ValueSource>) 
         "--token"
     };
     proto::auth::BearerToken::new(token.as_deref()).map_err(|e| anyhow::anyhow!("invalid {token_flag}: {e}"))?;
+    let sandbox = args.sandbox.config(hidden_files(&args)?);
+    sandbox.check()?;
     let target_python = worker_target(&args.target_python).await?;
     let places = args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?;
     let config = worker::WorkerConfig {
@@ -168,7 +170,7 @@ pub(crate) async fn worker(args: WorkerArgs, token_source: Option<ValueSource>) 
         allow_gil_build: args.allow_gil_build,
         token,
         ca_cert: args.ca.read_pem()?,
-        sandbox: args.sandbox.config(hidden_files(&args)?),
+        sandbox,
     };
     let shutdown = CancellationToken::new();
     spawn_stop_on_signal(shutdown.clone());

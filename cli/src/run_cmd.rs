@@ -207,6 +207,10 @@ async fn resolve_target(args: &RunArgs) -> anyhow::Result<Target> {
 /// Runs a survey, embedded or on a fleet; returns the exit code (130 when interrupted).
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started_at = jiff::Timestamp::now();
+    if args.coordinator.is_none() && !args.dry_run {
+        // The local workers' sandbox, before anything is built, fetched or written.
+        args.sandbox.config(Vec::new()).check()?;
+    }
     let target = resolve_target(&args).await?;
     let requirement = match &target {
         Target::Local(profile) => InterpreterRequirement {

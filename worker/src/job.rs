@@ -5,14 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use domain::evidence::{IterationEvidence, TestReport};
+use domain::evidence::{IterationEvidence, LimitHit, SandboxReport, TestReport};
 use domain::package_kind::TestFramework;
 use domain::{Assignment, IterationOutcome, IterationStatus, JobResult};
 use tokio_util::sync::CancellationToken;
 
 use crate::evidence_file::{read_capped, read_end, read_start};
+use crate::fresh_tree;
+use crate::sandbox::Seal;
 use crate::setup::{Prepared, Setups};
-use crate::shell::{REMOVED_ENV, sanitize};
+use crate::shell::sanitize;
 use crate::supervise::{CommandSpec, Ending, Supervised, iteration_status, run_command};
 
 /// Bytes at each end of `stdout.log` searched for pytest-run-parallel's counts.
@@ -51,23 +53,31 @@ pub(crate) async fn execute(
             None
         }
     };
-    let junit_path = log_dir.as_ref().map(|dir| dir.join("junit.xml"));
-    let env = iteration_env(assignment, &prepared, setups, junit_path.as_deref(), log_dir.as_deref());
-    let command = assignment.options.effective_test_command(package);
-    let timeout = Duration::from_secs(assignment.options.effective_timeout_secs(package));
-    let stall_threshold = (assignment.options.stall_threshold_secs > 0)
-        .then(|| Duration::from_secs(assignment.options.stall_threshold_secs));
-    let removed: Vec<&str> = REMOVED_ENV.iter().copied().filter(|k| *k != "PYTHON_GIL").collect();
-    let spec = CommandSpec {
-        shell_command: &command,
-        cwd: &prepared.source_dir,
-        env: &env,
-        env_remove: &removed,
-        timeout,
-        log_dir: log_dir.as_deref(),
-        stall_threshold,
+    let iteration_dir = setups.iterations_dir().join(assignment.job_id.to_string());
+    let laid = {
+        let (pristine, dir) = (prepared.source_dir.clone(), iteration_dir.clone());
+        tokio::task::spawn_blocking(move || lay_iteration(&pristine, &dir)).await
     };
-    let supervised = match run_command(&spec, cancel).await {
+    if let Err(error) = laid.map_err(std::io::Error::other).and_then(|laid| laid) {
+        remove_iteration(iteration_dir).await;
+        return Some(JobResult::Iteration(harness_error(
+            assignment,
+            worker_id,
+            format!("cannot lay a fresh copy of the source tree: {error}"),
+        )));
+    }
+    let supervised = run_iteration(
+        assignment,
+        setups,
+        &prepared,
+        &iteration_dir,
+        log_dir.as_deref(),
+        cancel,
+    )
+    .await;
+    let tree = iteration_dir.join("tree");
+    remove_iteration(iteration_dir).await;
+    let (supervised, network) = match supervised {
         Ok(supervised) => supervised,
         Err(error) => {
             return Some(JobResult::Iteration(harness_error(
@@ -80,7 +90,16 @@ pub(crate) async fn execute(
     if supervised.ending == Ending::Cancelled {
         return None;
     }
-    let (status, signal, harness_error) = iteration_status(&supervised.ending, package.test_framework);
+    let (mut status, mut signal, harness_error) = iteration_status(&supervised.ending, package.test_framework);
+    if !matches!(status, IterationStatus::Pass | IterationStatus::Crash)
+        && supervised.limits_hit.contains(&LimitHit::Memory)
+    {
+        // The kernel killed a process at the memory limit: what failed, stalled or timed out
+        // after that says more of the suite's size than of free-threading. A crash signal is
+        // the crash's own evidence and stays one.
+        status = IterationStatus::Oom;
+        signal = None;
+    }
     let exit_code = match supervised.ending {
         Ending::Exited { code, .. } => code,
         _ => None,
@@ -93,6 +112,7 @@ pub(crate) async fn execute(
         .as_ref()
         .and_then(|dir| read_end(&dir.join("stderr.log"), CRASH_SEARCH_BYTES))
         .unwrap_or_else(|| supervised.stderr_tail.clone());
+    let junit_path = log_dir.as_ref().map(|dir| dir.join("junit.xml"));
     let crash_signature = (status == IterationStatus::Crash)
         .then(|| domain::readers::faulthandler::crash_signature(&stderr_end))
         .flatten();
@@ -103,7 +123,7 @@ pub(crate) async fn execute(
             .as_deref()
             .and_then(domain::readers::faulthandler::thread_stacks),
         tsan: if setups.tsan_build() {
-            tsan_warnings(log_dir.as_deref(), &supervised, &prepared, &package.import_name)
+            tsan_warnings(log_dir.as_deref(), &supervised, &prepared, &tree, &package.import_name)
         } else {
             Vec::new()
         },
@@ -112,6 +132,10 @@ pub(crate) async fn execute(
         output_bytes: supervised.stdout_bytes + supervised.stderr_bytes,
         leftover_processes: supervised.leftover_processes as u32,
         stall_detected_after_ms: supervised.stall_seen.map(|seen| seen.detected_after.as_millis() as u64),
+        sandbox: Some(SandboxReport {
+            limits_hit: supervised.limits_hit.clone(),
+            ..setups.sandbox().report(network)
+        }),
         parallel: assignment
             .options
             .parallel_threads
@@ -128,7 +152,6 @@ pub(crate) async fn execute(
                     .unwrap_or_else(|| supervised.stdout_tail.clone());
                 domain::readers::run_parallel::parse_run_parallel(threads, &head, &tail)
             }),
-        sandbox: None,
     };
     if let Some(seen) = &supervised.stall_seen {
         tracing::info!(
@@ -164,6 +187,69 @@ pub(crate) async fn execute(
         start_latency_ms: Some(start_latency.as_millis() as u64),
         evidence,
     }))
+}
+
+/// Runs the test command in the fresh tree under `iteration_dir`, sealed; says whether the
+/// tests had the network.
+async fn run_iteration(
+    assignment: &Assignment,
+    setups: &Setups,
+    prepared: &Prepared,
+    iteration_dir: &Path,
+    log_dir: Option<&Path>,
+    cancel: &CancellationToken,
+) -> std::io::Result<(Supervised, bool)> {
+    let package = &assignment.package;
+    let sandbox = setups.sandbox();
+    let tree = iteration_dir.join("tree");
+    let mut seal = Seal::new(sandbox, iteration_dir.join("home"), iteration_dir.join("tmp"));
+    seal.network = assignment.options.tests_get_network(package);
+    seal.writable.extend(log_dir.map(Path::to_path_buf));
+    // The setup is read-only while tests run; its pristine tree is replaced by the fresh one,
+    // at the path the install recorded.
+    seal.readable.push(prepared.setup_dir.clone());
+    seal.readable.extend(setups.tsan_suppressions_file());
+    seal.disk_watch.push(iteration_dir.to_path_buf());
+    seal.disk_watch.extend(log_dir.map(Path::to_path_buf));
+    let cwd = if sandbox.bwrap.is_some() {
+        seal.mounts.push((tree.clone(), prepared.source_dir.clone()));
+        prepared.source_dir.clone()
+    } else {
+        tree
+    };
+    let junit_path = log_dir.map(|dir| dir.join("junit.xml"));
+    let env = iteration_env(assignment, prepared, setups, junit_path.as_deref(), log_dir);
+    let command = assignment.options.effective_test_command(package);
+    let timeout = Duration::from_secs(assignment.options.effective_timeout_secs(package));
+    let stall_threshold = (assignment.options.stall_threshold_secs > 0)
+        .then(|| Duration::from_secs(assignment.options.stall_threshold_secs));
+    let spec = CommandSpec {
+        shell_command: &command,
+        cwd: &cwd,
+        env: &env,
+        seal: &seal,
+        timeout,
+        log_dir,
+        stall_threshold,
+    };
+    let network = seal.network;
+    run_command(&spec, cancel).await.map(|supervised| (supervised, network))
+}
+
+/// Lays the iteration's directory: a fresh copy of the pristine tree, an empty HOME and TMPDIR.
+fn lay_iteration(pristine: &Path, dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        fresh_tree::remove(dir);
+    }
+    std::fs::create_dir_all(dir)?;
+    for private in ["home", "tmp"] {
+        std::fs::create_dir(dir.join(private))?;
+    }
+    fresh_tree::lay(pristine, &dir.join("tree")).map(|_| ())
+}
+
+async fn remove_iteration(dir: PathBuf) {
+    let _ = tokio::task::spawn_blocking(move || fresh_tree::remove(&dir)).await;
 }
 
 /// The test command's environment: the package's, then the tool's variables, then the user's
@@ -251,6 +337,7 @@ fn tsan_warnings(
     log_dir: Option<&Path>,
     supervised: &Supervised,
     prepared: &Prepared,
+    tree: &Path,
     import_name: &str,
 ) -> Vec<domain::evidence::TsanWarning> {
     // The reports are in the per-process `tsan.<pid>` files, or on stderr without a log dir.
@@ -274,8 +361,12 @@ fn tsan_warnings(
         }
         None => text.push_str(&supervised.stderr_tail),
     }
-    let source_dir = prepared.source_dir.display().to_string();
-    let mut markers: Vec<String> = vec![import_name.to_string(), source_dir];
+    // Unsealed, the tests ran in the fresh tree at its own path; sealed, at the pristine one's.
+    let mut markers: Vec<String> = vec![
+        import_name.to_string(),
+        prepared.source_dir.display().to_string(),
+        tree.display().to_string(),
+    ];
     if let Some(extensions) = &prepared.extensions {
         markers.extend(
             extensions

@@ -18,10 +18,14 @@ mod shell;
 mod spool;
 mod supervise;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::WorkerConfig;
+pub use crate::sandbox::cost::time_iterations;
 pub use crate::sandbox::{Limits, SandboxConfig, SandboxMode};
 pub use crate::setup::installer::Installer;
 
@@ -39,7 +43,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     }
     proctree::become_subreaper();
     let worker_dir = config.work_dir.join("workers").join(config.worker_id.as_str());
-    let leftovers = proctree::kill_leftovers(&worker_dir);
+    let sandbox = Arc::new(sandbox::Sandbox::resolve(
+        &config.sandbox,
+        sandbox_paths(&config, &profile),
+    )?);
+    if sandbox.bwrap.is_none() && config.sandbox.mode == SandboxMode::Auto {
+        tracing::warn!(worker.id = %config.worker_id, "no `bwrap` on PATH: package commands run unsealed (install bubblewrap, or pass --sandbox none to say so)");
+    }
+    tracing::info!(worker.id = %config.worker_id, "{}", sandbox.describe());
+    let leftovers = proctree::kill_leftovers(&worker_dir) + sandbox.cgroups.clear_leftovers();
+    fresh_tree::remove(&worker_dir.join("iterations"));
     if leftovers > 0 {
         tracing::warn!(worker.id = %config.worker_id, killed = leftovers, "killed processes an earlier run of this worker left behind");
     }
@@ -58,7 +71,44 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         dirs,
         config.installer.clone(),
         config.base_path.clone(),
+        sandbox,
         shutdown.child_token(),
     );
     session::Worker::new(config, profile, setups, spool).run(shutdown).await
+}
+
+/// Names the worker's cgroups by its id and its directory: a restarted worker finds what the
+/// last one with this directory left, and workers of the same id on other work dirs (two runs
+/// side by side, each with its `local-1`) never touch each other's.
+fn cgroup_name(config: &WorkerConfig) -> String {
+    use sha2::Digest;
+    let worker_dir = config.work_dir.join("workers").join(config.worker_id.as_str());
+    let digest = sha2::Sha256::digest(worker_dir.as_os_str().as_encoded_bytes());
+    format!("ftsurvey-{}-{}", config.worker_id.as_str(), &hex::encode(digest)[..12])
+}
+
+/// What the sandbox hides (the worker's directories, its user's home) and what commands still
+/// read beneath them (the target interpreter, the tools on PATH).
+fn sandbox_paths(config: &WorkerConfig, profile: &domain::InterpreterProfile) -> sandbox::SandboxPaths {
+    let mut hidden = vec![
+        config.work_dir.clone(),
+        config.venvs_dir.clone(),
+        config.repos_dir.clone(),
+        config.pip_cache_dir.clone(),
+    ];
+    hidden.extend(std::env::var_os("HOME").map(PathBuf::from));
+    // The interpreter's installation: two levels above `bin/python3`.
+    let interpreter = config
+        .target_python
+        .canonicalize()
+        .ok()
+        .and_then(|python| python.parent()?.parent().map(PathBuf::from));
+    let mut readable: Vec<PathBuf> = interpreter.into_iter().collect();
+    readable.extend(std::env::split_paths(&config.base_path).filter(|dir| dir.is_dir()));
+    sandbox::SandboxPaths {
+        hidden,
+        readable,
+        cgroup_name: cgroup_name(config),
+        tsan_build: profile.tsan,
+    }
 }

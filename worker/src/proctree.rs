@@ -1,18 +1,21 @@
 //! The processes of one supervised command, found through `/proc`.
 //!
-//! A process belongs to the tree when it is in the command's process group or when its
-//! environment carries the tree's marker variable, which every descendant inherits: a
-//! grandchild that left the group with `setsid` is still found. The worker is a child
-//! subreaper, so such escapees become its children when their parent dies and are reaped here
-//! once killed.
+//! A process belongs to the tree when it is in the command's cgroup (where the worker can make
+//! one: nothing a process does takes it out), in the command's process group, or when its
+//! environment carries the tree's marker variable, which every descendant inherits unless it
+//! clears its environment: a grandchild that left the group with `setsid` is still found. The
+//! worker is a child subreaper, so such escapees become its children when their parent dies
+//! and are reaped here once killed.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
+
+use crate::sandbox::cgroup::Cgroup;
 
 /// The variable that marks every process of a supervised command.
 pub(crate) const MARKER_VAR: &str = "FTSURVEY_PROCESS_TREE";
@@ -118,21 +121,27 @@ pub(crate) struct Tree {
     seen: HashSet<i32>,
     /// CPU ticks of each live member at the last sample.
     ticks: HashMap<i32, u64>,
+    /// The largest resident set a member had at a sample, KiB.
+    max_rss_kb: u64,
     /// The root has been waited for: its pid (and, once empty, its group id) may belong to
-    /// someone else now, so only the marker identifies members.
+    /// someone else now, so only the marker and the cgroup identify members.
     root_reaped: bool,
+    /// The command's cgroup, where the worker could make one.
+    cgroup: Option<Arc<Cgroup>>,
 }
 
 impl Tree {
-    /// The tree of the command whose root process is `root` (also its process group) and whose
-    /// environment has `MARKER_VAR=marker`.
-    pub(crate) fn new(root: i32, marker: &str) -> Self {
+    /// The tree of the command whose root process is `root` (also its process group), whose
+    /// environment has `MARKER_VAR=marker`, and whose processes are all in `cgroup`.
+    pub(crate) fn new(root: i32, marker: &str, cgroup: Option<Arc<Cgroup>>) -> Self {
         Tree {
             marker: format!("{MARKER_VAR}={marker}").into_bytes(),
             root,
             seen: HashSet::new(),
             ticks: HashMap::new(),
+            max_rss_kb: 0,
             root_reaped: false,
+            cgroup,
         }
     }
 
@@ -144,13 +153,20 @@ impl Tree {
     /// Live (not zombie) members now.
     pub(crate) fn members(&mut self) -> Vec<(i32, Stat)> {
         let mut members = Vec::new();
+        let in_cgroup: HashSet<i32> = self
+            .cgroup
+            .as_ref()
+            .map(|c| c.members())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         for pid in all_pids() {
             let Some(stat) = read_stat(pid) else { continue };
             if stat.state == 'Z' || stat.state == 'X' {
                 continue;
             }
             let by_root = !self.root_reaped && (pid == self.root || stat.pgrp == self.root);
-            if by_root || self.has_marker(pid) {
+            if by_root || in_cgroup.contains(&pid) || self.has_marker(pid) {
                 self.seen.insert(pid);
                 members.push((pid, stat));
             }
@@ -169,6 +185,7 @@ impl Tree {
         let mut progress = 0;
         let mut ticks = HashMap::with_capacity(members.len());
         for (pid, stat) in members {
+            self.max_rss_kb = self.max_rss_kb.max(rss_kb(pid));
             let before = self.ticks.get(&pid).copied().unwrap_or(0);
             progress += stat.cpu_ticks.saturating_sub(before);
             ticks.insert(pid, stat.cpu_ticks);
@@ -207,6 +224,9 @@ impl Tree {
     /// members were alive when it started.
     pub(crate) fn kill_all(&mut self) -> usize {
         let initially = self.members().len();
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all();
+        }
         for _ in 0..50 {
             self.signal_all(Signal::SIGKILL);
             if self.members().is_empty() {
@@ -216,6 +236,18 @@ impl Tree {
         }
         self.reap();
         initially
+    }
+
+    /// The largest resident set a member had when the tree was sampled, KiB.
+    pub(crate) fn sampled_max_rss_kb(&self) -> u64 {
+        self.max_rss_kb
+    }
+
+    /// Kills what is left in the command's cgroup and removes it.
+    pub(crate) fn remove_cgroup(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove();
+        }
     }
 
     /// Waits for the seen members that are this process's children (escapees it inherited as
@@ -231,6 +263,17 @@ impl Tree {
             }
         }
     }
+}
+
+/// The resident set of `pid` now, KiB (`VmRSS`); 0 when it cannot be read.
+fn rss_kb(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
+            line.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Whether `pid` has a handler installed for `signal` (its `SigCgt` mask has the bit).

@@ -1,9 +1,5 @@
-//! What every command the worker runs through `sh` needs: quoting its arguments, names safe
-//! for a path, and the variables removed from its environment.
-
-/// Variables never passed to package commands: they would make the venv's python load
-/// another installation's modules.
-pub(crate) const REMOVED_ENV: [&str; 3] = ["PYTHONPATH", "PYTHONHOME", "PYTHON_GIL"];
+//! What every command the worker runs through `sh` needs: quoting its arguments, and names
+//! safe for a path.
 
 /// Quotes `value` for `sh`.
 pub(crate) fn shell_quote(value: &str) -> String {

@@ -7,9 +7,11 @@ use std::collections::VecDeque;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain::IterationStatus;
+use domain::evidence::{LimitHeld, LimitHit};
 use domain::outcome::CRASH_SIGNALS;
 use domain::package_kind::TestFramework;
 use nix::sys::signal::Signal;
@@ -18,6 +20,8 @@ use wait4::Wait4;
 
 use crate::output::{Output, Stream, read_stream};
 use crate::proctree::{self, MARKER_VAR, Tree};
+use crate::sandbox::Seal;
+use crate::sandbox::cgroup::Cgroup;
 
 /// Time between SIGTERM and SIGKILL when a tree is stopped.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -26,6 +30,8 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// How often the tree's CPU use and the streams' silence are checked.
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// How often the disk a command's files take is measured against the disk limit.
+const DISK_EVERY: Duration = Duration::from_secs(1);
 /// How long a stack dump may take to arrive after the dump signal.
 const DUMP_WAIT: Duration = Duration::from_secs(3);
 /// The signal that asks Python processes for their stacks (see [`DUMP_SIGNAL_VAR`]).
@@ -39,11 +45,13 @@ pub(crate) const DUMP_SIGNAL_VAR: &str = "FTSURVEY_DUMP_SIGNAL";
 pub(crate) struct CommandSpec<'a> {
     /// Run with `sh -c`.
     pub(crate) shell_command: &'a str,
+    /// The working directory, as the command sees it.
     pub(crate) cwd: &'a Path,
-    /// Set on top of the inherited environment, in order.
+    /// Set in order on top of the seal's environment (see [`crate::sandbox::env`]); nothing is
+    /// inherited from the worker.
     pub(crate) env: &'a [(String, String)],
-    /// Removed from the inherited environment.
-    pub(crate) env_remove: &'a [&'a str],
+    /// What the command sees, writes and may use.
+    pub(crate) seal: &'a Seal<'a>,
     pub(crate) timeout: Duration,
     /// Where `stdout.log` and `stderr.log` go (capped at [`crate::output::LOG_CAP_BYTES`] each); `None` keeps
     /// only the tails.
@@ -64,6 +72,8 @@ pub(crate) enum Ending {
     Stalled,
     /// Killed because the job was cancelled.
     Cancelled,
+    /// Killed because its files took more than the disk limit.
+    OverDisk,
 }
 
 /// What a supervised command did.
@@ -91,6 +101,8 @@ pub(crate) struct Supervised {
     pub(crate) leftover_processes: usize,
     /// What the stall check saw when it judged the command stalled.
     pub(crate) stall_seen: Option<StallSeen>,
+    /// The limits the command ran into, each once.
+    pub(crate) limits_hit: Vec<LimitHit>,
 }
 
 /// Why a command was judged stalled: how long both streams had been silent, how long its tree
@@ -109,30 +121,61 @@ pub(crate) struct StallSeen {
 /// Runs the command until it exits, stalls, times out or is cancelled. Only a failure to start
 /// it is an error; whatever happens after is in the result.
 pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationToken) -> std::io::Result<Supervised> {
+    let seal = spec.seal;
+    let sandbox = seal.sandbox;
     let marker = uuid::Uuid::new_v4().simple().to_string();
-    let mut command = std::process::Command::new("sh");
+    let argv = seal.argv(spec.shell_command, spec.cwd);
+    let mut command = std::process::Command::new(&argv[0]);
     command
-        .arg("-c")
-        .arg(spec.shell_command)
-        .current_dir(spec.cwd)
+        .args(&argv[1..])
+        // bubblewrap enters the working directory inside; outside it must only exist.
+        .current_dir(if sandbox.bwrap.is_some() { &seal.tmp } else { spec.cwd })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0);
-    for key in spec.env_remove {
-        command.env_remove(key);
-    }
+        .process_group(0)
+        .env_clear()
+        .envs(crate::sandbox::env::base(&seal.home, &seal.tmp_inside(), seal.network));
     for (key, value) in spec.env {
         command.env(key, value);
     }
     command.env(MARKER_VAR, &marker);
     command.env(DUMP_SIGNAL_VAR, (DUMP_SIGNAL as i32).to_string());
-    let mut child = command.spawn()?;
+    let mut cgroup = if sandbox.cgroups.can_contain() {
+        match sandbox.cgroups.create(&marker, &sandbox.limits) {
+            Ok(cgroup) => Some(cgroup),
+            Err(error) => {
+                tracing::warn!(%error, "cannot make the command's cgroup; its limits fall back to resource limits");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let rlimits = Rlimits {
+        joins: cgroup.as_mut().map(Cgroup::take_joins).unwrap_or_else(|| Arc::new([])),
+        file_size: sandbox.limits.disk_bytes,
+        address_space: (cgroup.is_none() || sandbox.memory_held() == LimitHeld::Rlimit)
+            .then_some(sandbox.limits.memory_bytes)
+            .filter(|_| !sandbox.tsan_build),
+        processes: (cgroup.is_none() || sandbox.pids_held() == LimitHeld::Rlimit).then_some(sandbox.limits.pids),
+    };
+    let spawned = rlimits.spawn(&mut command);
+    let cgroup = cgroup.map(Arc::new);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            if let Some(cgroup) = &cgroup {
+                cgroup.remove();
+            }
+            return Err(error);
+        }
+    };
     let spawned_at = Instant::now();
     let root = child.id() as i32;
     proctree::register_root(root);
     // If this future is dropped midway (its job was cancelled), the tree dies with it.
-    let mut guard = TreeGuard(Some(Tree::new(root, &marker)));
+    let mut guard = TreeGuard(Some(Tree::new(root, &marker, cgroup.clone())));
     let output = Output::new(spawned_at);
     let readers = [
         child
@@ -163,6 +206,7 @@ pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationTok
     tokio::pin!(deadline);
     let mut stall_dump = None;
     let mut stall_seen = None;
+    let mut disk = DiskCheck::new(seal, sandbox.limits.disk_bytes);
     let (ending, usage) = loop {
         tokio::select! {
             // The exit first: once the root is reaped its pid is free, and sampling must stop.
@@ -172,10 +216,14 @@ pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationTok
             _ = cancel.cancelled() => break (Some(Ending::Cancelled), Ok(Err(std::io::Error::other("killed")))),
             _ = sampler.tick() => {
                 let Some(tree) = guard.0.as_mut() else { continue };
-                if let Some(seen) = stall.observe(tree, &output) {
+                let ticks = tree.cpu_progress();
+                if let Some(seen) = stall.observe(ticks, &output) {
                     stall_seen = Some(seen);
                     stall_dump = Some(dump_stacks(tree, &output).await);
                     break (Some(Ending::Stalled), Ok(Err(std::io::Error::other("killed"))));
+                }
+                if disk.over().await {
+                    break (Some(Ending::OverDisk), Ok(Err(std::io::Error::other("killed"))));
                 }
             }
         }
@@ -208,6 +256,7 @@ pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationTok
         },
     };
     // Whatever the command left running goes too: its group, and escapees found by marker.
+    let sampled_rss_kb = guard.0.as_ref().map_or(0, Tree::sampled_max_rss_kb);
     let leftover_processes = match guard.0.take() {
         Some(mut tree) => tokio::task::spawn_blocking(move || tree.kill_all()).await.unwrap_or(0),
         None => 0,
@@ -218,6 +267,32 @@ pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationTok
             reader.abort();
         }
     }
+    let mut limits_hit = Vec::new();
+    // A sandbox's init exits without waiting for what it ran, so `wait4` may see only the
+    // sandbox: the cgroup accounts every process's CPU, and the samples saw their memory.
+    let mut cpu_time_ms = usage
+        .as_ref()
+        .map(|u| (u.rusage.utime + u.rusage.stime).as_millis() as u64);
+    let max_rss_kb = usage.as_ref().map(|u| (u.rusage.maxrss / 1024).max(sampled_rss_kb));
+    if let Some(cgroup) = &cgroup {
+        if let Some(cpu) = cgroup.cpu_time() {
+            cpu_time_ms = Some(cpu_time_ms.unwrap_or(0).max(cpu.as_millis() as u64));
+        }
+        if cgroup.oom_kills() > 0 {
+            limits_hit.push(LimitHit::Memory);
+        }
+        if cgroup.pids_refused() > 0 {
+            limits_hit.push(LimitHit::Pids);
+        }
+        let cgroup = cgroup.clone();
+        let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+    }
+    if ending == Ending::OverDisk {
+        limits_hit.push(LimitHit::Disk);
+    }
+    if disk.largest_file_at_limit().await {
+        limits_hit.push(LimitHit::FileSize);
+    }
     Ok(Supervised {
         ending,
         duration,
@@ -227,14 +302,106 @@ pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationTok
         stdout_bytes: output.total_bytes(Stream::Stdout),
         stderr_bytes: output.total_bytes(Stream::Stderr),
         last_output_line: output.last_line(),
-        cpu_time_ms: usage
-            .as_ref()
-            .map(|u| (u.rusage.utime + u.rusage.stime).as_millis() as u64),
-        max_rss_kb: usage.as_ref().map(|u| u.rusage.maxrss / 1024),
+        cpu_time_ms,
+        max_rss_kb,
         stall_dump,
         leftover_processes,
         stall_seen,
+        limits_hit,
     })
+}
+
+/// The resource limits a command's processes start with, and the cgroups they join, applied
+/// in the child before exec.
+struct Rlimits {
+    /// `cgroup.procs` of each of the command's cgroups, open for writing.
+    joins: Arc<[std::os::fd::OwnedFd]>,
+    file_size: u64,
+    address_space: Option<u64>,
+    processes: Option<u64>,
+}
+
+impl Rlimits {
+    /// Spawns `command` with these limits and in these cgroups from its first instruction, so
+    /// nothing it starts is ever outside them.
+    // The one unsafe call of the worker: std's only way to run code between fork and exec.
+    #[allow(unsafe_code)]
+    fn spawn(self, command: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe work is allowed: it makes system calls (write, setrlimit) on
+        // values prepared before the fork, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || self.apply());
+        }
+        command.spawn()
+    }
+
+    fn apply(&self) -> std::io::Result<()> {
+        use nix::sys::resource::{Resource, setrlimit};
+        for fd in self.joins.iter() {
+            // `0` is the writing process itself.
+            if nix::unistd::write(fd, b"0")? != 1 {
+                return Err(std::io::Error::other("short write to cgroup.procs"));
+            }
+        }
+        setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+        setrlimit(Resource::RLIMIT_FSIZE, self.file_size, self.file_size)?;
+        if let Some(bytes) = self.address_space {
+            setrlimit(Resource::RLIMIT_AS, bytes, bytes)?;
+        }
+        if let Some(processes) = self.processes {
+            setrlimit(Resource::RLIMIT_NPROC, processes, processes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Measures the files under a command's watched directories against the disk limit, at most
+/// every [`DISK_EVERY`].
+struct DiskCheck {
+    dirs: Vec<std::path::PathBuf>,
+    limit: u64,
+    last: Instant,
+}
+
+impl DiskCheck {
+    fn new(seal: &Seal<'_>, limit: u64) -> Self {
+        DiskCheck {
+            dirs: seal.disk_watch.clone(),
+            limit,
+            last: Instant::now(),
+        }
+    }
+
+    async fn usage(&self) -> crate::fresh_tree::Usage {
+        let dirs = self.dirs.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut total = crate::fresh_tree::Usage::default();
+            for dir in dirs {
+                if let Ok(usage) = crate::fresh_tree::usage(&dir) {
+                    total.bytes += usage.bytes;
+                    total.largest_file = total.largest_file.max(usage.largest_file);
+                }
+            }
+            total
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Whether the files now take more than the limit.
+    async fn over(&mut self) -> bool {
+        if self.dirs.is_empty() || self.last.elapsed() < DISK_EVERY {
+            return false;
+        }
+        self.last = Instant::now();
+        self.usage().await.bytes > self.limit
+    }
+
+    /// Whether a file reached the file-size limit (its writer got EFBIG or SIGXFSZ).
+    async fn largest_file_at_limit(&self) -> bool {
+        !self.dirs.is_empty() && self.usage().await.largest_file >= self.limit
+    }
 }
 
 type Waited = Result<std::io::Result<wait4::ResUse>, tokio::task::JoinError>;
@@ -261,11 +428,11 @@ impl StallCheck {
         }
     }
 
-    /// Samples the tree; returns what was seen if it has stalled.
-    fn observe(&mut self, tree: &mut Tree, output: &Output) -> Option<StallSeen> {
+    /// Takes the tree's CPU ticks since the last sample; returns what was seen if it has
+    /// stalled.
+    fn observe(&mut self, ticks: u64, output: &Output) -> Option<StallSeen> {
         let threshold = self.threshold?;
         let now = Instant::now();
-        let ticks = tree.cpu_progress();
         self.history.push_back((now, ticks));
         while self
             .history
@@ -335,6 +502,7 @@ impl Drop for TreeGuard {
     fn drop(&mut self) {
         if let Some(mut tree) = self.0.take() {
             tree.kill_all();
+            tree.remove_cgroup();
         }
     }
 }
@@ -348,6 +516,8 @@ pub(crate) fn iteration_status(
         Ending::TimedOut => (IterationStatus::Timeout, None, None),
         Ending::Stalled => (IterationStatus::Deadlock, None, None),
         Ending::Cancelled => (IterationStatus::HarnessError, None, Some("cancelled".to_string())),
+        // The evidence names the limit; the suite failed to run within it.
+        Ending::OverDisk => (IterationStatus::Fail, None, None),
         Ending::Exited {
             signal: Some(signal), ..
         } if CRASH_SIGNALS.contains(&signal) => (IterationStatus::Crash, Some(signal), None),
@@ -390,14 +560,21 @@ fn exited(status: ExitStatus) -> Ending {
 mod tests {
     use super::*;
     use crate::output::TAIL_BYTES;
+    use crate::sandbox::Sandbox;
+
+    /// Runs unsealed, with the temporary directory as HOME and TMPDIR.
+    fn seal(sandbox: &Sandbox) -> Seal<'_> {
+        Seal::new(sandbox, std::env::temp_dir(), std::env::temp_dir())
+    }
 
     async fn run(command: &str, timeout: Duration) -> Supervised {
         let dir = std::env::temp_dir();
+        let sandbox = Sandbox::unsealed();
         let spec = CommandSpec {
             shell_command: command,
             cwd: &dir,
             env: &[],
-            env_remove: &[],
+            seal: &seal(&sandbox),
             timeout,
             log_dir: None,
             stall_threshold: None,
@@ -539,11 +716,12 @@ mod tests {
 
     async fn run_with_stall_check(command: &str, threshold: Duration) -> Supervised {
         let dir = std::env::temp_dir();
+        let sandbox = Sandbox::unsealed();
         let spec = CommandSpec {
             shell_command: command,
             cwd: &dir,
             env: &[],
-            env_remove: &[],
+            seal: &seal(&sandbox),
             timeout: Duration::from_secs(60),
             log_dir: None,
             stall_threshold: Some(threshold),
@@ -620,11 +798,12 @@ mod tests {
     #[tokio::test]
     async fn cancelling_kills_the_command() {
         let dir = std::env::temp_dir();
+        let sandbox = Sandbox::unsealed();
         let spec = CommandSpec {
             shell_command: "sleep 1000",
             cwd: &dir,
             env: &[],
-            env_remove: &[],
+            seal: &seal(&sandbox),
             timeout: Duration::from_secs(600),
             log_dir: None,
             stall_threshold: None,

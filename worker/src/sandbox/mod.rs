@@ -1,7 +1,14 @@
 //! How a worker seals the commands it runs for a package off from itself and the machine:
 //! which sandbox, and the limits each iteration runs under.
 
-use std::path::PathBuf;
+mod bwrap;
+pub(crate) mod cgroup;
+pub(crate) mod cost;
+pub(crate) mod env;
+
+use std::path::{Path, PathBuf};
+
+use domain::evidence::{LimitHeld, SandboxKind, SandboxReport};
 
 /// Which sandbox the worker puts every install, probe and iteration in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,3 +88,233 @@ pub struct SandboxConfig {
     /// TLS files.
     pub hidden: Vec<PathBuf>,
 }
+
+impl SandboxConfig {
+    /// Fails, in one line, when the sandbox asked for cannot be had on this machine: for a
+    /// command to say so before it starts any work.
+    pub fn check(&self) -> anyhow::Result<()> {
+        bwrap_for(self.mode, std::env::var_os("PATH").as_deref()).map(|_| ())
+    }
+}
+
+/// The `bwrap` the mode asks for, looked for on `path_var`; an error when it insists on one
+/// that is not there.
+fn bwrap_for(mode: SandboxMode, path_var: Option<&std::ffi::OsStr>) -> anyhow::Result<Option<PathBuf>> {
+    match mode {
+        SandboxMode::None => Ok(None),
+        SandboxMode::Auto => Ok(which("bwrap", path_var)),
+        SandboxMode::Bwrap => which("bwrap", path_var).map(Some).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--sandbox bwrap: no `bwrap` on PATH; install bubblewrap (Debian: apt-get install bubblewrap) or pass --sandbox none"
+            )
+        }),
+    }
+}
+
+/// The sandbox a worker resolved at start, shared by every command it runs.
+#[derive(Debug, Default)]
+pub(crate) struct Sandbox {
+    /// The `bwrap` to run commands under; `None` runs them unsealed.
+    pub(crate) bwrap: Option<PathBuf>,
+    pub(crate) limits: Limits,
+    /// Where command cgroups can be made, and what they hold.
+    pub(crate) cgroups: cgroup::Hierarchies,
+    /// Directories and files no command may see: the worker's directories, its user's home,
+    /// its token and TLS files.
+    pub(crate) hidden: Vec<PathBuf>,
+    /// What commands must still read under the hidden directories: the target interpreter's
+    /// installation, the tools on PATH.
+    pub(crate) readable: Vec<PathBuf>,
+    /// The target is a ThreadSanitizer build, whose shadow memory an address-space limit would
+    /// break.
+    pub(crate) tsan_build: bool,
+}
+
+impl Sandbox {
+    /// No sandbox and no limits: for commands of the worker's own tests.
+    #[cfg(test)]
+    pub(crate) fn unsealed() -> Sandbox {
+        Sandbox::default()
+    }
+
+    /// Resolves `config` on this machine: finds `bwrap` (or refuses `--sandbox bwrap`
+    /// without it), the cgroups this process can make, and what to hide.
+    pub(crate) fn resolve(config: &SandboxConfig, paths: SandboxPaths) -> anyhow::Result<Sandbox> {
+        Sandbox::resolve_in(config, paths, std::env::var_os("PATH").as_deref())
+    }
+
+    /// [`Sandbox::resolve`] with `bwrap` looked for on `path_var`.
+    fn resolve_in(
+        config: &SandboxConfig,
+        paths: SandboxPaths,
+        path_var: Option<&std::ffi::OsStr>,
+    ) -> anyhow::Result<Sandbox> {
+        let bwrap = bwrap_for(config.mode, path_var)?;
+        let cgroups = cgroup::Hierarchies::detect(&paths.cgroup_name);
+        let mut hidden = paths.hidden;
+        hidden.extend(config.hidden.iter().cloned());
+        hidden.retain(|path| path.parent().is_some());
+        let hidden: Vec<PathBuf> = hidden.into_iter().map(|p| p.canonicalize().unwrap_or(p)).collect();
+        // Only what lies strictly beneath a hidden directory needs binding back, and nothing
+        // else may be: binding a hidden directory itself would show it again.
+        let readable = paths
+            .readable
+            .into_iter()
+            .filter(|p| p.is_absolute())
+            .filter_map(|p| p.canonicalize().ok())
+            .filter(|p| hidden.iter().any(|h| p.starts_with(h) && p != h))
+            .collect();
+        Ok(Sandbox {
+            bwrap,
+            limits: config.limits,
+            cgroups,
+            hidden,
+            readable,
+            tsan_build: paths.tsan_build,
+        })
+    }
+
+    pub(crate) fn kind(&self) -> SandboxKind {
+        if self.bwrap.is_some() {
+            SandboxKind::Bwrap
+        } else {
+            SandboxKind::None
+        }
+    }
+
+    /// How the memory limit is held on this machine.
+    pub(crate) fn memory_held(&self) -> LimitHeld {
+        match self.cgroups.memory() {
+            LimitHeld::None if !self.tsan_build => LimitHeld::Rlimit,
+            held => held,
+        }
+    }
+
+    /// How the process limit is held on this machine. `RLIMIT_NPROC` does not bind root.
+    pub(crate) fn pids_held(&self) -> LimitHeld {
+        match self.cgroups.pids() {
+            LimitHeld::None if !nix::unistd::geteuid().is_root() => LimitHeld::Rlimit,
+            held => held,
+        }
+    }
+
+    /// One line for the worker's start: what seals its commands.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "sandbox {}, memory limit {} ({}), process limit {} ({}), disk limit {}",
+            self.kind().as_str(),
+            human_bytes(self.limits.memory_bytes),
+            self.memory_held(),
+            self.limits.pids,
+            self.pids_held(),
+            human_bytes(self.limits.disk_bytes)
+        )
+    }
+
+    /// What the evidence says of a command run here.
+    pub(crate) fn report(&self, network: bool) -> SandboxReport {
+        SandboxReport {
+            kind: self.kind(),
+            memory: self.memory_held(),
+            memory_limit_bytes: self.limits.memory_bytes,
+            pids: self.pids_held(),
+            pids_limit: self.limits.pids,
+            disk_limit_bytes: self.limits.disk_bytes,
+            network,
+            limits_hit: Vec::new(),
+        }
+    }
+}
+
+/// What a worker tells [`Sandbox::resolve`] about itself.
+#[derive(Debug, Default)]
+pub(crate) struct SandboxPaths {
+    /// The worker's directories and its user's home.
+    pub(crate) hidden: Vec<PathBuf>,
+    /// What commands need to read under them.
+    pub(crate) readable: Vec<PathBuf>,
+    /// Names this worker's cgroups, so a restarted worker finds what the last one left.
+    pub(crate) cgroup_name: String,
+    pub(crate) tsan_build: bool,
+}
+
+/// How one command is sealed: what of the machine it may write, its home and temporary
+/// directory, its network.
+#[derive(Debug, Clone)]
+pub(crate) struct Seal<'a> {
+    pub(crate) sandbox: &'a Sandbox,
+    /// Directories the command may write, at their own paths.
+    pub(crate) writable: Vec<PathBuf>,
+    /// Directories it may read beyond the sandbox's own list (its setup, under the hidden
+    /// venvs directory).
+    pub(crate) readable: Vec<PathBuf>,
+    /// `(what, where)`: the directory `what` mounted writable at `where` (an iteration's fresh
+    /// tree at the pristine tree's path, where its install expects it).
+    pub(crate) mounts: Vec<(PathBuf, PathBuf)>,
+    /// The command's HOME and temporary directory (its `/tmp` in the sandbox).
+    pub(crate) home: PathBuf,
+    pub(crate) tmp: PathBuf,
+    /// The command may reach the network (installs, or a package whose tests need it).
+    pub(crate) network: bool,
+    /// Directories whose files together the disk limit holds, while the command runs.
+    pub(crate) disk_watch: Vec<PathBuf>,
+}
+
+impl<'a> Seal<'a> {
+    /// A seal that writes only `home` and `tmp`, with no network.
+    pub(crate) fn new(sandbox: &'a Sandbox, home: PathBuf, tmp: PathBuf) -> Self {
+        Seal {
+            sandbox,
+            writable: Vec::new(),
+            readable: Vec::new(),
+            mounts: Vec::new(),
+            home,
+            tmp,
+            network: false,
+            disk_watch: Vec::new(),
+        }
+    }
+
+    /// The command's TMPDIR as the command sees it.
+    pub(crate) fn tmp_inside(&self) -> PathBuf {
+        if self.sandbox.bwrap.is_some() {
+            PathBuf::from("/tmp")
+        } else {
+            self.tmp.clone()
+        }
+    }
+
+    /// The program and arguments that run `sh -c command` in `cwd` (as the command sees it)
+    /// under this seal.
+    pub(crate) fn argv(&self, command: &str, cwd: &Path) -> Vec<std::ffi::OsString> {
+        match &self.sandbox.bwrap {
+            Some(bwrap) => bwrap::argv(bwrap, self, command, cwd),
+            None => vec!["sh".into(), "-c".into(), command.into()],
+        }
+    }
+}
+
+fn which(program: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    std::env::split_paths(path_var?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024 && value.is_multiple_of(1024) && unit < UNITS.len() - 1 {
+        value /= 1024;
+        unit += 1;
+    }
+    format!("{value} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests;

@@ -2,6 +2,7 @@
 //! output, as every step of the pipeline reports it.
 
 use domain::SetupStage;
+use domain::evidence::LimitHit;
 
 use crate::supervise::{Ending, Supervised};
 
@@ -33,6 +34,7 @@ impl SetupError {
 pub(crate) fn command_failure(result: &Supervised, what: &str) -> Option<(String, String)> {
     let message = match result.ending {
         Ending::Exited { code: Some(0), .. } => return None,
+        _ if result.limits_hit.contains(&LimitHit::Memory) => format!("{what} was killed at the memory limit"),
         Ending::Exited { code: Some(code), .. } => format!("{what} exited with status {code}"),
         Ending::Exited {
             signal: Some(signal), ..
@@ -41,6 +43,7 @@ pub(crate) fn command_failure(result: &Supervised, what: &str) -> Option<(String
         Ending::TimedOut => format!("{what} timed out"),
         Ending::Stalled => format!("{what} stalled"),
         Ending::Cancelled => format!("{what} was cancelled"),
+        Ending::OverDisk => format!("{what} wrote more than the disk limit"),
     };
     let last = result
         .stderr_tail

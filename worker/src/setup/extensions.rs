@@ -8,7 +8,8 @@ use std::time::Duration;
 use domain::evidence::{Declaration, ExtensionReport};
 use tokio_util::sync::CancellationToken;
 
-use crate::shell::{REMOVED_ENV, shell_quote};
+use crate::sandbox::Seal;
+use crate::shell::shell_quote;
 use crate::supervise::{CommandSpec, Ending, run_command};
 
 const PROBE_SCRIPT: &str = include_str!("python/probe_extensions.py");
@@ -43,6 +44,7 @@ pub(crate) async fn probe(
     import_name: &str,
     cwd: &Path,
     env: &[(String, String)],
+    seal: &Seal<'_>,
     cancel: &CancellationToken,
 ) -> ExtensionReport {
     let script = cwd.join("ftsurvey_probe_extensions.py");
@@ -58,7 +60,7 @@ pub(crate) async fn probe(
         shell_command: &command,
         cwd,
         env,
-        env_remove: &REMOVED_ENV,
+        seal,
         timeout: PROBE_TIMEOUT,
         log_dir: None,
         stall_threshold: None,

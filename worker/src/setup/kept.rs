@@ -8,6 +8,7 @@ use domain::{PackageSpec, SetupStage, Source};
 use nix::fcntl::{Flock, FlockArg};
 use tokio_util::sync::CancellationToken;
 
+use crate::sandbox::Seal;
 use crate::setup::error::SetupError;
 use crate::setup::key::{CacheKey, SourceKey};
 use crate::setup::source::{copy_tree, fetch};
@@ -24,6 +25,7 @@ pub(crate) async fn source_tree(
     repos_dir: &Path,
     dest: &Path,
     env: &[(String, String)],
+    seal: &Seal<'_>,
     cancel: &CancellationToken,
 ) -> Result<PathBuf, SetupError> {
     let keepable = match &package.source {
@@ -32,7 +34,7 @@ pub(crate) async fn source_tree(
         Source::Git { .. } => true,
     };
     if !keepable {
-        return fetch(package, python, dest, env, cancel).await;
+        return fetch(package, python, dest, env, seal, cancel).await;
     }
     let key = SourceKey::of(package);
     let kept = repos_dir.join(key.dir_name());
@@ -51,7 +53,7 @@ pub(crate) async fn source_tree(
                 }
                 std::fs::create_dir_all(&kept).map_err(io)?;
                 key.write_to(&kept).map_err(io)?;
-                let root = fetch(package, python, &kept.join("tree"), env, cancel).await?;
+                let root = fetch(package, python, &kept.join("tree"), env, seal, cancel).await?;
                 std::fs::write(&fetched, serde_json::to_vec(&root).expect("a path serialises")).map_err(io)?;
                 root
             }

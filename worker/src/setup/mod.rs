@@ -25,11 +25,12 @@ use domain::{InterpreterProfile, PackageSpec, SetupFailure, SetupStage};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use crate::sandbox::{Sandbox, Seal};
 use crate::setup::error::{SetupError, command_failure, output_tail};
 use crate::setup::installer::Installer;
 use crate::setup::kept::lock;
 use crate::setup::key::{CacheKey, SourceKey, VenvKey};
-use crate::shell::{REMOVED_ENV, shell_quote};
+use crate::shell::shell_quote;
 use crate::supervise::{CommandSpec, Ending, Supervised, run_command};
 
 /// Installs get this long.
@@ -44,7 +45,9 @@ const TSAN_SUPPRESSIONS: &str = include_str!("../../../deploy/tsan-suppressions.
 /// A package ready to test.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    /// The source tree the tests run in.
+    /// The setup's directory: its venv, its pristine source tree.
+    pub(crate) setup_dir: PathBuf,
+    /// The pristine source tree; each iteration runs in a fresh copy of it.
     pub(crate) source_dir: PathBuf,
     /// Environment every command of the package gets (PATH, VIRTUAL_ENV, pip settings).
     pub(crate) env: Vec<(String, String)>,
@@ -95,6 +98,8 @@ pub(crate) struct Setups {
     cells: Mutex<HashMap<VenvKey, SetupCell>>,
     /// Kills setup commands when the worker stops.
     shutdown: CancellationToken,
+    /// What seals every command run for a package.
+    sandbox: Arc<Sandbox>,
 }
 
 impl Setups {
@@ -106,10 +111,12 @@ impl Setups {
         dirs: SetupDirs,
         installer: Installer,
         base_path: String,
+        sandbox: Arc<Sandbox>,
         shutdown: CancellationToken,
     ) -> Self {
         Setups {
             shutdown,
+            sandbox,
             python,
             profile_fingerprint: profile.fingerprint_source(),
             free_threaded: profile.free_threaded,
@@ -125,6 +132,43 @@ impl Setups {
     /// Whether the target is a ThreadSanitizer build.
     pub(crate) fn tsan_build(&self) -> bool {
         self.tsan_build
+    }
+
+    /// What seals every command run for a package.
+    pub(crate) fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Where each running iteration's fresh tree, HOME and TMPDIR go: the worker's
+    /// `iterations/`.
+    pub(crate) fn iterations_dir(&self) -> PathBuf {
+        self.dirs.worker_dir.join("iterations")
+    }
+
+    /// The TSAN suppression file, which commands must read under the hidden worker directory.
+    pub(crate) fn tsan_suppressions_file(&self) -> Option<PathBuf> {
+        self.tsan_build.then(|| self.tsan_suppressions()).flatten()
+    }
+
+    /// The seal of the setup commands for the setup in `dir`: they write the setup, the shared
+    /// caches and the fetched sources, with HOME and TMPDIR inside the setup; `network` for
+    /// fetches and installs, not for the import check and probe, which run package code only.
+    fn seal(&self, dir: &Path, network: bool) -> Seal<'_> {
+        let mut seal = Seal::new(&self.sandbox, dir.join("home"), dir.join("tmp"));
+        seal.writable = vec![
+            dir.to_path_buf(),
+            self.dirs.cache_dir.clone(),
+            self.dirs.repos_dir.clone(),
+        ];
+        for shared in &seal.writable[1..] {
+            // bubblewrap binds only what exists; a command that cannot use it says so itself.
+            if let Err(error) = std::fs::create_dir_all(shared) {
+                tracing::warn!(dir = %shared.display(), %error, "cannot create a directory setups share");
+            }
+        }
+        seal.readable.extend(self.tsan_suppressions_file());
+        seal.network = network;
+        seal
     }
 
     /// Where the iterations' logs go: the worker's `logs/`.
@@ -246,11 +290,24 @@ impl Setups {
         std::fs::create_dir_all(dir).map_err(|e| io(SetupStage::Source, e))?;
         key.write_to(dir).map_err(|e| io(SetupStage::Source, e))?;
 
+        for private in ["home", "tmp"] {
+            std::fs::create_dir_all(dir.join(private)).map_err(|e| io(SetupStage::Source, e))?;
+        }
         let cancel = &self.shutdown;
-        let source_dir = self.source(package, dir, &env).await?;
+        let seal = self.seal(dir, true);
+        let source_dir = self.source(package, dir, &env, &seal).await?;
 
         let venv = self.installer.venv_command(&self.python, &venv_dir);
-        step(SetupStage::Install, "creating the venv", &venv, dir, &env, cancel).await?;
+        step(
+            SetupStage::Install,
+            "creating the venv",
+            &venv,
+            dir,
+            &env,
+            &seal,
+            cancel,
+        )
+        .await?;
         self.installer
             .finish_venv(&venv_dir)
             .map_err(|e| io(SetupStage::Install, e))?;
@@ -263,6 +320,7 @@ impl Setups {
             &package.install_command,
             &source_dir,
             &env,
+            &seal,
             cancel,
         )
         .await?;
@@ -276,11 +334,14 @@ impl Setups {
                 &install,
                 &source_dir,
                 &env,
+                &seal,
                 cancel,
             )
             .await?;
         }
         let prepared = self.check(package, options, dir, source_dir, &env).await?;
+        // What the build left in its temporary directory is of no use to the tests.
+        crate::fresh_tree::remove(&dir.join("tmp"));
         let record = ReadyRecord {
             source_dir: prepared.source_dir.clone(),
         };
@@ -315,13 +376,20 @@ impl Setups {
     }
 
     /// The source tree under `dir/src`, fetched through the repos dir when it can be kept.
-    async fn source(&self, package: &PackageSpec, dir: &Path, env: &[(String, String)]) -> Result<PathBuf, SetupError> {
+    async fn source(
+        &self,
+        package: &PackageSpec,
+        dir: &Path,
+        env: &[(String, String)],
+        seal: &Seal<'_>,
+    ) -> Result<PathBuf, SetupError> {
         kept::source_tree(
             package,
             &self.python,
             &self.dirs.repos_dir,
             &dir.join("src"),
             env,
+            seal,
             &self.shutdown,
         )
         .await
@@ -342,7 +410,12 @@ impl Setups {
         std::fs::create_dir_all(&neutral)
             .map_err(|e| SetupError::new(SetupStage::Import, format!("{}: {e}", neutral.display())))?;
         let import = format!("python -c {}", shell_quote(&format!("import {}", package.import_name)));
-        let result = run(&import, &neutral, env, cancel).await?;
+        let seal = self.seal(dir, false);
+        for private in ["home", "tmp"] {
+            std::fs::create_dir_all(dir.join(private))
+                .map_err(|e| SetupError::new(SetupStage::Import, format!("{}: {e}", dir.display())))?;
+        }
+        let result = run(&import, &neutral, env, &seal, cancel).await?;
         if !matches!(result.ending, Ending::Exited { code: Some(0), .. }) {
             let last = result
                 .stderr_tail
@@ -358,13 +431,14 @@ impl Setups {
             });
         }
         let extensions = if options.detect_extensions && self.free_threaded {
-            let mut report = extensions::probe(&package.import_name, &neutral, env, cancel).await;
+            let mut report = extensions::probe(&package.import_name, &neutral, env, &seal, cancel).await;
             report.declarations = extensions::scan_declarations(&source_dir);
             Some(report)
         } else {
             None
         };
         Ok(Prepared {
+            setup_dir: dir.to_path_buf(),
             source_dir,
             env: env.to_vec(),
             extensions,
@@ -391,9 +465,10 @@ async fn step(
     command: &str,
     cwd: &Path,
     env: &[(String, String)],
+    seal: &Seal<'_>,
     cancel: &CancellationToken,
 ) -> Result<(), SetupError> {
-    let result = run(command, cwd, env, cancel).await.map_err(|mut e| {
+    let result = run(command, cwd, env, seal, cancel).await.map_err(|mut e| {
         e.stage = stage;
         e
     })?;
@@ -411,13 +486,14 @@ async fn run(
     command: &str,
     cwd: &Path,
     env: &[(String, String)],
+    seal: &Seal<'_>,
     cancel: &CancellationToken,
 ) -> Result<Supervised, SetupError> {
     let spec = CommandSpec {
         shell_command: command,
         cwd,
         env,
-        env_remove: &REMOVED_ENV,
+        seal,
         timeout: INSTALL_TIMEOUT,
         log_dir: None,
         stall_threshold: None,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use domain::{PackageSpec, SetupStage, Source};
 use tokio_util::sync::CancellationToken;
 
+use crate::sandbox::Seal;
 use crate::setup::error::{SetupError, command_failure};
 use crate::shell::shell_quote;
 use crate::supervise::{CommandSpec, run_command};
@@ -23,6 +24,7 @@ pub(crate) async fn fetch(
     python: &Path,
     dest: &Path,
     env: &[(String, String)],
+    seal: &Seal<'_>,
     cancel: &CancellationToken,
 ) -> Result<PathBuf, SetupError> {
     match &package.source {
@@ -50,7 +52,7 @@ pub(crate) async fn fetch(
                 shell_quote(&download.display().to_string()),
                 shell_quote(&requirement)
             );
-            run_step(&command, &download, env, "pip download", cancel).await?;
+            run_step(&command, &download, env, seal, "pip download", cancel).await?;
             let archive = only_file(&download)?;
             let unpack = format!(
                 "{} -c 'import shutil, sys; shutil.unpack_archive(sys.argv[1], sys.argv[2])' {} {}",
@@ -58,7 +60,7 @@ pub(crate) async fn fetch(
                 shell_quote(&archive.display().to_string()),
                 shell_quote(&dest.display().to_string())
             );
-            run_step(&unpack, &download, env, "unpacking the sdist", cancel).await?;
+            run_step(&unpack, &download, env, seal, "unpacking the sdist", cancel).await?;
             single_top_dir(dest)
         }
         Source::Git { url, rev, depth } => {
@@ -76,7 +78,7 @@ pub(crate) async fn fetch(
                 ));
             }
             let parent = dest.parent().unwrap_or(Path::new("/"));
-            run_step(&command, parent, env, "git clone", cancel).await?;
+            run_step(&command, parent, env, seal, "git clone", cancel).await?;
             Ok(dest.to_path_buf())
         }
     }
@@ -86,6 +88,7 @@ async fn run_step(
     command: &str,
     cwd: &Path,
     env: &[(String, String)],
+    seal: &Seal<'_>,
     what: &str,
     cancel: &CancellationToken,
 ) -> Result<(), SetupError> {
@@ -93,7 +96,7 @@ async fn run_step(
         shell_command: command,
         cwd,
         env,
-        env_remove: &[],
+        seal,
         timeout: FETCH_TIMEOUT,
         log_dir: None,
         stall_threshold: None,

@@ -1,0 +1,142 @@
+//! The bubblewrap command line of one sealed command.
+//!
+//! Inside: a PID namespace of its own (the worker and other iterations are neither visible nor
+//! signalable, and when bubblewrap dies everything inside dies with it), IPC and UTS namespaces,
+//! a network namespace with loopback only unless the seal allows the network, no
+//! capabilities, the whole system read-only, the worker's directories, its user's home and its
+//! secret files replaced by empty ones, and writable only what the seal names.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::sandbox::Seal;
+
+pub(super) fn argv(bwrap: &Path, seal: &Seal<'_>, command: &str, cwd: &Path) -> Vec<OsString> {
+    let mut args = Args(vec![bwrap.as_os_str().to_owned()]);
+    args.push([
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+    ]);
+    if !seal.network {
+        args.push(["--unshare-net"]);
+    }
+    args.push(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
+    // The private /tmp first: the binds below may lie under the host's /tmp.
+    args.path_pair("--bind", &seal.tmp, Path::new("/tmp"));
+    // Parents before children, so a hidden directory inside another is hidden again.
+    let mut hidden: Vec<&PathBuf> = seal.sandbox.hidden.iter().collect();
+    hidden.sort_by_key(|path| path.components().count());
+    for path in hidden {
+        if path.parent().is_none() {
+            continue;
+        }
+        if path.is_dir() {
+            args.push(["--tmpfs"]);
+            args.path(path);
+        } else if path.exists() {
+            args.path_pair("--ro-bind", Path::new("/dev/null"), path);
+        }
+    }
+    for path in seal.sandbox.readable.iter().chain(&seal.readable) {
+        args.path_pair("--ro-bind", path, path);
+    }
+    for path in seal.writable.iter().chain(std::iter::once(&seal.home)) {
+        args.path_pair("--bind", path, path);
+    }
+    for (what, at) in &seal.mounts {
+        args.path_pair("--bind", what, at);
+    }
+    args.push(["--chdir"]);
+    args.path(cwd);
+    args.push(["--", "sh", "-c"]);
+    args.0.push(command.into());
+    args.0
+}
+
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn push<const N: usize>(&mut self, words: [&str; N]) {
+        self.0.extend(words.into_iter().map(OsString::from));
+    }
+
+    fn path(&mut self, path: &Path) {
+        self.0.push(path.as_os_str().to_owned());
+    }
+
+    fn path_pair(&mut self, flag: &str, what: &Path, at: &Path) {
+        self.0.push(flag.into());
+        self.path(what);
+        self.path(at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::Sandbox;
+
+    #[test]
+    fn the_private_tmp_comes_first_then_what_is_read_then_what_is_written() {
+        let sandbox = Sandbox {
+            bwrap: Some(PathBuf::from("/usr/bin/bwrap")),
+            hidden: vec![
+                PathBuf::from("/"),
+                PathBuf::from("/srv/work/venvs"),
+                PathBuf::from("/srv/work"),
+            ],
+            readable: vec![PathBuf::from("/srv/work/pythons/ft")],
+            ..Sandbox::default()
+        };
+        let mut seal = Seal::new(
+            &sandbox,
+            PathBuf::from("/srv/work/it/home"),
+            PathBuf::from("/srv/work/it/tmp"),
+        );
+        seal.writable.push(PathBuf::from("/srv/work/logs/it"));
+        seal.mounts.push((
+            PathBuf::from("/srv/work/it/tree"),
+            PathBuf::from("/srv/work/venvs/p/src"),
+        ));
+        let argv: Vec<String> = argv(
+            Path::new("/usr/bin/bwrap"),
+            &seal,
+            "pytest -x",
+            Path::new("/srv/work/venvs/p/src"),
+        )
+        .into_iter()
+        .map(|a| a.into_string().expect("utf-8"))
+        .collect();
+        let at = |needle: &[&str]| {
+            argv.windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in {argv:?}"))
+        };
+        assert!(argv.contains(&"--unshare-net".to_string()));
+        let tmp = at(&["--bind", "/srv/work/it/tmp", "/tmp"]);
+        // Nonexistent paths are neither hidden nor an error; the root is never hidden.
+        assert!(!argv.windows(2).any(|w| w == ["--tmpfs", "/"]), "{argv:?}");
+        let readable = at(&["--ro-bind", "/srv/work/pythons/ft", "/srv/work/pythons/ft"]);
+        let logs = at(&["--bind", "/srv/work/logs/it", "/srv/work/logs/it"]);
+        let tree = at(&["--bind", "/srv/work/it/tree", "/srv/work/venvs/p/src"]);
+        assert!(tmp < readable && readable < logs && logs < tree, "{argv:?}");
+        assert_eq!(&argv[argv.len() - 3..], ["sh", "-c", "pytest -x"]);
+
+        seal.network = true;
+        let argv = argv_strings(&seal);
+        assert!(!argv.contains(&"--unshare-net".to_string()), "{argv:?}");
+    }
+
+    fn argv_strings(seal: &Seal<'_>) -> Vec<String> {
+        argv(Path::new("/usr/bin/bwrap"), seal, "true", Path::new("/"))
+            .into_iter()
+            .map(|a| a.into_string().expect("utf-8"))
+            .collect()
+    }
+}

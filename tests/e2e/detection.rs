@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use domain::evidence::SandboxKind;
 use domain::results::PackageRecord;
 
 use crate::cli::{Survey, assert_success, category_of, free_threaded_python};
@@ -39,6 +40,14 @@ fn survey(python: &Path, packages: &[&str], args: &[&str]) -> (Survey, Vec<Packa
     assert_success(&output);
     let records = survey.records();
     assert_eq!(records.len(), packages.len(), "one line per package");
+    // The detection cases hold with every iteration sealed: the default sandbox is bubblewrap
+    // wherever it is on PATH, as tests/run.sh makes sure it is.
+    for record in &records {
+        for iteration in &record.iterations {
+            let kind = iteration.sandbox.as_ref().map(|s| s.kind);
+            assert_eq!(kind, Some(SandboxKind::Bwrap), "{}: {iteration:?}", record.package);
+        }
+    }
     (survey, records)
 }
 

@@ -210,6 +210,7 @@ async fn run_iteration(
     seal.readable.push(prepared.setup_dir.clone());
     seal.readable.extend(setups.tsan_suppressions_file());
     seal.disk_watch.push(iteration_dir.to_path_buf());
+    seal.count_leftovers = true;
     seal.disk_watch.extend(log_dir.map(Path::to_path_buf));
     let cwd = if sandbox.bwrap.is_some() {
         seal.mounts.push((tree.clone(), prepared.source_dir.clone()));

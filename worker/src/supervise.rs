@@ -261,6 +261,7 @@ pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationTok
         Some(mut tree) => tokio::task::spawn_blocking(move || tree.kill_all()).await.unwrap_or(0),
         None => 0,
     };
+    let leftover_processes = leftover_processes.max(seal.leftovers_counted_inside().unwrap_or(0));
     for reader in readers.into_iter().flatten() {
         let mut reader = reader;
         if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reader).await.is_err() {

@@ -54,10 +54,22 @@ pub(super) fn argv(bwrap: &Path, seal: &Seal<'_>, command: &str, cwd: &Path) -> 
     }
     args.push(["--chdir"]);
     args.path(cwd);
-    args.push(["--", "sh", "-c"]);
+    if seal.count_leftovers {
+        args.push(["--", "sh", "-c", COUNT_LEFTOVERS, "sh"]);
+    } else {
+        args.push(["--", "sh", "-c"]);
+    }
     args.0.push(command.into());
     args.0
 }
+
+/// The file in the command's `/tmp` where [`COUNT_LEFTOVERS`] leaves its count.
+pub(crate) const LEFTOVERS_FILE: &str = ".ftsurvey-leftovers";
+
+/// Runs the command (`$1`), then counts what is still alive in the sandbox's PID namespace
+/// besides bubblewrap's init and this shell, before the namespace ends and the kernel kills
+/// them: from outside, the kill races the count. Exits with the command's status.
+const COUNT_LEFTOVERS: &str = r#"sh -c "$1"; status=$?; n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo $((n - 2)) > /tmp/.ftsurvey-leftovers; exit $status"#;
 
 struct Args(Vec<OsString>);
 

@@ -258,6 +258,8 @@ pub(crate) struct Seal<'a> {
     pub(crate) network: bool,
     /// Directories whose files together the disk limit holds, while the command runs.
     pub(crate) disk_watch: Vec<PathBuf>,
+    /// Count the processes the command leaves behind where only the sandbox can see them.
+    pub(crate) count_leftovers: bool,
 }
 
 impl<'a> Seal<'a> {
@@ -272,7 +274,22 @@ impl<'a> Seal<'a> {
             tmp,
             network: false,
             disk_watch: Vec::new(),
+            count_leftovers: false,
         }
+    }
+
+    /// How many processes the command left behind, as counted inside the sandbox (which kills
+    /// them as it ends); `None` where the worker counts them itself.
+    pub(crate) fn leftovers_counted_inside(&self) -> Option<usize> {
+        if self.sandbox.bwrap.is_none() || !self.count_leftovers {
+            return None;
+        }
+        let path = self.tmp.join(bwrap::LEFTOVERS_FILE);
+        // The tests could have written the file themselves: it is read as theirs, capped, and
+        // only ever raises their own count.
+        let text = crate::evidence_file::read_capped(&path, 64).ok()?;
+        let count: usize = String::from_utf8_lossy(&text).trim().parse().ok()?;
+        Some(count.min(self.sandbox.limits.pids as usize))
     }
 
     /// The command's TMPDIR as the command sees it.

@@ -51,6 +51,7 @@ impl Place {
         let mut seal = Seal::new(&self.sandbox, self.path("it/home"), self.path("it/tmp"));
         seal.writable.push(self.path("it/tree"));
         seal.network = network;
+        seal.count_leftovers = true;
         if disk_watch {
             seal.disk_watch.push(self.path("it"));
         }
@@ -161,6 +162,7 @@ async fn an_escape_by_setsid_and_a_cleared_environment_is_killed_with_the_comman
             )
             .await;
         assert_eq!(result.ending, exited(0), "{mode}: {result:?}");
+        assert!(result.leftover_processes >= 1, "{mode}: {result:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let left = std::process::Command::new("pgrep")
             .args(["-f", &format!("^{marker}$")])

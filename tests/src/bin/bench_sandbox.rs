@@ -10,8 +10,8 @@
 //! figures one a line under a `== section` header:
 //!
 //! - fresh tree: a pristine tree of 10,000 files (100 directories of 100 files of 1 to 4 KiB)
-//!   laid `--rounds` times with `worker::fresh_tree::lay`: the median and the slowest time to
-//!   lay it, whether files were cloned copy-on-write, the median time of
+//!   laid `--rounds` times with `worker::fresh_tree::lay`: the time of the first (which
+//!   follows no removal), the median and the slowest time to lay it, whether files were cloned copy-on-write, the median time of
 //!   `worker::fresh_tree::usage` on a laid copy (the disk limit samples it every second) and
 //!   the median time to remove a copy.
 //! - iteration: a trivial suite (one `unittest` test, run by the machine's `python3`) in a
@@ -132,6 +132,9 @@ fn bench_fresh_tree(scratch: &Path, options: &Options) -> anyhow::Result<()> {
         removals.push(started.elapsed());
         anyhow::ensure!(!copy.exists(), "{} left behind", copy.display());
     }
+    // The first copy follows no removal; the later ones follow the last one's, as a worker's
+    // iterations follow each other.
+    println!("lay: first {}", millis(lays[0]));
     println!("lay: median {}", millis(median(&mut lays)));
     println!("lay: max {}", millis(lays.iter().copied().max().unwrap_or_default()));
     println!(

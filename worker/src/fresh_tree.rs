@@ -2,7 +2,7 @@
 //! runs, measured while it runs, removed after it, so nothing one iteration writes reaches the
 //! next.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, DirBuilder, File, FileTimes, OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -290,6 +290,177 @@ fn at(doing: &str, path: &Path, error: &io::Error) -> io::Error {
     io::Error::new(error.kind(), format!("{doing} {}: {error}", path.display()))
 }
 
+/// What a laid copy held just after it was laid or reset: each entry's identity, by path
+/// under the copy. A test cannot change a file's content, mode, links or name without changing
+/// its inode or its change time (only a clock change could), so an entry whose identity is
+/// unchanged is still the pristine one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    entries: HashMap<PathBuf, Stamp>,
+}
+
+/// One entry's identity: inode, change time, type and permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    ctime: (i64, i64),
+    kind: u32,
+    mode: u32,
+}
+
+impl Stamp {
+    fn of(metadata: &fs::Metadata) -> Stamp {
+        Stamp {
+            ino: metadata.ino(),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+            kind: metadata.mode() & 0o170000,
+            mode: metadata.mode() & 0o7777,
+        }
+    }
+
+    fn is_dir(self) -> bool {
+        self.kind == 0o040000
+    }
+}
+
+/// What [`reset`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reset {
+    /// Entries the tests added or changed, removed.
+    pub removed: u64,
+    /// Pristine entries laid again in their place.
+    pub restored: u64,
+}
+
+/// Records the identity of every entry under `copy`, as [`reset`] will compare them.
+pub fn record(copy: &Path) -> io::Result<Manifest> {
+    let mut manifest = Manifest::default();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let dir = copy.join(&relative);
+        for entry in fs::read_dir(&dir).map_err(|error| at("cannot list", &dir, &error))? {
+            let entry = entry.map_err(|error| at("cannot list", &dir, &error))?;
+            let metadata = entry
+                .metadata()
+                .map_err(|error| at("cannot read", &entry.path(), &error))?;
+            let path = relative.join(entry.file_name());
+            if metadata.is_dir() {
+                pending.push(path.clone());
+            }
+            manifest.entries.insert(path, Stamp::of(&metadata));
+        }
+    }
+    Ok(manifest)
+}
+
+/// Puts `copy`, laid from `pristine` and recorded in `manifest`, back as it was laid: what the
+/// tests added or changed is removed, and the pristine entries they changed or removed are laid
+/// again. Costs one walk and the copies of what was touched, where laying afresh costs every
+/// file, and on some filesystems much more after a removal. On error `copy` is half reset: lay
+/// a fresh one instead. `manifest` is brought up to date.
+pub fn reset(pristine: &Path, copy: &Path, manifest: &mut Manifest) -> io::Result<Reset> {
+    let mut done = Reset::default();
+    // Directories the tests made unreadable are opened as the walk reaches them; their modes
+    // are put back below.
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let dir = copy.join(&relative);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                fs::set_permissions(&dir, Permissions::from_mode(0o700)).map_err(|e| at("cannot open", &dir, &e))?;
+                fs::read_dir(&dir).map_err(|error| at("cannot list", &dir, &error))?
+            }
+            Err(error) => return Err(at("cannot list", &dir, &error)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|error| at("cannot list", &dir, &error))?;
+            let metadata = entry
+                .metadata()
+                .map_err(|error| at("cannot read", &entry.path(), &error))?;
+            let path = relative.join(entry.file_name());
+            let now = Stamp::of(&metadata);
+            let kept = manifest.entries.get(&path).is_some_and(|laid| {
+                // A directory's change time moves with its entries, which the walk compares
+                // one by one; the directory itself must be the same one.
+                if laid.is_dir() {
+                    now.is_dir() && now.ino == laid.ino
+                } else {
+                    now == *laid
+                }
+            });
+            if kept {
+                if now.is_dir() {
+                    pending.push(path.clone());
+                }
+                seen.insert(path);
+            } else {
+                let full = entry.path();
+                if metadata.is_dir() {
+                    fs::set_permissions(&full, Permissions::from_mode(0o700)).ok();
+                    fs::remove_dir_all(&full).or_else(|_| {
+                        remove(&full);
+                        if full.exists() {
+                            Err(io::Error::other("left behind"))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                } else {
+                    fs::remove_file(&full)
+                }
+                .map_err(|error| at("cannot remove", &full, &error))?;
+                done.removed += 1;
+            }
+        }
+    }
+    // What was laid and is gone now, shallowest first so a directory is laid whole before
+    // anything inside it is looked for.
+    let mut missing: Vec<&PathBuf> = manifest.entries.keys().filter(|path| !seen.contains(*path)).collect();
+    missing.sort_by_key(|path| path.components().count());
+    let mut restored: HashSet<&PathBuf> = HashSet::new();
+    for path in missing {
+        if path
+            .ancestors()
+            .skip(1)
+            .any(|ancestor| restored.contains(&ancestor.to_path_buf()))
+        {
+            continue;
+        }
+        let (from, to) = (pristine.join(path), copy.join(path));
+        let metadata = fs::symlink_metadata(&from).map_err(|error| at("cannot read", &from, &error))?;
+        if metadata.is_dir() {
+            lay(&from, &to)?;
+        } else if metadata.is_file() {
+            let mut layer = Layer {
+                laid: Laid::default(),
+                cloning: Cloning::Untried,
+                dirs: Vec::new(),
+            };
+            layer.copy_file(&from, &to)?;
+        } else if metadata.is_symlink() {
+            let target = fs::read_link(&from).map_err(|error| at("cannot read", &from, &error))?;
+            std::os::unix::fs::symlink(target, &to).map_err(|error| at("cannot create", &to, &error))?;
+        }
+        restored.insert(path);
+        done.restored += 1;
+    }
+    // Directory modes a test changed (or the walk opened), back as laid.
+    for (path, laid) in &manifest.entries {
+        if laid.is_dir() {
+            let dir = copy.join(path);
+            if fs::symlink_metadata(&dir).is_ok_and(|m| m.mode() & 0o7777 != laid.mode) {
+                fs::set_permissions(&dir, Permissions::from_mode(laid.mode))
+                    .map_err(|error| at("cannot set the mode of", &dir, &error))?;
+            }
+        }
+    }
+    // Restored entries and the directories around them have new identities.
+    *manifest = record(copy)?;
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -479,5 +650,67 @@ mod tests {
         assert!(failures.is_empty(), "{failures:?}");
         assert!(!fixture.dest.exists());
         assert!(fixture.outside.join("secret.txt").exists());
+    }
+
+    /// Every entry under `root`: its path, type, permission bits and content (or link target).
+    fn snapshot(root: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+        let mut entries = Vec::new();
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let metadata = fs::symlink_metadata(&path).unwrap();
+                let content = if metadata.is_dir() {
+                    pending.push(path.clone());
+                    Vec::new()
+                } else if metadata.is_symlink() {
+                    fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes()
+                } else {
+                    fs::read(&path).unwrap()
+                };
+                entries.push((path.strip_prefix(root).unwrap().to_path_buf(), metadata.mode(), content));
+            }
+        }
+        entries.sort();
+        entries
+    }
+
+    #[test]
+    fn reset_undoes_every_kind_of_change_and_keeps_what_was_not_touched() {
+        let fx = fixture();
+        fs::remove_file(fx.pristine.join("fifo")).ok();
+        lay(&fx.pristine, &fx.dest).unwrap();
+        let laid = snapshot(&fx.dest);
+        let mut manifest = record(&fx.dest).unwrap();
+
+        // In place, added, removed, renamed, replaced by a symlink, a new directory, a removed
+        // one, a directory made unreadable, a mode changed, a hard link to a pristine file.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(fx.dest.join("pkg/__init__.py"))
+            .unwrap();
+        file.write_all(b"VALUE = 2\n").unwrap();
+        drop(file);
+        fs::write(fx.dest.join("pkg/new.py"), "added").unwrap();
+        fs::rename(fx.dest.join("run.sh"), fx.dest.join("moved.sh")).unwrap();
+        fs::remove_file(fx.dest.join("init-link")).unwrap();
+        symlink(&fx.outside, fx.dest.join("init-link")).unwrap();
+        fs::create_dir_all(fx.dest.join("build/lib")).unwrap();
+        fs::write(fx.dest.join("build/lib/out.so"), "built").unwrap();
+        fs::set_permissions(fx.dest.join("setuid"), Permissions::from_mode(0o777)).unwrap();
+        fs::hard_link(fx.dest.join("pkg/sub/deeper/data.bin"), fx.dest.join("pkg/linked.bin")).unwrap();
+        fs::set_permissions(fx.dest.join("pkg/sub"), Permissions::from_mode(0o000)).unwrap();
+
+        let done = reset(&fx.pristine, &fx.dest, &mut manifest).unwrap();
+        assert_eq!(snapshot(&fx.dest), laid, "{done:?}");
+        assert!(done.removed >= 6 && done.restored >= 4, "{done:?}");
+        assert_eq!(fs::read(fx.outside.join("secret.txt")).unwrap(), b"outside the tree");
+
+        // With nothing touched, nothing is laid again.
+        let kept = fs::metadata(fx.dest.join("pkg/__init__.py")).unwrap().ino();
+        let done = reset(&fx.pristine, &fx.dest, &mut manifest).unwrap();
+        assert_eq!(done, Reset::default());
+        assert_eq!(fs::metadata(fx.dest.join("pkg/__init__.py")).unwrap().ino(), kept);
+        assert_eq!(snapshot(&fx.dest), laid);
     }
 }

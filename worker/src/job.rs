@@ -11,7 +11,6 @@ use domain::{Assignment, IterationOutcome, IterationStatus, JobResult};
 use tokio_util::sync::CancellationToken;
 
 use crate::evidence_file::{read_capped, read_end, read_start};
-use crate::fresh_tree;
 use crate::sandbox::Seal;
 use crate::setup::{Prepared, Setups};
 use crate::shell::sanitize;
@@ -53,30 +52,24 @@ pub(crate) async fn execute(
             None
         }
     };
-    let iteration_dir = setups.iterations_dir().join(assignment.job_id.to_string());
-    let laid = {
-        let (pristine, dir) = (prepared.source_dir.clone(), iteration_dir.clone());
-        tokio::task::spawn_blocking(move || lay_iteration(&pristine, &dir)).await
+    let dirs = setups.iteration_dirs();
+    let place = {
+        let (dirs, pristine) = (dirs.clone(), prepared.source_dir.clone());
+        tokio::task::spawn_blocking(move || dirs.take(&pristine)).await
     };
-    if let Err(error) = laid.map_err(std::io::Error::other).and_then(|laid| laid) {
-        remove_iteration(iteration_dir).await;
-        return Some(JobResult::Iteration(harness_error(
-            assignment,
-            worker_id,
-            format!("cannot lay a fresh copy of the source tree: {error}"),
-        )));
-    }
-    let supervised = run_iteration(
-        assignment,
-        setups,
-        &prepared,
-        &iteration_dir,
-        log_dir.as_deref(),
-        cancel,
-    )
-    .await;
-    let tree = iteration_dir.join("tree");
-    remove_iteration(iteration_dir).await;
+    let place = match place.map_err(std::io::Error::other).and_then(|place| place) {
+        Ok(place) => place,
+        Err(error) => {
+            return Some(JobResult::Iteration(harness_error(
+                assignment,
+                worker_id,
+                format!("cannot lay a fresh copy of the source tree: {error}"),
+            )));
+        }
+    };
+    let supervised = run_iteration(assignment, setups, &prepared, &place.dir, log_dir.as_deref(), cancel).await;
+    let tree = place.tree();
+    let _ = tokio::task::spawn_blocking(move || dirs.give_back(place)).await;
     let (supervised, network) = match supervised {
         Ok(supervised) => supervised,
         Err(error) => {
@@ -235,22 +228,6 @@ async fn run_iteration(
     };
     let network = seal.network;
     run_command(&spec, cancel).await.map(|supervised| (supervised, network))
-}
-
-/// Lays the iteration's directory: a fresh copy of the pristine tree, an empty HOME and TMPDIR.
-fn lay_iteration(pristine: &Path, dir: &Path) -> std::io::Result<()> {
-    if dir.exists() {
-        fresh_tree::remove(dir);
-    }
-    std::fs::create_dir_all(dir)?;
-    for private in ["home", "tmp"] {
-        std::fs::create_dir(dir.join(private))?;
-    }
-    fresh_tree::lay(pristine, &dir.join("tree")).map(|_| ())
-}
-
-async fn remove_iteration(dir: PathBuf) {
-    let _ = tokio::task::spawn_blocking(move || fresh_tree::remove(&dir)).await;
 }
 
 /// The test command's environment: the package's, then the tool's variables, then the user's

@@ -7,6 +7,7 @@
 mod config;
 mod evidence_file;
 pub mod fresh_tree;
+mod iteration_dirs;
 mod job;
 mod output;
 pub mod probe;
@@ -52,7 +53,6 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     }
     tracing::info!(worker.id = %config.worker_id, "{}", sandbox.describe());
     let leftovers = proctree::kill_leftovers(&worker_dir) + sandbox.cgroups.clear_leftovers();
-    fresh_tree::remove(&worker_dir.join("iterations"));
     if leftovers > 0 {
         tracing::warn!(worker.id = %config.worker_id, killed = leftovers, "killed processes an earlier run of this worker left behind");
     }

@@ -13,9 +13,12 @@
 //!   laid `--rounds` times with `worker::fresh_tree::lay`: the time of the first (which
 //!   follows no removal), the median and the slowest time to lay it, whether files were cloned copy-on-write, the median time of
 //!   `worker::fresh_tree::usage` on a laid copy (the disk limit samples it every second) and
-//!   the median time to remove a copy.
+//!   the median time to remove a copy; then the median time to put a kept copy back as laid
+//!   (`worker::fresh_tree::reset`), untouched and after 10 files were changed and 10 added,
+//!   which is what a worker does between iterations of a package instead of laying again.
 //! - iteration: a trivial suite (one `unittest` test, run by the machine's `python3`) in a
-//!   fresh copy of its tree, sealed and supervised as a worker runs an iteration, `--rounds`
+//!   copy of its tree (laid for the first, kept and put back for the rest), sealed and
+//!   supervised as a worker runs an iteration, `--rounds`
 //!   times (at least 20) with `--sandbox none` and with `--sandbox bwrap`, alternating in
 //!   blocks so load drifts reach both alike: the median and p90 wall time of each, from laying
 //!   the copy to removing it, and the median added by bubblewrap. Both run in a cgroup per
@@ -146,6 +149,31 @@ fn bench_fresh_tree(scratch: &Path, options: &Options) -> anyhow::Result<()> {
         }
     );
     println!("usage: median {}", millis(median(&mut usages)));
+    // What a worker does between two iterations of a package instead of laying again: put the
+    // copy back as laid, untouched, and after a test changed 10 files and added 10.
+    let copy = scratch.join("kept");
+    fresh_tree::lay(&pristine, &copy)?;
+    let mut manifest = fresh_tree::record(&copy)?;
+    let (mut untouched, mut touched) = (Vec::new(), Vec::new());
+    for _ in 0..options.rounds {
+        let started = Instant::now();
+        let done = fresh_tree::reset(&pristine, &copy, &mut manifest)?;
+        untouched.push(started.elapsed());
+        anyhow::ensure!(
+            done == fresh_tree::Reset::default(),
+            "an untouched copy was changed: {done:?}"
+        );
+        for i in 0..10 {
+            std::fs::write(copy.join(format!("module_{i:03}/file_000.py")), "changed")?;
+            std::fs::write(copy.join(format!("module_{i:03}/added.py")), "added")?;
+        }
+        let started = Instant::now();
+        let done = fresh_tree::reset(&pristine, &copy, &mut manifest)?;
+        touched.push(started.elapsed());
+        anyhow::ensure!(done.removed == 20 && done.restored == 10, "reset {done:?}");
+    }
+    println!("reset, untouched: median {}", millis(median(&mut untouched)));
+    println!("reset, 20 files touched: median {}", millis(median(&mut touched)));
     println!("remove: median {}", millis(median(&mut removals)));
     Ok(())
 }

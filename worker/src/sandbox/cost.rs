@@ -1,18 +1,19 @@
-//! What sealing costs an iteration, measured the way the worker runs one: a fresh copy of the
-//! tree, the command sealed and supervised, the copy removed.
+//! What sealing costs an iteration, measured the way the worker runs one: the package's tree
+//! laid (or the kept copy taken), the command sealed and supervised, the copy put back as
+//! laid.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::fresh_tree;
+use crate::iteration_dirs::IterationDirs;
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxPaths, Seal};
 use crate::supervise::{CommandSpec, Ending, run_command};
 
 /// Runs `command` in a fresh copy of `tree` under `work` (a directory of its own), sealed as
-/// `config` says, `rounds` times; returns the wall time of each round, from the copy to its
-/// removal.
+/// `config` says, `rounds` times; returns the wall time of each round, from taking the copy to
+/// putting it back.
 pub async fn time_iterations(
     config: &SandboxConfig,
     tree: &Path,
@@ -26,16 +27,15 @@ pub async fn time_iterations(
         ..SandboxPaths::default()
     };
     let sandbox = Sandbox::resolve(config, paths)?;
+    let dirs = IterationDirs::new(work.join("iterations"));
     let mut times = Vec::with_capacity(rounds);
-    for round in 0..rounds {
+    for _ in 0..rounds {
         let started = Instant::now();
-        let dir = work.join(format!("iteration-{round}"));
-        std::fs::create_dir_all(dir.join("home"))?;
-        std::fs::create_dir_all(dir.join("tmp"))?;
-        let copy = dir.join("tree");
-        fresh_tree::lay(tree, &copy)?;
+        let place = dirs.take(tree)?;
+        let (dir, copy) = (place.dir.clone(), place.tree());
         let mut seal = Seal::new(&sandbox, dir.join("home"), dir.join("tmp"));
         seal.disk_watch.push(dir.clone());
+        seal.count_leftovers = true;
         let cwd = if sandbox.bwrap.is_some() {
             seal.mounts.push((copy.clone(), tree.to_path_buf()));
             tree.to_path_buf()
@@ -52,7 +52,7 @@ pub async fn time_iterations(
             stall_threshold: None,
         };
         let result = run_command(&spec, &CancellationToken::new()).await?;
-        fresh_tree::remove(&dir);
+        dirs.give_back(place);
         times.push(started.elapsed());
         if !matches!(result.ending, Ending::Exited { code: Some(0), .. }) {
             anyhow::bail!(

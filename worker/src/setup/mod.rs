@@ -25,6 +25,7 @@ use domain::{InterpreterProfile, PackageSpec, SetupFailure, SetupStage};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use crate::iteration_dirs::IterationDirs;
 use crate::sandbox::{Sandbox, Seal};
 use crate::setup::error::{SetupError, command_failure, output_tail};
 use crate::setup::installer::Installer;
@@ -100,6 +101,8 @@ pub(crate) struct Setups {
     shutdown: CancellationToken,
     /// What seals every command run for a package.
     sandbox: Arc<Sandbox>,
+    /// Where iterations run, with the copies of pristine trees kept between them.
+    iteration_dirs: Arc<IterationDirs>,
 }
 
 impl Setups {
@@ -117,6 +120,7 @@ impl Setups {
         Setups {
             shutdown,
             sandbox,
+            iteration_dirs: Arc::new(IterationDirs::new(dirs.worker_dir.join("iterations"))),
             python,
             profile_fingerprint: profile.fingerprint_source(),
             free_threaded: profile.free_threaded,
@@ -139,10 +143,9 @@ impl Setups {
         &self.sandbox
     }
 
-    /// Where each running iteration's fresh tree, HOME and TMPDIR go: the worker's
-    /// `iterations/`.
-    pub(crate) fn iterations_dir(&self) -> PathBuf {
-        self.dirs.worker_dir.join("iterations")
+    /// Where each iteration's fresh tree, HOME and TMPDIR go.
+    pub(crate) fn iteration_dirs(&self) -> Arc<IterationDirs> {
+        self.iteration_dirs.clone()
     }
 
     /// The TSAN suppression file, which commands must read under the hidden worker directory.

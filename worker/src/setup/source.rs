@@ -15,6 +15,9 @@ use crate::supervise::{CommandSpec, run_command};
 /// Downloads and clones get this long.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
+/// Unpacks the sdist `argv[1]` into `argv[2]`.
+const UNPACK_SDIST: &str = r#"import shutil, sys, tarfile; a, d = sys.argv[1:3]; tarfile.open(a).extractall(d, filter="data") if tarfile.is_tarfile(a) else shutil.unpack_archive(a, d)"#;
+
 /// Names not copied from a local source: build products and VCS data.
 const SKIPPED_NAMES: [&str; 6] = [".git", "build", "dist", "__pycache__", ".venv", ".pytest_cache"];
 
@@ -54,9 +57,14 @@ pub(crate) async fn fetch(
             );
             run_step(&command, &download, env, seal, "pip download", cancel).await?;
             let archive = only_file(&download)?;
+            // A tarball through tarfile's `data` filter, which refuses members outside the
+            // destination, links out of it and device files, and drops setuid, setgid and
+            // others' write bits; a zip through zipfile, which keeps members inside and makes
+            // regular files only.
             let unpack = format!(
-                "{} -c 'import shutil, sys; shutil.unpack_archive(sys.argv[1], sys.argv[2])' {} {}",
+                "{} -c {} {} {}",
                 shell_quote(&python.display().to_string()),
+                shell_quote(UNPACK_SDIST),
                 shell_quote(&archive.display().to_string()),
                 shell_quote(&dest.display().to_string())
             );
@@ -115,8 +123,8 @@ async fn run_step(
 }
 
 /// Copies the tree `from` to `to`; `skip_build_products` leaves out VCS data and build
-/// products (for a developer's checkout), otherwise everything is copied (a git clone keeps
-/// its history for tools like setuptools-scm).
+/// products (for a developer's checkout), otherwise every directory, regular file and symlink
+/// is copied (a git clone keeps its history for tools like setuptools-scm).
 pub(crate) fn copy_tree(from: &Path, to: &Path, skip_build_products: bool) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -132,9 +140,11 @@ pub(crate) fn copy_tree(from: &Path, to: &Path, skip_build_products: bool) -> st
             copy_tree(&entry.path(), &target, skip_build_products)?;
         } else if kind.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
-        } else {
+        } else if kind.is_file() {
             std::fs::copy(entry.path(), &target)?;
         }
+        // Anything else (a FIFO, whose open would wait for a writer forever; a socket; a
+        // device) is no source and is left out.
     }
     Ok(())
 }
@@ -199,5 +209,25 @@ mod tests {
         let whole = dir.path().join("whole");
         copy_tree(&src, &whole, false).expect("copy");
         assert!(whole.join("build/lib/x.py").exists() && whole.join("a.egg-info/PKG-INFO").exists());
+    }
+
+    #[test]
+    fn a_fifo_in_a_path_source_is_left_out_instead_of_hanging_the_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("pkg")).expect("mkdir");
+        std::fs::write(src.join("pkg/__init__.py"), "x").expect("write");
+        nix::unistd::mkfifo(&src.join("pkg/trap"), nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
+        let dest = dir.path().join("dest");
+        // Opening the FIFO to copy it would wait for a writer that never comes.
+        let (done, copied) = std::sync::mpsc::channel();
+        let (from, to) = (src.clone(), dest.clone());
+        std::thread::spawn(move || done.send(copy_tree(&from, &to, true).map_err(|e| e.to_string())));
+        let result = copied
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the copy finished");
+        result.expect("copy");
+        assert!(dest.join("pkg/__init__.py").is_file());
+        assert!(std::fs::symlink_metadata(dest.join("pkg/trap")).is_err());
     }
 }

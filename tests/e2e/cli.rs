@@ -92,6 +92,31 @@ impl Survey {
     }
 }
 
+/// A registry under `root` of one package, `name`, whose file is `yaml`.
+pub(crate) fn one_package_registry(root: &Path, name: &str, yaml: &str) -> PathBuf {
+    let registry = root.join("registry");
+    std::fs::create_dir_all(registry.join("packages")).expect("mkdir");
+    std::fs::write(
+        registry.join("index.yaml"),
+        format!("packages:\n- name: {name}\n  enriched: true\n"),
+    )
+    .expect("index");
+    std::fs::write(registry.join(format!("packages/{name}.yaml")), yaml).expect("package");
+    registry
+}
+
+/// The first package record of the one results folder under `results`.
+pub(crate) fn first_record(results: &Path) -> PackageRecord {
+    let folder = std::fs::read_dir(results)
+        .expect("results")
+        .flatten()
+        .next()
+        .expect("a results folder")
+        .path();
+    let text = std::fs::read_to_string(folder.join("ft_results.jsonl")).expect("ft_results.jsonl");
+    PackageRecord::parse_line(text.lines().next().expect("a line")).expect("a record")
+}
+
 pub(crate) fn assert_success(output: &Output) {
     assert!(
         output.status.success(),

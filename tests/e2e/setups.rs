@@ -6,7 +6,7 @@ use std::process::Output;
 
 use tests::fixture_registry;
 
-use crate::cli::{assert_success, free_threaded_python, ftsurvey};
+use crate::cli::{assert_success, first_record, free_threaded_python, ftsurvey, one_package_registry};
 
 /// `ftsurvey run -v` of `ftfix-pass`, once, from `cwd` with relative directories.
 fn run_pass(cwd: &Path, installer: &str, venvs: &str) -> Output {
@@ -112,14 +112,7 @@ fn thread_stress_runs_the_tests_in_parallel_and_counts_them() {
         .output()
         .expect("run ftsurvey");
     assert_success(&output);
-    let folder = std::fs::read_dir(dir.path().join("results"))
-        .expect("results")
-        .flatten()
-        .next()
-        .expect("a results folder")
-        .path();
-    let text = std::fs::read_to_string(folder.join("ft_results.jsonl")).expect("ft_results.jsonl");
-    let record = domain::results::PackageRecord::parse_line(text.lines().next().expect("a line")).expect("a record");
+    let record = first_record(&dir.path().join("results"));
     assert_eq!(record.category, "compatible", "{record:?}");
     let parallel = record.iterations[0]
         .parallel
@@ -142,19 +135,12 @@ fn thread_stress_runs_the_tests_in_parallel_and_counts_them() {
 #[test]
 fn a_pinned_sdist_from_pypi_is_fetched_unpacked_and_tested_sealed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let registry = dir.path().join("registry");
-    std::fs::create_dir_all(registry.join("packages")).expect("mkdir");
-    std::fs::write(
-        registry.join("index.yaml"),
-        "packages:\n- name: six\n  enriched: true\n",
-    )
-    .expect("index");
     // six 1.17.0's sdist is a tarball: unpacked through tarfile's `data` filter.
-    std::fs::write(
-        registry.join("packages/six.yaml"),
+    let registry = one_package_registry(
+        dir.path(),
+        "six",
         "package: six\nsource: sdist\nversion: 1.17.0\nenriched: true\ntest_command: python -c 'import six; assert six.__version__ == \"1.17.0\"'\ntest_framework: other\n",
-    )
-    .expect("package");
+    );
     let output = ftsurvey()
         .current_dir(dir.path())
         .arg("run")
@@ -175,13 +161,6 @@ fn a_pinned_sdist_from_pypi_is_fetched_unpacked_and_tested_sealed() {
         .output()
         .expect("run ftsurvey");
     assert_success(&output);
-    let folder = std::fs::read_dir(dir.path().join("results"))
-        .expect("results")
-        .flatten()
-        .next()
-        .expect("a results folder")
-        .path();
-    let text = std::fs::read_to_string(folder.join("ft_results.jsonl")).expect("ft_results.jsonl");
-    let record = domain::results::PackageRecord::parse_line(text.lines().next().expect("a line")).expect("a record");
+    let record = first_record(&dir.path().join("results"));
     assert_eq!(record.category, "compatible", "{record:?}");
 }

@@ -1,24 +1,17 @@
 //! `--trust-ft-wheels` against PyPI: a release with a free-threaded wheel for this platform is
 //! `compatible_by_wheel` and nothing is run for it.
 
-use crate::cli::{assert_success, free_threaded_python, ftsurvey};
+use crate::cli::{assert_success, first_record, free_threaded_python, ftsurvey, one_package_registry};
 
 #[test]
 fn a_pinned_release_with_a_cp313t_wheel_is_compatible_by_wheel_without_a_run() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let registry = dir.path().join("registry");
-    std::fs::create_dir_all(registry.join("packages")).expect("mkdir");
-    std::fs::write(
-        registry.join("index.yaml"),
-        "packages:\n- name: markupsafe\n  enriched: true\n",
-    )
-    .expect("index");
     // MarkupSafe 3.0.3 publishes cp313t wheels for manylinux x86_64 and aarch64.
-    std::fs::write(
-        registry.join("packages/markupsafe.yaml"),
+    let registry = one_package_registry(
+        dir.path(),
+        "markupsafe",
         "package: markupsafe\nsource: sdist\nversion: 3.0.3\nenriched: true\n",
-    )
-    .expect("package");
+    );
     let output = ftsurvey()
         .current_dir(dir.path())
         .arg("run")
@@ -30,14 +23,7 @@ fn a_pinned_release_with_a_cp313t_wheel_is_compatible_by_wheel_without_a_run() {
         .output()
         .expect("run ftsurvey");
     assert_success(&output);
-    let folder = std::fs::read_dir(dir.path().join("results"))
-        .expect("results")
-        .flatten()
-        .next()
-        .expect("a results folder")
-        .path();
-    let text = std::fs::read_to_string(folder.join("ft_results.jsonl")).expect("ft_results.jsonl");
-    let record = domain::results::PackageRecord::parse_line(text.lines().next().expect("a line")).expect("a record");
+    let record = first_record(&dir.path().join("results"));
     assert_eq!(record.category, "compatible_by_wheel", "{record:?}");
     assert!(record.iterations.is_empty());
     assert!(

@@ -107,6 +107,35 @@ impl PackageSpec {
         }
     }
 
+    /// A git URL to clone: `https://`, `http://`, `ssh://` or `git://`, with no space or
+    /// control character. The URL reaches `git clone`, where another form could be an option
+    /// (`-u...`), a local path, or a transport that runs a command (`ext::`).
+    pub fn check_git_url(url: &str) -> Result<(), String> {
+        let scheme_ok = ["https://", "http://", "ssh://", "git://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
+        if scheme_ok && url.len() <= MAX_URL_BYTES && !url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "git URL {url:?} is not an https://, http://, ssh:// or git:// URL without spaces"
+            ))
+        }
+    }
+
+    /// A git revision to check out: no leading `-` (an option), no space or control character.
+    pub fn check_git_rev(rev: &str) -> Result<(), String> {
+        let ok = !rev.is_empty()
+            && rev.len() <= MAX_NAME_BYTES
+            && !rev.starts_with('-')
+            && !rev.chars().any(|c| c.is_whitespace() || c.is_control());
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("git revision {rev:?} is not a revision name"))
+        }
+    }
+
     /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
     pub fn check_env_key(key: &str) -> Result<(), String> {
         if is_ascii_identifier(key) {
@@ -119,6 +148,8 @@ impl PackageSpec {
 
 /// The longest package or import name accepted.
 const MAX_NAME_BYTES: usize = 200;
+/// The longest git URL accepted.
+const MAX_URL_BYTES: usize = 2048;
 
 /// `[A-Za-z_][A-Za-z0-9_]*`: a Python identifier or an environment variable name.
 fn is_ascii_identifier(text: &str) -> bool {
@@ -443,6 +474,36 @@ mod tests {
         spec.options.stall_threshold_secs = 60;
         spec.packages[0].timeout_secs = Some(u64::MAX / 1000);
         assert_eq!(spec.validate(), Err(SpecError::TimeoutTooLong));
+    }
+
+    #[test]
+    fn git_urls_and_revisions_that_would_be_options_paths_or_commands_are_refused() {
+        for good in [
+            "https://github.com/zopefoundation/zope.interface",
+            "http://github.com/a/b.git",
+            "ssh://git@example.org/a.git",
+            "git://example.org/a",
+        ] {
+            assert_eq!(PackageSpec::check_git_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "-uecho",
+            "--upload-pack=touch /tmp/x",
+            "ext::sh -c touch% /tmp/x",
+            "/etc",
+            "file:///etc",
+            "https://",
+            "https://example.org/a b",
+            "https://example.org/a\nb",
+        ] {
+            assert!(PackageSpec::check_git_url(bad).is_err(), "{bad:?}");
+        }
+        for good in ["v1.2.3", "main", "0123abcd", "release/2.x"] {
+            assert_eq!(PackageSpec::check_git_rev(good), Ok(()), "{good}");
+        }
+        for bad in ["", "--orphan", "-b", "a b", "a\tb"] {
+            assert!(PackageSpec::check_git_rev(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -232,6 +232,10 @@ impl TryFrom<v1::PackageSpec> for PackageSpec {
                 if git.url.is_empty() {
                     return Err(WireError::Missing("package.source.git.url"));
                 }
+                PackageSpec::check_git_url(&git.url).map_err(|reason| invalid("package.source.git.url", reason))?;
+                if let Some(rev) = &git.rev {
+                    PackageSpec::check_git_rev(rev).map_err(|reason| invalid("package.source.git.rev", reason))?;
+                }
                 Source::Git {
                     url: git.url,
                     rev: git.rev,

@@ -169,6 +169,7 @@ impl PackageEntry {
             Some("git") | None => {
                 let url = self.repo.as_deref().filter(|r| !r.trim().is_empty());
                 let url = url.ok_or_else(|| malformed(&file, "no source: set repo, or source: sdist or path"))?;
+                PackageSpec::check_git_url(url).map_err(|reason| malformed(&file, reason))?;
                 Source::Git {
                     url: url.to_string(),
                     rev: None,
@@ -429,6 +430,21 @@ packages:
             .collect();
         text.push_str(extra);
         parse_package(&format!("packages/{name}.yaml"), &text).expect("package parses")
+    }
+
+    #[test]
+    fn a_repo_that_is_no_git_url_is_refused_naming_the_file() {
+        let dir = Path::new("/registry");
+        for repo in ["-uecho", "'ext::sh -c touch% /tmp/x'", "/etc/passwd"] {
+            let mut entry = package("evil", "");
+            entry.repo = Some(repo.trim_matches('\'').to_string());
+            let error = entry.to_spec(dir, None).expect_err(repo).to_string();
+            assert!(
+                error.contains("packages/evil.yaml") && error.contains("git URL"),
+                "{error}"
+            );
+        }
+        assert!(package("fine", "").to_spec(dir, None).is_ok());
     }
 
     fn registry() -> (RegistryIndex, BTreeMap<String, PackageEntry>) {

@@ -73,8 +73,9 @@ pub(crate) async fn fetch(
         }
         Source::Git { url, rev, depth } => {
             let depth = depth.map(|d| format!("--depth {d} ")).unwrap_or_default();
+            // `--`: whatever the URL looks like, it is no option.
             let mut command = format!(
-                "git clone --quiet {depth}{} {}",
+                "git clone --quiet {depth}-- {} {}",
                 shell_quote(url),
                 shell_quote(&dest.display().to_string())
             );

@@ -95,7 +95,7 @@ pub(crate) fn parse_target(text: &str, path_var: &OsString) -> anyhow::Result<Ta
     if let Ok(requirement) = text.parse::<InterpreterRequirement>() {
         return Ok(TargetArg::Request(requirement));
     }
-    match find_on_path(text, path_var) {
+    match worker::find_on_path(text, path_var) {
         Some(path) => Ok(TargetArg::Path(path)),
         None => bail!(
             "--target-python {text:?} is neither a file, nor a name on PATH, nor a request such as 3.13t or 3.13t-tsan"
@@ -260,12 +260,6 @@ fn path_candidates(requirement: &InterpreterRequirement, path_var: &OsString) ->
         .map(|dir| dir.join(&name))
         .filter(|p| p.is_file())
         .collect()
-}
-
-fn find_on_path(name: &str, path_var: &OsString) -> Option<PathBuf> {
-    std::env::split_paths(path_var)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 /// Refuses a source whose version is not the requested `major.minor`, read from a tarball's

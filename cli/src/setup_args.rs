@@ -61,7 +61,7 @@ impl SetupArgs {
                 anyhow::ensure!(uv.is_file(), "--uv {} does not exist", uv.display());
                 Some(uv)
             }
-            None => path_var.and_then(|p| std::env::split_paths(p).map(|d| d.join("uv")).find(|p| p.is_file())),
+            None => path_var.and_then(|path| worker::find_on_path("uv", path)),
         };
         let installer = match (self.installer, uv) {
             (InstallerChoice::Pip, _) | (InstallerChoice::Auto, None) => Installer::Pip,

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::config::WorkerConfig;
 pub use crate::sandbox::cost::time_iterations;
-pub use crate::sandbox::{Limits, SandboxConfig, SandboxMode};
+pub use crate::sandbox::{Limits, SandboxConfig, SandboxMode, find_on_path};
 pub use crate::setup::installer::Installer;
 
 /// Runs the worker until `shutdown` is cancelled or the coordinator drains it.

@@ -101,6 +101,8 @@ pub struct Stat {
     pub cpu_ticks: u64,
     /// cutime + cstime: the CPU of its children it has waited for, in clock ticks.
     pub children_cpu_ticks: u64,
+    /// Resident set, in pages.
+    pub rss_pages: u64,
 }
 
 /// Clock ticks per second, the unit of [`Stat`]'s CPU times.
@@ -184,8 +186,9 @@ impl Tree {
         let members = self.members();
         let mut progress = 0;
         let mut ticks = HashMap::with_capacity(members.len());
+        let page_kb = page_kb();
         for (pid, stat) in members {
-            self.max_rss_kb = self.max_rss_kb.max(rss_kb(pid));
+            self.max_rss_kb = self.max_rss_kb.max(stat.rss_pages * page_kb);
             let before = self.ticks.get(&pid).copied().unwrap_or(0);
             progress += stat.cpu_ticks.saturating_sub(before);
             ticks.insert(pid, stat.cpu_ticks);
@@ -265,15 +268,12 @@ impl Tree {
     }
 }
 
-/// The resident set of `pid` now, KiB (`VmRSS`); 0 when it cannot be read.
-fn rss_kb(pid: i32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
+/// KiB per page, the unit of [`Stat::rss_pages`].
+fn page_kb() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
-        .and_then(|status| {
-            let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
-            line.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or(0)
+        .flatten()
+        .map_or(4, |bytes| (bytes.max(1024) as u64) / 1024)
 }
 
 /// Whether `pid` has a handler installed for `signal` (its `SigCgt` mask has the bit).
@@ -298,8 +298,8 @@ pub fn read_stat(pid: i32) -> Option<Stat> {
 fn parse_stat(text: &str) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state(3) ppid(4) pgrp(5) ... utime(14) stime(15) cutime(16) cstime(17),
-    // numbered as in proc(5).
+    // After the name: state(3) ppid(4) pgrp(5) ... utime(14) stime(15) cutime(16) cstime(17)
+    // ... rss(24), numbered as in proc(5).
     let field = |n: usize| fields.get(n - 3).copied();
     Some(Stat {
         state: field(3)?.chars().next()?,
@@ -307,6 +307,7 @@ fn parse_stat(text: &str) -> Option<Stat> {
         pgrp: field(5)?.parse().ok()?,
         cpu_ticks: field(14)?.parse::<u64>().ok()? + field(15)?.parse::<u64>().ok()?,
         children_cpu_ticks: field(16)?.parse::<u64>().ok()? + field(17)?.parse::<u64>().ok()?,
+        rss_pages: field(24)?.parse().ok()?,
     })
 }
 
@@ -326,6 +327,7 @@ mod tests {
                 pgrp: 4242,
                 cpu_ticks: 42,
                 children_cpu_ticks: 7,
+                rss_pages: 1,
             }
         );
         assert_eq!(parse_stat("garbage"), None);

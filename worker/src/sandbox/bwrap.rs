@@ -96,47 +96,36 @@ mod tests {
 
     #[test]
     fn the_private_tmp_comes_first_then_what_is_read_then_what_is_written() {
+        // Paths under a fresh directory, none of which exists: nothing is hidden but what
+        // exists, so only the order of the binds is checked here.
+        let base = tempfile::tempdir().expect("temp dir");
+        let at_base = |relative: &str| base.path().join("work").join(relative);
+        let shown = |relative: &str| at_base(relative).display().to_string();
         let sandbox = Sandbox {
-            bwrap: Some(PathBuf::from("/usr/bin/bwrap")),
-            hidden: vec![
-                PathBuf::from("/"),
-                PathBuf::from("/srv/work/venvs"),
-                PathBuf::from("/srv/work"),
-            ],
-            readable: vec![PathBuf::from("/srv/work/pythons/ft")],
+            bwrap: Some(PathBuf::from("bwrap")),
+            hidden: vec![PathBuf::from("/"), at_base("venvs"), at_base("")],
+            readable: vec![at_base("pythons/ft")],
             ..Sandbox::default()
         };
-        let mut seal = Seal::new(
-            &sandbox,
-            PathBuf::from("/srv/work/it/home"),
-            PathBuf::from("/srv/work/it/tmp"),
-        );
-        seal.writable.push(PathBuf::from("/srv/work/logs/it"));
-        seal.mounts.push((
-            PathBuf::from("/srv/work/it/tree"),
-            PathBuf::from("/srv/work/venvs/p/src"),
-        ));
-        let argv: Vec<String> = argv(
-            Path::new("/usr/bin/bwrap"),
-            &seal,
-            "pytest -x",
-            Path::new("/srv/work/venvs/p/src"),
-        )
-        .into_iter()
-        .map(|a| a.into_string().expect("utf-8"))
-        .collect();
+        let mut seal = Seal::new(&sandbox, at_base("it/home"), at_base("it/tmp"));
+        seal.writable.push(at_base("logs/it"));
+        seal.mounts.push((at_base("it/tree"), at_base("venvs/p/src")));
+        let argv: Vec<String> = argv(Path::new("bwrap"), &seal, "pytest -x", &at_base("venvs/p/src"))
+            .into_iter()
+            .map(|a| a.into_string().expect("utf-8"))
+            .collect();
         let at = |needle: &[&str]| {
             argv.windows(needle.len())
                 .position(|w| w == needle)
                 .unwrap_or_else(|| panic!("{needle:?} not in {argv:?}"))
         };
         assert!(argv.contains(&"--unshare-net".to_string()));
-        let tmp = at(&["--bind", "/srv/work/it/tmp", "/tmp"]);
+        let tmp = at(&["--bind", &shown("it/tmp"), "/tmp"]);
         // Nonexistent paths are neither hidden nor an error; the root is never hidden.
         assert!(!argv.windows(2).any(|w| w == ["--tmpfs", "/"]), "{argv:?}");
-        let readable = at(&["--ro-bind", "/srv/work/pythons/ft", "/srv/work/pythons/ft"]);
-        let logs = at(&["--bind", "/srv/work/logs/it", "/srv/work/logs/it"]);
-        let tree = at(&["--bind", "/srv/work/it/tree", "/srv/work/venvs/p/src"]);
+        let readable = at(&["--ro-bind", &shown("pythons/ft"), &shown("pythons/ft")]);
+        let logs = at(&["--bind", &shown("logs/it"), &shown("logs/it")]);
+        let tree = at(&["--bind", &shown("it/tree"), &shown("venvs/p/src")]);
         assert!(tmp < readable && readable < logs && logs < tree, "{argv:?}");
         assert_eq!(&argv[argv.len() - 3..], ["sh", "-c", "pytest -x"]);
 
@@ -146,7 +135,7 @@ mod tests {
     }
 
     fn argv_strings(seal: &Seal<'_>) -> Vec<String> {
-        argv(Path::new("/usr/bin/bwrap"), seal, "true", Path::new("/"))
+        argv(Path::new("bwrap"), seal, "true", Path::new("/"))
             .into_iter()
             .map(|a| a.into_string().expect("utf-8"))
             .collect()

@@ -102,8 +102,8 @@ impl SandboxConfig {
 fn bwrap_for(mode: SandboxMode, path_var: Option<&std::ffi::OsStr>) -> anyhow::Result<Option<PathBuf>> {
     match mode {
         SandboxMode::None => Ok(None),
-        SandboxMode::Auto => Ok(which("bwrap", path_var)),
-        SandboxMode::Bwrap => which("bwrap", path_var).map(Some).ok_or_else(|| {
+        SandboxMode::Auto => Ok(path_var.and_then(|path| find_on_path("bwrap", path))),
+        SandboxMode::Bwrap => path_var.and_then(|path| find_on_path("bwrap", path)).map(Some).ok_or_else(|| {
             anyhow::anyhow!(
                 "--sandbox bwrap: no `bwrap` on PATH; install bubblewrap (Debian: apt-get install bubblewrap) or pass --sandbox none"
             )
@@ -311,15 +311,11 @@ impl<'a> Seal<'a> {
     }
 }
 
-fn which(program: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
-    std::env::split_paths(path_var?)
-        .map(|dir| dir.join(program))
-        .find(|candidate| {
-            use std::os::unix::fs::PermissionsExt;
-            candidate
-                .metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+/// The first `name` on the search path `path_var` (a `PATH` value) that is a file.
+pub fn find_on_path(name: &str, path_var: &std::ffi::OsStr) -> Option<PathBuf> {
+    std::env::split_paths(path_var)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }
 
 fn human_bytes(bytes: u64) -> String {

@@ -117,6 +117,13 @@ impl Setups {
         sandbox: Arc<Sandbox>,
         shutdown: CancellationToken,
     ) -> Self {
+        for shared in [&dirs.cache_dir, &dirs.repos_dir] {
+            // Every setup command's seal binds them, and bubblewrap binds only what exists; a
+            // command that cannot use one says so itself.
+            if let Err(error) = std::fs::create_dir_all(shared) {
+                tracing::warn!(dir = %shared.display(), %error, "cannot create a directory setups share");
+            }
+        }
         Setups {
             shutdown,
             sandbox,
@@ -163,12 +170,6 @@ impl Setups {
             self.dirs.cache_dir.clone(),
             self.dirs.repos_dir.clone(),
         ];
-        for shared in &seal.writable[1..] {
-            // bubblewrap binds only what exists; a command that cannot use it says so itself.
-            if let Err(error) = std::fs::create_dir_all(shared) {
-                tracing::warn!(dir = %shared.display(), %error, "cannot create a directory setups share");
-            }
-        }
         seal.readable.extend(self.tsan_suppressions_file());
         seal.network = network;
         seal

@@ -386,6 +386,7 @@ impl Session {
         let ack = v1::Ack {
             job_id: job_id.0,
             status: v1::AckStatus::from(completion.ack) as i32,
+            reason: String::new(),
         };
         self.sender
             .send(Ok(v1::CoordinatorMessage {

@@ -13,6 +13,7 @@
 //!
 //! Arrows go from the groups to the root and from views to results, never back.
 
+pub mod budget;
 pub mod category;
 pub mod classify;
 pub mod evidence;

@@ -367,7 +367,7 @@ pub enum SpecError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn package(name: &str) -> PackageSpec {

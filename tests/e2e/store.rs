@@ -64,6 +64,8 @@ conformance!(
     a_batch_of_outcomes_records_each_job_once,
     a_packages_last_two_outcomes_recorded_at_once_give_it_one_verdict,
     network_grants_and_an_oom_outcome_with_its_sandbox_report_are_kept,
+    a_heartbeat_never_extends_a_lease_past_its_deadline,
+    an_outcomes_iteration_mode_attempt_and_worker_come_from_its_job,
 );
 
 fn package(name: &str) -> PackageSpec {
@@ -447,6 +449,81 @@ async fn a_heartbeat_extends_the_lease(store: Arc<dyn Store>) {
     assert_eq!(
         store.reap_expired(3, 900 + LEASE_MS + 1).await.expect("reap").requeued,
         1
+    );
+}
+
+async fn a_heartbeat_never_extends_a_lease_past_its_deadline(store: Arc<dyn Store>) {
+    let mut spec = spec(&["a"], 1);
+    spec.packages[0].timeout_secs = Some(60);
+    let deadline_ms = spec.options.lease_deadline(&spec.packages[0]).as_millis() as i64;
+    submit(&store, &spec, 0).await;
+    let w = worker("w");
+    let job = claim(&store, &w, &profile("3.13", true), &[], 1, 0).await.remove(0);
+    let lease = [(job.job_id, job.lease_token)];
+    // Heartbeats on time keep the lease up to the deadline...
+    let long_lease_ms = 10 * 60 * 1000;
+    let mut now = 0;
+    while now + long_lease_ms < deadline_ms {
+        now += long_lease_ms / 2;
+        assert_eq!(
+            store
+                .heartbeat(&w, &lease, long_lease_ms, now)
+                .await
+                .expect("heartbeat"),
+            1
+        );
+        assert_eq!(
+            store.reap_expired(3, now + 1).await.expect("reap").requeued,
+            0,
+            "at {now}"
+        );
+    }
+    assert_eq!(store.reap_expired(3, deadline_ms - 1).await.expect("reap").requeued, 0);
+    // ...and not past it: one more is still answered, but the lease ends at the deadline.
+    assert_eq!(
+        store
+            .heartbeat(&w, &lease, long_lease_ms, deadline_ms - 10)
+            .await
+            .expect("heartbeat"),
+        1
+    );
+    assert_eq!(
+        store.reap_expired(3, deadline_ms + 1).await.expect("reap").requeued,
+        1,
+        "the lease ended at its deadline whatever the heartbeats said"
+    );
+}
+
+async fn an_outcomes_iteration_mode_attempt_and_worker_come_from_its_job(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["a"], 1), 0).await;
+    let honest = worker("honest");
+    let job = claim(&store, &honest, &profile("3.13", true), &[], 1, 0)
+        .await
+        .remove(0);
+    let JobResult::Iteration(mut forged) = outcome(1, IterationStatus::Fail) else {
+        unreachable!("an iteration outcome")
+    };
+    forged.iteration = 77;
+    forged.mode = Mode::Gil;
+    forged.attempt = 9;
+    forged.worker_id = "someone-else".into();
+    let completion = store
+        .complete_job(job.job_id, job.lease_token, &JobResult::Iteration(forged), 5)
+        .await
+        .expect("record");
+    assert_eq!(completion.ack, OutcomeAck::Recorded);
+    let results = store.package_results(run_id, &[], false).await.expect("results");
+    let stored = &results[0].iterations[0];
+    assert_eq!(
+        (
+            stored.iteration,
+            stored.mode,
+            stored.attempt,
+            stored.worker_id.as_str(),
+            stored.status
+        ),
+        (1, Mode::Ft, 1, "honest", IterationStatus::Fail),
+        "the worker said what happened, the job row which iteration it was and who ran it"
     );
 }
 

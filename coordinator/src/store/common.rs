@@ -44,19 +44,49 @@ pub(super) fn revoked(rows: Vec<(i64, String)>) -> Result<Vec<RevokedLease>, Sto
         .collect()
 }
 
-/// A package's result from its jobs' `(state, result_json)`: finished once none is live.
+/// A job as a verdict reads it: its state and result, and the row's own word on which
+/// iteration and mode it is, which attempt the result came from and which worker held it.
+#[derive(Debug)]
+pub(super) struct JobRow {
+    pub(super) state: String,
+    pub(super) result_json: Option<String>,
+    pub(super) mode: String,
+    pub(super) iteration: i64,
+    pub(super) attempt: i64,
+    pub(super) worker_id: Option<String>,
+}
+
+impl JobRow {
+    /// The row's result, its iteration, mode, attempt and worker taken from the row: a
+    /// worker decides what an iteration did, never which iteration it was or who ran it.
+    fn result(&self) -> Result<Option<JobResult>, StoreError> {
+        let Some(json) = &self.result_json else {
+            return Ok(None);
+        };
+        let mut result = from_json::<JobResult>(json)?;
+        if let JobResult::Iteration(outcome) = &mut result {
+            outcome.iteration = to_u32("iteration", self.iteration)?;
+            outcome.mode = self.mode.parse().map_err(StoreError::Corrupt)?;
+            outcome.attempt = to_u32("attempt", self.attempt)?;
+            outcome.worker_id = self.worker_id.clone().unwrap_or_default();
+        }
+        Ok(Some(result))
+    }
+}
+
+/// A package's result from its jobs: finished once none is live.
 pub(super) fn package_result(
     name: &str,
     iterations: u32,
-    jobs: impl IntoIterator<Item = (String, Option<String>)>,
+    jobs: impl IntoIterator<Item = JobRow>,
 ) -> Result<PackageResult, StoreError> {
     let mut live = false;
     let mut setup_failure = None;
     let mut outcomes = Vec::new();
-    for (state, result) in jobs {
-        live |= state == "pending" || state == "leased";
-        if let Some(json) = result {
-            match from_json::<JobResult>(&json)? {
+    for job in jobs {
+        live |= job.state == "pending" || job.state == "leased";
+        if let Some(result) = job.result()? {
+            match result {
                 JobResult::Iteration(outcome) => outcomes.push(outcome),
                 JobResult::SetupFailed(failure) => {
                     setup_failure.get_or_insert(failure);
@@ -299,6 +329,16 @@ const SPEC_CACHE_LIMIT: usize = 200_000;
 impl SpecCache {
     pub(super) fn package(&self, run_id: RunId, package_idx: i64) -> Option<Arc<PackageSpec>> {
         self.lock().packages.get(&(run_id, package_idx)).cloned()
+    }
+
+    /// How long after its lease `job` must be over, whatever the heartbeats say (see
+    /// [`RunOptions::lease_deadline`]). The job's package and run must be in the cache.
+    pub(super) fn lease_deadline_ms(&self, job: &PickedJob) -> Result<i64, StoreError> {
+        let run_id = parse_run_id(&job.run_id)?;
+        let missing = || StoreError::Corrupt(format!("no package {} in run {run_id}", job.package_idx));
+        let package = self.package(run_id, job.package_idx).ok_or_else(missing)?;
+        let options = self.options(run_id).ok_or_else(missing)?;
+        Ok(i64::try_from(options.lease_deadline(&package).as_millis()).unwrap_or(i64::MAX))
     }
 
     pub(super) fn options(&self, run_id: RunId) -> Option<Arc<RunOptions>> {

@@ -18,8 +18,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::common::{
-    self, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json, package_result, parse_run_id, revoked,
-    to_json, to_u32,
+    self, JobRow, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json, package_result, parse_run_id,
+    revoked, to_json, to_u32,
 };
 use super::{ClaimBatch, Completion, ReapReport, Report, RevokedLease, Store, StoreError};
 
@@ -437,12 +437,13 @@ impl Store for PostgresStore {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let owners = common::distribute(wants, &names);
         let tokens: Vec<LeaseToken> = picked.iter().map(|_| LeaseToken::random()).collect();
-        let (mut ids, mut workers, mut lease_tokens) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ids, mut workers, mut lease_tokens, mut deadlines) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((job, owner), token) in picked.iter().zip(&owners).zip(&tokens) {
             if let Some(owner) = owner {
                 ids.push(job.id);
                 workers.push(wants[*owner].worker_id.as_str());
                 lease_tokens.push(token.to_string());
+                deadlines.push(now_ms.saturating_add(self.specs.lease_deadline_ms(job)?));
             }
         }
         let attempts: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i32)>(
@@ -451,8 +452,8 @@ impl Store for PostgresStore {
             // let the planner, once the table's statistics showed few jobs pending, scan all of
             // them again for every job leased.
             "WITH locked AS (
-                 SELECT jobs.id, x.worker, x.token
-                 FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS x (id, worker, token)
+                 SELECT jobs.id, x.worker, x.token, x.deadline
+                 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $5::bigint[]) AS x (id, worker, token, deadline)
                  JOIN jobs ON jobs.id = x.id
                  WHERE jobs.state = 'pending'
                  FOR UPDATE OF jobs SKIP LOCKED
@@ -460,7 +461,7 @@ impl Store for PostgresStore {
              leased AS (
                  UPDATE jobs
                  SET state = 'leased', worker_id = locked.worker, lease_token = locked.token,
-                     lease_expires_at_ms = $4, attempt = jobs.attempt + 1
+                     lease_expires_at_ms = $4, deadline_at_ms = locked.deadline, attempt = jobs.attempt + 1
                  FROM locked
                  WHERE jobs.id = locked.id
                  RETURNING jobs.id, jobs.attempt, jobs.run_id
@@ -474,6 +475,7 @@ impl Store for PostgresStore {
         .bind(&workers)
         .bind(&lease_tokens)
         .bind(now_ms + batch.lease_duration_ms)
+        .bind(&deadlines)
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
@@ -495,7 +497,8 @@ impl Store for PostgresStore {
         let ids: Vec<i64> = running.iter().map(|(id, _)| id.0).collect();
         let tokens: Vec<String> = running.iter().map(|(_, t)| t.to_string()).collect();
         let extended = sqlx::query(
-            "UPDATE jobs SET lease_expires_at_ms = $4
+            // LEAST ignores a NULL deadline (a lease from before deadlines were kept).
+            "UPDATE jobs SET lease_expires_at_ms = LEAST($4, jobs.deadline_at_ms)
              FROM UNNEST($1::bigint[], $2::text[]) AS held (id, token)
              WHERE jobs.id = held.id AND jobs.lease_token = held.token AND jobs.worker_id = $3
                AND jobs.state = 'leased'",
@@ -981,7 +984,8 @@ async fn verdicts(
 ) -> Result<Vec<((RunId, i64), PackageResult)>, StoreError> {
     let (runs, indexes) = package_keys(packages);
     let rows: Vec<VerdictRow> = sqlx::query_as(
-        "SELECT p.run_id, p.package_idx, p.name, r.iterations, j.state, j.result_json
+        "SELECT p.run_id, p.package_idx, p.name, r.iterations,
+                j.state, j.result_json, j.mode, j.iteration, j.attempt, j.worker_id
          FROM UNNEST($1::text[], $2::int[]) AS k (run_id, package_idx)
          JOIN packages p ON p.run_id = k.run_id AND p.package_idx = k.package_idx
          JOIN runs r ON r.id = p.run_id
@@ -994,13 +998,23 @@ async fn verdicts(
     // Package heads in the order they came, each with its jobs.
     let mut heads: Vec<(String, i32, String, i32)> = Vec::new();
     let mut jobs: HashMap<(String, i32), Vec<JobRow>> = HashMap::new();
-    for (run, idx, name, iterations, state, result) in rows {
-        let package_jobs = jobs.entry((run.clone(), idx)).or_insert_with(|| {
-            heads.push((run.clone(), idx, name, iterations));
+    for row in rows {
+        let package_jobs = jobs.entry((row.run_id.clone(), row.package_idx)).or_insert_with(|| {
+            heads.push((row.run_id.clone(), row.package_idx, row.name, row.iterations));
             Vec::new()
         });
-        if let Some(state) = state {
-            package_jobs.push((state, result));
+        // A package without jobs comes once, with no job columns.
+        if let (Some(state), Some(mode), Some(iteration), Some(attempt)) =
+            (row.state, row.mode, row.iteration, row.attempt)
+        {
+            package_jobs.push(JobRow {
+                state,
+                result_json: row.result_json,
+                mode,
+                iteration: i64::from(iteration),
+                attempt: i64::from(attempt),
+                worker_id: row.worker_id,
+            });
         }
     }
     let mut out = Vec::with_capacity(heads.len());
@@ -1041,11 +1055,20 @@ impl ClaimRow {
     }
 }
 
-/// A package's `(run, index, name, iterations)` with one of its jobs' `(state, result_json)`.
-type VerdictRow = (String, i32, String, i32, Option<String>, Option<String>);
-
-/// A job's `(state, result_json)`, what a verdict is built from.
-type JobRow = (String, Option<String>);
+/// A package's run, index, name and iterations with one of its jobs, if it has any.
+#[derive(Debug, sqlx::FromRow)]
+struct VerdictRow {
+    run_id: String,
+    package_idx: i32,
+    name: String,
+    iterations: i32,
+    state: Option<String>,
+    result_json: Option<String>,
+    mode: Option<String>,
+    iteration: Option<i32>,
+    attempt: Option<i32>,
+    worker_id: Option<String>,
+}
 
 /// `(run, package)` keys as the two arrays `UNNEST` takes.
 fn package_keys(packages: &[(RunId, i64)]) -> (Vec<String>, Vec<i32>) {

@@ -19,8 +19,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::common::{
-    self, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json, package_result, parse_run_id, revoked,
-    to_json, to_u32,
+    self, JobRow, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json, package_result, parse_run_id,
+    revoked, to_json, to_u32,
 };
 use super::{ClaimBatch, Completion, ReapReport, Report, RevokedLease, Store, StoreError};
 
@@ -286,17 +286,19 @@ impl Store for SqliteStore {
         let owners = common::distribute(wants, &names);
         let tokens: Vec<LeaseToken> = picked.iter().map(|_| LeaseToken::random()).collect();
         // One statement leases them all: [id, worker, token] for each job that has an owner.
-        let leases: Vec<(i64, &str, String)> = picked
-            .iter()
-            .zip(&owners)
-            .zip(&tokens)
-            .filter_map(|((job, owner), token)| owner.map(|o| (job.id, wants[o].worker_id.as_str(), token.to_string())))
-            .collect();
+        let mut leases: Vec<(i64, &str, String, i64)> = Vec::with_capacity(picked.len());
+        for ((job, owner), token) in picked.iter().zip(&owners).zip(&tokens) {
+            if let Some(owner) = owner {
+                let deadline = now_ms.saturating_add(self.specs.lease_deadline_ms(job)?);
+                leases.push((job.id, wants[*owner].worker_id.as_str(), token.to_string(), deadline));
+            }
+        }
         let attempts: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(
             "UPDATE jobs
              SET state = 'leased', worker_id = x.worker, lease_token = x.token, lease_expires_at_ms = ?2,
-                 attempt = attempt + 1
-             FROM (SELECT value ->> 0 AS id, value ->> 1 AS worker, value ->> 2 AS token FROM json_each(?1)) AS x
+                 deadline_at_ms = x.deadline, attempt = attempt + 1
+             FROM (SELECT value ->> 0 AS id, value ->> 1 AS worker, value ->> 2 AS token, value ->> 3 AS deadline
+                   FROM json_each(?1)) AS x
              WHERE jobs.id = x.id
              RETURNING jobs.id, jobs.attempt",
         )
@@ -329,7 +331,7 @@ impl Store for SqliteStore {
         let mut extended = 0;
         for (job_id, token) in running {
             extended += sqlx::query(
-                "UPDATE jobs SET lease_expires_at_ms = ?4
+                "UPDATE jobs SET lease_expires_at_ms = MIN(?4, COALESCE(deadline_at_ms, ?4))
                  WHERE id = ?1 AND lease_token = ?2 AND worker_id = ?3 AND state = 'leased'",
             )
             .bind(job_id.0)
@@ -698,8 +700,8 @@ async fn verdicts(
     .bind(&indexes)
     .fetch_all(&mut *conn)
     .await?;
-    let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
-        "SELECT j.package_idx, j.state, j.result_json
+    let rows: Vec<(i64, String, Option<String>, String, i64, i64, Option<String>)> = sqlx::query_as(
+        "SELECT j.package_idx, j.state, j.result_json, j.mode, j.iteration, j.attempt, j.worker_id
          FROM json_each(?2) AS k CROSS JOIN jobs j
          WHERE j.run_id = ?1 AND j.package_idx = k.value",
     )
@@ -707,9 +709,16 @@ async fn verdicts(
     .bind(&indexes)
     .fetch_all(&mut *conn)
     .await?;
-    let mut jobs: HashMap<i64, Vec<(String, Option<String>)>> = HashMap::new();
-    for (package_idx, state, result) in rows {
-        jobs.entry(package_idx).or_default().push((state, result));
+    let mut jobs: HashMap<i64, Vec<JobRow>> = HashMap::new();
+    for (package_idx, state, result_json, mode, iteration, attempt, worker_id) in rows {
+        jobs.entry(package_idx).or_default().push(JobRow {
+            state,
+            result_json,
+            mode,
+            iteration,
+            attempt,
+            worker_id,
+        });
     }
     let mut out = HashMap::with_capacity(heads.len());
     for head in heads {

@@ -15,7 +15,7 @@ use crate::supervise::{CommandSpec, Ending, run_command};
 const PROBE_SCRIPT: &str = include_str!("python/probe_extensions.py");
 const HOOKS_MODULE: &str = include_str!("python/ftsurvey_hooks.py");
 const HOOKS_PTH: &str = include_str!("python/ftsurvey_hooks.pth");
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+const PROBE_TIMEOUT: Duration = domain::budget::PROBE_TIMEOUT;
 /// Files and declarations the source scan looks at, at most.
 const MAX_SCANNED_FILES: usize = 20_000;
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;

@@ -35,7 +35,7 @@ use crate::shell::shell_quote;
 use crate::supervise::{CommandSpec, Ending, Supervised, run_command};
 
 /// Installs get this long.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const INSTALL_TIMEOUT: Duration = domain::budget::INSTALL_TIMEOUT;
 
 /// The file in a setup directory that says it is complete.
 const READY_FILE: &str = "ftsurvey-ready.json";

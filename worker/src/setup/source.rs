@@ -13,7 +13,7 @@ use crate::shell::shell_quote;
 use crate::supervise::{CommandSpec, run_command};
 
 /// Downloads and clones get this long.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const FETCH_TIMEOUT: Duration = domain::budget::FETCH_TIMEOUT;
 
 /// Unpacks the sdist `argv[1]` into `argv[2]`.
 const UNPACK_SDIST: &str = r#"import shutil, sys, tarfile; a, d = sys.argv[1:3]; tarfile.open(a).extractall(d, filter="data") if tarfile.is_tarfile(a) else shutil.unpack_archive(a, d)"#;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use domain::WorkerId;
+
 use crate::store;
 
 /// What the coordinator needs to run. Its `Debug` output hides the database password and
@@ -14,6 +16,9 @@ pub struct Config {
     /// Bearer tokens required of workers and of clients; `None` requires none.
     pub worker_token: Option<String>,
     pub client_token: Option<String>,
+    /// Tokens each bound to one worker id (see [`parse_worker_tokens`]): a session opened
+    /// with one may only be that worker, and that worker may only connect with it.
+    pub worker_tokens: Vec<(WorkerId, String)>,
     /// Serve TLS with this certificate chain and key (PEM).
     pub tls: Option<TlsFiles>,
 }
@@ -26,6 +31,7 @@ impl Config {
             settings: Settings::default(),
             worker_token: None,
             client_token: None,
+            worker_tokens: Vec::new(),
             tls: None,
         }
     }
@@ -39,6 +45,10 @@ impl std::fmt::Debug for Config {
             .field("settings", &self.settings)
             .field("worker_token", &redact_token(self.worker_token.as_deref()))
             .field("client_token", &redact_token(self.client_token.as_deref()))
+            .field(
+                "worker_tokens",
+                &self.worker_tokens.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+            )
             .field("tls", &self.tls)
             .finish()
     }
@@ -81,6 +91,37 @@ impl Default for Settings {
     }
 }
 
+/// Reads a file of per-worker tokens: one `WORKER_ID TOKEN` per line, blank lines and lines
+/// starting with `#` left out. Each id and each token once; a token of 16 characters at least.
+pub fn parse_worker_tokens(text: &str) -> Result<Vec<(WorkerId, String)>, String> {
+    let mut tokens: Vec<(WorkerId, String)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = |what: String| format!("line {}: {what}", n + 1);
+        let mut fields = line.split_whitespace();
+        let (Some(id), Some(token), None) = (fields.next(), fields.next(), fields.next()) else {
+            return Err(at("expected WORKER_ID TOKEN".into()));
+        };
+        let id = WorkerId::parse(id).map_err(|e| at(format!("invalid worker id: {e}")))?;
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(at(format!(
+                "the token of {id} must be 16 printable characters at least"
+            )));
+        }
+        if tokens.iter().any(|(other, _)| *other == id) {
+            return Err(at(format!("worker {id} has a token already")));
+        }
+        if tokens.iter().any(|(_, other)| other == token) {
+            return Err(at(format!("the token of {id} is another worker's too")));
+        }
+        tokens.push((id, token.to_string()));
+    }
+    Ok(tokens)
+}
+
 /// Whether a token is set, without the token.
 fn redact_token(token: Option<&str>) -> Option<&'static str> {
     token.map(|_| "<redacted>")
@@ -88,7 +129,39 @@ fn redact_token(token: Option<&str>) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::Config;
+    use super::{Config, parse_worker_tokens};
+
+    #[test]
+    fn a_worker_tokens_file_binds_each_id_to_one_token() {
+        let tokens = parse_worker_tokens("# fleet\n\nw1 token-of-w1-0123456789\n  w2\ttoken-of-w2-0123456789  \n")
+            .expect("valid");
+        let ids: Vec<&str> = tokens.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["w1", "w2"]);
+        assert_eq!(tokens[1].1, "token-of-w2-0123456789");
+        for (text, error) in [
+            ("w1", "line 1: expected WORKER_ID TOKEN"),
+            ("w1 a b", "line 1: expected WORKER_ID TOKEN"),
+            (
+                "w1 short",
+                "line 1: the token of w1 must be 16 printable characters at least",
+            ),
+            (
+                "w1 token-of-w1-0123456789\nw1 token-of-w1-9876543210",
+                "line 2: worker w1 has a token already",
+            ),
+            (
+                "w1 token-of-w1-0123456789\nw2 token-of-w1-0123456789",
+                "line 2: the token of w2 is another worker's too",
+            ),
+        ] {
+            assert_eq!(parse_worker_tokens(text).unwrap_err(), error, "{text}");
+        }
+        assert!(
+            parse_worker_tokens("w\u{7} token-0123456789abcdef")
+                .unwrap_err()
+                .starts_with("line 1: invalid worker id")
+        );
+    }
 
     #[test]
     fn a_configs_debug_output_names_the_database_host_but_no_password_or_token() {
@@ -107,6 +180,14 @@ mod tests {
         );
         assert!(printed.contains(r#"worker_token: Some("<redacted>")"#), "{printed}");
         assert!(printed.contains(r#"client_token: Some("<redacted>")"#), "{printed}");
+
+        let config = Config {
+            worker_tokens: parse_worker_tokens("w1 bound-token-0123456789").expect("tokens"),
+            ..Config::new("sqlite:///tmp/ftsurvey.db".to_string())
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("bound-token-0123456789"), "{printed}");
+        assert!(printed.contains(r#"worker_tokens: ["w1"]"#), "{printed}");
 
         let printed = format!("{:?}", Config::new("sqlite:///tmp/ftsurvey.db".to_string()));
         assert!(printed.contains("worker_token: None, client_token: None"), "{printed}");

@@ -15,6 +15,18 @@ use crate::store::{RevokedLease, Store};
 /// Messages to one worker session.
 pub(crate) type SessionSender = mpsc::Sender<Result<v1::CoordinatorMessage, tonic::Status>>;
 
+/// Workers connected at once at most: each session holds a little memory and a task.
+pub(crate) const MAX_SESSIONS: usize = 4096;
+
+/// Why a session was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionRefused {
+    /// A live session of the same worker exists and may not be replaced.
+    Connected,
+    /// [`MAX_SESSIONS`] workers are connected.
+    Full,
+}
+
 /// What every service holds.
 #[derive(Debug)]
 pub(crate) struct Hub {
@@ -137,21 +149,34 @@ impl Hub {
         list
     }
 
-    /// Registers a session; returns its number and the session it replaces, if any.
-    pub(crate) fn register_session(&self, worker_id: &WorkerId, sender: SessionSender) -> (u64, Option<SessionSender>) {
+    /// Registers a session; returns its number and the session it replaces, if any. A live
+    /// session of the same worker is replaced only when `may_replace`, and a new worker only
+    /// joins while there are fewer than [`MAX_SESSIONS`]; otherwise nothing changes. A session
+    /// whose peer is gone is replaced always.
+    pub(crate) fn register_session(
+        &self,
+        worker_id: &WorkerId,
+        sender: SessionSender,
+        may_replace: bool,
+    ) -> Result<(u64, Option<SessionSender>), SessionRefused> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.get(worker_id) {
+            Some((_, live)) if !may_replace && !live.is_closed() => return Err(SessionRefused::Connected),
+            None if sessions.len() >= MAX_SESSIONS => return Err(SessionRefused::Full),
+            _ => {}
+        }
         let number = {
             let mut next = self.next_session.lock().unwrap_or_else(|e| e.into_inner());
             *next += 1;
             *next
         };
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let replaced = sessions.insert(worker_id.clone(), (number, sender)).map(|(_, s)| s);
         // A worker that says Hello again starts afresh: a drained one exited and was restarted.
         self.draining
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(worker_id);
-        (number, replaced)
+        Ok((number, replaced))
     }
 
     /// Tells a connected worker to drain; returns the jobs it still runs, or `None` when no

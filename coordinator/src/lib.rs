@@ -12,7 +12,7 @@ mod reaper;
 mod service;
 pub mod store;
 
-pub use config::{Config, Settings, TlsFiles};
+pub use config::{Config, Settings, TlsFiles, parse_worker_tokens};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,10 @@ use tonic::transport::server::TcpIncoming;
 use crate::hub::Hub;
 use crate::service::survey::Survey;
 use crate::service::worker::Workers;
+
+/// Requests a connection may have open at once: a worker needs one session, a client a few
+/// calls and watches.
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -51,10 +55,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let workers = WorkerServiceServer::new(Workers {
         hub: hub.clone(),
         shutdown: shutdown.clone(),
+        bound_ids: Arc::new(config.worker_tokens.iter().map(|(id, _)| id.clone()).collect()),
     })
-    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+    .max_decoding_message_size(proto::MAX_WORKER_MESSAGE_BYTES)
     .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
-    let workers = InterceptedService::new(workers, RequireToken::new(config.worker_token.as_deref(), "worker"));
+    let require_worker = RequireToken::new(config.worker_token.as_deref(), "worker").with_bound_tokens(
+        config
+            .worker_tokens
+            .iter()
+            .map(|(id, token)| (id.as_str(), token.as_str())),
+    );
+    let workers = InterceptedService::new(workers, require_worker);
 
     let address = listener.local_addr().context("listener has no address")?;
     tracing::info!(%address, tls = config.tls.is_some(), "coordinator listening");
@@ -63,7 +74,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(30)));
-    let mut server = tonic::transport::Server::builder();
+    // Each connection is held to a few streams and small headers, and one that stops answering
+    // HTTP/2 pings is closed (its session ends and its leases go back to the queue).
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .http2_max_header_list_size(Some(16 * 1024));
     if let Some(tls) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
         server = server

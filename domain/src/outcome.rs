@@ -140,6 +140,33 @@ pub struct IterationOutcome {
     pub evidence: IterationEvidence,
 }
 
+impl IterationOutcome {
+    /// An iteration the harness could not run or report, with the reason: nothing of the
+    /// package's own behaviour is in it.
+    pub fn harness_error(iteration: u32, mode: Mode, worker_id: &str, attempt: u32, reason: String) -> Self {
+        IterationOutcome {
+            iteration,
+            mode,
+            status: IterationStatus::HarnessError,
+            exit_code: None,
+            signal: None,
+            duration_ms: 0,
+            cpu_time_ms: None,
+            max_rss_kb: None,
+            stalled: false,
+            last_output_line: String::new(),
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            crash_signature: None,
+            harness_error: Some(reason),
+            worker_id: worker_id.to_string(),
+            attempt,
+            start_latency_ms: None,
+            evidence: IterationEvidence::default(),
+        }
+    }
+}
+
 /// Which step of setting a package up failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,6 +1,8 @@
 //! Bearer tokens on the wire: the client side adds `authorization: Bearer <token>` to every
 //! request, the server side refuses requests without the token it expects.
 
+use std::sync::Arc;
+
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
@@ -60,19 +62,28 @@ pub fn check_transport(url: &str, has_ca_cert: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Lets through only requests carrying the expected bearer token (any request when none is
-/// expected). `who` names the callers in the refusal: `worker` or `client`.
+/// Lets through only requests carrying the expected bearer token, or one of the tokens bound
+/// to a single caller (any request when none is expected). `who` names the callers in the
+/// refusal: `worker` or `client`.
 #[derive(Clone)]
 pub struct RequireToken {
     expected: Option<Vec<u8>>,
+    /// Tokens each bound to one caller: `(caller, "Bearer <token>")`.
+    bound: Arc<Vec<(String, Vec<u8>)>>,
     who: &'static str,
 }
+
+/// Who a request's token belongs to, when it is a token bound to one caller: put in the
+/// request's extensions by [`RequireToken`], so the service can hold the caller to its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvenCaller(pub String);
 
 impl std::fmt::Debug for RequireToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequireToken")
             .field("who", &self.who)
-            .field("required", &self.expected.is_some())
+            .field("required", &(self.expected.is_some() || !self.bound.is_empty()))
+            .field("bound", &self.bound.len())
             .finish()
     }
 }
@@ -81,20 +92,48 @@ impl RequireToken {
     pub fn new(expected: Option<&str>, who: &'static str) -> Self {
         RequireToken {
             expected: expected.map(|t| format!("Bearer {t}").into_bytes()),
+            bound: Arc::new(Vec::new()),
             who,
         }
+    }
+
+    /// Also lets through each `(caller, token)`'s token, marking the request as that caller's
+    /// ([`ProvenCaller`]).
+    pub fn with_bound_tokens<'a>(mut self, tokens: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        self.bound = Arc::new(
+            tokens
+                .into_iter()
+                .map(|(caller, token)| (caller.to_string(), format!("Bearer {token}").into_bytes()))
+                .collect(),
+        );
+        self
     }
 }
 
 impl Interceptor for RequireToken {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if self.expected.is_none() && self.bound.is_empty() {
             return Ok(request);
-        };
-        match request.metadata().get("authorization") {
-            Some(given) if constant_time_eq(given.as_bytes(), expected) => Ok(request),
-            Some(_) => Err(Status::unauthenticated(format!("wrong {} token", self.who))),
-            None => Err(Status::unauthenticated(format!(
+        }
+        let given = request
+            .metadata()
+            .get("authorization")
+            .map(|given| given.as_bytes().to_vec());
+        // Every bound token is compared, so timing does not tell which caller came close.
+        let proven = given.as_ref().and_then(|given| {
+            self.bound
+                .iter()
+                .filter(|(_, expected)| constant_time_eq(given, expected))
+                .fold(None, |found, (caller, _)| found.or(Some(caller.clone())))
+        });
+        match (given, proven) {
+            (Some(_), Some(caller)) => {
+                request.extensions_mut().insert(ProvenCaller(caller));
+                Ok(request)
+            }
+            (Some(given), None) if self.expected.as_ref().is_some_and(|e| constant_time_eq(&given, e)) => Ok(request),
+            (Some(_), None) => Err(Status::unauthenticated(format!("wrong {} token", self.who))),
+            (None, _) => Err(Status::unauthenticated(format!(
                 "a {} token is required (authorization: Bearer ...)",
                 self.who
             ))),
@@ -128,6 +167,39 @@ mod tests {
         assert!(RequireToken::new(None, "client").call(Request::new(())).is_ok());
         assert!(BearerToken::new(Some("bad\ntoken")).is_err());
         assert_eq!(BearerToken::new(Some(" ")).unwrap_err(), "the token is empty");
+    }
+
+    #[test]
+    fn a_bound_token_lets_its_caller_through_and_names_it() {
+        let mut require =
+            RequireToken::new(Some("shared"), "worker").with_bound_tokens([("w1", "t-one"), ("w2", "t-two")]);
+        let through = |require: &mut RequireToken, token: &str| {
+            require.call(
+                BearerToken::new(Some(token))
+                    .expect("token")
+                    .call(Request::new(()))
+                    .expect("send"),
+            )
+        };
+        let two = through(&mut require, "t-two").expect("bound token");
+        assert_eq!(two.extensions().get::<ProvenCaller>(), Some(&ProvenCaller("w2".into())));
+        let shared = through(&mut require, "shared").expect("shared token");
+        assert_eq!(
+            shared.extensions().get::<ProvenCaller>(),
+            None,
+            "the shared token proves no name"
+        );
+        assert_eq!(
+            through(&mut require, "t-three").expect_err("unknown").code(),
+            tonic::Code::Unauthenticated
+        );
+        let mut bound_only = RequireToken::new(None, "worker").with_bound_tokens([("w1", "t-one")]);
+        assert!(through(&mut bound_only, "t-one").is_ok());
+        assert!(through(&mut bound_only, "shared").is_err());
+        assert!(
+            bound_only.call(Request::new(())).is_err(),
+            "a token is required once any is bound"
+        );
     }
 
     #[test]

@@ -17,3 +17,11 @@ pub use convert::WireError;
 /// Largest message any peer of the protocol sends or accepts: the coordinator's services, the
 /// worker's session and the CLI's client all set it on both directions.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest outcome a worker sends, encoded: the worker bounds every outcome under it before
+/// spooling it, and the coordinator rejects one over it.
+pub const MAX_OUTCOME_BYTES: usize = 1024 * 1024;
+
+/// Largest message the coordinator reads from a worker's session: an outcome at its limit with
+/// room to spare. A larger one ends the session.
+pub const MAX_WORKER_MESSAGE_BYTES: usize = 4 * MAX_OUTCOME_BYTES;

@@ -5,6 +5,7 @@ mod cli;
 mod detection;
 mod faults;
 mod fleet;
+mod hostile_worker;
 mod interpreters;
 mod protocol;
 mod registry;

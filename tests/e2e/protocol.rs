@@ -11,7 +11,7 @@ use proto::v1::coordinator_message::Msg as Out;
 use proto::v1::worker_message::Msg as In;
 use tests::{RawSession, TestCluster, ft_profile};
 
-fn spec(names: &[&str], iterations: u32) -> RunSpec {
+pub(crate) fn spec(names: &[&str], iterations: u32) -> RunSpec {
     RunSpec {
         label: "protocol".to_string(),
         packages: names
@@ -45,7 +45,7 @@ fn spec(names: &[&str], iterations: u32) -> RunSpec {
     }
 }
 
-async fn submit(cluster: &TestCluster, spec: &RunSpec) -> String {
+pub(crate) async fn submit(cluster: &TestCluster, spec: &RunSpec) -> String {
     let request = v1::SubmitRunRequest {
         spec: Some(spec.into()),
         client_token: String::new(),
@@ -60,7 +60,7 @@ async fn submit(cluster: &TestCluster, spec: &RunSpec) -> String {
     response.run.expect("run").run_id
 }
 
-fn pass(iteration: u32) -> v1::JobResult {
+pub(crate) fn pass(iteration: u32) -> v1::JobResult {
     let outcome = IterationOutcome {
         iteration,
         mode: Mode::Ft,
@@ -128,14 +128,14 @@ async fn on_postgres() -> (tests::postgres::TestPostgres, TestCluster) {
     (postgres, cluster)
 }
 
-async fn expect_assignment(session: &mut RawSession) -> v1::Assignment {
+pub(crate) async fn expect_assignment(session: &mut RawSession) -> v1::Assignment {
     match session.next().await.expect("message") {
         Out::Assignment(assignment) => assignment,
         other => panic!("expected an assignment, got {other:?}"),
     }
 }
 
-async fn report(session: &RawSession, assignment: &v1::Assignment, token: &str) {
+pub(crate) async fn report(session: &RawSession, assignment: &v1::Assignment, token: &str) {
     let outcome = v1::JobOutcome {
         job_id: assignment.job_id,
         lease_token: token.to_string(),
@@ -144,7 +144,7 @@ async fn report(session: &RawSession, assignment: &v1::Assignment, token: &str) 
     session.send(In::Outcome(outcome)).await;
 }
 
-async fn expect_ack(session: &mut RawSession, job_id: i64) -> v1::AckStatus {
+pub(crate) async fn expect_ack(session: &mut RawSession, job_id: i64) -> v1::AckStatus {
     match session.next().await.expect("message") {
         Out::Ack(ack) => {
             assert_eq!(ack.job_id, job_id);

@@ -43,16 +43,27 @@ impl TestCluster {
 
     /// Starts a coordinator on the database at `database_url`, or on SQLite in its temp dir.
     pub async fn start_on(database_url: Option<String>, settings: coordinator::Settings) -> Self {
+        Self::start_configured(database_url, settings, |_| {}).await
+    }
+
+    /// Starts a coordinator as [`TestCluster::start_on`] does, with `configure` having the
+    /// last word on its config (tokens, TLS).
+    pub async fn start_configured(
+        database_url: Option<String>,
+        settings: coordinator::Settings,
+        configure: impl FnOnce(&mut coordinator::Config),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
         let database_url =
             database_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("coordinator.db").display()));
-        let config = coordinator::Config {
+        let mut config = coordinator::Config {
             settings,
             ..coordinator::Config::new(database_url)
         };
+        configure(&mut config);
         let coordinator = tokio::spawn(coordinator::run(config, listener, shutdown.clone()));
         TestCluster {
             url,
@@ -70,16 +81,18 @@ impl TestCluster {
 
     /// Opens a raw worker session and returns its two ends.
     pub async fn session(&self) -> RawSession {
-        let mut client = WorkerServiceClient::connect(self.url.clone())
+        self.session_with_token(None).await.expect("open session")
+    }
+
+    /// Opens a raw worker session sending `token` as its bearer token, or says why the
+    /// coordinator refused to open it.
+    pub async fn session_with_token(&self, token: Option<&str>) -> Result<RawSession, tonic::Status> {
+        let channel = Channel::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
             .await
             .expect("connect worker client");
-        let (sender, receiver) = mpsc::channel(64);
-        let inbound = client
-            .session(ReceiverStream::new(receiver))
-            .await
-            .expect("open session")
-            .into_inner();
-        RawSession { sender, inbound }
+        RawSession::open(channel, token).await
     }
 
     /// Stops the coordinator and waits for it.
@@ -108,6 +121,17 @@ pub struct RawSession {
 }
 
 impl RawSession {
+    /// Opens a session on `channel` sending `token` as its bearer token, or says why the
+    /// coordinator refused to open it.
+    pub async fn open(channel: Channel, token: Option<&str>) -> Result<RawSession, tonic::Status> {
+        let bearer = proto::auth::BearerToken::new(token).expect("token");
+        let mut client =
+            WorkerServiceClient::with_interceptor(channel, bearer).max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
+        let (sender, receiver) = mpsc::channel(64);
+        let inbound = client.session(ReceiverStream::new(receiver)).await?.into_inner();
+        Ok(RawSession { sender, inbound })
+    }
+
     pub async fn send(&self, msg: v1::worker_message::Msg) {
         self.sender
             .send(v1::WorkerMessage { msg: Some(msg) })
@@ -137,6 +161,16 @@ impl RawSession {
 
     /// Says hello and waits for the welcome.
     pub async fn hello(&mut self, worker_id: &str, profile: &InterpreterProfile, slots: u32) -> v1::Welcome {
+        self.try_hello(worker_id, profile, slots).await.expect("welcome")
+    }
+
+    /// Says hello; the welcome, or the status the coordinator ended the session with.
+    pub async fn try_hello(
+        &mut self,
+        worker_id: &str,
+        profile: &InterpreterProfile,
+        slots: u32,
+    ) -> Result<v1::Welcome, tonic::Status> {
         let hello = v1::Hello {
             worker_id: worker_id.to_string(),
             interpreter: Some(profile.into()),
@@ -145,8 +179,8 @@ impl RawSession {
             agent_version: "test".to_string(),
         };
         self.send(v1::worker_message::Msg::Hello(hello)).await;
-        match self.next().await.expect("welcome") {
-            v1::coordinator_message::Msg::Welcome(welcome) => welcome,
+        match self.next().await? {
+            v1::coordinator_message::Msg::Welcome(welcome) => Ok(welcome),
             other => panic!("expected Welcome, got {other:?}"),
         }
     }

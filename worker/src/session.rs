@@ -162,6 +162,13 @@ impl Worker {
                 msg: Some(In::Welcome(welcome)),
             })) => welcome,
             Ok(other) => return SessionEnd::Lost(anyhow::anyhow!("expected Welcome, got {other:?}")),
+            // This worker's token is not its own: retrying cannot help.
+            Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                return SessionEnd::Refused(anyhow::anyhow!(
+                    "the coordinator refused this worker: {}",
+                    status.message()
+                ));
+            }
             Err(status) => return SessionEnd::Lost(anyhow::anyhow!("session ended before Welcome: {status}")),
         };
         tracing::info!(worker.id = %self.config.worker_id, "connected to {}", self.config.coordinator_url);

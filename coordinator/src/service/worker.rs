@@ -1,15 +1,16 @@
 //! The worker-facing service: one bidirectional session per worker, as the contract in
 //! `worker.proto` describes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{Assignment, InterpreterProfile, JobId, JobResult, LeaseToken, WorkerId};
+use domain::{Assignment, InterpreterProfile, IterationOutcome, JobId, JobResult, LeaseToken, WorkerId};
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
+use proto::auth::ProvenCaller;
 use proto::convert::parse_lease_token;
 use proto::v1;
 use proto::v1::coordinator_message::Msg as Out;
@@ -22,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::batch::BatchError;
 use crate::clock::now_ms;
-use crate::hub::{Hub, SessionSender};
+use crate::hub::{Hub, MAX_SESSIONS, SessionRefused, SessionSender};
 use crate::service::{status_from_batch, status_from_wire};
 use crate::store::Completion;
 
@@ -31,6 +32,8 @@ use crate::store::Completion;
 pub(crate) struct Workers {
     pub(crate) hub: Arc<Hub>,
     pub(crate) shutdown: CancellationToken,
+    /// Worker ids that have a token of their own: they connect with it or not at all.
+    pub(crate) bound_ids: Arc<HashSet<WorkerId>>,
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
@@ -44,8 +47,11 @@ const DISPATCH_POLL: Duration = Duration::from_millis(500);
 /// [`RECORD_RETRY_MAX`], for as long as the session lasts.
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(250);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
-/// Credits beyond this are ignored: no worker runs that many jobs at once.
-const MAX_CREDITS: u32 = 1024;
+/// A worker may say it has no more slots than this: no worker runs that many jobs at once.
+const MAX_SLOTS: u32 = 1024;
+/// Outcomes of one session being committed at once at most: beyond them, the session reads
+/// nothing more from its worker until one is done, and the worker's sends wait.
+const MAX_OUTCOMES_IN_FLIGHT: usize = 64;
 /// A claim prefers jobs of this many of the worker's most recently set-up packages; the
 /// session remembers no more than these.
 const WARM_PER_CLAIM: usize = 4;
@@ -58,10 +64,45 @@ impl WorkerService for Workers {
         &self,
         request: Request<Streaming<v1::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let identity = Identity {
+            proven: request
+                .extensions()
+                .get::<ProvenCaller>()
+                .map(|caller| caller.0.clone()),
+            bound_ids: self.bound_ids.clone(),
+        };
         let inbound = request.into_inner();
         let (sender, receiver) = mpsc::channel(256);
-        tokio::spawn(run_session(self.hub.clone(), inbound, sender, self.shutdown.clone()));
+        tokio::spawn(run_session(
+            self.hub.clone(),
+            inbound,
+            sender,
+            identity,
+            self.shutdown.clone(),
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// What a session's credential says about who may open it.
+struct Identity {
+    /// The worker whose own token opened the session, if one did.
+    proven: Option<String>,
+    bound_ids: Arc<HashSet<WorkerId>>,
+}
+
+impl Identity {
+    /// Why a session of this credential may not be `worker_id`, if it may not.
+    fn refuses(&self, worker_id: &WorkerId) -> Option<Status> {
+        match &self.proven {
+            Some(proven) if proven != worker_id.as_str() => Some(Status::permission_denied(format!(
+                "this token is worker {proven}'s, not {worker_id}'s"
+            ))),
+            None if self.bound_ids.contains(worker_id) => Some(Status::permission_denied(format!(
+                "worker {worker_id} has a token of its own and must connect with it"
+            ))),
+            _ => None,
+        }
     }
 }
 
@@ -71,9 +112,13 @@ struct Session {
     worker_id: WorkerId,
     profile: Arc<InterpreterProfile>,
     sender: SessionSender,
+    /// The jobs the worker runs at once, as it said in its Hello (at most [`MAX_SLOTS`]).
+    slots: u32,
     credits: u32,
     /// Leases handed out in this session and not yet reported.
     running: HashMap<JobId, LeaseToken>,
+    /// Jobs of `running` whose outcome is being committed: their slots are free again.
+    reported: HashSet<JobId>,
     warm_packages: Vec<String>,
     /// Cancelled when the session stops serving: outcomes still failing stop being retried.
     ending: CancellationToken,
@@ -83,6 +128,7 @@ async fn run_session(
     hub: Arc<Hub>,
     mut inbound: Streaming<v1::WorkerMessage>,
     sender: SessionSender,
+    identity: Identity,
     shutdown: CancellationToken,
 ) {
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -102,7 +148,30 @@ async fn run_session(
         Some(Err(e)) => return reject(&sender, &e.to_string()).await,
         None => return reject(&sender, "missing field hello.interpreter").await,
     };
-    let (number, replaced) = hub.register_session(&worker_id, sender.clone());
+    if let Some(refusal) = identity.refuses(&worker_id) {
+        tracing::warn!(worker.id = %worker_id, reason = %refusal.message(), "a session was refused");
+        let _ = sender.send(Err(refusal)).await;
+        return;
+    }
+    // Only a worker that proved its name with its own token takes over a live session of that
+    // name (a restarted worker whose old connection has not closed yet): with a shared token,
+    // anyone holding it could otherwise end any worker's session and take its leases.
+    let (number, replaced) = match hub.register_session(&worker_id, sender.clone(), identity.proven.is_some()) {
+        Ok(registered) => registered,
+        Err(refused) => {
+            let refusal = match refused {
+                SessionRefused::Connected => Status::already_exists(format!(
+                    "worker {worker_id} is connected already; a second session needs its own token"
+                )),
+                SessionRefused::Full => Status::resource_exhausted(format!(
+                    "{MAX_SESSIONS} workers are connected, the most this coordinator serves"
+                )),
+            };
+            tracing::warn!(worker.id = %worker_id, reason = %refusal.message(), "a session was refused");
+            let _ = sender.send(Err(refusal)).await;
+            return;
+        }
+    };
     if let Some(old) = replaced {
         let _ = old.try_send(Err(Status::aborted("replaced by a newer session of the same worker")));
     }
@@ -138,8 +207,10 @@ async fn run_session(
         worker_id: worker_id.clone(),
         profile: Arc::new(profile),
         sender: sender.clone(),
+        slots: hello.slots.min(MAX_SLOTS),
         credits: 0,
         running: HashMap::new(),
+        reported: HashSet::new(),
         warm_packages: {
             let mut warm = hello.warm_packages;
             warm.drain(..warm.len().saturating_sub(WARM_PER_CLAIM));
@@ -198,8 +269,15 @@ async fn reject(sender: &SessionSender, reason: &str) {
 /// A store call the session waits for without blocking its stream.
 type InFlight<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// An outcome being committed: its job, lease and what the store said.
-type Recorded = (JobId, LeaseToken, Result<Completion, BatchError>);
+/// An outcome committed, or given up: its job and lease, what the store said, and why the
+/// outcome was rejected if it was.
+struct Recorded {
+    job_id: JobId,
+    /// `None` when the outcome named no valid lease: nothing was recorded.
+    token: Option<LeaseToken>,
+    completion: Result<Completion, BatchError>,
+    rejected: Option<String>,
+}
 
 impl Session {
     /// Serves the session until the worker leaves, the session is replaced or the
@@ -260,7 +338,7 @@ impl Session {
                 // leases stay valid until then (see run_session).
                 _ = shutdown.cancelled() => return Err(Status::unavailable("coordinator shutting down")),
                 _ = self.sender.closed() => return Ok(()),
-                message = inbound.message() => match message {
+                message = inbound.message(), if recording.len() < MAX_OUTCOMES_IN_FLIGHT => match message {
                     Ok(Some(message)) => {
                         idle = false;
                         if let Some(record) = self.handle(message).await? {
@@ -268,9 +346,14 @@ impl Session {
                         }
                     }
                     Ok(None) => return Ok(()),
+                    // A message that cannot be read (too large, not protobuf) ends the session
+                    // saying why; a connection that broke hears nothing, and loses nothing.
                     Err(status) => {
                         tracing::debug!(worker.id = %self.worker_id, error = %status, "session stream failed");
-                        return Ok(());
+                        return Err(Status::new(
+                            status.code(),
+                            format!("the worker's message could not be read: {}", status.message()),
+                        ));
                     }
                 },
                 claimed = async { claiming.as_mut().expect("guarded by is_some").await }, if claiming.is_some() => {
@@ -304,9 +387,19 @@ impl Session {
     async fn handle(&mut self, message: v1::WorkerMessage) -> Result<Option<InFlight<Recorded>>, Status> {
         match message.msg {
             Some(In::Credit(credit)) => {
-                self.credits = self.credits.saturating_add(credit.count).min(MAX_CREDITS);
+                // A worker has a credit per free slot: credits beyond its slots, less the jobs
+                // it still runs, are not slots but a flood, and are dropped.
+                let busy = self.running.len().saturating_sub(self.reported.len());
+                let free = self.slots.saturating_sub(u32::try_from(busy).unwrap_or(u32::MAX));
+                self.credits = self.credits.saturating_add(credit.count).min(free);
             }
             Some(In::Heartbeat(heartbeat)) => {
+                if heartbeat.running.len() > MAX_SLOTS as usize {
+                    return Err(Status::invalid_argument(format!(
+                        "a heartbeat names {} jobs, more than any worker runs",
+                        heartbeat.running.len()
+                    )));
+                }
                 let mut running = Vec::with_capacity(heartbeat.running.len());
                 for job in heartbeat.running {
                     let token = parse_lease_token("heartbeat.running.lease_token", &job.lease_token)
@@ -331,26 +424,58 @@ impl Session {
                     tracing::warn!(worker.id = %self.worker_id, error = %error, "a heartbeat's leases were not extended");
                 }
             }
-            Some(In::Outcome(outcome)) => return self.record(outcome).map(Some),
+            Some(In::Outcome(outcome)) => return Ok(Some(self.record(outcome))),
             Some(In::Hello(_)) => return Err(Status::invalid_argument("hello sent twice in one session")),
             None => return Err(Status::invalid_argument("empty worker message")),
         }
         Ok(None)
     }
 
-    /// Checks an outcome and queues it for the next outcome transaction.
-    fn record(&mut self, outcome: v1::JobOutcome) -> Result<InFlight<Recorded>, Status> {
+    /// Checks an outcome and queues it for the next outcome transaction. An outcome that
+    /// cannot be read is recorded as a harness error with the reason, and its ack says it was
+    /// rejected, so the worker drops it instead of sending it again and again.
+    fn record(&mut self, outcome: v1::JobOutcome) -> InFlight<Recorded> {
         let job_id = JobId(outcome.job_id);
-        let token = parse_lease_token("outcome.lease_token", &outcome.lease_token).map_err(status_from_wire)?;
-        let result = outcome
-            .result
-            .ok_or_else(|| Status::invalid_argument("missing field outcome.result"))?;
-        let result = JobResult::try_from(result).map_err(status_from_wire)?;
+        let token = match parse_lease_token("outcome.lease_token", &outcome.lease_token) {
+            Ok(token) => token,
+            // Nothing can be recorded without the lease; the lease expires and the job goes on.
+            Err(error) => {
+                let rejected = Recorded {
+                    job_id,
+                    token: None,
+                    completion: Ok(Completion {
+                        ack: domain::OutcomeAck::Stale,
+                        run_id: None,
+                        revoked: Vec::new(),
+                    }),
+                    rejected: Some(error.to_string()),
+                };
+                return Box::pin(std::future::ready(rejected));
+            }
+        };
+        let (result, rejected) = match read_result(outcome.result) {
+            Ok(result) => (result, None),
+            Err(reason) => {
+                let refused = format!("the worker's outcome was refused: {reason}");
+                // The store takes the iteration, mode, attempt and worker from the job's row.
+                let result = JobResult::Iteration(IterationOutcome::harness_error(
+                    0,
+                    domain::Mode::Ft,
+                    self.worker_id.as_str(),
+                    0,
+                    refused,
+                ));
+                (result, Some(reason))
+            }
+        };
+        if self.running.get(&job_id) == Some(&token) {
+            self.reported.insert(job_id);
+        }
         // Forgotten before the commit, so no watcher sees the job both finished and running.
         let package = self.hub.job_ended(job_id);
         let (hub, ending) = (self.hub.clone(), self.ending.clone());
         let result = Arc::new(result);
-        Ok(Box::pin(async move {
+        Box::pin(async move {
             let mut pause = RECORD_RETRY_FIRST;
             loop {
                 let completion = hub
@@ -365,28 +490,56 @@ impl Session {
                         tracing::debug!(job.id = %job_id, error = %error, retry_in = ?pause, "an outcome was not recorded");
                         tokio::select! {
                             _ = tokio::time::sleep(pause) => {}
-                            _ = ending.cancelled() => return (job_id, token, Err(BatchError::Store(error))),
+                            _ = ending.cancelled() => break Recorded { job_id, token: Some(token), completion: Err(BatchError::Store(error)), rejected },
                         }
                         pause = (pause * 2).min(RECORD_RETRY_MAX);
                     }
-                    completion => return (job_id, token, completion),
+                    completion => {
+                        break Recorded {
+                            job_id,
+                            token: Some(token),
+                            completion,
+                            rejected,
+                        };
+                    }
                 }
             }
-        }))
+        })
     }
 
     /// Acknowledges a committed outcome.
-    async fn recorded(&mut self, (job_id, token, completion): Recorded) -> Result<(), Status> {
-        let completion = completion.map_err(status_from_batch)?;
-        if self.running.get(&job_id) == Some(&token) {
-            self.running.remove(&job_id);
-            self.report_running();
+    async fn recorded(&mut self, recorded: Recorded) -> Result<(), Status> {
+        let Recorded {
+            job_id,
+            token,
+            completion,
+            rejected,
+        } = recorded;
+        if let Some(token) = token
+            && self.running.get(&job_id) == Some(&token)
+        {
+            self.reported.remove(&job_id);
+            if completion.is_ok() {
+                self.running.remove(&job_id);
+                self.report_running();
+            }
         }
+        let completion = completion.map_err(status_from_batch)?;
         tracing::debug!(worker.id = %self.worker_id, job.id = %job_id, ack = ?completion.ack, "outcome");
-        let ack = v1::Ack {
-            job_id: job_id.0,
-            status: v1::AckStatus::from(completion.ack) as i32,
-            reason: String::new(),
+        let ack = match rejected {
+            Some(reason) => {
+                tracing::warn!(worker.id = %self.worker_id, job.id = %job_id, %reason, "an outcome was rejected");
+                v1::Ack {
+                    job_id: job_id.0,
+                    status: v1::AckStatus::Rejected as i32,
+                    reason,
+                }
+            }
+            None => v1::Ack {
+                job_id: job_id.0,
+                status: v1::AckStatus::from(completion.ack) as i32,
+                reason: String::new(),
+            },
         };
         self.sender
             .send(Ok(v1::CoordinatorMessage {
@@ -466,4 +619,19 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The reason a worker's outcome cannot be recorded as it is, if it cannot: missing, invalid,
+/// or larger than any outcome a worker sends.
+fn read_result(result: Option<v1::JobResult>) -> Result<JobResult, String> {
+    use prost::Message;
+    let result = result.ok_or_else(|| "missing field outcome.result".to_string())?;
+    let size = result.encoded_len();
+    if size > proto::MAX_OUTCOME_BYTES {
+        return Err(format!(
+            "the outcome is {size} bytes, over the {}-byte limit",
+            proto::MAX_OUTCOME_BYTES
+        ));
+    }
+    JobResult::try_from(result).map_err(|error| error.to_string())
 }

@@ -46,7 +46,7 @@ pub(super) fn revoked(rows: Vec<(i64, String)>) -> Result<Vec<RevokedLease>, Sto
 
 /// A job as a verdict reads it: its state and result, and the row's own word on which
 /// iteration and mode it is, which attempt the result came from and which worker held it.
-#[derive(Debug)]
+#[derive(Debug, sqlx::FromRow)]
 pub(super) struct JobRow {
     pub(super) state: String,
     pub(super) result_json: Option<String>,

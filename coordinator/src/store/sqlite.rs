@@ -700,7 +700,7 @@ async fn verdicts(
     .bind(&indexes)
     .fetch_all(&mut *conn)
     .await?;
-    let rows: Vec<(i64, String, Option<String>, String, i64, i64, Option<String>)> = sqlx::query_as(
+    let rows: Vec<PackageJobRow> = sqlx::query_as(
         "SELECT j.package_idx, j.state, j.result_json, j.mode, j.iteration, j.attempt, j.worker_id
          FROM json_each(?2) AS k CROSS JOIN jobs j
          WHERE j.run_id = ?1 AND j.package_idx = k.value",
@@ -710,15 +710,8 @@ async fn verdicts(
     .fetch_all(&mut *conn)
     .await?;
     let mut jobs: HashMap<i64, Vec<JobRow>> = HashMap::new();
-    for (package_idx, state, result_json, mode, iteration, attempt, worker_id) in rows {
-        jobs.entry(package_idx).or_default().push(JobRow {
-            state,
-            result_json,
-            mode,
-            iteration,
-            attempt,
-            worker_id,
-        });
+    for row in rows {
+        jobs.entry(row.package_idx).or_default().push(row.job);
     }
     let mut out = HashMap::with_capacity(heads.len());
     for head in heads {
@@ -729,6 +722,14 @@ async fn verdicts(
         out.insert(package_idx, package_result(&name, iterations, package_jobs)?);
     }
     Ok(out)
+}
+
+/// One of a package's jobs, as its verdict reads it.
+#[derive(Debug, sqlx::FromRow)]
+struct PackageJobRow {
+    package_idx: i64,
+    #[sqlx(flatten)]
+    job: JobRow,
 }
 
 /// Marks a run finished once none of its jobs is pending or leased.

@@ -51,21 +51,36 @@ impl Embedded {
             .context("cannot bind a loopback port")?;
         let address: SocketAddr = listener.local_addr()?;
         let coordinator_shutdown = CancellationToken::new();
-        let coordinator_config =
-            coordinator::Config::new(format!("sqlite://{}", database_path(&config.work_dir).display()));
+        // The loopback port is open to every local process, the packages under test included:
+        // the client and each local worker get a random token of their own, held in memory
+        // only, so none of them can submit runs or pose as a worker.
+        let worker_ids = (1..=config.n_workers)
+            .map(|n| WorkerId::parse(&format!("local-{n}")).context("worker id"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let worker_tokens: Vec<(WorkerId, String)> = worker_ids.into_iter().map(|id| (id, random_token())).collect();
+        let client_token = random_token();
+        let coordinator_config = coordinator::Config {
+            client_token: Some(client_token.clone()),
+            worker_tokens: worker_tokens.clone(),
+            ..coordinator::Config::new(format!("sqlite://{}", database_path(&config.work_dir).display()))
+        };
         let coordinator = tokio::spawn(coordinator::run(
             coordinator_config,
             listener,
             coordinator_shutdown.clone(),
         ));
         let url = format!("http://{address}");
-        let client = crate::remote::connect(&url, &ClientCredentials::default()).await?;
+        let credentials = ClientCredentials {
+            token: Some(client_token),
+            ..ClientCredentials::default()
+        };
+        let client = crate::remote::connect(&url, &credentials).await?;
 
         let workers_shutdown = CancellationToken::new();
         let mut workers = Vec::new();
-        for n in 1..=config.n_workers {
+        for (worker_id, token) in worker_tokens {
             let worker_config = worker::WorkerConfig {
-                worker_id: WorkerId::parse(&format!("local-{n}")).context("worker id")?,
+                worker_id,
                 coordinator_url: url.clone(),
                 target_python: config.target_python.clone(),
                 slots: 1,
@@ -76,7 +91,7 @@ impl Embedded {
                 installer: config.places.installer.clone(),
                 base_path: places::base_path(),
                 allow_gil_build: config.allow_gil_build,
-                token: None,
+                token: Some(token),
                 ca_cert: None,
                 sandbox: config.sandbox.clone(),
             };
@@ -115,6 +130,11 @@ impl Embedded {
         let index = self.workers.iter().position(|w| w.is_finished())?;
         Some(self.workers.swap_remove(index))
     }
+}
+
+/// Two random UUIDs' worth of randomness (244 bits), as hex.
+fn random_token() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
 /// An exclusive `flock` on the work dir's lock file, released when dropped.

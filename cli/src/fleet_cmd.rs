@@ -33,6 +33,12 @@ pub(crate) struct ServeArgs {
     /// Require this bearer token of workers.
     #[arg(long, env = "FTSURVEY_WORKER_TOKEN", hide_env_values = true)]
     worker_token: Option<String>,
+    /// A file of tokens each bound to one worker, `WORKER_ID TOKEN` per line: a worker
+    /// connecting with one may only be that worker, that worker may only connect with it, and
+    /// it alone may take over a live session of its name. With --worker-token too, other ids
+    /// connect with the shared token.
+    #[arg(long, env = "FTSURVEY_WORKER_TOKENS_FILE", value_name = "FILE")]
+    worker_tokens: Option<PathBuf>,
     /// Require this bearer token of clients (run, status, runs).
     #[arg(long, env = "FTSURVEY_CLIENT_TOKEN", hide_env_values = true)]
     client_token: Option<String>,
@@ -99,6 +105,15 @@ pub(crate) struct WorkerArgs {
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     check_exposure(&args)?;
+    let worker_tokens = match &args.worker_tokens {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --worker-tokens {}", path.display()))?;
+            coordinator::parse_worker_tokens(&text)
+                .map_err(|error| anyhow::anyhow!("--worker-tokens {}: {error}", path.display()))?
+        }
+        None => Vec::new(),
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -118,6 +133,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let config = coordinator::Config {
         worker_token: args.worker_token,
+        worker_tokens,
         client_token: args.client_token,
         tls,
         settings: coordinator::Settings {
@@ -233,8 +249,8 @@ fn check_exposure(args: &ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut missing = Vec::new();
-    if args.worker_token.is_none() {
-        missing.push("--worker-token");
+    if args.worker_token.is_none() && args.worker_tokens.is_none() {
+        missing.push("--worker-token/--worker-tokens");
     }
     if args.client_token.is_none() {
         missing.push("--client-token");

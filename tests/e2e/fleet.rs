@@ -402,7 +402,10 @@ fn an_exposed_coordinator_is_not_served_open_and_a_ca_certificate_is_never_sent_
     let open = serve(&["--listen", &format!("0.0.0.0:{port}")])
         .output()
         .expect("serve");
-    one_line_error(open, "without --worker-token, --client-token, --tls-cert/--tls-key");
+    one_line_error(
+        open,
+        "without --worker-token/--worker-tokens, --client-token, --tls-cert/--tls-key",
+    );
     let tokens_only = serve(&[
         "--listen",
         &format!("0.0.0.0:{port}"),

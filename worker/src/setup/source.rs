@@ -1,6 +1,7 @@
 //! Gets a package's source tree: a copy of a local path, an unpacked sdist from PyPI, or a
 //! shallow git clone.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +18,10 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Unpacks the sdist `argv[1]` into `argv[2]`.
 const UNPACK_SDIST: &str = r#"import shutil, sys, tarfile; a, d = sys.argv[1:3]; tarfile.open(a).extractall(d, filter="data") if tarfile.is_tarfile(a) else shutil.unpack_archive(a, d)"#;
+
+/// What is kept of a copied file's mode: no setuid, setgid or sticky bit and no write for group
+/// or others, as tarfile's `data` filter leaves an sdist's files, whatever the source held.
+const COPIED_MODE_MASK: u32 = 0o755;
 
 /// Names not copied from a local source: build products and VCS data.
 const SKIPPED_NAMES: [&str; 6] = [".git", "build", "dist", "__pycache__", ".venv", ".pytest_cache"];
@@ -123,9 +128,10 @@ async fn run_step(
     }
 }
 
-/// Copies the tree `from` to `to`; `skip_build_products` leaves out VCS data and build
-/// products (for a developer's checkout), otherwise every directory, regular file and symlink
-/// is copied (a git clone keeps its history for tools like setuptools-scm).
+/// Copies the tree `from` to `to`: directories, regular files and symlinks only, each file
+/// with its mode masked by [`COPIED_MODE_MASK`]. `skip_build_products` leaves out VCS data and
+/// build products (for a developer's checkout), otherwise everything of those kinds is copied
+/// (a git clone keeps its history for tools like setuptools-scm).
 pub(crate) fn copy_tree(from: &Path, to: &Path, skip_build_products: bool) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -143,6 +149,8 @@ pub(crate) fn copy_tree(from: &Path, to: &Path, skip_build_products: bool) -> st
             std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
         } else if kind.is_file() {
             std::fs::copy(entry.path(), &target)?;
+            let mode = entry.metadata()?.permissions().mode() & COPIED_MODE_MASK;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
         }
         // Anything else (a FIFO, whose open would wait for a writer forever; a socket; a
         // device) is no source and is left out.
@@ -230,5 +238,55 @@ mod tests {
         result.expect("copy");
         assert!(dest.join("pkg/__init__.py").is_file());
         assert!(std::fs::symlink_metadata(dest.join("pkg/trap")).is_err());
+    }
+
+    #[test]
+    fn copied_files_lose_setuid_setgid_sticky_and_others_write_bits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+        let modes = [
+            ("setuid", 0o4755),
+            ("setgid", 0o2775),
+            ("sticky", 0o1777),
+            ("shared", 0o666),
+            ("script", 0o755),
+            ("private", 0o600),
+        ];
+        for (name, mode) in modes {
+            let path = src.join("sub").join(name);
+            std::fs::write(&path, name).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        std::os::unix::fs::symlink("setuid", src.join("sub/link")).expect("symlink");
+        let dest = dir.path().join("dest");
+        copy_tree(&src, &dest, false).expect("copy");
+        let mode_of = |name: &str| {
+            std::fs::symlink_metadata(dest.join("sub").join(name))
+                .expect("copied")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let copied: Vec<(&str, u32)> = modes.iter().map(|(name, _)| (*name, mode_of(name))).collect();
+        assert_eq!(
+            copied,
+            vec![
+                ("setuid", 0o755),
+                ("setgid", 0o755),
+                ("sticky", 0o755),
+                ("shared", 0o644),
+                ("script", 0o755),
+                ("private", 0o600),
+            ]
+        );
+        assert_eq!(
+            std::fs::read_link(dest.join("sub/link")).expect("a symlink"),
+            Path::new("setuid")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.join("sub/setuid")).expect("read"),
+            "setuid"
+        );
     }
 }

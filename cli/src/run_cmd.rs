@@ -61,8 +61,8 @@ pub(crate) struct RunArgs {
     /// ftsurvey (popular PyPI packages, tested from their sdists).
     #[arg(long, env = "FTSURVEY_REGISTRY_DIR")]
     pub(crate) registry_dir: Option<PathBuf>,
-    /// Print the selected packages with their source, install and test commands, and run
-    /// nothing.
+    /// Print the selected packages with their source, install and test commands, then what
+    /// the registry sets beyond the defaults, and run nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
     /// Where sources, venvs, the pip cache and the embedded database live.
@@ -225,7 +225,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let registry = registry_dir::load_registry_or_builtin(args.registry_dir.as_deref())?;
     for warning in &registry.warnings {
-        eprintln!("warning: {warning}");
+        eprintln!("warning: {}", domain::views::text::neutralise_controls(warning));
     }
     let selection = domain::registry::laruche::Selection {
         packages: (!args.packages.is_empty()).then(|| args.packages.clone()),
@@ -308,7 +308,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         registry: Some(registry.label.clone()),
     };
     if args.dry_run {
-        print!("{}", domain::views::plan::render_dry_run(&spec));
+        print!(
+            "{}",
+            domain::views::text::neutralise_controls(&domain::views::plan::render_dry_run(&spec))
+        );
         return Ok(ExitCode::SUCCESS);
     }
 

@@ -9,13 +9,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use crate::package_defaults::{DEFAULT_INSTALL_COMMAND, DEFAULT_TEST_COMMAND};
 use crate::package_kind::{ExtensionType, TestFramework};
 use crate::spec::{PackageSpec, Source};
 
-/// Install command used when a package file leaves it empty.
-pub const DEFAULT_INSTALL_COMMAND: &str = "pip install . pytest";
-/// Test command used when a package file leaves it empty.
-pub const DEFAULT_TEST_COMMAND: &str = "python -m pytest";
 /// Commits fetched of a git source whose file sets no `clone_depth`: the tested tree only.
 pub const DEFAULT_CLONE_DEPTH: u32 = 1;
 

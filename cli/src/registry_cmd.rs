@@ -12,7 +12,7 @@ use domain::registry::laruche::list_packages;
 use domain::views::plan::render_differences;
 use domain::views::text::{neutralise_controls, one_line_visible};
 
-use crate::registry_dir::{LoadedRegistry, load_registry_or_builtin};
+use crate::registry_dir::{AllowEnvArg, LoadedRegistry, load_registry_or_builtin};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RegistryCommand {
@@ -30,6 +30,8 @@ pub(crate) struct RegistryArg {
     /// ftsurvey.
     #[arg(long, env = "FTSURVEY_REGISTRY_DIR")]
     pub(crate) registry_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) allow_env: AllowEnvArg,
 }
 
 #[derive(Debug, Args)]
@@ -55,7 +57,10 @@ pub(crate) fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
-    let registry = load_registry_or_builtin(args.registry.registry_dir.as_deref())?;
+    let registry = load_registry_or_builtin(
+        args.registry.registry_dir.as_deref(),
+        &args.registry.allow_env.allowed()?,
+    )?;
     for warning in &registry.warnings {
         eprintln!("warning: {}", neutralise_controls(warning));
     }
@@ -131,7 +136,7 @@ fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
 
 fn validate(args: &RegistryArg) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let registry = load_registry_or_builtin(args.registry_dir.as_deref())?;
+    let registry = load_registry_or_builtin(args.registry_dir.as_deref(), &args.allow_env.allowed()?)?;
     let elapsed = started.elapsed();
     let mut out = String::new();
     for warning in &registry.warnings {

@@ -20,7 +20,7 @@ fn laruche() -> PathBuf {
 
 #[test]
 fn every_file_of_the_laruche_snapshot_loads_and_the_top_packages_select() {
-    let registry = cli::registry_dir::load_registry(&laruche()).expect("the snapshot loads");
+    let registry = cli::registry_dir::load_registry(&laruche(), &Default::default()).expect("the snapshot loads");
     assert_eq!(registry.index.packages.len(), 4999);
     assert!(
         registry.warnings.is_empty(),
@@ -242,6 +242,7 @@ fn with_registry(args: &[&str], registry: &Path) -> std::process::Output {
         .args(args)
         .arg("--registry-dir")
         .arg(registry)
+        .env_remove("FTSURVEY_ALLOW_ENV")
         .output()
         .expect("run ftsurvey")
 }
@@ -253,6 +254,74 @@ fn dry_run(args: &[&str], registry: &Path) -> std::process::Output {
     all.push(python.to_str().expect("a UTF-8 path"));
     all.extend_from_slice(args);
     with_registry(&all, registry)
+}
+
+#[test]
+fn an_env_key_that_hijacks_what_runs_is_a_problem_for_validate_and_left_out_of_a_run_unless_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = registry_of(
+        dir.path(),
+        &[
+            (
+                "good",
+                "package: good\nsource: sdist\nversion: '1.0'\nenriched: true\nenv:\n  PYTHONHASHSEED: '0'\n",
+            ),
+            (
+                "preload",
+                "package: preload\nsource: sdist\nversion: '1.0'\nenriched: true\nenv:\n  LD_PRELOAD: /tmp/x.so\n",
+            ),
+        ],
+    );
+
+    let output = with_registry(&["registry", "validate"], &registry);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stdout = stdout_of(&output);
+    let problems: Vec<&str> = stdout.lines().filter(|l| l.starts_with("problem: ")).collect();
+    assert_eq!(
+        problems,
+        vec![
+            "problem: packages/preload.yaml: env key \"LD_PRELOAD\" is refused: it makes the dynamic loader load \
+             other code into every process, the tool's own included (--allow-env LD_PRELOAD allows it)"
+        ],
+        "{stdout}"
+    );
+
+    let output = dry_run(&[], &registry);
+    assert_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: packages/preload.yaml: env key \"LD_PRELOAD\" is refused"),
+        "{stderr}"
+    );
+    let stdout = stdout_of(&output);
+    assert!(stdout.contains("1. good") && !stdout.contains("preload"), "{stdout}");
+
+    let output = with_registry(&["registry", "validate", "--allow-env", "LD_PRELOAD"], &registry);
+    assert_success(&output);
+    assert!(
+        stdout_of(&output).contains("  preload\n    env:     LD_PRELOAD=/tmp/x.so\n"),
+        "{}",
+        stdout_of(&output)
+    );
+    let output = dry_run(&["--allow-env", "LD_PRELOAD", "--packages", "preload"], &registry);
+    assert_success(&output);
+    assert!(
+        stdout_of(&output).contains("env:     LD_PRELOAD=/tmp/x.so"),
+        "{}",
+        stdout_of(&output)
+    );
+
+    let output = with_registry(
+        &["registry", "validate", "--allow-env", "FTSURVEY_WORKER_DIR"],
+        &registry,
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--allow-env: env key \"FTSURVEY_WORKER_DIR\" cannot be allowed"),
+        "{stderr}"
+    );
 }
 
 #[test]

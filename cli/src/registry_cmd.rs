@@ -1,5 +1,5 @@
-//! `ftsurvey registry list|validate`: what a registry offers, and whether every file of it
-//! can be used.
+//! `ftsurvey registry list|validate`: what a registry offers, whether every file of it can be
+//! used, and what it makes workers run beyond the defaults.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,14 +9,18 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use comfy_table::Table;
 use domain::registry::laruche::list_packages;
+use domain::views::plan::render_differences;
+use domain::views::text::{neutralise_controls, one_line_visible};
 
-use crate::registry_dir::{LoadedRegistry, load_registry_or_builtin};
+use crate::registry_dir::{AllowEnvArg, LoadedRegistry, load_registry_or_builtin};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RegistryCommand {
     /// The packages of a registry in popularity order: rank, version, source, commands.
     List(ListArgs),
-    /// Read every file of a registry and report those that cannot be used; exits 1 if any.
+    /// Read every file of a registry and report those that cannot be used (exits 1 if any),
+    /// then what each package a run can select sets beyond the defaults: commands, source,
+    /// import name, env, network.
     Validate(RegistryArg),
 }
 
@@ -26,6 +30,8 @@ pub(crate) struct RegistryArg {
     /// ftsurvey.
     #[arg(long, env = "FTSURVEY_REGISTRY_DIR")]
     pub(crate) registry_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) allow_env: AllowEnvArg,
 }
 
 #[derive(Debug, Args)]
@@ -51,9 +57,12 @@ pub(crate) fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
-    let registry = load_registry_or_builtin(args.registry.registry_dir.as_deref())?;
+    let registry = load_registry_or_builtin(
+        args.registry.registry_dir.as_deref(),
+        &args.registry.allow_env.allowed()?,
+    )?;
     for warning in &registry.warnings {
-        eprintln!("warning: {warning}");
+        eprintln!("warning: {}", neutralise_controls(warning));
     }
     let listed = list_packages(
         &registry.index,
@@ -114,7 +123,11 @@ fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
         listed.iter().filter(|l| l.status.is_ok()).count()
     );
     // A listing is often piped into `head`: a closed pipe ends it quietly.
-    let written = writeln!(std::io::stdout(), "{table}\n{summary}");
+    let written = writeln!(
+        std::io::stdout(),
+        "{}",
+        neutralise_controls(&format!("{table}\n{summary}"))
+    );
     match written {
         Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
         _ => Ok(ExitCode::SUCCESS),
@@ -123,17 +136,43 @@ fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
 
 fn validate(args: &RegistryArg) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let registry = load_registry_or_builtin(args.registry_dir.as_deref())?;
+    let registry = load_registry_or_builtin(args.registry_dir.as_deref(), &args.allow_env.allowed()?)?;
     let elapsed = started.elapsed();
+    let mut out = String::new();
     for warning in &registry.warnings {
-        println!("problem: {warning}");
+        out.push_str(&format!("problem: {}\n", one_line_visible(warning)));
     }
-    println!("{}", validation_summary(&registry, elapsed.as_secs_f64()));
+    out.push_str(&render_differences(&runnable_specs(&registry)));
+    out.push_str(&validation_summary(&registry, elapsed.as_secs_f64()));
+    // Thousands of lines are often piped into `less` or `grep -A`: a closed pipe ends them
+    // quietly.
+    if let Err(error) = writeln!(std::io::stdout(), "{}", neutralise_controls(&out))
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(error.into());
+    }
     Ok(if registry.warnings.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The spec of every package a run can select by name (its file neither skips it nor leaves
+/// it unenriched), in index order: what the registry can make workers run.
+fn runnable_specs(registry: &LoadedRegistry) -> Vec<domain::PackageSpec> {
+    registry
+        .index
+        .packages
+        .iter()
+        .filter_map(|index_entry| {
+            let entry = registry.entries.get(&index_entry.name)?;
+            if entry.exclusion(None).is_some() {
+                return None;
+            }
+            entry.to_spec(&registry.dir, Some(index_entry)).ok()
+        })
+        .collect()
 }
 
 /// `laruche: 4999 packages in the index, 5000 files read in 0.84 s: 4999 usable, 0 reported; 1734 selectable`

@@ -1,13 +1,15 @@
 //! Reads a registry directory: `index.yaml` plus one `packages/<name>.yaml` per package.
 //!
 //! A missing directory or unreadable index stops the run; a bad package file is a warning and
-//! that package is left out.
+//! that package is left out, as is one whose `env` sets a variable that hijacks what runs
+//! (unless the operator allowed that key with `--allow-env`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use domain::registry::laruche::{PackageEntry, RegistryIndex, parse_index, parse_package};
+use domain::registry::env::AllowedEnv;
+use domain::registry::laruche::{PackageEntry, RegistryError, RegistryIndex, parse_index, parse_package};
 
 /// A registry as read from disk or from the binary.
 #[derive(Debug)]
@@ -26,11 +28,35 @@ pub struct LoadedRegistry {
     pub files_read: usize,
 }
 
+/// `--allow-env KEY`, of every command that reads a registry.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AllowEnvArg {
+    /// Let registry files set this environment variable, refused by default as it changes what
+    /// runs instead of what is tested (the loader's LD_*, the shell's, the interpreter's
+    /// startup, pip's, uv's and git's, proxies and TLS trust); read the registry first
+    /// (`ftsurvey registry validate` shows every env entry). Exact names, repeatable or
+    /// comma-separated; the harness's own (FTSURVEY_*, PYTHON_GIL) cannot be allowed.
+    #[arg(
+        long = "allow-env",
+        value_name = "KEY",
+        value_delimiter = ',',
+        env = "FTSURVEY_ALLOW_ENV"
+    )]
+    pub allow_env: Vec<String>,
+}
+
+impl AllowEnvArg {
+    /// The keys allowed, checked.
+    pub fn allowed(&self) -> anyhow::Result<AllowedEnv> {
+        AllowedEnv::new(self.allow_env.iter().cloned()).map_err(|reason| anyhow::anyhow!("--allow-env: {reason}"))
+    }
+}
+
 /// The label of the registry built into the binary.
 pub const BUILTIN_LABEL: &str = "built-in";
 
-/// Loads the registry in `dir`.
-pub fn load_registry(dir: &Path) -> anyhow::Result<LoadedRegistry> {
+/// Loads the registry in `dir`; its files may set the refused env keys `allowed_env` names.
+pub fn load_registry(dir: &Path, allowed_env: &AllowedEnv) -> anyhow::Result<LoadedRegistry> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("registry dir {} not found", dir.display()))?;
@@ -43,6 +69,7 @@ pub fn load_registry(dir: &Path) -> anyhow::Result<LoadedRegistry> {
         dir.display().to_string(),
         &index_path.display().to_string(),
         &index_text,
+        allowed_env,
         |name| std::fs::read_to_string(dir.join("packages").join(format!("{name}.yaml"))),
     )?;
     // Package files the index does not list are never selected: say so, as they are
@@ -69,14 +96,16 @@ pub fn load_registry(dir: &Path) -> anyhow::Result<LoadedRegistry> {
     Ok(registry)
 }
 
-/// Loads the registry built into the binary.
-pub fn load_builtin() -> anyhow::Result<LoadedRegistry> {
+/// Loads the registry built into the binary; its files may set the refused env keys
+/// `allowed_env` names.
+pub fn load_builtin(allowed_env: &AllowedEnv) -> anyhow::Result<LoadedRegistry> {
     let index_text = builtin_file("index.yaml").context("the built-in registry has no index.yaml")?;
     load_with(
         PathBuf::new(),
         BUILTIN_LABEL.to_string(),
         "built-in index.yaml",
         index_text,
+        allowed_env,
         |name| {
             builtin_file(&format!("packages/{name}.yaml"))
                 .map(str::to_string)
@@ -86,10 +115,10 @@ pub fn load_builtin() -> anyhow::Result<LoadedRegistry> {
 }
 
 /// `--registry-dir` when given, else the built-in registry.
-pub fn load_registry_or_builtin(dir: Option<&Path>) -> anyhow::Result<LoadedRegistry> {
+pub fn load_registry_or_builtin(dir: Option<&Path>, allowed_env: &AllowedEnv) -> anyhow::Result<LoadedRegistry> {
     match dir {
-        Some(dir) => load_registry(dir),
-        None => load_builtin(),
+        Some(dir) => load_registry(dir, allowed_env),
+        None => load_builtin(allowed_env),
     }
 }
 
@@ -105,12 +134,14 @@ fn builtin_file(path: &str) -> Option<&'static str> {
 include!(concat!(env!("OUT_DIR"), "/builtin_registry.rs"));
 
 /// Parses the index and every package file it lists, read by `read(name)`. A file that
-/// cannot be read, parsed or turned into a spec is one warning and is left out.
+/// cannot be read, parsed or turned into a spec, or that sets an env key neither allowed by
+/// default nor in `allowed_env`, is one warning and is left out.
 fn load_with(
     dir: PathBuf,
     label: String,
     index_label: &str,
     index_text: &str,
+    allowed_env: &AllowedEnv,
     read: impl Fn(&str) -> std::io::Result<String>,
 ) -> anyhow::Result<LoadedRegistry> {
     let index = parse_index(index_label, index_text)?;
@@ -127,10 +158,16 @@ fn load_with(
             }
         };
         files_read += 1;
-        let entry = match parse_package(&file, &text) {
+        let entry = match parse_package(&file, &text, allowed_env) {
             Ok(entry) => entry,
             Err(error) => {
-                warnings.push(error.to_string());
+                let hint = match &error {
+                    RegistryError::RefusedEnv {
+                        key, allowable: true, ..
+                    } => format!(" (--allow-env {key} allows it)"),
+                    _ => String::new(),
+                };
+                warnings.push(format!("{error}{hint}"));
                 continue;
             }
         };
@@ -185,7 +222,7 @@ mod tests {
             "package: good\nrepo: https://example.org/good\nenriched: true\n",
         );
         write(dir.path(), "packages/bad.yaml", "package: bad\ntimeout: [1, 2\n");
-        let registry = load_registry(dir.path()).expect("loads");
+        let registry = load_registry(dir.path(), &AllowedEnv::default()).expect("loads");
         assert_eq!(registry.entries.keys().collect::<Vec<_>>(), vec!["good"]);
         assert_eq!(registry.warnings.len(), 2, "{:?}", registry.warnings);
         assert!(
@@ -202,7 +239,7 @@ mod tests {
 
     #[test]
     fn the_builtin_registry_loads_whole_and_pins_an_sdist_with_a_rank_for_every_package() {
-        let registry = load_builtin().expect("the built-in registry loads");
+        let registry = load_builtin(&AllowedEnv::default()).expect("the built-in registry loads");
         assert!(registry.warnings.is_empty(), "{:?}", registry.warnings);
         assert_eq!(registry.entries.len(), registry.index.packages.len());
         assert_eq!(
@@ -229,9 +266,15 @@ mod tests {
     fn a_missing_directory_or_index_is_an_error_naming_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("nope");
-        let error = format!("{:#}", load_registry(&missing).expect_err("missing dir"));
+        let error = format!(
+            "{:#}",
+            load_registry(&missing, &AllowedEnv::default()).expect_err("missing dir")
+        );
         assert!(error.contains("registry dir") && error.contains("nope"), "{error}");
-        let error = format!("{:#}", load_registry(dir.path()).expect_err("no index"));
+        let error = format!(
+            "{:#}",
+            load_registry(dir.path(), &AllowedEnv::default()).expect_err("no index")
+        );
         assert!(error.contains("index.yaml"), "{error}");
     }
 }

@@ -193,7 +193,8 @@ pub(crate) fn run_report(args: &ReportArgs) -> anyhow::Result<()> {
 /// the run's registry if it is still readable.
 fn download_counts(run: &LoadedRun, registry_dir: Option<&Path>) -> anyhow::Result<BTreeMap<String, u64>> {
     let from_registry = |dir: &Path| -> anyhow::Result<BTreeMap<String, u64>> {
-        let registry = crate::registry_dir::load_registry(dir)?;
+        // Only the index's counts are read: which env keys packages may set does not matter.
+        let registry = crate::registry_dir::load_registry(dir, &domain::registry::env::AllowedEnv::default())?;
         Ok(registry
             .index
             .packages

@@ -61,8 +61,10 @@ pub(crate) struct RunArgs {
     /// ftsurvey (popular PyPI packages, tested from their sdists).
     #[arg(long, env = "FTSURVEY_REGISTRY_DIR")]
     pub(crate) registry_dir: Option<PathBuf>,
-    /// Print the selected packages with their source, install and test commands, and run
-    /// nothing.
+    #[command(flatten)]
+    pub(crate) allow_env: registry_dir::AllowEnvArg,
+    /// Print the selected packages with their source, install and test commands, then what
+    /// the registry sets beyond the defaults, and run nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
     /// Where sources, venvs, the pip cache and the embedded database live.
@@ -207,6 +209,7 @@ async fn resolve_target(args: &RunArgs) -> anyhow::Result<Target> {
 /// Runs a survey, embedded or on a fleet; returns the exit code (130 when interrupted).
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started_at = jiff::Timestamp::now();
+    let allowed_env = args.allow_env.allowed()?;
     if args.coordinator.is_none() && !args.dry_run {
         // The local workers' sandbox, before anything is built, fetched or written.
         args.sandbox.config(Vec::new()).check()?;
@@ -223,9 +226,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.check_stability {
         eprintln!("{}", crate::stability::Figures::read()?.judge()?);
     }
-    let registry = registry_dir::load_registry_or_builtin(args.registry_dir.as_deref())?;
+    let registry = registry_dir::load_registry_or_builtin(args.registry_dir.as_deref(), &allowed_env)?;
     for warning in &registry.warnings {
-        eprintln!("warning: {warning}");
+        eprintln!("warning: {}", domain::views::text::neutralise_controls(warning));
     }
     let selection = domain::registry::laruche::Selection {
         packages: (!args.packages.is_empty()).then(|| args.packages.clone()),
@@ -308,7 +311,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         registry: Some(registry.label.clone()),
     };
     if args.dry_run {
-        print!("{}", domain::views::plan::render_dry_run(&spec));
+        print!(
+            "{}",
+            domain::views::text::neutralise_controls(&domain::views::plan::render_dry_run(&spec))
+        );
         return Ok(ExitCode::SUCCESS);
     }
 

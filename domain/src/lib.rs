@@ -4,8 +4,9 @@
 //! `now` and file contents in; the crates around this one do the reading, writing and talking.
 //!
 //! The root holds the vocabulary every crate speaks: ids, specs, outcomes and their evidence,
-//! categories, runs, interpreters, the registry's closed vocabularies, the classification of a
-//! package's outcomes and the statistics of its pass rate. Around it, by audience:
+//! categories, runs, interpreters, the registry's closed vocabularies and its defaults, the
+//! classification of a package's outcomes and the statistics of its pass rate. Around it, by
+//! audience:
 //! - [`readers`]: turning a test run's output into evidence (the worker);
 //! - [`registry`]: the registry format and the choice of packages (the CLI);
 //! - [`results`]: the records of a results folder, built from outcomes or read from files;
@@ -20,6 +21,7 @@ pub mod evidence;
 pub mod ids;
 pub mod interpreter;
 pub mod outcome;
+pub mod package_defaults;
 pub mod package_kind;
 pub mod readers;
 pub mod registry;

@@ -1,6 +1,7 @@
-//! The registry reader on the real laruche snapshot kept beside the repository.
+//! The registry reader on the real laruche snapshot kept beside the repository, and what
+//! `registry validate` and `run --dry-run` refuse and show of a registry.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use domain::registry::laruche::{Selection, select};
 
@@ -19,7 +20,7 @@ fn laruche() -> PathBuf {
 
 #[test]
 fn every_file_of_the_laruche_snapshot_loads_and_the_top_packages_select() {
-    let registry = cli::registry_dir::load_registry(&laruche()).expect("the snapshot loads");
+    let registry = cli::registry_dir::load_registry(&laruche(), &Default::default()).expect("the snapshot loads");
     assert_eq!(registry.index.packages.len(), 4999);
     assert!(
         registry.warnings.is_empty(),
@@ -217,5 +218,155 @@ fn without_a_registry_dir_the_built_in_registry_is_used_in_popularity_order() {
     let table = stdout_of(&listed);
     for name in &names {
         assert!(table.contains(&format!(" {name} ")), "{name} missing from {table}");
+    }
+}
+
+/// A registry under `root` listing `packages` (name, file) in order, all enriched.
+fn registry_of(root: &Path, packages: &[(&str, &str)]) -> PathBuf {
+    let registry = root.join("registry");
+    std::fs::create_dir_all(registry.join("packages")).expect("mkdir");
+    let index: String = packages
+        .iter()
+        .map(|(name, _)| format!("- name: {name}\n  enriched: true\n"))
+        .collect();
+    std::fs::write(registry.join("index.yaml"), format!("packages:\n{index}")).expect("write index");
+    for (name, yaml) in packages {
+        std::fs::write(registry.join(format!("packages/{name}.yaml")), yaml).expect("write package");
+    }
+    registry
+}
+
+/// `ftsurvey ARGS --registry-dir REGISTRY`.
+fn with_registry(args: &[&str], registry: &Path) -> std::process::Output {
+    ftsurvey()
+        .args(args)
+        .arg("--registry-dir")
+        .arg(registry)
+        .env_remove("FTSURVEY_ALLOW_ENV")
+        .output()
+        .expect("run ftsurvey")
+}
+
+/// `ftsurvey run --dry-run` on the machine's python3 with `args`.
+fn dry_run(args: &[&str], registry: &Path) -> std::process::Output {
+    let python = crate::cli::machine_python();
+    let mut all = vec!["run", "--dry-run", "--allow-gil-build", "--target-python"];
+    all.push(python.to_str().expect("a UTF-8 path"));
+    all.extend_from_slice(args);
+    with_registry(&all, registry)
+}
+
+#[test]
+fn an_env_key_that_hijacks_what_runs_is_a_problem_for_validate_and_left_out_of_a_run_unless_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = registry_of(
+        dir.path(),
+        &[
+            (
+                "good",
+                "package: good\nsource: sdist\nversion: '1.0'\nenriched: true\nenv:\n  PYTHONHASHSEED: '0'\n",
+            ),
+            (
+                "preload",
+                "package: preload\nsource: sdist\nversion: '1.0'\nenriched: true\nenv:\n  LD_PRELOAD: /tmp/x.so\n",
+            ),
+        ],
+    );
+
+    let output = with_registry(&["registry", "validate"], &registry);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stdout = stdout_of(&output);
+    let problems: Vec<&str> = stdout.lines().filter(|l| l.starts_with("problem: ")).collect();
+    assert_eq!(
+        problems,
+        vec![
+            "problem: packages/preload.yaml: env key \"LD_PRELOAD\" is refused: it makes the dynamic loader load \
+             other code into every process, the tool's own included (--allow-env LD_PRELOAD allows it)"
+        ],
+        "{stdout}"
+    );
+
+    let output = dry_run(&[], &registry);
+    assert_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: packages/preload.yaml: env key \"LD_PRELOAD\" is refused"),
+        "{stderr}"
+    );
+    let stdout = stdout_of(&output);
+    assert!(stdout.contains("1. good") && !stdout.contains("preload"), "{stdout}");
+
+    let output = with_registry(&["registry", "validate", "--allow-env", "LD_PRELOAD"], &registry);
+    assert_success(&output);
+    assert!(
+        stdout_of(&output).contains("  preload\n    env:     LD_PRELOAD=/tmp/x.so\n"),
+        "{}",
+        stdout_of(&output)
+    );
+    let output = dry_run(&["--allow-env", "LD_PRELOAD", "--packages", "preload"], &registry);
+    assert_success(&output);
+    assert!(
+        stdout_of(&output).contains("env:     LD_PRELOAD=/tmp/x.so"),
+        "{}",
+        stdout_of(&output)
+    );
+
+    let output = with_registry(
+        &["registry", "validate", "--allow-env", "FTSURVEY_WORKER_DIR"],
+        &registry,
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--allow-env: env key \"FTSURVEY_WORKER_DIR\" cannot be allowed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_and_a_dry_run_list_only_what_packages_set_beyond_the_defaults_neutralised() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = registry_of(
+        dir.path(),
+        &[
+            (
+                "plain",
+                "package: plain\nsource: sdist\nversion: '1.0'\nenriched: true\n",
+            ),
+            (
+                "custom",
+                "package: custom\nrepo: https://example.org/custom.git\nenriched: true\n\
+                 install_command: pip install -e .[test]\n\
+                 test_command: \"python -m pytest\\nrm -rf ~\\e]0;owned\\a\"\n\
+                 import_name: custom_mod\nnetwork: true\nenv:\n  PYTHONHASHSEED: '0'\n",
+            ),
+        ],
+    );
+    let expected = "  custom
+    source:  git https://example.org/custom.git
+    install: pip install -e .[test]
+    test:    python -m pytest\u{23CE}rm -rf ~\u{FFFD}]0;owned\u{FFFD}
+    import:  custom_mod
+    env:     PYTHONHASHSEED=0
+    network: the tests reach the host's network
+";
+    let validated = with_registry(&["registry", "validate"], &registry);
+    let planned = dry_run(&[], &registry);
+    for output in [&validated, &planned] {
+        assert_success(output);
+        let stdout = stdout_of(output);
+        assert!(!stdout.contains('\u{1b}') && !stdout.contains('\u{7}'), "{stdout:?}");
+        let heading = stdout
+            .lines()
+            .find(|l| l.starts_with("beyond the defaults ("))
+            .unwrap_or_else(|| panic!("no heading in {stdout}"));
+        assert!(
+            heading.contains("install `pip install . pytest`, test `python -m pytest`")
+                && heading.ends_with("): 1 of 2 packages"),
+            "{heading}"
+        );
+        assert!(stdout.contains(&format!("{heading}\n{expected}")), "{stdout}");
+        assert!(!stdout.contains("  plain\n"), "{stdout}");
     }
 }

@@ -9,13 +9,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use crate::package_defaults::{DEFAULT_INSTALL_COMMAND, DEFAULT_TEST_COMMAND};
 use crate::package_kind::{ExtensionType, TestFramework};
+use crate::registry::env::{AllowedEnv, check_registry_env_key};
 use crate::spec::{PackageSpec, Source};
 
-/// Install command used when a package file leaves it empty.
-pub const DEFAULT_INSTALL_COMMAND: &str = "pip install . pytest";
-/// Test command used when a package file leaves it empty.
-pub const DEFAULT_TEST_COMMAND: &str = "python -m pytest";
 /// Commits fetched of a git source whose file sets no `clone_depth`: the tested tree only.
 pub const DEFAULT_CLONE_DEPTH: u32 = 1;
 
@@ -112,6 +110,16 @@ pub struct PackageEntry {
 pub enum RegistryError {
     #[error("{file}: {reason}")]
     Malformed { file: String, reason: String },
+    /// The file sets an environment variable that changes what runs instead of what is
+    /// tested (see [`crate::registry::env`]).
+    #[error("{file}: env key {key:?} is refused: {why}")]
+    RefusedEnv {
+        file: String,
+        key: String,
+        why: &'static str,
+        /// Whether the operator may allow it by name.
+        allowable: bool,
+    },
 }
 
 fn malformed(file: &str, reason: impl Into<String>) -> RegistryError {
@@ -136,8 +144,9 @@ pub fn parse_index(file: &str, text: &str) -> Result<RegistryIndex, RegistryErro
     Ok(index)
 }
 
-/// Parses one package file; `file` names it in errors.
-pub fn parse_package(file: &str, text: &str) -> Result<PackageEntry, RegistryError> {
+/// Parses one package file; `file` names it in errors. An `env` key that hijacks what runs is
+/// refused unless `allowed_env` names it.
+pub fn parse_package(file: &str, text: &str, allowed_env: &AllowedEnv) -> Result<PackageEntry, RegistryError> {
     let entry: PackageEntry = serde_saphyr::from_str(text).map_err(|e| malformed(file, one_line(&e.to_string())))?;
     if entry.package.trim().is_empty() {
         return Err(malformed(file, "field package is empty"));
@@ -148,6 +157,14 @@ pub fn parse_package(file: &str, text: &str) -> Result<PackageEntry, RegistryErr
     }
     for key in entry.env.keys() {
         PackageSpec::check_env_key(key).map_err(|reason| malformed(file, reason))?;
+        if let Some(refusal) = check_registry_env_key(key, allowed_env) {
+            return Err(RegistryError::RefusedEnv {
+                file: file.to_string(),
+                key: key.clone(),
+                why: refusal.why,
+                allowable: refusal.allowable,
+            });
+        }
     }
     Ok(entry)
 }
@@ -429,7 +446,7 @@ packages:
             .map(|l| format!("{l}\n"))
             .collect();
         text.push_str(extra);
-        parse_package(&format!("packages/{name}.yaml"), &text).expect("package parses")
+        parse_package(&format!("packages/{name}.yaml"), &text, &AllowedEnv::default()).expect("package parses")
     }
 
     #[test]
@@ -516,11 +533,36 @@ packages:
             ),
         ];
         for (file, text, expected) in cases {
-            let error = parse_package(file, text).expect_err(file).to_string();
+            let error = parse_package(file, text, &AllowedEnv::default())
+                .expect_err(file)
+                .to_string();
             assert!(error.starts_with(expected), "{file}: {error}");
             assert!(!error.contains('\n'), "one line: {error}");
         }
         assert!(parse_index("index.yaml", "packages: 7").is_err());
+    }
+
+    #[test]
+    fn an_env_key_that_hijacks_what_runs_is_refused_unless_the_operator_allows_it() {
+        let text = "package: evil\nsource: sdist\nenv:\n  PYTHONHASHSEED: '0'\n  LD_PRELOAD: /tmp/x.so\n";
+        let error = parse_package("packages/evil.yaml", text, &AllowedEnv::default()).expect_err("refused");
+        assert!(
+            matches!(&error, RegistryError::RefusedEnv { key, allowable: true, .. } if key == "LD_PRELOAD"),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "packages/evil.yaml: env key \"LD_PRELOAD\" is refused: it makes the dynamic loader load other code into every process, the tool's own included"
+        );
+        let allowed = AllowedEnv::new(["LD_PRELOAD".to_string()]).expect("allowable");
+        let entry = parse_package("packages/evil.yaml", text, &allowed).expect("allowed by name");
+        assert_eq!(entry.env["LD_PRELOAD"], "/tmp/x.so");
+        let harness = "package: h\nsource: sdist\nenv:\n  FTSURVEY_WORKER_DIR: /\n";
+        let error = parse_package("packages/h.yaml", harness, &allowed).expect_err("refused");
+        assert!(
+            matches!(error, RegistryError::RefusedEnv { allowable: false, .. }),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -581,7 +623,14 @@ packages:
         assert!(!network(""), "no network unless asked for");
         assert!(!network("network: null\n"));
         assert!(network("network: true\n"));
-        assert!(parse_package("packages/n.yaml", "package: n\nnetwork: maybe\n").is_err());
+        assert!(
+            parse_package(
+                "packages/n.yaml",
+                "package: n\nnetwork: maybe\n",
+                &AllowedEnv::default()
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub fn neutralise_controls(text: &str) -> Cow<'_, str> {
     )
 }
 
+/// `text` on one line with nothing else changed: each line break shown as `⏎` (in a command it
+/// separates commands, so it must stay visible, not become a space), other control characters
+/// neutralised. For what a registry sets, which its author wrote for workers to run.
+pub fn one_line_visible(text: &str) -> String {
+    neutralise_controls(&text.replace("\r\n", "\n").replace('\n', "\u{23CE}")).into_owned()
+}
+
 /// `text` as one Markdown code span: fenced with one backtick more than its longest run of
 /// backticks, and padded with spaces when it starts or ends with one, so no backtick inside can
 /// close the span early.
@@ -103,6 +110,13 @@ mod tests {
         assert_eq!(neutralise_controls("line\n\tindented"), "line\n\tindented");
         assert!(matches!(neutralise_controls("plain"), Cow::Borrowed(_)));
         assert!(!cell(hostile, 80).contains('\u{1b}'));
+    }
+
+    #[test]
+    fn a_command_on_one_line_keeps_its_line_breaks_visible_and_its_controls_neutralised() {
+        assert_eq!(one_line_visible("make\nrm -rf x"), "make\u{23CE}rm -rf x");
+        assert_eq!(one_line_visible("a\r\nb\t\u{1b}[2J"), "a\u{23CE}b\t\u{FFFD}[2J");
+        assert_eq!(one_line_visible("  two  spaces "), "  two  spaces ");
     }
 
     #[test]

@@ -299,7 +299,7 @@ impl Setups {
         }
         let cancel = &self.shutdown;
         let seal = self.seal(dir, true);
-        let source_dir = self.source(package, dir, &env, &seal).await?;
+        let source_dir = self.source(package, dir, &self.tool_env(&venv_dir), &seal).await?;
 
         let venv = self.installer.venv_command(&self.python, &venv_dir);
         step(
@@ -356,9 +356,20 @@ impl Setups {
         Ok(prepared)
     }
 
-    /// Environment of every setup command: the venv first on PATH, the shared caches, the
-    /// worker's marker, then the package's and the user's variables.
+    /// Environment of every setup command after the fetch: the tool's own, then the package's
+    /// and the user's variables.
     fn setup_env(&self, package: &PackageSpec, options: &RunOptions, venv_dir: &Path) -> Vec<(String, String)> {
+        let mut env = self.tool_env(venv_dir);
+        env.extend(package.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(options.env.iter().cloned());
+        env
+    }
+
+    /// The tool's own environment: the venv first on PATH, the shared caches, the worker's
+    /// marker. The fetch of a package's source gets this alone: what it fetches is kept and
+    /// shared by a key (name, version, source) that holds no environment, and neither the
+    /// registry's nor the user's variables are to steer pip download or git clone.
+    fn tool_env(&self, venv_dir: &Path) -> Vec<(String, String)> {
         let bin_dir = venv_dir.join("bin");
         let mut env = vec![
             ("PATH".to_string(), format!("{}:{}", bin_dir.display(), self.base_path)),
@@ -374,8 +385,6 @@ impl Setups {
             // Interpreter-internal reports would fail pip's build subprocesses otherwise.
             env.push(("TSAN_OPTIONS".to_string(), self.tsan_options()));
         }
-        env.extend(package.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend(options.env.iter().cloned());
         env
     }
 

@@ -17,3 +17,8 @@ pub use convert::WireError;
 /// Largest message any peer of the protocol sends or accepts: the coordinator's services, the
 /// worker's session and the CLI's client all set it on both directions.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest `JobOutcome` a worker sends and the coordinator accepts, well under
+/// [`MAX_MESSAGE_BYTES`]. The bounds of `domain::bound` keep an outcome far below it; a worker
+/// whose outcome is still larger reports a harness error in its place.
+pub const MAX_OUTCOME_BYTES: usize = 1024 * 1024;

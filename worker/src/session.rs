@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
+use crate::outbound::{outcome_message, within_limits};
 use crate::setup::Setups;
 use crate::spool::{Spool, SpooledOutcome};
 
@@ -279,7 +280,7 @@ impl Worker {
             let spooled = result.map(|result| SpooledOutcome {
                 job_id,
                 lease_token: assignment.lease_token,
-                result,
+                result: within_limits(job_id, assignment.lease_token, result, proto::MAX_OUTCOME_BYTES),
             });
             if let Some(spooled) = &spooled
                 && let Err(error) = spool.put(spooled)
@@ -294,12 +295,4 @@ impl Worker {
 
 fn message(msg: Out) -> v1::WorkerMessage {
     v1::WorkerMessage { msg: Some(msg) }
-}
-
-fn outcome_message(spooled: &SpooledOutcome) -> v1::WorkerMessage {
-    message(Out::Outcome(v1::JobOutcome {
-        job_id: spooled.job_id.0,
-        lease_token: spooled.lease_token.to_string(),
-        result: Some((&spooled.result).into()),
-    }))
 }

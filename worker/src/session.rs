@@ -233,11 +233,7 @@ impl Worker {
                                 Err(error) => tracing::error!(error = %error, "invalid assignment ignored"),
                             }
                         }
-                        In::Ack(ack) => {
-                            if let Err(error) = self.spool.remove(JobId(ack.job_id)) {
-                                tracing::error!(error = %error, "cannot remove an acknowledged outcome from the spool");
-                            }
-                        }
+                        In::Ack(ack) => acknowledged(&self.spool, &ack),
                         In::Cancel(cancel) => {
                             let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
                             if let Some(job) = running.get(&JobId(cancel.job_id)) {
@@ -295,4 +291,50 @@ impl Worker {
 
 fn message(msg: Out) -> v1::WorkerMessage {
     v1::WorkerMessage { msg: Some(msg) }
+}
+
+/// Forgets the outcome `ack` is for, whatever its status: recorded, duplicate and stale
+/// outcomes are done with, and a rejected one, which the coordinator recorded as a harness
+/// error, could only be rejected again; that one is logged.
+fn acknowledged(spool: &Spool, ack: &v1::Ack) {
+    if ack.status() == v1::AckStatus::Rejected {
+        tracing::warn!(job.id = ack.job_id, reason = %ack.reason, "the coordinator rejected an outcome; dropped");
+    }
+    if let Err(error) = spool.remove(JobId(ack.job_id)) {
+        tracing::error!(job.id = ack.job_id, error = %error, "cannot remove an acknowledged outcome from the spool");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::{SetupFailure, SetupStage};
+
+    use super::*;
+
+    #[test]
+    fn a_rejected_outcome_leaves_the_spool_as_any_acknowledged_one_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        for job_id in [1, 2] {
+            let spooled = SpooledOutcome {
+                job_id: JobId(job_id),
+                lease_token: LeaseToken::random(),
+                result: JobResult::SetupFailed(SetupFailure {
+                    stage: SetupStage::Install,
+                    message: "m".into(),
+                    log_tail: String::new(),
+                    duration_ms: 1,
+                }),
+            };
+            spool.put(&spooled).expect("put");
+        }
+        let rejected = v1::Ack {
+            job_id: 1,
+            status: v1::AckStatus::Rejected as i32,
+            reason: "outcome.stderr_tail is 20000 bytes, over the 16384-byte limit".into(),
+        };
+        acknowledged(&spool, &rejected);
+        let left: Vec<JobId> = spool.pending().expect("pending").iter().map(|o| o.job_id).collect();
+        assert_eq!(left, [JobId(2)]);
+    }
 }

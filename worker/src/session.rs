@@ -168,7 +168,7 @@ impl Worker {
         tracing::info!(worker.id = %self.config.worker_id, "connected to {}", self.config.coordinator_url);
 
         // Outcomes not yet acknowledged go first, then the free slots as credits.
-        match self.spool.pending() {
+        match self.spool.resend() {
             Ok(pending) => {
                 for spooled in pending {
                     let _ = out_tx.send(outcome_message(&spooled)).await;
@@ -277,6 +277,8 @@ impl Worker {
                 job_id,
                 lease_token: assignment.lease_token,
                 result: within_limits(job_id, assignment.lease_token, result, proto::MAX_OUTCOME_BYTES),
+                // Sent in this session, once spooled.
+                sessions_sent: 1,
             });
             if let Some(spooled) = &spooled
                 && let Err(error) = spool.put(spooled)
@@ -325,6 +327,7 @@ mod tests {
                     log_tail: String::new(),
                     duration_ms: 1,
                 }),
+                sessions_sent: 1,
             };
             spool.put(&spooled).expect("put");
         }

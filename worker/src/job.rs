@@ -226,6 +226,7 @@ async fn run_iteration(
         timeout,
         log_dir,
         stall_threshold,
+        stdin: None,
     };
     let network = seal.network;
     run_command(&spec, cancel).await.map(|supervised| (supervised, network))

@@ -354,9 +354,14 @@ fn fit_evidence(evidence: &mut IterationEvidence) {
             "evidence.stacks: cut to {MAX_SHORT_BYTES} bytes to fit the evidence in {MAX_EVIDENCE_BYTES} bytes"
         ));
     }
-    // The oldest notes first: those this bounding added come last and say the most.
+    if evidence_bytes(evidence) <= MAX_EVIDENCE_BYTES {
+        return;
+    }
+    // The oldest notes first: those this bounding added come last and say the most. Room is
+    // left for the note that says so.
+    const NOTE_ROOM: usize = 128;
     let mut dropped = 0;
-    while evidence_bytes(evidence) > MAX_EVIDENCE_BYTES && !evidence.truncated.is_empty() {
+    while evidence_bytes(evidence) + NOTE_ROOM > MAX_EVIDENCE_BYTES && !evidence.truncated.is_empty() {
         evidence.truncated.remove(0);
         dropped += 1;
     }

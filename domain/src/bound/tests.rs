@@ -138,6 +138,11 @@ fn an_outcome_of_oversized_text_is_bounded_and_then_passes_the_check() {
 
     let bounded = oversized.bounded();
     assert_eq!(check(&bounded), Ok(()));
+    assert_eq!(
+        bounded.clone().bounded(),
+        bounded,
+        "bounding twice changes nothing more"
+    );
     let JobResult::Iteration(bounded) = bounded else {
         panic!("still an iteration")
     };
@@ -183,6 +188,11 @@ fn evidence_whose_json_escapes_swell_it_still_fits() {
     evidence.truncated = vec![control.clone(); 20];
     let bounded = JobResult::Iteration(outcome(evidence)).bounded();
     assert_eq!(check(&bounded), Ok(()));
+    assert_eq!(
+        bounded.clone().bounded(),
+        bounded,
+        "bounding twice changes nothing more"
+    );
     let JobResult::Iteration(bounded) = bounded else {
         panic!("still an iteration")
     };

@@ -161,6 +161,11 @@ pub struct IterationEvidence {
     /// How the iteration was sealed and which of its limits it ran into; `None` from a worker
     /// that predates the sandbox.
     pub sandbox: Option<SandboxReport>,
+    /// One line for each list the worker shortened to keep the evidence within its bounds
+    /// ([`crate::bound`]), e.g. `evidence.tsan: kept 12 of 40 items`; a string cut short carries
+    /// its own `… [truncated N bytes]` marker instead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<String>,
 }
 
 impl IterationEvidence {

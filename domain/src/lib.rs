@@ -5,8 +5,8 @@
 //!
 //! The root holds the vocabulary every crate speaks: ids, specs, outcomes and their evidence,
 //! categories, runs, interpreters, the registry's closed vocabularies and its defaults, the
-//! classification of a package's outcomes and the statistics of its pass rate. Around it, by
-//! audience:
+//! classification of a package's outcomes and the statistics of its pass rate, the bounds an
+//! outcome must keep within and the time a job may take. Around it, by audience:
 //! - [`readers`]: turning a test run's output into evidence (the worker);
 //! - [`registry`]: the registry format and the choice of packages (the CLI);
 //! - [`results`]: the records of a results folder, built from outcomes or read from files;
@@ -14,6 +14,7 @@
 //!
 //! Arrows go from the groups to the root and from views to results, never back.
 
+pub mod bound;
 pub mod budget;
 pub mod category;
 pub mod classify;

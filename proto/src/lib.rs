@@ -18,8 +18,10 @@ pub use convert::WireError;
 /// worker's session and the CLI's client all set it on both directions.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Largest outcome a worker sends, encoded: the worker bounds every outcome under it before
-/// spooling it, and the coordinator rejects one over it.
+/// Largest `JobOutcome` a worker sends and the coordinator accepts, encoded, well under
+/// [`MAX_MESSAGE_BYTES`]. The bounds of `domain::bound` keep an outcome far below it; a worker
+/// whose outcome is still larger reports a harness error in its place, and the coordinator
+/// rejects one over it.
 pub const MAX_OUTCOME_BYTES: usize = 1024 * 1024;
 
 /// Largest message the coordinator reads from a worker's session: an outcome at its limit with

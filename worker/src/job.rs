@@ -145,6 +145,7 @@ pub(crate) async fn execute(
                     .unwrap_or_else(|| supervised.stdout_tail.clone());
                 domain::readers::run_parallel::parse_run_parallel(threads, &head, &tail)
             }),
+        truncated: Vec::new(),
     };
     if let Some(seen) = &supervised.stall_seen {
         tracing::info!(
@@ -225,6 +226,7 @@ async fn run_iteration(
         timeout,
         log_dir,
         stall_threshold,
+        stdin: None,
     };
     let network = seal.network;
     run_command(&spec, cancel).await.map(|supervised| (supervised, network))

@@ -9,6 +9,7 @@ mod evidence_file;
 pub mod fresh_tree;
 mod iteration_dirs;
 mod job;
+mod outbound;
 mod output;
 pub mod probe;
 pub mod proctree;

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
+use crate::outbound::{outcome_message, within_limits};
 use crate::setup::Setups;
 use crate::spool::{Spool, SpooledOutcome};
 
@@ -174,7 +175,7 @@ impl Worker {
         tracing::info!(worker.id = %self.config.worker_id, "connected to {}", self.config.coordinator_url);
 
         // Outcomes not yet acknowledged go first, then the free slots as credits.
-        match self.spool.pending() {
+        match self.spool.resend() {
             Ok(pending) => {
                 for spooled in pending {
                     let _ = out_tx.send(outcome_message(&spooled)).await;
@@ -239,11 +240,7 @@ impl Worker {
                                 Err(error) => tracing::error!(error = %error, "invalid assignment ignored"),
                             }
                         }
-                        In::Ack(ack) => {
-                            if let Err(error) = self.spool.remove(JobId(ack.job_id)) {
-                                tracing::error!(error = %error, "cannot remove an acknowledged outcome from the spool");
-                            }
-                        }
+                        In::Ack(ack) => acknowledged(&self.spool, &ack),
                         In::Cancel(cancel) => {
                             let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
                             if let Some(job) = running.get(&JobId(cancel.job_id)) {
@@ -286,7 +283,9 @@ impl Worker {
             let spooled = result.map(|result| SpooledOutcome {
                 job_id,
                 lease_token: assignment.lease_token,
-                result,
+                result: within_limits(job_id, assignment.lease_token, result, proto::MAX_OUTCOME_BYTES),
+                // Sent in this session, once spooled.
+                sessions_sent: 1,
             });
             if let Some(spooled) = &spooled
                 && let Err(error) = spool.put(spooled)
@@ -303,10 +302,49 @@ fn message(msg: Out) -> v1::WorkerMessage {
     v1::WorkerMessage { msg: Some(msg) }
 }
 
-fn outcome_message(spooled: &SpooledOutcome) -> v1::WorkerMessage {
-    message(Out::Outcome(v1::JobOutcome {
-        job_id: spooled.job_id.0,
-        lease_token: spooled.lease_token.to_string(),
-        result: Some((&spooled.result).into()),
-    }))
+/// Forgets the outcome `ack` is for, whatever its status: recorded, duplicate and stale
+/// outcomes are done with, and a rejected one, which the coordinator recorded as a harness
+/// error, could only be rejected again; that one is logged.
+fn acknowledged(spool: &Spool, ack: &v1::Ack) {
+    if ack.status() == v1::AckStatus::Rejected {
+        tracing::warn!(job.id = ack.job_id, reason = %ack.reason, "the coordinator rejected an outcome; dropped");
+    }
+    if let Err(error) = spool.remove(JobId(ack.job_id)) {
+        tracing::error!(job.id = ack.job_id, error = %error, "cannot remove an acknowledged outcome from the spool");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::{SetupFailure, SetupStage};
+
+    use super::*;
+
+    #[test]
+    fn a_rejected_outcome_leaves_the_spool_as_any_acknowledged_one_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        for job_id in [1, 2] {
+            let spooled = SpooledOutcome {
+                job_id: JobId(job_id),
+                lease_token: LeaseToken::random(),
+                result: JobResult::SetupFailed(SetupFailure {
+                    stage: SetupStage::Install,
+                    message: "m".into(),
+                    log_tail: String::new(),
+                    duration_ms: 1,
+                }),
+                sessions_sent: 1,
+            };
+            spool.put(&spooled).expect("put");
+        }
+        let rejected = v1::Ack {
+            job_id: 1,
+            status: v1::AckStatus::Rejected as i32,
+            reason: "outcome.stderr_tail is 20000 bytes, over the 16384-byte limit".into(),
+        };
+        acknowledged(&spool, &rejected);
+        let left: Vec<JobId> = spool.pending().expect("pending").iter().map(|o| o.job_id).collect();
+        assert_eq!(left, [JobId(2)]);
+    }
 }

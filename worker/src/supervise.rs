@@ -59,6 +59,10 @@ pub(crate) struct CommandSpec<'a> {
     /// Silence on both streams and no CPU progress of the tree for this long is a stall;
     /// `None` never checks.
     pub(crate) stall_threshold: Option<Duration>,
+    /// What the command reads on its standard input, then end of file; `None` gives it
+    /// `/dev/null`. A channel only the worker writes: neither argv nor the environment, which
+    /// other processes can read.
+    pub(crate) stdin: Option<&'a [u8]>,
 }
 
 /// How a supervised command ended.
@@ -130,7 +134,11 @@ pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationTok
         .args(&argv[1..])
         // bubblewrap enters the working directory inside; outside it must only exist.
         .current_dir(if sandbox.bwrap.is_some() { &seal.tmp } else { spec.cwd })
-        .stdin(Stdio::null())
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -172,6 +180,15 @@ pub(crate) async fn run_command(spec: &CommandSpec<'_>, cancel: &CancellationTok
         }
     };
     let spawned_at = Instant::now();
+    if let (Some(input), Some(mut pipe)) = (spec.stdin, child.stdin.take()) {
+        let input = input.to_vec();
+        // Off the runtime: a command that does not read would block the write once the pipe is
+        // full. One that exits unread ends it with an error that is the command's to report.
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(&input);
+        });
+    }
     let root = child.id() as i32;
     proctree::register_root(root);
     // If this future is dropped midway (its job was cancelled), the tree dies with it.
@@ -579,6 +596,7 @@ mod tests {
             timeout,
             log_dir: None,
             stall_threshold: None,
+            stdin: None,
         };
         run_command(&spec, &CancellationToken::new()).await.expect("spawn")
     }
@@ -726,6 +744,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             log_dir: None,
             stall_threshold: Some(threshold),
+            stdin: None,
         };
         run_command(&spec, &CancellationToken::new()).await.expect("spawn")
     }
@@ -808,6 +827,7 @@ mod tests {
             timeout: Duration::from_secs(600),
             log_dir: None,
             stall_threshold: None,
+            stdin: None,
         };
         let cancel = CancellationToken::new();
         cancel.cancel();

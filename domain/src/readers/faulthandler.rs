@@ -22,8 +22,9 @@ use std::collections::BTreeSet;
 
 use crate::evidence::thread_header_start;
 
-/// The most [`thread_stacks`] keeps, in bytes; the start of the dump is kept.
-pub const MAX_STACKS_BYTES: usize = 64 * 1024;
+/// The most [`thread_stacks`] keeps, in bytes; the start of the dump is kept. The evidence's
+/// bound on the stacks, so what this reader keeps is never cut again.
+pub const MAX_STACKS_BYTES: usize = crate::bound::MAX_STACKS_BYTES;
 
 /// Frames a crash signature names at most.
 const MAX_SIGNATURE_FRAMES: usize = 5;

@@ -50,6 +50,7 @@ pub async fn time_iterations(
             timeout: Duration::from_secs(60),
             log_dir: None,
             stall_threshold: None,
+            stdin: None,
         };
         let result = run_command(&spec, &CancellationToken::new()).await?;
         dirs.give_back(place);

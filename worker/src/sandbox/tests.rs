@@ -64,6 +64,7 @@ impl Place {
             timeout: Duration::from_secs(60),
             log_dir: None,
             stall_threshold: None,
+            stdin: None,
         };
         run_command(&spec, &CancellationToken::new()).await.expect("spawn")
     }

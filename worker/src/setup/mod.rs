@@ -510,6 +510,7 @@ async fn run(
         timeout: INSTALL_TIMEOUT,
         log_dir: None,
         stall_threshold: None,
+        stdin: None,
     };
     run_command(&spec, cancel)
         .await

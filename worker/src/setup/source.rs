@@ -186,6 +186,7 @@ async fn run_step(
         timeout: FETCH_TIMEOUT,
         log_dir: None,
         stall_threshold: None,
+        stdin: None,
     };
     let result = run_command(&spec, cancel)
         .await

@@ -4,11 +4,18 @@ Run with the venv's python, PYTHON_GIL unset, from an empty directory:
 
     python probe_extensions.py IMPORT_NAME
 
-Imports the package, then each extension module under it one at a time, and prints one JSON
+with a nonce on the first line of standard input and, on the rest, the path of a file to
+create for the report. Both are read to the end of input before anything of the package is
+imported, and the report goes to that file, the nonce on its first line: whatever the package
+prints, on either stream, is only output, never taken for the report.
+
+Imports the package, then each extension module under it one at a time, and writes one JSON
 object: the extension modules found, the ones whose import re-enabled the GIL (named by the
 interpreter's RuntimeWarning), the GIL state at the end, and the modules that failed to import.
 Once the GIL is on it stays on, so modules imported after that are checked again, each in a
-fresh interpreter. A module that fails to import is recorded, never fatal.
+fresh interpreter, which reports the same way: its nonce on its standard input, and its answer
+on the line of its output that follows that nonce. A module that fails to import is recorded,
+never fatal.
 """
 
 import importlib
@@ -16,6 +23,7 @@ import importlib.machinery
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import warnings
@@ -64,18 +72,34 @@ def probe_alone(module):
     """Imports one module in a fresh interpreter; the modules that enabled the GIL there."""
     code = (
         "import importlib, json, sys, warnings\n"
-        "warnings.simplefilter('always')\n"
-        "with warnings.catch_warnings(record=True) as caught:\n"
+        "def main():\n"
+        "    nonce = sys.stdin.readline().strip()\n"
         "    warnings.simplefilter('always')\n"
-        "    try:\n"
-        f"        importlib.import_module({module!r})\n"
-        "    except BaseException as error:\n"
-        "        print(json.dumps({'error': f'{type(error).__name__}: {error}'})); sys.exit(0)\n"
-        "print(json.dumps({'warnings': [str(w.message) for w in caught]}))\n"
+        "    with warnings.catch_warnings(record=True) as caught:\n"
+        "        warnings.simplefilter('always')\n"
+        "        try:\n"
+        f"            importlib.import_module({module!r})\n"
+        "            result = {'warnings': [str(w.message) for w in caught]}\n"
+        "        except BaseException as error:\n"
+        "            result = {'error': f'{type(error).__name__}: {error}'}\n"
+        "    sys.stdout.write('\\n' + nonce + ' ' + json.dumps(result) + '\\n')\n"
+        "    sys.stdout.flush()\n"
+        "main()\n"
     )
+    nonce = secrets.token_hex(16)
     try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            input=nonce + "\n",
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=120,
+        )
+        at = done.stdout.rfind(nonce + " ")
+        if at < 0:
+            return [], f"probe failed: no answer (exit status {done.returncode})"
+        result = json.loads(done.stdout[at + len(nonce) + 1 :].splitlines()[0])
     except Exception as error:  # a crash or garbage: recorded, never fatal
         return [], f"probe failed: {type(error).__name__}: {error}"
     if "error" in result:
@@ -90,6 +114,9 @@ def probe_alone(module):
 
 def main():
     name = sys.argv[1]
+    # Read to the end before the package is imported: it finds nothing left to read.
+    nonce, _, report_path = sys.stdin.read().partition("\n")
+    report_path = report_path.rstrip("\n")
     report = {"modules": [], "gil_enabled_by": [], "import_errors": [], "gil_enabled_after_import": None}
     enabled_by = []
     after_enable = []
@@ -121,7 +148,9 @@ def main():
             report["import_errors"].append([module, error])
         enabled_by += names
     report["gil_enabled_by"] = sorted(set(enabled_by))
-    print(json.dumps(report))
+    # "x": a file already there was not made by this probe, and is not written through.
+    with open(report_path, "x", encoding="utf-8") as out:
+        out.write(nonce + "\n" + json.dumps(report))
 
 
 if __name__ == "__main__":

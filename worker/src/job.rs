@@ -373,26 +373,13 @@ fn read_evidence(path: &Path, max_bytes: u64) -> Option<Vec<u8>> {
 }
 
 fn harness_error(assignment: &Assignment, worker_id: &str, reason: String) -> IterationOutcome {
-    IterationOutcome {
-        iteration: assignment.iteration,
-        mode: assignment.mode,
-        status: IterationStatus::HarnessError,
-        exit_code: None,
-        signal: None,
-        duration_ms: 0,
-        cpu_time_ms: None,
-        max_rss_kb: None,
-        stalled: false,
-        last_output_line: String::new(),
-        stdout_tail: String::new(),
-        stderr_tail: String::new(),
-        crash_signature: None,
-        harness_error: Some(reason),
-        worker_id: worker_id.to_string(),
-        attempt: assignment.attempt,
-        start_latency_ms: None,
-        evidence: IterationEvidence::default(),
-    }
+    IterationOutcome::harness_error(
+        assignment.iteration,
+        assignment.mode,
+        worker_id,
+        assignment.attempt,
+        reason,
+    )
 }
 
 /// One iteration's log directory: `<logs>/<run>/<package>/<mode>-<iteration>-a<attempt>`.

@@ -4,7 +4,7 @@
 
 use domain::bound::{cut_end, cut_start};
 use domain::evidence::IterationEvidence;
-use domain::{IterationOutcome, IterationStatus, JobId, JobResult, LeaseToken, SetupFailure};
+use domain::{IterationOutcome, JobId, JobResult, LeaseToken, SetupFailure};
 use prost::Message;
 use proto::v1;
 use proto::v1::worker_message::Msg as Out;
@@ -56,30 +56,23 @@ fn encoded_len(job_id: JobId, lease_token: LeaseToken, result: &JobResult) -> us
 /// A harness error in place of an outcome too large to send: the same iteration, attempt and
 /// resource use, and where its logs are.
 fn too_large(outcome: IterationOutcome, bytes: usize, max_bytes: usize) -> IterationOutcome {
+    let reason = format!("the outcome was {bytes} bytes, over the {max_bytes}-byte limit");
     IterationOutcome {
-        iteration: outcome.iteration,
-        mode: outcome.mode,
-        status: IterationStatus::HarnessError,
-        exit_code: None,
-        signal: None,
         duration_ms: outcome.duration_ms,
         cpu_time_ms: outcome.cpu_time_ms,
         max_rss_kb: outcome.max_rss_kb,
-        stalled: false,
-        last_output_line: String::new(),
-        stdout_tail: String::new(),
-        stderr_tail: String::new(),
-        crash_signature: None,
-        harness_error: Some(format!(
-            "the outcome was {bytes} bytes, over the {max_bytes}-byte limit"
-        )),
-        worker_id: outcome.worker_id,
-        attempt: outcome.attempt,
         start_latency_ms: outcome.start_latency_ms,
         evidence: IterationEvidence {
             log_dir: outcome.evidence.log_dir,
             ..IterationEvidence::default()
         },
+        ..IterationOutcome::harness_error(
+            outcome.iteration,
+            outcome.mode,
+            &outcome.worker_id,
+            outcome.attempt,
+            reason,
+        )
     }
 }
 
@@ -107,6 +100,7 @@ fn shortened(job_id: JobId, lease_token: LeaseToken, mut failure: SetupFailure, 
 
 #[cfg(test)]
 mod tests {
+    use domain::IterationStatus;
     use domain::outcome::SetupStage;
     use domain::spec::Mode;
 

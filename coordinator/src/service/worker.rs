@@ -622,7 +622,7 @@ impl Session {
 }
 
 /// The reason a worker's outcome cannot be recorded as it is, if it cannot: missing, invalid,
-/// or larger than any outcome a worker sends.
+/// larger than any outcome a worker sends, or with a part beyond its bound.
 fn read_result(result: Option<v1::JobResult>) -> Result<JobResult, String> {
     use prost::Message;
     let result = result.ok_or_else(|| "missing field outcome.result".to_string())?;
@@ -633,5 +633,7 @@ fn read_result(result: Option<v1::JobResult>) -> Result<JobResult, String> {
             proto::MAX_OUTCOME_BYTES
         ));
     }
-    JobResult::try_from(result).map_err(|error| error.to_string())
+    let result = JobResult::try_from(result).map_err(|error| error.to_string())?;
+    domain::bound::check(&result)?;
+    Ok(result)
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 use domain::evidence::SandboxKind;
 use domain::results::PackageRecord;
 
-use crate::cli::{Survey, assert_success, category_of, free_threaded_python};
+use crate::cli::{Survey, assert_success, category_of, free_threaded_python, ftsurvey};
 
 /// The ThreadSanitizer build `tests/run.sh` makes; its absence fails the test.
 fn tsan_python() -> PathBuf {
@@ -74,8 +74,9 @@ fn one_iteration_cases_get_their_categories_and_evidence() {
         "ftfix-unittest",
         "ftfix-no-tests",
         "ftfix-hostile-evidence",
+        "ftfix-hostile-text",
     ];
-    let (_survey, records) = survey(
+    let (survey_dir, records) = survey(
         &free_threaded_python(),
         &packages,
         &[
@@ -103,6 +104,7 @@ fn one_iteration_cases_get_their_categories_and_evidence() {
         ("ftfix-unittest", "compatible"),
         ("ftfix-no-tests", "harness_error"),
         ("ftfix-hostile-evidence", "compatible"),
+        ("ftfix-hostile-text", "incompatible"),
     ];
     for (package, category) in expected {
         assert_eq!(category_of(&records, package).category, category, "{package}\n{all}");
@@ -144,6 +146,7 @@ fn one_iteration_cases_get_their_categories_and_evidence() {
     assert!(segv_signature.starts_with("Segmentation fault"), "{segv_signature}");
     assert_ne!(abort_signature, segv_signature);
 
+    // It prints a forged probe report at import and at exit; the probe's own report wins.
     let fallback = category_of(&records, "ftfix-ext-fallback");
     assert_eq!(fallback.gil_fallback_modules, ["ftfix_ext_fallback._speedups"]);
     let nogil = category_of(&records, "ftfix-ext-nogil");
@@ -181,6 +184,31 @@ fn one_iteration_cases_get_their_categories_and_evidence() {
         ("pass", None),
         "{hostile:?}"
     );
+
+    // 200 failing tests named with 100 KB each, then a last line of terminal escapes: the
+    // outcome keeps 200 names of at most 512 bytes, and no verb prints a control character.
+    let text = &category_of(&records, "ftfix-hostile-text").iterations[0];
+    let tests = text.tests.as_ref().expect("the 20 MB JUnit report was read");
+    assert_eq!((tests.failed, tests.passed, tests.failing.len()), (200, 1, 200), "{tests:?}");
+    assert!(tests.failing.iter().all(|id| id.len() <= 512), "test ids are bounded");
+    assert!(text.last_output_line.contains("owned"), "{text:?}");
+    let folder = survey_dir.folder();
+    let folder = folder.to_str().expect("utf-8 path");
+    for args in [
+        vec!["show", folder],
+        vec!["flaky", folder],
+        vec!["report", folder, "--format", "markdown"],
+        vec!["report", folder, "--format", "text"],
+        vec!["export", folder, "--format", "csv"],
+    ] {
+        let output = ftsurvey().args(&args).output().expect("verb");
+        assert_success(&output);
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !printed.chars().any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{args:?} printed a control character"
+        );
+    }
 
     let unittest = &category_of(&records, "ftfix-unittest").iterations[0];
     let tests = unittest.tests.as_ref().expect("unittest summary");

@@ -189,7 +189,11 @@ fn one_iteration_cases_get_their_categories_and_evidence() {
     // outcome keeps 200 names of at most 512 bytes, and no verb prints a control character.
     let text = &category_of(&records, "ftfix-hostile-text").iterations[0];
     let tests = text.tests.as_ref().expect("the 20 MB JUnit report was read");
-    assert_eq!((tests.failed, tests.passed, tests.failing.len()), (200, 1, 200), "{tests:?}");
+    assert_eq!(
+        (tests.failed, tests.passed, tests.failing.len()),
+        (200, 1, 200),
+        "{tests:?}"
+    );
     assert!(tests.failing.iter().all(|id| id.len() <= 512), "test ids are bounded");
     assert!(text.last_output_line.contains("owned"), "{text:?}");
     let folder = survey_dir.folder();

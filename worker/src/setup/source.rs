@@ -455,4 +455,70 @@ else:
             assert_eq!(std::fs::read_dir(dest.join("pkg-1.0")).expect("unpacked").count(), 10);
         }
     }
+
+    /// Writes `archive` (a tar.gz, or a zip) with the members `(name, mode)` holding a line of
+    /// text each.
+    fn make_hostile_sdist(archive: &Path, members: &[(&str, u32)]) {
+        let script = r#"import io, sys, tarfile, zipfile
+archive, members = sys.argv[1], sys.argv[2:]
+if archive.endswith(".zip"):
+    with zipfile.ZipFile(archive, "w") as z:
+        for name, mode in zip(members[::2], members[1::2]):
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o100000 | int(mode, 8)) << 16
+            z.writestr(info, b"hostile\n")
+else:
+    with tarfile.open(archive, "w:gz") as t:
+        for name, mode in zip(members[::2], members[1::2]):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = 8, int(mode, 8)
+            t.addfile(info, io.BytesIO(b"hostile\n"))
+"#;
+        let mut command = std::process::Command::new("python3");
+        command.args(["-c", script]).arg(archive);
+        for (name, mode) in members {
+            command.arg(name).arg(format!("{mode:o}"));
+        }
+        assert!(command.status().expect("python3 runs").success());
+    }
+
+    #[tokio::test]
+    async fn an_sdist_reaching_out_of_its_folder_fails_and_one_with_setuid_files_loses_the_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let caps = SdistCaps::DEFAULT;
+        let archive = dir.path().join("traversal.tar.gz");
+        make_hostile_sdist(&archive, &[("pkg-1.0/setup.py", 0o644), ("../outside", 0o644)]);
+        let error = unpack_with(&archive, caps)
+            .await
+            .expect_err("a member out of the folder");
+        assert_eq!(error.stage, SetupStage::Source);
+        assert!(!error.message.contains('\n'), "{}", error.message);
+        assert!(
+            !dir.path().join("outside").exists(),
+            "nothing was written beside the folder"
+        );
+        // An absolute name loses its leading slash: it lands inside.
+        let archive = dir.path().join("absolute.tar.gz");
+        let absolute = dir.path().join("absolute-member");
+        let absolute = absolute.to_str().expect("utf-8");
+        make_hostile_sdist(&archive, &[("pkg-1.0/setup.py", 0o644), (absolute, 0o644)]);
+        let dest = unpack_with(&archive, caps).await.expect("unpacked inside");
+        assert!(!Path::new(absolute).exists() && dest.join(absolute.trim_start_matches('/')).exists());
+        // A zip's `..` and absolute names are made relative by zipfile: they land inside.
+        let archive = dir.path().join("traversal.zip");
+        make_hostile_sdist(&archive, &[("pkg-1.0/setup.py", 0o644), ("../outside", 0o644)]);
+        let dest = unpack_with(&archive, caps).await.expect("unpacked inside");
+        assert!(dest.join("outside").exists() && !dir.path().join("outside").exists());
+
+        let archive = dir.path().join("setuid.tar.gz");
+        make_hostile_sdist(&archive, &[("pkg-1.0/setup.py", 0o644), ("pkg-1.0/suid", 0o6777)]);
+        let dest = unpack_with(&archive, caps).await.expect("unpacked");
+        let mode = std::fs::metadata(dest.join("pkg-1.0/suid"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7000, 0, "setuid, setgid and sticky bits dropped: {mode:o}");
+        assert_eq!(mode & 0o022, 0, "nobody else may write it: {mode:o}");
+    }
 }

@@ -66,6 +66,7 @@ conformance!(
     network_grants_and_an_oom_outcome_with_its_sandbox_report_are_kept,
     a_heartbeat_never_extends_a_lease_past_its_deadline,
     an_outcomes_iteration_mode_attempt_and_worker_come_from_its_job,
+    a_lost_job_says_how_each_of_its_attempts_ended,
 );
 
 fn package(name: &str) -> PackageSpec {
@@ -524,6 +525,48 @@ async fn an_outcomes_iteration_mode_attempt_and_worker_come_from_its_job(store: 
         ),
         (1, Mode::Ft, 1, "honest", IterationStatus::Fail),
         "the worker said what happened, the job row which iteration it was and who ran it"
+    );
+}
+
+async fn a_lost_job_says_how_each_of_its_attempts_ended(store: Arc<dyn Store>) {
+    let spec = spec(&["a"], 1);
+    let deadline_ms = spec.options.lease_deadline(&spec.packages[0]).as_millis() as i64;
+    let run_id = submit(&store, &spec, 0).await;
+    let ft = profile("3.13", true);
+    // Attempt 1: its worker's session ends.
+    let first = claim(&store, &worker("w1"), &ft, &[], 1, 1).await.remove(0);
+    store
+        .abandon_jobs(&[(first.job_id, first.lease_token)], 3, 10)
+        .await
+        .expect("abandon");
+    // Attempt 2: its worker goes silent until the lease expires.
+    let second = claim(&store, &worker("w2"), &ft, &[], 1, 20).await.remove(0);
+    assert_eq!(
+        store.reap_expired(3, 20 + LEASE_MS + 1).await.expect("reap").requeued,
+        1
+    );
+    // Attempt 3: its worker heartbeats past the deadline.
+    let start = 2 * LEASE_MS;
+    let third = claim(&store, &worker("w3"), &ft, &[], 1, start).await.remove(0);
+    let held = [(third.job_id, third.lease_token)];
+    store
+        .heartbeat(&worker("w3"), &held, deadline_ms, start + deadline_ms / 2)
+        .await
+        .expect("heartbeat");
+    let report = store.reap_expired(3, start + deadline_ms + 1).await.expect("reap");
+    assert_eq!((report.requeued, report.lost), (0, 1));
+    assert_eq!((second.attempt, third.attempt), (2, 3));
+
+    let results = store.package_results(run_id, &[], false).await.expect("results");
+    let lost: Vec<&String> = results[0].evidence.iter().filter(|e| e.contains("lost")).collect();
+    assert_eq!(
+        lost,
+        [
+            "ft iteration 1 lost after 3 attempts: attempt 1 on w1: its worker's session ended; \
+             attempt 2 on w2: no heartbeat until its lease expired; attempt 3 on w3: held past its deadline"
+        ],
+        "{:?}",
+        results[0].evidence
     );
 }
 

@@ -54,7 +54,21 @@ pub(super) struct JobRow {
     pub(super) iteration: i64,
     pub(super) attempt: i64,
     pub(super) worker_id: Option<String>,
+    /// How each of its leases ended without an outcome (see [`ATTEMPT_END_SQL`]).
+    pub(super) attempt_ends: Option<String>,
 }
+
+/// The SQL expression, in a reaper's `UPDATE jobs`, that appends how the current lease ended
+/// to `attempt_ends`; `?NOW` stands for the placeholder of the reap's time. The same in both
+/// backends, as both read the row's old values in every expression of an `UPDATE`.
+pub(super) const ATTEMPT_END_SQL: &str = "COALESCE(jobs.attempt_ends || '; ', '')
+    || 'attempt ' || jobs.attempt || ' on ' || COALESCE(jobs.worker_id, 'no worker') || ': '
+    || CASE WHEN jobs.ended_by IS NOT NULL THEN jobs.ended_by
+            WHEN jobs.deadline_at_ms IS NOT NULL AND jobs.deadline_at_ms < ?NOW THEN 'held past its deadline'
+            ELSE 'no heartbeat until its lease expired' END";
+
+/// Lost jobs named in a package's evidence at most; the rest are counted.
+const MAX_LOST_NAMED: usize = 5;
 
 impl JobRow {
     /// The row's result, its iteration, mode, attempt and worker taken from the row: a
@@ -83,8 +97,20 @@ pub(super) fn package_result(
     let mut live = false;
     let mut setup_failure = None;
     let mut outcomes = Vec::new();
+    let mut lost = Vec::new();
     for job in jobs {
         live |= job.state == "pending" || job.state == "leased";
+        if job.state == "lost" {
+            lost.push(format!(
+                "{} iteration {} lost after {} attempts: {}",
+                job.mode,
+                job.iteration,
+                job.attempt,
+                job.attempt_ends
+                    .as_deref()
+                    .unwrap_or("no attempt recorded how it ended")
+            ));
+        }
         if let Some(result) = job.result()? {
             match result {
                 JobResult::Iteration(outcome) => outcomes.push(outcome),
@@ -94,7 +120,15 @@ pub(super) fn package_result(
             }
         }
     }
-    Ok(PackageResult::build(name, iterations, setup_failure, outcomes, !live))
+    let mut result = PackageResult::build(name, iterations, setup_failure, outcomes, !live);
+    lost.sort();
+    if lost.len() > MAX_LOST_NAMED {
+        let more = lost.len() - MAX_LOST_NAMED;
+        lost.truncate(MAX_LOST_NAMED);
+        lost.push(format!("{more} more iterations lost"));
+    }
+    result.evidence.extend(lost);
+    Ok(result)
 }
 
 /// The columns of a run row that its summary shows.

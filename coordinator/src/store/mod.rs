@@ -220,15 +220,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         if leases.is_empty() {
             return Ok(ReapReport::default());
         }
-        self.expire_leases(leases, now_ms).await?;
+        self.expire_leases(leases, "its worker's session ended", now_ms).await?;
         self.reap_expired(max_attempts, now_ms).await
     }
 
-    /// Makes the named leases expire before `now_ms`, so the next reap takes them.
-    async fn expire_leases(&self, leases: &[(JobId, LeaseToken)], now_ms: i64) -> Result<(), StoreError>;
+    /// Makes the named leases expire before `now_ms`, so the next reap takes them, and says
+    /// why (`reason`) in the attempt's end.
+    async fn expire_leases(&self, leases: &[(JobId, LeaseToken)], reason: &str, now_ms: i64) -> Result<(), StoreError>;
 
     /// Returns expired leases to pending with one more attempt, or marks them lost once a job
-    /// has been leased `max_attempts` times.
+    /// has been leased `max_attempts` times. Each end is appended to the job's attempt ends:
+    /// the attempt, its worker and why (the reason its lease was expired with, a deadline
+    /// passed, or no heartbeat), which a lost job's package result shows.
     async fn reap_expired(&self, max_attempts: u32, now_ms: i64) -> Result<ReapReport, StoreError>;
 
     /// Package results of a run in package order, optionally only some packages or only

@@ -18,8 +18,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::common::{
-    self, JobRow, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json, package_result, parse_run_id,
-    revoked, to_json, to_u32,
+    self, ATTEMPT_END_SQL, JobRow, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json,
+    package_result, parse_run_id, revoked, to_json, to_u32,
 };
 use super::{ClaimBatch, Completion, ReapReport, Report, RevokedLease, Store, StoreError};
 
@@ -702,17 +702,18 @@ impl Store for PostgresStore {
         Ok(touched)
     }
 
-    async fn expire_leases(&self, leases: &[(JobId, LeaseToken)], now_ms: i64) -> Result<(), StoreError> {
+    async fn expire_leases(&self, leases: &[(JobId, LeaseToken)], reason: &str, now_ms: i64) -> Result<(), StoreError> {
         let ids: Vec<i64> = leases.iter().map(|(id, _)| id.0).collect();
         let tokens: Vec<String> = leases.iter().map(|(_, t)| t.to_string()).collect();
         sqlx::query(
-            "UPDATE jobs SET lease_expires_at_ms = $3
+            "UPDATE jobs SET lease_expires_at_ms = $3, ended_by = $4
              FROM UNNEST($1::bigint[], $2::text[]) AS held (id, token)
              WHERE jobs.id = held.id AND jobs.lease_token = held.token AND jobs.state = 'leased'",
         )
         .bind(&ids)
         .bind(&tokens)
         .bind(now_ms - 1)
+        .bind(reason)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -735,7 +736,7 @@ impl Store for PostgresStore {
             return Ok(ReapReport::default());
         }
         lock_packages_of_jobs(&mut tx, &expired).await?;
-        let rows: Vec<(String, i32, String)> = sqlx::query_as(
+        let rows: Vec<(String, i32, String)> = sqlx::query_as(&format!(
             "WITH expired AS (
                  SELECT id FROM jobs
                  WHERE id = ANY($3) AND state = 'leased' AND lease_expires_at_ms < $1
@@ -746,10 +747,13 @@ impl Store for PostgresStore {
                  settled_at_ms = CASE WHEN jobs.attempt >= $2 THEN $1 END,
                  worker_id = CASE WHEN jobs.attempt >= $2 THEN jobs.worker_id END,
                  lease_token = CASE WHEN jobs.attempt >= $2 THEN jobs.lease_token END,
-                 lease_expires_at_ms = NULL
+                 lease_expires_at_ms = NULL,
+                 attempt_ends = {},
+                 ended_by = NULL
              FROM expired WHERE jobs.id = expired.id
              RETURNING jobs.run_id, jobs.package_idx, jobs.state",
-        )
+            ATTEMPT_END_SQL.replace("?NOW", "$1")
+        ))
         .bind(now_ms)
         .bind(max_attempts as i32)
         .bind(&expired)
@@ -985,7 +989,7 @@ async fn verdicts(
     let (runs, indexes) = package_keys(packages);
     let rows: Vec<VerdictRow> = sqlx::query_as(
         "SELECT p.run_id, p.package_idx, p.name, r.iterations,
-                j.state, j.result_json, j.mode, j.iteration, j.attempt, j.worker_id
+                j.state, j.result_json, j.mode, j.iteration, j.attempt, j.worker_id, j.attempt_ends
          FROM UNNEST($1::text[], $2::int[]) AS k (run_id, package_idx)
          JOIN packages p ON p.run_id = k.run_id AND p.package_idx = k.package_idx
          JOIN runs r ON r.id = p.run_id
@@ -1014,6 +1018,7 @@ async fn verdicts(
                 iteration: i64::from(iteration),
                 attempt: i64::from(attempt),
                 worker_id: row.worker_id,
+                attempt_ends: row.attempt_ends,
             });
         }
     }
@@ -1068,6 +1073,7 @@ struct VerdictRow {
     iteration: Option<i32>,
     attempt: Option<i32>,
     worker_id: Option<String>,
+    attempt_ends: Option<String>,
 }
 
 /// `(run, package)` keys as the two arrays `UNNEST` takes.

@@ -19,8 +19,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::common::{
-    self, JobRow, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json, package_result, parse_run_id,
-    revoked, to_json, to_u32,
+    self, ATTEMPT_END_SQL, JobRow, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json,
+    package_result, parse_run_id, revoked, to_json, to_u32,
 };
 use super::{ClaimBatch, Completion, ReapReport, Report, RevokedLease, Store, StoreError};
 
@@ -453,16 +453,17 @@ impl Store for SqliteStore {
         Ok(runs)
     }
 
-    async fn expire_leases(&self, leases: &[(JobId, LeaseToken)], now_ms: i64) -> Result<(), StoreError> {
+    async fn expire_leases(&self, leases: &[(JobId, LeaseToken)], reason: &str, now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for (job_id, token) in leases {
             sqlx::query(
-                "UPDATE jobs SET lease_expires_at_ms = ?3
+                "UPDATE jobs SET lease_expires_at_ms = ?3, ended_by = ?4
                  WHERE id = ?1 AND lease_token = ?2 AND state = 'leased'",
             )
             .bind(job_id.0)
             .bind(token.to_string())
             .bind(now_ms - 1)
+            .bind(reason)
             .execute(&mut *tx)
             .await?;
         }
@@ -485,19 +486,25 @@ impl Store for SqliteStore {
             let job_id: i64 = row.try_get("id")?;
             let run_id = parse_run_id(row.try_get("run_id")?)?;
             let package_idx: i64 = row.try_get("package_idx")?;
+            let attempt_end = ATTEMPT_END_SQL.replace("?NOW", "?2");
             if u32_column(&row, "attempt")? >= max_attempts {
-                sqlx::query("UPDATE jobs SET state = 'lost', settled_at_ms = ?2 WHERE id = ?1")
-                    .bind(job_id)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(&format!(
+                    "UPDATE jobs SET state = 'lost', settled_at_ms = ?2, attempt_ends = {attempt_end}, ended_by = NULL
+                     WHERE id = ?1"
+                ))
+                .bind(job_id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
                 report.lost += 1;
             } else {
-                sqlx::query(
-                    "UPDATE jobs SET state = 'pending', worker_id = NULL, lease_token = NULL, lease_expires_at_ms = NULL
-                     WHERE id = ?1",
-                )
+                sqlx::query(&format!(
+                    "UPDATE jobs SET state = 'pending', worker_id = NULL, lease_token = NULL, lease_expires_at_ms = NULL,
+                                     attempt_ends = {attempt_end}, ended_by = NULL
+                     WHERE id = ?1"
+                ))
                 .bind(job_id)
+                .bind(now_ms)
                 .execute(&mut *tx)
                 .await?;
                 report.requeued += 1;
@@ -701,7 +708,7 @@ async fn verdicts(
     .fetch_all(&mut *conn)
     .await?;
     let rows: Vec<PackageJobRow> = sqlx::query_as(
-        "SELECT j.package_idx, j.state, j.result_json, j.mode, j.iteration, j.attempt, j.worker_id
+        "SELECT j.package_idx, j.state, j.result_json, j.mode, j.iteration, j.attempt, j.worker_id, j.attempt_ends
          FROM json_each(?2) AS k CROSS JOIN jobs j
          WHERE j.run_id = ?1 AND j.package_idx = k.value",
     )

@@ -1,5 +1,6 @@
 //! The gRPC services and the one mapping from errors to `tonic::Status`.
 
+mod session;
 pub(crate) mod survey;
 pub(crate) mod worker;
 

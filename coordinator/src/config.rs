@@ -78,6 +78,9 @@ pub struct Settings {
     pub max_attempts: u32,
     /// How often expired leases are looked for.
     pub reap_interval: Duration,
+    /// The longest a client's call waits for the store before `DeadlineExceeded`. A submit of
+    /// the largest run allowed (2,000,000 jobs) takes well under the default.
+    pub store_answer_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -87,6 +90,7 @@ impl Default for Settings {
             lease_duration: Duration::from_secs(15),
             max_attempts: 3,
             reap_interval: Duration::from_secs(1),
+            store_answer_timeout: Duration::from_secs(120),
         }
     }
 }

@@ -21,6 +21,7 @@ fn settings() -> coordinator::Settings {
         lease_duration: Duration::from_secs(30),
         max_attempts: 3,
         reap_interval: Duration::from_millis(100),
+        ..coordinator::Settings::default()
     }
 }
 

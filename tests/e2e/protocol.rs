@@ -218,6 +218,7 @@ async fn a_dropped_session_releases_its_jobs_at_once() {
         lease_duration: Duration::from_secs(600),
         max_attempts: 3,
         reap_interval: Duration::from_secs(60),
+        ..coordinator::Settings::default()
     };
     let cluster = TestCluster::start_with(settings).await;
     submit(&cluster, &spec(&["a"], 1)).await;
@@ -621,4 +622,36 @@ async fn a_database_outage_keeps_the_session_and_its_outcome_is_recorded_once_th
         .collect();
     assert_eq!(iterations, vec![first.iteration]);
     cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_store_that_hangs_answers_a_client_with_deadline_exceeded_and_the_next_call_is_served() {
+    use sqlx::Connection;
+    let postgres = tests::postgres::TestPostgres::start().expect("start a throwaway PostgreSQL");
+    let settings = coordinator::Settings {
+        store_answer_timeout: Duration::from_secs(1),
+        ..coordinator::Settings::default()
+    };
+    let cluster = TestCluster::start_on(Some(postgres.url()), settings).await;
+    submit(&cluster, &spec(&["a"], 1)).await;
+    // Another session holds the runs table: every read of it waits.
+    let mut blocker = sqlx::PgConnection::connect(&postgres.url()).await.expect("connect");
+    let mut lock = blocker.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let list = || async {
+        cluster
+            .survey()
+            .await
+            .list_runs(v1::ListRunsRequest { limit: 10 })
+            .await
+    };
+    let hung = list().await.expect_err("the store hangs");
+    assert_eq!(hung.code(), tonic::Code::DeadlineExceeded, "{hung:?}");
+    assert_eq!(hung.message(), "the store did not answer within 1 s");
+    lock.rollback().await.expect("release");
+    let runs = list().await.expect("served once the store answers").into_inner().runs;
+    assert_eq!(runs.len(), 1);
 }

@@ -33,6 +33,7 @@ impl TestCluster {
             lease_duration: Duration::from_millis(1_000),
             max_attempts: 3,
             reap_interval: Duration::from_millis(100),
+            ..coordinator::Settings::default()
         };
         Self::start_with(settings).await
     }

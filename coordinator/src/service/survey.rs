@@ -1,6 +1,7 @@
 //! The client-facing service: submit, list, cancel and watch runs; read package results.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::clock::now_ms;
 use crate::hub::Hub;
 use crate::service::{status_from_store, status_from_wire};
+use crate::store::StoreError;
 
 /// The `SurveyService` implementation.
 #[derive(Debug, Clone)]
@@ -42,12 +44,7 @@ impl SurveyService for Survey {
         let now = now_ms();
         let run_id = RunId::new_at(now as u64);
         let token = Some(request.client_token.as_str()).filter(|t| !t.is_empty());
-        let summary = self
-            .hub
-            .store
-            .submit_run(run_id, &spec, token, now)
-            .await
-            .map_err(status_from_store)?;
+        let summary = answer(self.hub.store.submit_run(run_id, &spec, token, now), &self.hub).await?;
         tracing::info!(run.id = %summary.run_id, packages = spec.packages.len(), jobs = summary.jobs_total, "run submitted");
         self.hub.jobs_available.notify_waiters();
         Ok(Response::new(v1::SubmitRunResponse {
@@ -57,7 +54,7 @@ impl SurveyService for Survey {
 
     async fn get_run(&self, request: Request<v1::GetRunRequest>) -> Result<Response<v1::GetRunResponse>, Status> {
         let run_id = parse_run_id("run_id", &request.into_inner().run_id).map_err(status_from_wire)?;
-        let (summary, spec) = self.hub.store.get_run(run_id).await.map_err(status_from_store)?;
+        let (summary, spec) = answer(self.hub.store.get_run(run_id), &self.hub).await?;
         Ok(Response::new(v1::GetRunResponse {
             run: Some((&summary).into()),
             spec: Some((&spec).into()),
@@ -69,7 +66,7 @@ impl SurveyService for Survey {
             0 => 50,
             n => n.min(1000),
         };
-        let runs = self.hub.store.list_runs(limit).await.map_err(status_from_store)?;
+        let runs = answer(self.hub.store.list_runs(limit), &self.hub).await?;
         Ok(Response::new(v1::ListRunsResponse {
             runs: runs.iter().map(Into::into).collect(),
         }))
@@ -79,7 +76,7 @@ impl SurveyService for Survey {
         &self,
         _request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::GetStatusResponse>, Status> {
-        let runs = self.hub.store.list_runs(1000).await.map_err(status_from_store)?;
+        let runs = answer(self.hub.store.list_runs(1000), &self.hub).await?;
         Ok(Response::new(v1::GetStatusResponse {
             workers: self.hub.workers(),
             active_runs: runs
@@ -117,12 +114,7 @@ impl SurveyService for Survey {
         request: Request<v1::CancelRunRequest>,
     ) -> Result<Response<v1::CancelRunResponse>, Status> {
         let run_id = parse_run_id("run_id", &request.into_inner().run_id).map_err(status_from_wire)?;
-        let (summary, revoked) = self
-            .hub
-            .store
-            .cancel_run(run_id, now_ms())
-            .await
-            .map_err(status_from_store)?;
+        let (summary, revoked) = answer(self.hub.store.cancel_run(run_id, now_ms()), &self.hub).await?;
         self.hub.push_cancels(&revoked, "run cancelled");
         self.hub.notify_run(run_id);
         tracing::info!(run.id = %run_id, revoked = revoked.len(), "run cancelled");
@@ -137,7 +129,7 @@ impl SurveyService for Survey {
         let run_id = parse_run_id("run_id", &request.into_inner().run_id).map_err(status_from_wire)?;
         // Subscribe before the snapshot so no change between the two is missed.
         let changes = self.hub.run_changed.subscribe();
-        let first = self.hub.store.get_run(run_id).await.map_err(status_from_store)?.0;
+        let first = answer(self.hub.store.get_run(run_id), &self.hub).await?.0;
         let (sender, receiver) = mpsc::channel(16);
         tokio::spawn(watch(
             self.hub.clone(),
@@ -156,15 +148,33 @@ impl SurveyService for Survey {
     ) -> Result<Response<v1::QueryPackageResultsResponse>, Status> {
         let request = request.into_inner();
         let run_id = parse_run_id("run_id", &request.run_id).map_err(status_from_wire)?;
-        let results = self
-            .hub
-            .store
-            .package_results(run_id, &request.packages, request.finished_only)
-            .await
-            .map_err(status_from_store)?;
+        let results = answer(
+            self.hub
+                .store
+                .package_results(run_id, &request.packages, request.finished_only),
+            &self.hub,
+        )
+        .await?;
         Ok(Response::new(v1::QueryPackageResultsResponse {
             results: results.iter().map(Into::into).collect(),
         }))
+    }
+}
+
+/// A unary call's store request, answered within the coordinator's `store_answer_timeout`: a
+/// database that hangs answers the caller with `DeadlineExceeded` instead of holding the call
+/// open for ever.
+async fn answer<T>(request: impl Future<Output = Result<T, StoreError>>, hub: &Hub) -> Result<T, Status> {
+    let timeout = hub.settings.store_answer_timeout;
+    match tokio::time::timeout(timeout, request).await {
+        Ok(answered) => answered.map_err(status_from_store),
+        Err(_) => {
+            tracing::error!(?timeout, "the store did not answer a call in time");
+            Err(Status::deadline_exceeded(format!(
+                "the store did not answer within {} s",
+                timeout.as_secs_f64()
+            )))
+        }
     }
 }
 

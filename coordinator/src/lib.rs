@@ -7,6 +7,7 @@
 mod batch;
 mod clock;
 mod config;
+mod health;
 mod hub;
 mod reaper;
 mod service;
@@ -45,6 +46,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SurveyServiceServer<Survey>>().await;
     health_reporter.set_serving::<WorkerServiceServer<Workers>>().await;
+    let health = tokio::spawn(health::run(hub.clone(), health_reporter, shutdown.clone()));
     let survey = SurveyServiceServer::new(Survey {
         hub: hub.clone(),
         shutdown: shutdown.clone(),
@@ -96,5 +98,6 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .await
         .context("grpc server failed")?;
     reaper.await.context("reaper task panicked")?;
+    health.await.context("health task panicked")?;
     Ok(())
 }

@@ -655,3 +655,41 @@ async fn a_store_that_hangs_answers_a_client_with_deadline_exceeded_and_the_next
     let runs = list().await.expect("served once the store answers").into_inner().runs;
     assert_eq!(runs.len(), 1);
 }
+
+/// The health service's status of the whole server, polled until it is `want` (30 s at most).
+async fn health_becomes(cluster: &TestCluster, want: tonic_health::pb::health_check_response::ServingStatus) {
+    let channel = tonic::transport::Channel::from_shared(cluster.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = client
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status();
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the health service still says {status:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_health_service_says_not_serving_while_the_store_is_down_and_serving_once_it_is_back() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let (mut postgres, cluster) = on_postgres().await;
+    health_becomes(&cluster, ServingStatus::Serving).await;
+    postgres.stop().expect("stop PostgreSQL");
+    health_becomes(&cluster, ServingStatus::NotServing).await;
+    postgres.start_server().expect("start PostgreSQL again");
+    health_becomes(&cluster, ServingStatus::Serving).await;
+}

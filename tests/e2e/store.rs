@@ -67,6 +67,7 @@ conformance!(
     a_heartbeat_never_extends_a_lease_past_its_deadline,
     an_outcomes_iteration_mode_attempt_and_worker_come_from_its_job,
     a_lost_job_says_how_each_of_its_attempts_ended,
+    a_store_answers_a_ping,
 );
 
 fn package(name: &str) -> PackageSpec {
@@ -568,6 +569,10 @@ async fn a_lost_job_says_how_each_of_its_attempts_ended(store: Arc<dyn Store>) {
         "{:?}",
         results[0].evidence
     );
+}
+
+async fn a_store_answers_a_ping(store: Arc<dyn Store>) {
+    store.ping().await.expect("an open store answers");
 }
 
 async fn a_setup_failure_cancels_the_packages_other_jobs_and_revokes_their_leases(store: Arc<dyn Store>) {

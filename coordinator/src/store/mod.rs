@@ -142,6 +142,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     async fn get_run(&self, run_id: RunId) -> Result<(RunSummary, RunSpec), StoreError>;
 
+    /// Asks the database the cheapest question there is: whether it answers at all.
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Newest first.
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>, StoreError>;
 

@@ -216,6 +216,11 @@ impl Store for PostgresStore {
         Ok((summary, spec))
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM runs ORDER BY created_at_ms DESC, id DESC LIMIT $1")

@@ -115,28 +115,27 @@ impl Interceptor for RequireToken {
         if self.expected.is_none() && self.bound.is_empty() {
             return Ok(request);
         }
-        let given = request
-            .metadata()
-            .get("authorization")
-            .map(|given| given.as_bytes().to_vec());
+        let Some(given) = request.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(format!(
+                "a {} token is required (authorization: Bearer ...)",
+                self.who
+            )));
+        };
+        let given = given.as_bytes();
         // Every bound token is compared, so timing does not tell which caller came close.
-        let proven = given.as_ref().and_then(|given| {
-            self.bound
-                .iter()
-                .filter(|(_, expected)| constant_time_eq(given, expected))
-                .fold(None, |found, (caller, _)| found.or(Some(caller.clone())))
-        });
-        match (given, proven) {
-            (Some(_), Some(caller)) => {
+        let proven = self
+            .bound
+            .iter()
+            .filter(|(_, expected)| constant_time_eq(given, expected))
+            .fold(None, |found, (caller, _)| found.or(Some(caller.clone())));
+        let shared = self.expected.as_ref().is_some_and(|e| constant_time_eq(given, e));
+        match proven {
+            Some(caller) => {
                 request.extensions_mut().insert(ProvenCaller(caller));
                 Ok(request)
             }
-            (Some(given), None) if self.expected.as_ref().is_some_and(|e| constant_time_eq(&given, e)) => Ok(request),
-            (Some(_), None) => Err(Status::unauthenticated(format!("wrong {} token", self.who))),
-            (None, _) => Err(Status::unauthenticated(format!(
-                "a {} token is required (authorization: Bearer ...)",
-                self.who
-            ))),
+            None if shared => Ok(request),
+            None => Err(Status::unauthenticated(format!("wrong {} token", self.who))),
         }
     }
 }

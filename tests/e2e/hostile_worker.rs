@@ -65,6 +65,14 @@ fn outcome(assignment: &v1::Assignment, result: v1::JobResult) -> In {
     })
 }
 
+/// The iteration outcome inside `result`, to forge.
+fn iteration_mut(result: &mut v1::JobResult) -> &mut v1::IterationOutcome {
+    match &mut result.kind {
+        Some(v1::job_result::Kind::Iteration(outcome)) => outcome,
+        other => panic!("expected an iteration outcome, got {other:?}"),
+    }
+}
+
 /// An ack's status and reason.
 async fn expect_ack_with_reason(session: &mut RawSession, job_id: i64) -> (v1::AckStatus, String) {
     match session.next().await.expect("message") {
@@ -151,11 +159,10 @@ async fn an_outcomes_iteration_mode_attempt_and_worker_are_the_jobs_not_the_mess
     session.send(In::Credit(v1::Credit { count: 1 })).await;
     let assignment = expect_assignment(&mut session).await;
     let mut forged = pass(77);
-    if let Some(v1::job_result::Kind::Iteration(outcome)) = &mut forged.kind {
-        outcome.worker_id = "w9".into();
-        outcome.attempt = 9;
-        outcome.mode = v1::Mode::Gil as i32;
-    }
+    let forged_outcome = iteration_mut(&mut forged);
+    forged_outcome.worker_id = "w9".into();
+    forged_outcome.attempt = 9;
+    forged_outcome.mode = v1::Mode::Gil as i32;
     session.send(outcome(&assignment, forged)).await;
     assert_eq!(
         expect_ack(&mut session, assignment.job_id).await,
@@ -183,9 +190,7 @@ async fn an_invalid_or_oversized_outcome_is_rejected_and_recorded_as_a_harness_e
 
     // Evidence that is not JSON.
     let mut garbage = pass(1);
-    if let Some(v1::job_result::Kind::Iteration(outcome)) = &mut garbage.kind {
-        outcome.evidence_json = "{not json".into();
-    }
+    iteration_mut(&mut garbage).evidence_json = "{not json".into();
     session.send(outcome(&assignments[0], garbage)).await;
     let (status, reason) = expect_ack_with_reason(&mut session, assignments[0].job_id).await;
     assert_eq!(status, v1::AckStatus::Rejected);
@@ -193,9 +198,7 @@ async fn an_invalid_or_oversized_outcome_is_rejected_and_recorded_as_a_harness_e
 
     // An outcome over the outcome limit, under the message limit.
     let mut oversized = pass(2);
-    if let Some(v1::job_result::Kind::Iteration(outcome)) = &mut oversized.kind {
-        outcome.stdout_tail = "x".repeat(2 * proto::MAX_OUTCOME_BYTES);
-    }
+    iteration_mut(&mut oversized).stdout_tail = "x".repeat(2 * proto::MAX_OUTCOME_BYTES);
     session.send(outcome(&assignments[1], oversized)).await;
     let (status, reason) = expect_ack_with_reason(&mut session, assignments[1].job_id).await;
     assert_eq!(status, v1::AckStatus::Rejected);
@@ -245,9 +248,7 @@ async fn a_message_over_the_session_limit_ends_that_session_alone_and_its_job_go
     session.send(In::Credit(v1::Credit { count: 1 })).await;
     let assignment = expect_assignment(&mut session).await;
     let mut huge = pass(1);
-    if let Some(v1::job_result::Kind::Iteration(outcome)) = &mut huge.kind {
-        outcome.stderr_tail = "y".repeat(proto::MAX_WORKER_MESSAGE_BYTES + 1);
-    }
+    iteration_mut(&mut huge).stderr_tail = "y".repeat(proto::MAX_WORKER_MESSAGE_BYTES + 1);
     session.send(outcome(&assignment, huge)).await;
     let ended = session.next().await.expect_err("the session ends");
     assert_eq!(ended.code(), tonic::Code::OutOfRange, "{ended:?}");
@@ -348,13 +349,7 @@ async fn a_thousand_flooding_sessions_leave_the_coordinator_bounded_and_serving(
     // each flooding credits, garbage outcomes and heartbeats of jobs it never had.
     let mut channels = Vec::new();
     for _ in 0..40 {
-        channels.push(
-            tonic::transport::Channel::from_shared(cluster_url.clone())
-                .expect("url")
-                .connect()
-                .await
-                .expect("connect"),
-        );
+        channels.push(tests::connect(&cluster_url).await);
     }
     // Of an interpreter the honest run does not want, so its jobs are left to the honest worker.
     let mut other_python = ft_profile();
@@ -403,12 +398,9 @@ async fn a_thousand_flooding_sessions_leave_the_coordinator_bounded_and_serving(
         .into_inner()
         .run
         .expect("run");
-    let honest_channel = tonic::transport::Channel::from_shared(cluster_url.clone())
-        .expect("url")
-        .connect()
+    let mut honest = RawSession::open(tests::connect(&cluster_url).await, None)
         .await
-        .expect("connect");
-    let mut honest = RawSession::open(honest_channel, None).await.expect("open");
+        .expect("open");
     honest.hello("honest", &ft_profile(), 2).await;
     honest.send(In::Credit(v1::Credit { count: 2 })).await;
     let assignments = [

@@ -658,12 +658,7 @@ async fn a_store_that_hangs_answers_a_client_with_deadline_exceeded_and_the_next
 
 /// The health service's status of the whole server, polled until it is `want` (30 s at most).
 async fn health_becomes(cluster: &TestCluster, want: tonic_health::pb::health_check_response::ServingStatus) {
-    let channel = tonic::transport::Channel::from_shared(cluster.url.clone())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut client = tonic_health::pb::health_client::HealthClient::new(tests::connect(&cluster.url).await);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = client

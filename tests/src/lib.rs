@@ -88,12 +88,7 @@ impl TestCluster {
     /// Opens a raw worker session sending `token` as its bearer token, or says why the
     /// coordinator refused to open it.
     pub async fn session_with_token(&self, token: Option<&str>) -> Result<RawSession, tonic::Status> {
-        let channel = Channel::from_shared(self.url.clone())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect worker client");
-        RawSession::open(channel, token).await
+        RawSession::open(connect(&self.url).await, token).await
     }
 
     /// Stops the coordinator and waits for it.
@@ -185,6 +180,15 @@ impl RawSession {
             other => panic!("expected Welcome, got {other:?}"),
         }
     }
+}
+
+/// A connection to the gRPC server at `url`, for clients and sessions to share.
+pub async fn connect(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect to the coordinator")
 }
 
 /// A free-threaded 3.13 profile, as a worker would report it.

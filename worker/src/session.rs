@@ -150,12 +150,7 @@ impl Worker {
         let _ = out_tx.send(message(Out::Hello(hello))).await;
         let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
             Ok(response) => response.into_inner(),
-            Err(status) if status.code() == tonic::Code::Unauthenticated => {
-                return SessionEnd::Refused(anyhow::anyhow!(
-                    "the coordinator refused this worker: {}",
-                    status.message()
-                ));
-            }
+            Err(status) if status.code() == tonic::Code::Unauthenticated => return refused(&status),
             Err(status) => return SessionEnd::Lost(anyhow::anyhow!("session refused: {status}")),
         };
         let welcome = match inbound.message().await {
@@ -164,12 +159,7 @@ impl Worker {
             })) => welcome,
             Ok(other) => return SessionEnd::Lost(anyhow::anyhow!("expected Welcome, got {other:?}")),
             // This worker's token is not its own: retrying cannot help.
-            Err(status) if status.code() == tonic::Code::PermissionDenied => {
-                return SessionEnd::Refused(anyhow::anyhow!(
-                    "the coordinator refused this worker: {}",
-                    status.message()
-                ));
-            }
+            Err(status) if status.code() == tonic::Code::PermissionDenied => return refused(&status),
             Err(status) => return SessionEnd::Lost(anyhow::anyhow!("session ended before Welcome: {status}")),
         };
         tracing::info!(worker.id = %self.config.worker_id, "connected to {}", self.config.coordinator_url);
@@ -298,6 +288,14 @@ impl Worker {
     }
 }
 
+/// The end of a session the coordinator refused for this worker's token.
+fn refused(status: &tonic::Status) -> SessionEnd {
+    SessionEnd::Refused(anyhow::anyhow!(
+        "the coordinator refused this worker: {}",
+        status.message()
+    ))
+}
+
 fn message(msg: Out) -> v1::WorkerMessage {
     v1::WorkerMessage { msg: Some(msg) }
 }
@@ -316,8 +314,6 @@ fn acknowledged(spool: &Spool, ack: &v1::Ack) {
 
 #[cfg(test)]
 mod tests {
-    use domain::{SetupFailure, SetupStage};
-
     use super::*;
 
     #[test]
@@ -325,18 +321,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(dir.path()).expect("open");
         for job_id in [1, 2] {
-            let spooled = SpooledOutcome {
-                job_id: JobId(job_id),
-                lease_token: LeaseToken::random(),
-                result: JobResult::SetupFailed(SetupFailure {
-                    stage: SetupStage::Install,
-                    message: "m".into(),
-                    log_tail: String::new(),
-                    duration_ms: 1,
-                }),
-                sessions_sent: 1,
-            };
-            spool.put(&spooled).expect("put");
+            spool.put(&crate::spool::tests::setup_failure(job_id)).expect("put");
         }
         let rejected = v1::Ack {
             job_id: 1,

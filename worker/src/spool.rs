@@ -130,11 +130,12 @@ fn file_name(outcome: &SpooledOutcome) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use domain::{SetupFailure, SetupStage};
 
-    fn setup_failure(job_id: i64) -> SpooledOutcome {
+    /// A spooled setup failure of job `job_id`, sent once.
+    pub(crate) fn setup_failure(job_id: i64) -> SpooledOutcome {
         SpooledOutcome {
             job_id: JobId(job_id),
             lease_token: LeaseToken::random(),

@@ -466,6 +466,5 @@ fn read_result(result: Option<v1::JobResult>) -> Result<JobResult, String> {
         ));
     }
     let result = JobResult::try_from(result).map_err(|error| error.to_string())?;
-    domain::bound::check(&result)?;
-    Ok(result)
+    domain::bound::checked(result)
 }

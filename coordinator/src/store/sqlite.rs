@@ -487,11 +487,11 @@ impl Store for SqliteStore {
         .await?;
         let mut report = ReapReport::default();
         let mut packages = Vec::new();
+        let attempt_end = ATTEMPT_END_SQL.replace("?NOW", "?2");
         for row in expired {
             let job_id: i64 = row.try_get("id")?;
             let run_id = parse_run_id(row.try_get("run_id")?)?;
             let package_idx: i64 = row.try_get("package_idx")?;
-            let attempt_end = ATTEMPT_END_SQL.replace("?NOW", "?2");
             if u32_column(&row, "attempt")? >= max_attempts {
                 sqlx::query(&format!(
                     "UPDATE jobs SET state = 'lost', settled_at_ms = ?2, attempt_ends = {attempt_end}, ended_by = NULL

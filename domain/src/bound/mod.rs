@@ -45,16 +45,21 @@ impl JobResult {
 }
 
 /// Whether `result` is within the bounds that [`JobResult::bounded`] puts it in; when it is
-/// not, one line saying which field breaks which bound.
+/// not, one line saying which field breaks which bound. See [`checked`], which needs no copy.
 pub fn check(result: &JobResult) -> Result<(), String> {
-    // The walk takes the result mutably to serve the cutter too; the checker changes nothing.
-    let mut copy = result.clone();
+    checked(result.clone()).map(drop)
+}
+
+/// `result` back if it is within the bounds that [`JobResult::bounded`] puts it in; when it
+/// is not, one line saying which field breaks which bound. It takes the result, as the walk
+/// goes by `&mut` to serve the cutter too, so a caller that owns it checks it without a copy.
+pub fn checked(mut result: JobResult) -> Result<JobResult, String> {
     let mut checker = Checker::default();
-    walk(&mut copy, &mut checker);
+    walk(&mut result, &mut checker);
     if let Some(reason) = checker.first {
         return Err(reason);
     }
-    if let JobResult::Iteration(outcome) = result {
+    if let JobResult::Iteration(outcome) = &result {
         let bytes = evidence_bytes(&outcome.evidence);
         if bytes > MAX_EVIDENCE_BYTES {
             return Err(format!(
@@ -62,7 +67,7 @@ pub fn check(result: &JobResult) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(result)
 }
 
 /// `text` cut to at most `max_bytes` by keeping its start and marking the cut at the end.
@@ -138,6 +143,14 @@ impl<T> Items for Vec<T> {
 trait Visit {
     fn text(&mut self, field: &'static str, text: &mut String, cap: Cap);
     fn list(&mut self, field: &'static str, list: &mut dyn Items, max: usize);
+
+    /// A list of strings: the list, then each of its strings.
+    fn texts(&mut self, field: &'static str, texts: &mut Vec<String>, max: usize, cap: Cap) {
+        self.list(field, texts, max);
+        for text in texts {
+            self.text(field, text, cap);
+        }
+    }
 }
 
 /// Visits every bounded field of `result`, each list before its items.
@@ -174,10 +187,12 @@ fn walk_outcome(outcome: &mut IterationOutcome, visit: &mut impl Visit) {
 fn walk_evidence(evidence: &mut IterationEvidence, visit: &mut impl Visit) {
     let short = Cap::Start(MAX_SHORT_BYTES);
     if let Some(tests) = &mut evidence.tests {
-        visit.list("evidence.tests.failing", &mut tests.failing, TestReport::MAX_NAMED);
-        for id in &mut tests.failing {
-            visit.text("evidence.tests.failing", id, Cap::TestId);
-        }
+        visit.texts(
+            "evidence.tests.failing",
+            &mut tests.failing,
+            TestReport::MAX_NAMED,
+            Cap::TestId,
+        );
     }
     if let Some(stacks) = &mut evidence.stacks {
         visit.text("evidence.stacks", stacks, Cap::Start(MAX_STACKS_BYTES));
@@ -197,18 +212,13 @@ fn walk_evidence(evidence: &mut IterationEvidence, visit: &mut impl Visit) {
         }
     }
     if let Some(extensions) = &mut evidence.extensions {
-        visit.list("evidence.extensions.modules", &mut extensions.modules, MAX_ITEMS);
-        for module in &mut extensions.modules {
-            visit.text("evidence.extensions.modules", module, short);
-        }
-        visit.list(
+        visit.texts("evidence.extensions.modules", &mut extensions.modules, MAX_ITEMS, short);
+        visit.texts(
             "evidence.extensions.gil_enabled_by",
             &mut extensions.gil_enabled_by,
             MAX_ITEMS,
+            short,
         );
-        for module in &mut extensions.gil_enabled_by {
-            visit.text("evidence.extensions.gil_enabled_by", module, short);
-        }
         visit.list(
             "evidence.extensions.import_errors",
             &mut extensions.import_errors,
@@ -238,10 +248,7 @@ fn walk_evidence(evidence: &mut IterationEvidence, visit: &mut impl Visit) {
     if let Some(sandbox) = &mut evidence.sandbox {
         visit.list("evidence.sandbox.limits_hit", &mut sandbox.limits_hit, MAX_ITEMS);
     }
-    visit.list("evidence.truncated", &mut evidence.truncated, MAX_NOTES);
-    for note in &mut evidence.truncated {
-        visit.text("evidence.truncated", note, short);
-    }
+    visit.texts("evidence.truncated", &mut evidence.truncated, MAX_NOTES, short);
 }
 
 fn walk_setup_failure(failure: &mut SetupFailure, visit: &mut impl Visit) {

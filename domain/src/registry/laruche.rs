@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-pub use crate::package_defaults::{DEFAULT_INSTALL_COMMAND, DEFAULT_TEST_COMMAND};
+use crate::package_defaults::{DEFAULT_INSTALL_COMMAND, DEFAULT_TEST_COMMAND};
 use crate::package_kind::{ExtensionType, TestFramework};
 use crate::registry::env::{AllowedEnv, check_registry_env_key};
 use crate::spec::{PackageSpec, Source};

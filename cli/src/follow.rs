@@ -117,6 +117,7 @@ pub(crate) async fn survey(
             first_watch = false;
             let watch = client.watch_run(v1::WatchRunRequest {
                 run_id: run_id.to_string(),
+                with_output: true,
             });
             let watched = match tokio::time::timeout(Duration::from_secs(30), watch).await {
                 Ok(watched) => watched,
@@ -195,16 +196,15 @@ pub(crate) async fn survey(
             })
             .await
             .context("cancelling")?;
-        let partial = client
-            .query_package_results(v1::QueryPackageResultsRequest {
-                run_id: run_id.to_string(),
-                ..Default::default()
-            })
+        let request = v1::QueryPackageResultsRequest {
+            run_id: run_id.to_string(),
+            with_output: true,
+            ..Default::default()
+        };
+        let partial = crate::remote::all_results(client, request)
             .await
-            .context("reading partial results")?
-            .into_inner();
-        for package in partial.results {
-            let result = PackageResult::try_from(package)?;
+            .context("reading partial results")?;
+        for result in partial {
             let has_data = !result.iterations.is_empty() || result.setup_failure.is_some();
             if has_data && written.insert(result.package.clone()) {
                 let record = PackageRecord::of_run(&result, spec);

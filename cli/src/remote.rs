@@ -100,3 +100,26 @@ pub(crate) async fn connect(url: &str, credentials: &ClientCredentials) -> anyho
 pub(crate) fn status_error(status: &tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
+
+/// Every package result of a run that `request` selects, read a page at a time (the request's
+/// page token is the first page's), as domain results.
+pub(crate) async fn all_results(
+    client: &mut Client,
+    mut request: proto::v1::QueryPackageResultsRequest,
+) -> anyhow::Result<Vec<domain::PackageResult>> {
+    let mut results = Vec::new();
+    loop {
+        let page = client
+            .query_package_results(request.clone())
+            .await
+            .map_err(|s| status_error(&s))?
+            .into_inner();
+        for result in page.results {
+            results.push(domain::PackageResult::try_from(result)?);
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(results);
+        }
+        request.page_token = page.next_page_token;
+    }
+}

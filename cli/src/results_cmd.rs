@@ -14,7 +14,7 @@ use domain::views::render::{ReportFormat, render_report};
 use domain::views::report::{ReportInput, build_report};
 use domain::views::show::{ShowFormat, ShowOptions, SortKey, render_show, show_json};
 
-use crate::run_source::{LoadedRun, RemoteArgs, load, print_text, write_output};
+use crate::run_source::{LoadedRun, Outputs, RemoteArgs, load, print_text, write_output};
 
 /// Flags of `ftsurvey show`; names follow the tool ftsurvey replaces.
 #[derive(Debug, Args)]
@@ -125,7 +125,7 @@ pub(crate) struct ReportArgs {
 
 /// `ftsurvey show`.
 pub(crate) fn run_show(args: &ShowArgs) -> anyhow::Result<()> {
-    let run = load(&args.run, &args.remote)?;
+    let run = load(&args.run, &args.remote, Outputs::None)?;
     let options = ShowOptions {
         sort: args.sort,
         limit: args.limit,
@@ -139,7 +139,7 @@ pub(crate) fn run_show(args: &ShowArgs) -> anyhow::Result<()> {
 
 /// `ftsurvey flaky`.
 pub(crate) fn run_flaky(args: &FlakyArgs) -> anyhow::Result<()> {
-    let run = load(&args.run, &args.remote)?;
+    let run = load(&args.run, &args.remote, Outputs::None)?;
     let analyses: Vec<_> = match &args.package {
         Some(name) => {
             let record = find(&run, name)?;
@@ -156,7 +156,7 @@ pub(crate) fn run_flaky(args: &FlakyArgs) -> anyhow::Result<()> {
 
 /// `ftsurvey compat`.
 pub(crate) fn run_compat(args: &CompatArgs) -> anyhow::Result<()> {
-    let run = load(&args.run, &args.remote)?;
+    let run = load(&args.run, &args.remote, Outputs::None)?;
     let rows = compat_rows(&run.records, args.extensions_only);
     match args.format {
         ShowFormat::Text => print_text(&render_compat(&rows)),
@@ -167,8 +167,8 @@ pub(crate) fn run_compat(args: &CompatArgs) -> anyhow::Result<()> {
 
 /// `ftsurvey compare`.
 pub(crate) fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
-    let a = load(&args.run_a, &args.remote)?;
-    let b = load(&args.run_b, &args.remote)?;
+    let a = load(&args.run_a, &args.remote, Outputs::None)?;
+    let b = load(&args.run_b, &args.remote, Outputs::None)?;
     let comparison = compare(&a.name, &a.records, &b.name, &b.records, args.threshold);
     match args.format {
         ShowFormat::Text => print_text(&render_compare(&comparison)),
@@ -179,7 +179,7 @@ pub(crate) fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
 
 /// `ftsurvey report`.
 pub(crate) fn run_report(args: &ReportArgs) -> anyhow::Result<()> {
-    let run = load(&args.run, &args.remote)?;
+    let run = load(&args.run, &args.remote, Outputs::Stalled)?;
     let downloads = download_counts(&run, args.registry_dir.as_deref())?;
     let blocks = build_report(&ReportInput {
         meta: run.meta.as_ref(),
@@ -221,7 +221,12 @@ fn download_counts(run: &LoadedRun, registry_dir: Option<&Path>) -> anyhow::Resu
 
 /// `ftsurvey export`.
 pub(crate) fn run_export(args: &ExportArgs) -> anyhow::Result<()> {
-    let run = load(&args.run, &args.remote)?;
+    // JSON carries every field of the results line, output tails included; CSV none of them.
+    let outputs = match args.format {
+        ExportFormat::Csv => Outputs::None,
+        ExportFormat::Json | ExportFormat::Jsonl => Outputs::All,
+    };
+    let run = load(&args.run, &args.remote, outputs)?;
     let downloads = run
         .meta
         .as_ref()

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use domain::results::{PackageRecord, RunMeta};
-use domain::{PackageResult, RunSpec, RunSummary};
+use domain::{RunSpec, RunSummary};
 use proto::v1;
 
 use crate::remote::{ClientCredentials, CoordinatorArgs};
@@ -35,8 +35,18 @@ pub(crate) struct LoadedRun {
     pub(crate) read_from: Vec<PathBuf>,
 }
 
+/// Which iterations' output tails a view needs of a run read from a coordinator, which leaves
+/// them out unless asked (a results folder always has them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outputs {
+    None,
+    /// Those of stalled iterations: where the tests were when they stopped.
+    Stalled,
+    All,
+}
+
 /// Reads `run`, printing what could not be read as warnings on stderr.
-pub(crate) fn load(run: &str, remote: &RemoteArgs) -> anyhow::Result<LoadedRun> {
+pub(crate) fn load(run: &str, remote: &RemoteArgs, outputs: Outputs) -> anyhow::Result<LoadedRun> {
     let path = Path::new(run);
     if path.exists() {
         let (meta, records, warnings) = read_results_dir(path)?;
@@ -59,7 +69,7 @@ pub(crate) fn load(run: &str, remote: &RemoteArgs) -> anyhow::Result<LoadedRun> 
     match (&remote.coordinator, looks_like_id) {
         (Some(url), true) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(load_remote(run, &remote.credentials.at(url)))
+            runtime.block_on(load_remote(run, &remote.credentials.at(url), outputs))
         }
         (Some(_), false) => anyhow::bail!(
             "{run} is neither a results folder nor a run id: pass a folder path or the UUID `ftsurvey runs list` shows"
@@ -75,7 +85,7 @@ pub(crate) fn load(run: &str, remote: &RemoteArgs) -> anyhow::Result<LoadedRun> 
 }
 
 /// Fetches a run and its package results from a coordinator.
-async fn load_remote(run: &str, coordinator: &CoordinatorArgs) -> anyhow::Result<LoadedRun> {
+async fn load_remote(run: &str, coordinator: &CoordinatorArgs, outputs: Outputs) -> anyhow::Result<LoadedRun> {
     let url = &coordinator.coordinator;
     let mut client = coordinator.connect().await?;
     let got = client
@@ -88,22 +98,38 @@ async fn load_remote(run: &str, coordinator: &CoordinatorArgs) -> anyhow::Result
         .into_inner();
     let summary = RunSummary::try_from(got.run.context("the coordinator sent no run summary")?)?;
     let spec = RunSpec::try_from(got.spec.context("the coordinator sent no run spec")?)?;
-    let results = client
-        .query_package_results(v1::QueryPackageResultsRequest {
-            run_id: run.to_string(),
-            ..Default::default()
-        })
+    let request = v1::QueryPackageResultsRequest {
+        run_id: run.to_string(),
+        with_output: outputs == Outputs::All,
+        ..Default::default()
+    };
+    let results = crate::remote::all_results(&mut client, request)
         .await
-        .map_err(|s| crate::remote::status_error(&s))
-        .with_context(|| format!("reading the results of run {run} from {url}"))?
-        .into_inner();
+        .with_context(|| format!("reading the results of run {run} from {url}"))?;
     let mut records = Vec::new();
-    for result in results.results {
-        let result = PackageResult::try_from(result)?;
+    for mut result in results {
         // Packages with nothing recorded yet say nothing; a results folder leaves them out too.
-        if !result.iterations.is_empty() || result.setup_failure.is_some() || result.finished {
-            records.push(PackageRecord::of_run(&result, &spec));
+        if result.iterations.is_empty() && result.setup_failure.is_none() && !result.finished {
+            continue;
         }
+        if outputs == Outputs::Stalled {
+            for outcome in result.iterations.iter_mut().filter(|o| o.stalled) {
+                let output = client
+                    .get_iteration_output(v1::GetIterationOutputRequest {
+                        run_id: run.to_string(),
+                        package: result.package.clone(),
+                        mode: v1::Mode::from(outcome.mode).into(),
+                        iteration: outcome.iteration,
+                    })
+                    .await
+                    .map_err(|s| crate::remote::status_error(&s))
+                    .with_context(|| format!("reading the output of a stalled iteration of {}", result.package))?
+                    .into_inner();
+                outcome.stdout_tail = output.stdout_tail;
+                outcome.stderr_tail = output.stderr_tail;
+            }
+        }
+        records.push(PackageRecord::of_run(&result, &spec));
     }
     Ok(LoadedRun {
         name: format!("run {run} on {url}"),

@@ -7,6 +7,7 @@
 mod batch;
 mod clock;
 mod config;
+mod feed;
 mod health;
 mod hub;
 mod reaper;

@@ -412,6 +412,20 @@ impl PackageResult {
     pub fn pass_rate(&self) -> Option<f64> {
         self.counts.pass_rate()
     }
+
+    /// Empties every iteration's stdout and stderr tails, the bulk of a result that listings
+    /// leave out; returns the bytes they held.
+    pub fn drop_output(&mut self) -> usize {
+        self.iterations
+            .iter_mut()
+            .map(|outcome| {
+                let held = outcome.stdout_tail.len() + outcome.stderr_tail.len();
+                outcome.stdout_tail = String::new();
+                outcome.stderr_tail = String::new();
+                held
+            })
+            .sum()
+    }
 }
 
 #[cfg(test)]

@@ -27,3 +27,8 @@ pub const MAX_OUTCOME_BYTES: usize = 1024 * 1024;
 /// Largest message the coordinator reads from a worker's session: an outcome at its limit with
 /// room to spare. A larger one ends the session.
 pub const MAX_WORKER_MESSAGE_BYTES: usize = 4 * MAX_OUTCOME_BYTES;
+
+/// Largest result page or run event the coordinator builds, encoded: a page of package results
+/// is cut before it would pass this, so every reply stays far below [`MAX_MESSAGE_BYTES`]
+/// however large the run. A package larger on its own is sent without its output tails.
+pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;

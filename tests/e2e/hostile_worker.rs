@@ -46,8 +46,8 @@ async fn iterations(cluster: &TestCluster, run_id: &str) -> Vec<v1::IterationOut
         .await
         .query_package_results(v1::QueryPackageResultsRequest {
             run_id: run_id.to_string(),
-            packages: Vec::new(),
-            finished_only: false,
+            with_output: true,
+            ..Default::default()
         })
         .await
         .expect("results")

@@ -9,6 +9,7 @@ mod hostile_worker;
 mod interpreters;
 mod protocol;
 mod registry;
+mod scale;
 mod sandbox;
 mod setups;
 mod store;

@@ -91,6 +91,7 @@ async fn watch(cluster: &TestCluster, run_id: &str) -> tonic::Streaming<v1::RunE
         .await
         .watch_run(v1::WatchRunRequest {
             run_id: run_id.to_string(),
+            with_output: true,
         })
         .await
         .expect("watch")

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use coordinator::store::{ClaimBatch, ClaimRequest, ClaimWant, Report, Store};
+use coordinator::store::{ClaimBatch, ClaimRequest, ClaimWant, PackageQuery, Packages, Report, Store};
 use domain::spec::RunOptions;
 use domain::{
     Category, InterpreterProfile, InterpreterRequirement, IterationOutcome, IterationStatus, JobResult, LeaseToken,
@@ -68,6 +68,7 @@ conformance!(
     an_outcomes_iteration_mode_attempt_and_worker_come_from_its_job,
     a_lost_job_says_how_each_of_its_attempts_ended,
     a_store_answers_a_ping,
+    results_come_in_pages_and_verdicts_keep_no_output_the_jobs_still_have,
 );
 
 fn package(name: &str) -> PackageSpec {
@@ -1038,4 +1039,97 @@ async fn a_packages_last_two_outcomes_recorded_at_once_give_it_one_verdict(store
         let (summary, _) = store.get_run(run_id).await.expect("get");
         assert_eq!(summary.state, RunState::Finished, "round {round}");
     }
+}
+
+async fn results_come_in_pages_and_verdicts_keep_no_output_the_jobs_still_have(store: Arc<dyn Store>) {
+    let names: Vec<String> = (0..7).map(|n| format!("p{n}")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let run_id = submit(&store, &spec(&name_refs, 1), 0).await;
+    let jobs = claim(&store, &worker("w"), &profile("3.13", true), &[], 10, 0).await;
+    // Packages 1, 3 and 5 finish, each with its output.
+    for job in jobs.iter().filter(|j| ["p1", "p3", "p5"].contains(&j.package.name.as_str())) {
+        let mut result = outcome(job.iteration, IterationStatus::Fail);
+        if let JobResult::Iteration(outcome) = &mut result {
+            outcome.stdout_tail = format!("out of {}", job.package.name);
+            outcome.stderr_tail = format!("err of {}", job.package.name);
+        }
+        let completion = store.complete_job(job.job_id, job.lease_token, &result, 5).await;
+        assert_eq!(completion.expect("complete").ack, OutcomeAck::Recorded);
+    }
+    assert_eq!(store.finished_packages(run_id).await.expect("finished"), vec![1, 3, 5]);
+
+    // Pages of three, each after the last index of the one before, cover the run in order.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let query = PackageQuery {
+            packages: Packages::All,
+            finished_only: false,
+            after,
+            limit: 3,
+        };
+        let page = store.package_page(run_id, query).await.expect("page");
+        assert!(page.len() <= 3);
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        seen.extend(page.into_iter().map(|(idx, result)| (idx, result.package)));
+    }
+    let expected: Vec<(u32, String)> = (0..7).map(|n| (n, format!("p{n}"))).collect();
+    assert_eq!(seen, expected);
+
+    // By index and by name, finished only; a finished verdict is stored without output.
+    let at = store
+        .package_page(
+            run_id,
+            PackageQuery {
+                packages: Packages::At(&[0, 3, 5]),
+                finished_only: true,
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("by index");
+    let at: Vec<(u32, &str, bool)> = at
+        .iter()
+        .map(|(idx, r)| (*idx, r.package.as_str(), r.iterations[0].stdout_tail.is_empty()))
+        .collect();
+    assert_eq!(at, vec![(3, "p3", true), (5, "p5", true)]);
+    let named = ["p5".to_string(), "p6".to_string(), "nope".to_string()];
+    let by_name = store
+        .package_page(
+            run_id,
+            PackageQuery {
+                packages: Packages::Named(&named),
+                finished_only: false,
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("by name");
+    assert_eq!(by_name.iter().map(|(idx, _)| *idx).collect::<Vec<_>>(), vec![5, 6]);
+
+    // The jobs keep the output, by index or by name.
+    let outputs = store
+        .iteration_outputs(run_id, Packages::At(&[3, 4]))
+        .await
+        .expect("outputs");
+    assert_eq!(outputs.len(), 1, "package 4 has no outcome yet: {outputs:?}");
+    assert_eq!((outputs[0].package, outputs[0].mode, outputs[0].iteration), (3, Mode::Ft, 1));
+    assert_eq!(outputs[0].stdout_tail, "out of p3");
+    assert_eq!(outputs[0].stderr_tail, "err of p3");
+    let named = ["p1".to_string()];
+    let outputs = store
+        .iteration_outputs(run_id, Packages::Named(&named))
+        .await
+        .expect("outputs by name");
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0].stdout_tail, "out of p1");
+
+    let unknown = RunId::new_at(1);
+    assert!(matches!(
+        store.finished_packages(unknown).await,
+        Err(coordinator::store::StoreError::RunNotFound(_))
+    ));
 }

@@ -2,6 +2,7 @@
 
 pub mod cpu;
 pub mod postgres;
+pub mod scale;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,7 +1,5 @@
 //! The client-facing service: submit, list, cancel and watch runs; read package results.
 
-use std::collections::HashSet;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,15 +9,16 @@ use futures::Stream;
 use proto::convert::parse_run_id;
 use proto::v1;
 use proto::v1::survey_service_server::SurveyService;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::clock::now_ms;
 use crate::hub::Hub;
-use crate::service::{status_from_store, status_from_wire};
-use crate::store::StoreError;
+use crate::feed::Reading;
+use crate::service::{answer, results, status_from_wire};
+use crate::store::{PackageQuery, Packages};
 
 /// The `SurveyService` implementation.
 #[derive(Debug, Clone)]
@@ -126,19 +125,19 @@ impl SurveyService for Survey {
     type WatchRunStream = RunEventStream;
 
     async fn watch_run(&self, request: Request<v1::WatchRunRequest>) -> Result<Response<Self::WatchRunStream>, Status> {
-        let run_id = parse_run_id("run_id", &request.into_inner().run_id).map_err(status_from_wire)?;
-        // Subscribe before the snapshot so no change between the two is missed.
-        let changes = self.hub.run_changed.subscribe();
-        let first = answer(self.hub.store.get_run(run_id), &self.hub).await?.0;
-        let (sender, receiver) = mpsc::channel(16);
-        tokio::spawn(watch(
-            self.hub.clone(),
+        let request = request.into_inner();
+        let run_id = parse_run_id("run_id", &request.run_id).map_err(status_from_wire)?;
+        // An unknown run is an error of the call, not of the stream.
+        answer(self.hub.store.get_run(run_id), &self.hub).await?;
+        let feed = crate::feed::follow(&self.hub, run_id, &self.shutdown);
+        let (sender, receiver) = mpsc::channel(4);
+        let watcher = Watcher {
+            hub: self.hub.clone(),
             run_id,
-            first,
-            changes,
+            with_output: request.with_output,
             sender,
-            self.shutdown.clone(),
-        ));
+        };
+        tokio::spawn(watcher.run(feed, self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
@@ -146,107 +145,129 @@ impl SurveyService for Survey {
         &self,
         request: Request<v1::QueryPackageResultsRequest>,
     ) -> Result<Response<v1::QueryPackageResultsResponse>, Status> {
-        let request = request.into_inner();
-        let run_id = parse_run_id("run_id", &request.run_id).map_err(status_from_wire)?;
-        let results = answer(
-            self.hub
-                .store
-                .package_results(run_id, &request.packages, request.finished_only),
-            &self.hub,
-        )
-        .await?;
-        Ok(Response::new(v1::QueryPackageResultsResponse {
-            results: results.iter().map(Into::into).collect(),
-        }))
+        results::query_page(&self.hub, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_iteration_output(
+        &self,
+        request: Request<v1::GetIterationOutputRequest>,
+    ) -> Result<Response<v1::GetIterationOutputResponse>, Status> {
+        results::iteration_output(&self.hub, request.into_inner()).await.map(Response::new)
     }
 }
 
-/// A unary call's store request, answered within the coordinator's `store_answer_timeout`: a
-/// database that hangs answers the caller with `DeadlineExceeded` instead of holding the call
-/// open for ever.
-async fn answer<T>(request: impl Future<Output = Result<T, StoreError>>, hub: &Hub) -> Result<T, Status> {
-    let timeout = hub.settings.store_answer_timeout;
-    match tokio::time::timeout(timeout, request).await {
-        Ok(answered) => answered.map_err(status_from_store),
-        Err(_) => {
-            tracing::error!(?timeout, "the store did not answer a call in time");
-            Err(Status::deadline_exceeded(format!(
-                "the store did not answer within {} s",
-                timeout.as_secs_f64()
-            )))
-        }
-    }
-}
+/// Running jobs an event lists at most, longest-running first.
+const MAX_RUNNING_LISTED: usize = 50;
 
-/// The shortest time between two reads of a watched run.
-const WATCH_GAP: Duration = Duration::from_millis(250);
+/// How often a watcher hears of the running jobs when nothing else changes.
+const RUNNING_EVERY: Duration = Duration::from_secs(1);
 
-/// Feeds one WatchRun stream: a snapshot, then an event per change, until the run ends.
-async fn watch(
+/// Feeds one WatchRun stream from its run's feed: the finished packages it has not sent yet,
+/// read from the store a page at a time, and the summary when it moved, until the run ends.
+#[derive(Debug)]
+struct Watcher {
     hub: Arc<Hub>,
     run_id: RunId,
-    mut summary: domain::RunSummary,
-    mut changes: broadcast::Receiver<RunId>,
+    with_output: bool,
     sender: mpsc::Sender<Result<v1::RunEvent, Status>>,
-    shutdown: CancellationToken,
-) {
-    let mut sent: HashSet<String> = HashSet::new();
-    let mut last_summary: Option<domain::RunSummary> = None;
-    loop {
-        let finished = match hub.store.package_results(run_id, &[], true).await {
-            Ok(results) => results,
-            Err(error) => {
-                let _ = sender.send(Err(status_from_store(error))).await;
-                return;
-            }
-        };
-        let new: Vec<v1::PackageResult> = finished
-            .iter()
-            .filter(|r| sent.insert(r.package.clone()))
-            .map(Into::into)
-            .collect();
-        if last_summary.as_ref() != Some(&summary) || !new.is_empty() {
-            let event = v1::RunEvent {
-                run: Some((&summary).into()),
-                finished_packages: new,
-                running: hub.running_jobs(run_id, now_ms()),
-            };
-            if sender.send(Ok(event)).await.is_err() {
-                return;
-            }
-            last_summary = Some(summary.clone());
-        }
-        if summary.state.is_terminal() {
-            return;
-        }
-        // Wait for a change to this run; a periodic wake-up keeps summaries (running counts)
-        // fresh even when no package finishes. Each read covers the whole run, so changes
-        // that come quicker than WATCH_GAP are taken together: a busy fleet changes a run
-        // hundreds of times a second.
-        let read_at = tokio::time::Instant::now();
-        let deadline = tokio::time::sleep(Duration::from_secs(1));
-        tokio::pin!(deadline);
+}
+
+impl Watcher {
+    async fn run(self, mut feed: watch::Receiver<Reading>, shutdown: CancellationToken) {
+        // How much of the feed's finished list this stream has sent.
+        let mut sent = 0;
+        let mut last_summary: Option<domain::RunSummary> = None;
+        let mut running = tokio::time::interval_at(tokio::time::Instant::now() + RUNNING_EVERY, RUNNING_EVERY);
+        running.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let reading = feed.borrow_and_update().clone();
+            match reading {
+                Reading::Pending => {}
+                Reading::Failed(code, message) => {
+                    let _ = self.sender.send(Err(Status::new(code, message))).await;
+                    return;
+                }
+                Reading::Read(state) => {
+                    let summary = &state.summary;
+                    match self.send_finished(summary, &state.finished[sent..]).await {
+                        Ok(0) if last_summary.as_ref() != Some(summary) => {
+                            if !self.send(summary, Vec::new()).await {
+                                return;
+                            }
+                        }
+                        Ok(n) => sent += n,
+                        Err(()) => return,
+                    }
+                    last_summary = Some(summary.clone());
+                    if summary.state.is_terminal() {
+                        return;
+                    }
+                }
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = sender.closed() => return,
-                _ = &mut deadline => break,
-                changed = changes.recv() => match changed {
-                    Ok(id) if id != run_id => continue,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let soon = deadline.deadline().min(read_at + WATCH_GAP);
-                        deadline.as_mut().reset(soon);
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                _ = self.sender.closed() => return,
+                changed = feed.changed() => if changed.is_err() {
+                    // The feed ended without a last word: the coordinator is shutting down.
+                    return;
                 },
+                _ = running.tick() => {
+                    if let Some(summary) = &last_summary
+                        && !self.send(summary, Vec::new()).await
+                    {
+                        return;
+                    }
+                }
             }
         }
-        summary = match hub.store.get_run(run_id).await {
-            Ok((summary, _)) => summary,
-            Err(error) => {
-                let _ = sender.send(Err(status_from_store(error))).await;
-                return;
+    }
+
+    /// Sends the results of `finished` in events that each stay under MAX_EVENT_BYTES; returns
+    /// how many packages were sent, or `Err` when the stream is over.
+    async fn send_finished(&self, summary: &domain::RunSummary, finished: &[u32]) -> Result<usize, ()> {
+        let chunk = if self.with_output {
+            results::OUTPUT_READ
+        } else {
+            results::DEFAULT_PAGE
+        } as usize;
+        for indexes in finished.chunks(chunk) {
+            let query = PackageQuery {
+                packages: Packages::At(indexes),
+                finished_only: false,
+                after: None,
+                limit: indexes.len() as u32,
+            };
+            let read = async {
+                let page = answer(self.hub.store.package_page(self.run_id, query), &self.hub).await?;
+                results::to_wire(&self.hub, self.run_id, page, self.with_output).await
+            };
+            let mut page = match read.await {
+                Ok(page) => page,
+                Err(status) => {
+                    let _ = self.sender.send(Err(status)).await;
+                    return Err(());
+                }
+            };
+            while !page.is_empty() {
+                let fit = results::fitting(&mut page, proto::MAX_EVENT_BYTES);
+                let event: Vec<v1::PackageResult> = page.drain(..fit).map(|(_, result)| result).collect();
+                if !self.send(summary, event).await {
+                    return Err(());
+                }
             }
+        }
+        Ok(finished.len())
+    }
+
+    /// Sends one event; false when the stream is over.
+    async fn send(&self, summary: &domain::RunSummary, finished_packages: Vec<v1::PackageResult>) -> bool {
+        let mut running = self.hub.running_jobs(self.run_id, now_ms());
+        running.truncate(MAX_RUNNING_LISTED);
+        let event = v1::RunEvent {
+            run: Some(summary.into()),
+            finished_packages,
+            running,
         };
+        self.sender.send(Ok(event)).await.is_ok()
     }
 }

@@ -11,7 +11,7 @@ use domain::{
     PackageSpec, RunId, RunSpec, RunState, RunSummary, WorkerId,
 };
 
-use super::{ClaimWant, RevokedLease, StoreError};
+use super::{ClaimWant, IterationOutput, RevokedLease, StoreError};
 
 /// Job states that still need a worker.
 pub(super) const LIVE_JOB_STATES: &str = "('pending', 'leased')";
@@ -86,6 +86,32 @@ impl JobRow {
         }
         Ok(Some(result))
     }
+}
+
+/// A package's verdict as the packages table keeps it: without the iterations' output tails,
+/// which the jobs keep, so that a run's results are read without its bulk.
+pub(super) fn stored_verdict(mut result: PackageResult) -> Result<String, StoreError> {
+    result.drop_output();
+    to_json(&result)
+}
+
+/// The output tails of a job's recorded result, when it is an iteration's.
+pub(super) fn iteration_output(
+    package_idx: i64,
+    mode: &str,
+    iteration: i64,
+    result_json: &str,
+) -> Result<Option<IterationOutput>, StoreError> {
+    let JobResult::Iteration(outcome) = from_json::<JobResult>(result_json)? else {
+        return Ok(None);
+    };
+    Ok(Some(IterationOutput {
+        package: to_u32("package_idx", package_idx)?,
+        mode: mode.parse().map_err(StoreError::Corrupt)?,
+        iteration: to_u32("iteration", iteration)?,
+        stdout_tail: outcome.stdout_tail,
+        stderr_tail: outcome.stderr_tail,
+    }))
 }
 
 /// A package's result from its jobs: finished once none is live.

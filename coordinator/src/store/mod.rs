@@ -237,14 +237,82 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// passed, or no heartbeat), which a lost job's package result shows.
     async fn reap_expired(&self, max_attempts: u32, now_ms: i64) -> Result<ReapReport, StoreError>;
 
-    /// Package results of a run in package order, optionally only some packages or only
-    /// finished ones.
+    /// A page of a run's package results in package order: those the query selects, after its
+    /// cursor, at most its limit, each with its index. A verdict written once a package
+    /// finished is read as it was stored; a package still going gets its verdict so far.
+    async fn package_page(&self, run_id: RunId, query: PackageQuery<'_>) -> Result<Vec<(u32, PackageResult)>, StoreError>;
+
+    /// Every package result of a run that `packages` and `finished_only` select, page after
+    /// page. The whole run in memory: for tests and small runs; services read pages.
     async fn package_results(
         &self,
         run_id: RunId,
         packages: &[String],
         finished_only: bool,
-    ) -> Result<Vec<PackageResult>, StoreError>;
+    ) -> Result<Vec<PackageResult>, StoreError> {
+        let mut results = Vec::new();
+        let mut after = None;
+        loop {
+            let query = PackageQuery {
+                packages: if packages.is_empty() {
+                    Packages::All
+                } else {
+                    Packages::Named(packages)
+                },
+                finished_only,
+                after,
+                limit: 1000,
+            };
+            let page = self.package_page(run_id, query).await?;
+            let Some((last, _)) = page.last() else {
+                return Ok(results);
+            };
+            after = Some(*last);
+            results.extend(page.into_iter().map(|(_, result)| result));
+        }
+    }
+
+    /// The indexes of a run's finished packages, in package order: what a watcher compares
+    /// with what it has sent, without reading a single result.
+    async fn finished_packages(&self, run_id: RunId) -> Result<Vec<u32>, StoreError>;
+
+    /// The stdout and stderr tails of the iterations of these packages of a run, which package
+    /// results leave out: `package` is the index, and a package name with `Packages::Named`.
+    async fn iteration_outputs(
+        &self,
+        run_id: RunId,
+        packages: Packages<'_>,
+    ) -> Result<Vec<IterationOutput>, StoreError>;
+}
+
+/// Which of a run's packages a read selects.
+#[derive(Debug, Clone, Copy)]
+pub enum Packages<'a> {
+    All,
+    /// By name; names the run does not have select nothing.
+    Named(&'a [String]),
+    /// By index in the run's package order.
+    At(&'a [u32]),
+}
+
+/// A page of package results: which packages, after which index, how many at most.
+#[derive(Debug, Clone, Copy)]
+pub struct PackageQuery<'a> {
+    pub packages: Packages<'a>,
+    pub finished_only: bool,
+    /// Only packages whose index is greater: the last index of the previous page.
+    pub after: Option<u32>,
+    pub limit: u32,
+}
+
+/// One iteration's output tails, as its worker reported them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IterationOutput {
+    pub package: u32,
+    pub mode: domain::Mode,
+    pub iteration: u32,
+    pub stdout_tail: String,
+    pub stderr_tail: String,
 }
 
 /// Opens the store a URL names and brings its schema up to date: `sqlite://PATH` (created if

@@ -21,7 +21,9 @@ use super::common::{
     self, ATTEMPT_END_SQL, JobRow, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json,
     package_result, parse_run_id, revoked, to_json, to_u32,
 };
-use super::{ClaimBatch, Completion, ReapReport, Report, RevokedLease, Store, StoreError};
+use super::{
+    ClaimBatch, Completion, IterationOutput, PackageQuery, Packages, ReapReport, Report, RevokedLease, Store, StoreError,
+};
 
 /// Connections in the pool: claims and outcomes from many workers run side by side.
 const POOL_SIZE: u32 = 16;
@@ -787,28 +789,22 @@ impl Store for PostgresStore {
         Ok(report)
     }
 
-    async fn package_results(
-        &self,
-        run_id: RunId,
-        packages: &[String],
-        finished_only: bool,
-    ) -> Result<Vec<PackageResult>, StoreError> {
+    async fn package_page(&self, run_id: RunId, query: PackageQuery<'_>) -> Result<Vec<(u32, PackageResult)>, StoreError> {
+        let (names, indexes) = selected(query.packages);
         let mut tx = self.pool.begin().await?;
-        let exists: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1")
-            .bind(run_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::RunNotFound(run_id));
-        }
+        require_run(&mut tx, run_id).await?;
         let rows: Vec<(i32, bool, String)> = sqlx::query_as(
             "SELECT package_idx, finished, result_json FROM packages
-             WHERE run_id = $1 AND (finished OR NOT $2) AND (cardinality($3::text[]) = 0 OR name = ANY($3))
-             ORDER BY package_idx",
+             WHERE run_id = $1 AND (finished OR NOT $2) AND ($3::text[] IS NULL OR name = ANY($3))
+               AND ($4::int[] IS NULL OR package_idx = ANY($4)) AND package_idx > $5
+             ORDER BY package_idx LIMIT $6",
         )
         .bind(run_id.to_string())
-        .bind(finished_only)
-        .bind(packages)
+        .bind(query.finished_only)
+        .bind(names)
+        .bind(indexes)
+        .bind(query.after.map_or(-1, i64::from))
+        .bind(i64::from(query.limit))
         .fetch_all(&mut *tx)
         .await?;
         // Verdicts are stored once final; a package still going gets its verdict so far.
@@ -828,11 +824,71 @@ impl Store for PostgresStore {
         }
         tx.commit().await?;
         rows.into_iter()
-            .map(|(idx, finished, json)| match so_far.remove(&i64::from(idx)) {
-                Some(result) if !finished => Ok(result),
-                _ => from_json(&json),
+            .map(|(idx, finished, json)| {
+                let result = match so_far.remove(&i64::from(idx)) {
+                    Some(result) if !finished => result,
+                    _ => from_json(&json)?,
+                };
+                Ok((to_u32("package_idx", i64::from(idx))?, result))
             })
             .collect()
+    }
+
+    async fn finished_packages(&self, run_id: RunId) -> Result<Vec<u32>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let indexes: Vec<i32> =
+            sqlx::query_scalar("SELECT package_idx FROM packages WHERE run_id = $1 AND finished ORDER BY package_idx")
+                .bind(run_id.to_string())
+                .fetch_all(&mut *conn)
+                .await?;
+        if indexes.is_empty() {
+            // An unknown run has no packages either; say which it is.
+            require_run(&mut conn, run_id).await?;
+        }
+        indexes.into_iter().map(|i| to_u32("package_idx", i64::from(i))).collect()
+    }
+
+    async fn iteration_outputs(
+        &self,
+        run_id: RunId,
+        packages: Packages<'_>,
+    ) -> Result<Vec<IterationOutput>, StoreError> {
+        let (names, indexes) = selected(packages);
+        let rows: Vec<(i32, String, i32, String)> = sqlx::query_as(
+            "SELECT j.package_idx, j.mode, j.iteration, j.result_json
+             FROM jobs j JOIN packages p ON p.run_id = j.run_id AND p.package_idx = j.package_idx
+             WHERE j.run_id = $1 AND j.result_json IS NOT NULL
+               AND ($2::text[] IS NULL OR p.name = ANY($2)) AND ($3::int[] IS NULL OR j.package_idx = ANY($3))
+             ORDER BY j.package_idx, j.mode, j.iteration",
+        )
+        .bind(run_id.to_string())
+        .bind(names)
+        .bind(indexes)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .filter_map(|(idx, mode, iteration, json)| {
+                common::iteration_output(i64::from(idx), &mode, i64::from(iteration), &json).transpose()
+            })
+            .collect()
+    }
+}
+
+/// `RunNotFound` unless the run exists.
+async fn require_run(conn: &mut PgConnection, run_id: RunId) -> Result<(), StoreError> {
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM runs WHERE id = $1")
+        .bind(run_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    exists.map(drop).ok_or(StoreError::RunNotFound(run_id))
+}
+
+/// A package selection as the queries' two optional arrays: names, indexes.
+fn selected(packages: Packages<'_>) -> (Option<Vec<String>>, Option<Vec<i32>>) {
+    match packages {
+        Packages::All => (None, None),
+        Packages::Named(names) => (Some(names.to_vec()), None),
+        Packages::At(indexes) => (None, Some(indexes.iter().map(|&i| i as i32).collect())),
     }
 }
 
@@ -912,7 +968,7 @@ async fn write_verdicts(conn: &mut PgConnection, settled: &[(RunId, i64)], now_m
     for ((run_id, idx), result) in results {
         categories.push(result.category.as_str());
         finished.push(result.finished);
-        jsons.push(to_json(&result)?);
+        jsons.push(common::stored_verdict(result)?);
         out_runs.push(run_id.to_string());
         out_indexes.push(idx as i32);
     }

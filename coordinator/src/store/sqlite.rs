@@ -22,7 +22,9 @@ use super::common::{
     self, ATTEMPT_END_SQL, JobRow, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json,
     package_result, parse_run_id, revoked, to_json, to_u32,
 };
-use super::{ClaimBatch, Completion, ReapReport, Report, RevokedLease, Store, StoreError};
+use super::{
+    ClaimBatch, Completion, IterationOutput, PackageQuery, Packages, ReapReport, Report, RevokedLease, Store, StoreError,
+};
 
 /// A store in one SQLite database.
 #[derive(Debug, Clone)]
@@ -529,47 +531,92 @@ impl Store for SqliteStore {
         Ok(report)
     }
 
-    async fn package_results(
-        &self,
-        run_id: RunId,
-        packages: &[String],
-        finished_only: bool,
-    ) -> Result<Vec<PackageResult>, StoreError> {
+    async fn package_page(&self, run_id: RunId, query: PackageQuery<'_>) -> Result<Vec<(u32, PackageResult)>, StoreError> {
+        let (names, indexes) = selected(query.packages)?;
         let mut tx = self.pool.begin().await?;
         run_state(&mut tx, run_id).await?;
-        let rows = sqlx::query(
-            "SELECT package_idx, name, finished, result_json FROM packages
+        let rows: Vec<(i64, bool, String)> = sqlx::query_as(
+            "SELECT package_idx, finished, result_json FROM packages
              WHERE run_id = ?1 AND (finished = 1 OR ?2 = 0)
-             ORDER BY package_idx",
+               AND (?3 IS NULL OR name IN (SELECT value FROM json_each(?3)))
+               AND (?4 IS NULL OR package_idx IN (SELECT value FROM json_each(?4)))
+               AND package_idx > ?5
+             ORDER BY package_idx LIMIT ?6",
         )
         .bind(run_id.to_string())
-        .bind(finished_only)
+        .bind(query.finished_only)
+        .bind(names)
+        .bind(indexes)
+        .bind(query.after.map_or(-1, i64::from))
+        .bind(i64::from(query.limit))
         .fetch_all(&mut *tx)
         .await?;
         // Verdicts are stored once final; packages still going get their verdicts so far.
-        let mut wanted = Vec::with_capacity(rows.len());
-        let mut going = Vec::new();
-        for row in rows {
-            let name: String = row.try_get("name")?;
-            if !packages.is_empty() && !packages.contains(&name) {
-                continue;
-            }
-            let package_idx: i64 = row.try_get("package_idx")?;
-            if !row.try_get::<bool, _>("finished")? {
-                going.push(package_idx);
-            }
-            wanted.push((package_idx, row));
-        }
+        let going: Vec<i64> = rows
+            .iter()
+            .filter(|(_, finished, _)| !finished)
+            .map(|(idx, _, _)| *idx)
+            .collect();
         let mut so_far = verdicts(&mut tx, run_id, &going).await?;
         tx.commit().await?;
-        wanted
-            .into_iter()
-            .map(|(package_idx, row)| match so_far.remove(&package_idx) {
-                Some(result) => Ok(result),
-                None => from_json(row.try_get("result_json")?),
+        rows.into_iter()
+            .map(|(package_idx, _, json)| {
+                let result = match so_far.remove(&package_idx) {
+                    Some(result) => result,
+                    None => from_json(&json)?,
+                };
+                Ok((to_u32("package_idx", package_idx)?, result))
             })
             .collect()
     }
+
+    async fn finished_packages(&self, run_id: RunId) -> Result<Vec<u32>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let indexes: Vec<i64> = sqlx::query_scalar(
+            "SELECT package_idx FROM packages WHERE run_id = ?1 AND finished = 1 ORDER BY package_idx",
+        )
+        .bind(run_id.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+        if indexes.is_empty() {
+            // An unknown run has no packages either; say which it is.
+            run_state(&mut conn, run_id).await?;
+        }
+        indexes.into_iter().map(|i| to_u32("package_idx", i)).collect()
+    }
+
+    async fn iteration_outputs(
+        &self,
+        run_id: RunId,
+        packages: Packages<'_>,
+    ) -> Result<Vec<IterationOutput>, StoreError> {
+        let (names, indexes) = selected(packages)?;
+        let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
+            "SELECT j.package_idx, j.mode, j.iteration, j.result_json
+             FROM jobs j JOIN packages p ON p.run_id = j.run_id AND p.package_idx = j.package_idx
+             WHERE j.run_id = ?1 AND j.result_json IS NOT NULL
+               AND (?2 IS NULL OR p.name IN (SELECT value FROM json_each(?2)))
+               AND (?3 IS NULL OR j.package_idx IN (SELECT value FROM json_each(?3)))
+             ORDER BY j.package_idx, j.mode, j.iteration",
+        )
+        .bind(run_id.to_string())
+        .bind(names)
+        .bind(indexes)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .filter_map(|(idx, mode, iteration, json)| common::iteration_output(idx, &mode, iteration, &json).transpose())
+            .collect()
+    }
+}
+
+/// A package selection as the queries' two optional JSON arrays: names, indexes.
+fn selected(packages: Packages<'_>) -> Result<(Option<String>, Option<String>), StoreError> {
+    Ok(match packages {
+        Packages::All => (None, None),
+        Packages::Named(names) => (Some(to_json(names)?), None),
+        Packages::At(indexes) => (None, Some(to_json(indexes)?)),
+    })
 }
 
 /// What a report that recorded nothing is: a duplicate of the job's recorded outcome, or stale.
@@ -664,14 +711,15 @@ async fn write_verdicts(
     run_id: RunId,
     package_indexes: &[i64],
 ) -> Result<bool, StoreError> {
-    let results = verdicts(conn, run_id, package_indexes).await?;
+    let mut results = verdicts(conn, run_id, package_indexes).await?;
     // One statement writes them all: [index, category, finished, verdict] for each.
     let mut rows = Vec::with_capacity(package_indexes.len());
     for package_idx in package_indexes {
         let result = results
-            .get(package_idx)
+            .remove(package_idx)
             .ok_or_else(|| StoreError::Corrupt(format!("no package {package_idx} in run {run_id}")))?;
-        rows.push((package_idx, result.category.as_str(), result.finished, to_json(result)?));
+        let (category, finished) = (result.category.as_str(), result.finished);
+        rows.push((package_idx, category, finished, common::stored_verdict(result)?));
     }
     sqlx::query(
         // Materialised, the rows are read first and each package found by its key; as a plain

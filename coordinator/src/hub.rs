@@ -49,8 +49,6 @@ pub(crate) struct Hub {
     /// list. Kept in memory only: after a restart, jobs adopted through heartbeats are not
     /// listed, which only makes the progress display less detailed.
     in_flight: Mutex<HashMap<JobId, InFlight>>,
-    /// One store reader per watched run.
-    pub(crate) feeds: crate::feed::Feeds,
 }
 
 /// A job a worker is running, as watchers are told of it.
@@ -77,7 +75,6 @@ impl Hub {
             workers: Mutex::new(HashMap::new()),
             draining: Mutex::new(HashSet::new()),
             in_flight: Mutex::new(HashMap::new()),
-            feeds: crate::feed::Feeds::default(),
         }
     }
 

@@ -7,7 +7,6 @@
 mod batch;
 mod clock;
 mod config;
-mod feed;
 mod health;
 mod hub;
 mod reaper;
@@ -51,6 +50,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let survey = SurveyServiceServer::new(Survey {
         hub: hub.clone(),
         shutdown: shutdown.clone(),
+        feeds: Default::default(),
     })
     .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);

@@ -689,3 +689,161 @@ async fn the_health_service_says_not_serving_while_the_store_is_down_and_serving
     postgres.start_server().expect("start PostgreSQL again");
     health_becomes(&cluster, ServingStatus::Serving).await;
 }
+
+/// A finished run of 60 packages x 10 iterations, each iteration with both output tails full:
+/// 19 MiB of output, more than one message holds.
+async fn a_run_larger_than_a_message(cluster: &TestCluster) -> String {
+    let names: Vec<String> = (0..60).map(|n| format!("scale-pkg-{n}")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let run_id = submit(cluster, &spec(&name_refs, 10)).await;
+    let mut session = cluster.session().await;
+    session.hello("w1", &ft_profile(), 8).await;
+    session.send(In::Credit(v1::Credit { count: 8 })).await;
+    let mut acked = 0;
+    while acked < 600 {
+        match session.next().await.expect("message") {
+            Out::Assignment(assignment) => {
+                let name = &assignment.package.as_ref().expect("package").name;
+                let package: usize = name["scale-pkg-".len()..].parse().expect("index");
+                let result = tests::scale::outcome(package, assignment.iteration, domain::bound::MAX_TAIL_BYTES);
+                session
+                    .send(In::Outcome(v1::JobOutcome {
+                        job_id: assignment.job_id,
+                        lease_token: assignment.lease_token,
+                        result: Some((&result).into()),
+                    }))
+                    .await;
+                session.send(In::Credit(v1::Credit { count: 1 })).await;
+            }
+            Out::Ack(ack) => {
+                assert_eq!(ack.status, v1::AckStatus::Recorded as i32);
+                acked += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    run_id
+}
+
+fn encoded(results: &[v1::PackageResult]) -> usize {
+    prost::Message::encoded_len(&v1::QueryPackageResultsResponse {
+        results: results.to_vec(),
+        next_page_token: String::new(),
+    })
+}
+
+#[tokio::test]
+async fn a_run_larger_than_a_message_is_read_in_pages_and_watched_in_bounded_events() {
+    let cluster = TestCluster::start().await;
+    let run_id = a_run_larger_than_a_message(&cluster).await;
+    let mut survey = cluster.survey().await;
+
+    // Without output, the whole run is one page: the tails are what made it large.
+    let request = v1::QueryPackageResultsRequest {
+        run_id: run_id.clone(),
+        ..Default::default()
+    };
+    let page = survey.query_package_results(request.clone()).await.expect("page").into_inner();
+    assert_eq!(page.results.len(), 60);
+    assert!(page.next_page_token.is_empty());
+    assert!(page.results.iter().flat_map(|r| &r.iterations).all(|i| i.stdout_tail.is_empty()));
+
+    // With output, pages under the limit, in package order, every tail there.
+    let mut with_output = v1::QueryPackageResultsRequest {
+        with_output: true,
+        ..request.clone()
+    };
+    let mut names = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = survey
+            .query_package_results(with_output.clone())
+            .await
+            .expect("page")
+            .into_inner();
+        pages += 1;
+        assert!(encoded(&page.results) <= proto::MAX_EVENT_BYTES, "a page stays under the limit");
+        for result in &page.results {
+            assert_eq!(result.iterations.len(), 10);
+            assert!(result.iterations.iter().all(|i| i.stdout_tail.len() > 16_000 && i.stderr_tail.len() > 16_000));
+            names.push(result.package.clone());
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        with_output.page_token = page.next_page_token;
+    }
+    let expected: Vec<String> = (0..60).map(|n| format!("scale-pkg-{n}")).collect();
+    assert_eq!(names, expected);
+    assert!(pages >= 5, "19 MiB in pages of 4 MiB at most took {pages} pages");
+
+    // A page size is kept to; a token that is not one is refused.
+    let small = v1::QueryPackageResultsRequest {
+        page_size: 7,
+        ..request.clone()
+    };
+    let page = survey.query_package_results(small).await.expect("page").into_inner();
+    assert_eq!(page.results.len(), 7);
+    assert_eq!(page.next_page_token, "6");
+    let bad = v1::QueryPackageResultsRequest {
+        page_token: "seven".into(),
+        ..request
+    };
+    let refused = survey.query_package_results(bad).await.expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    // One iteration's output on demand.
+    let output = survey
+        .get_iteration_output(v1::GetIterationOutputRequest {
+            run_id: run_id.clone(),
+            package: "scale-pkg-5".into(),
+            mode: v1::Mode::Ft as i32,
+            iteration: 3,
+        })
+        .await
+        .expect("output")
+        .into_inner();
+    assert!(output.stderr_tail.starts_with("Fatal Python error: Segmentation fault"));
+    let missing = survey
+        .get_iteration_output(v1::GetIterationOutputRequest {
+            run_id: run_id.clone(),
+            package: "scale-pkg-5".into(),
+            mode: v1::Mode::Ft as i32,
+            iteration: 11,
+        })
+        .await
+        .expect_err("no such iteration");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // Watching the finished run: every package once, with output when asked, each event under
+    // the limit.
+    for with_output in [false, true] {
+        let mut events = survey
+            .watch_run(v1::WatchRunRequest {
+                run_id: run_id.clone(),
+                with_output,
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut names = Vec::new();
+        let mut count = 0;
+        while let Some(event) = events.message().await.expect("event") {
+            count += 1;
+            assert!(encoded(&event.finished_packages) <= proto::MAX_EVENT_BYTES);
+            for result in event.finished_packages {
+                let has_output = result.iterations.iter().all(|i| !i.stdout_tail.is_empty());
+                assert_eq!(has_output, with_output, "{}", result.package);
+                names.push(result.package);
+            }
+        }
+        names.sort();
+        let mut expected = expected.clone();
+        expected.sort();
+        assert_eq!(names, expected);
+        if with_output {
+            assert!(count >= 5, "19 MiB came in {count} events");
+        }
+    }
+    cluster.stop().await;
+}

@@ -1,5 +1,6 @@
 //! The gRPC services and the one mapping from errors to `tonic::Status`.
 
+mod feed;
 mod results;
 mod session;
 pub(crate) mod survey;

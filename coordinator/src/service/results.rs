@@ -61,6 +61,23 @@ pub(crate) async fn to_wire(
         .collect())
 }
 
+/// The results of the packages at `indexes` of `run_id`, in index order, as wire messages.
+pub(crate) async fn read_at(
+    hub: &Hub,
+    run_id: RunId,
+    indexes: &[u32],
+    with_output: bool,
+) -> Result<Vec<(u32, v1::PackageResult)>, Status> {
+    let query = crate::store::PackageQuery {
+        packages: Packages::At(indexes),
+        finished_only: false,
+        after: None,
+        limit: indexes.len() as u32,
+    };
+    let page = super::answer(hub.store.package_page(run_id, query), hub).await?;
+    to_wire(hub, run_id, page, with_output).await
+}
+
 /// How many of `results` fit in one message of `budget` bytes: at least one, whose output is
 /// dropped when it alone is larger than the budget (GetIterationOutput still has it).
 pub(crate) fn fitting(results: &mut [(u32, v1::PackageResult)], budget: usize) -> usize {

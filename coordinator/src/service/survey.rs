@@ -16,15 +16,16 @@ use tonic::{Request, Response, Status};
 
 use crate::clock::now_ms;
 use crate::hub::Hub;
-use crate::feed::Reading;
+use crate::service::feed::{self, Feeds, Reading, RunState};
 use crate::service::{answer, results, status_from_wire};
-use crate::store::{PackageQuery, Packages};
 
 /// The `SurveyService` implementation.
 #[derive(Debug, Clone)]
 pub(crate) struct Survey {
     pub(crate) hub: Arc<Hub>,
     pub(crate) shutdown: CancellationToken,
+    /// One store reader per watched run, however many watch it.
+    pub(crate) feeds: Arc<Feeds>,
 }
 
 type RunEventStream = Pin<Box<dyn Stream<Item = Result<v1::RunEvent, Status>> + Send>>;
@@ -129,7 +130,7 @@ impl SurveyService for Survey {
         let run_id = parse_run_id("run_id", &request.run_id).map_err(status_from_wire)?;
         // An unknown run is an error of the call, not of the stream.
         answer(self.hub.store.get_run(run_id), &self.hub).await?;
-        let feed = crate::feed::follow(&self.hub, run_id, &self.shutdown);
+        let feed = feed::follow(&self.hub, &self.feeds, run_id, &self.shutdown);
         let (sender, receiver) = mpsc::channel(4);
         let watcher = Watcher {
             hub: self.hub.clone(),
@@ -189,7 +190,7 @@ impl Watcher {
                 }
                 Reading::Read(state) => {
                     let summary = &state.summary;
-                    match self.send_finished(summary, &state.finished[sent..]).await {
+                    match self.send_finished(&state, sent).await {
                         Ok(0) if last_summary.as_ref() != Some(summary) => {
                             if !self.send(summary, Vec::new()).await {
                                 return;
@@ -222,26 +223,31 @@ impl Watcher {
         }
     }
 
-    /// Sends the results of `finished` in events that each stay under MAX_EVENT_BYTES; returns
-    /// how many packages were sent, or `Err` when the stream is over.
-    async fn send_finished(&self, summary: &domain::RunSummary, finished: &[u32]) -> Result<usize, ()> {
+    /// Sends the results of the feed's finished packages from `from` on, in events that each
+    /// stay under MAX_EVENT_BYTES: those the feed keeps from it, the rest (and all, with
+    /// output) from the store. Returns how many packages were sent, or `Err` when the stream
+    /// is over.
+    async fn send_finished(&self, state: &RunState, from: usize) -> Result<usize, ()> {
+        let finished = &state.finished[from..];
         let chunk = if self.with_output {
             results::OUTPUT_READ
         } else {
             results::DEFAULT_PAGE
         } as usize;
         for indexes in finished.chunks(chunk) {
-            let query = PackageQuery {
-                packages: Packages::At(indexes),
-                finished_only: false,
-                after: None,
-                limit: indexes.len() as u32,
+            let kept: Option<Vec<(u32, v1::PackageResult)>> = if self.with_output {
+                None
+            } else {
+                indexes
+                    .iter()
+                    .map(|idx| state.recent.get(idx).map(|result| (*idx, result.as_ref().clone())))
+                    .collect()
             };
-            let read = async {
-                let page = answer(self.hub.store.package_page(self.run_id, query), &self.hub).await?;
-                results::to_wire(&self.hub, self.run_id, page, self.with_output).await
+            let read = match kept {
+                Some(kept) => Ok(kept),
+                None => results::read_at(&self.hub, self.run_id, indexes, self.with_output).await,
             };
-            let mut page = match read.await {
+            let mut page = match read {
                 Ok(page) => page,
                 Err(status) => {
                     let _ = self.sender.send(Err(status)).await;
@@ -251,7 +257,7 @@ impl Watcher {
             while !page.is_empty() {
                 let fit = results::fitting(&mut page, proto::MAX_EVENT_BYTES);
                 let event: Vec<v1::PackageResult> = page.drain(..fit).map(|(_, result)| result).collect();
-                if !self.send(summary, event).await {
+                if !self.send(&state.summary, event).await {
                     return Err(());
                 }
             }

@@ -1,24 +1,29 @@
 //! Run feeds: one reader of the store per watched run, however many watch it.
 //!
-//! A feed reads its run's summary, and the indexes of its finished packages when that count
-//! moved, each time the run changes (at most once per [`FEED_GAP`]), and never while nothing
-//! changes. Watchers read the feed, not the store: only the results of packages they have not
-//! sent yet come from the store, each once per watcher.
+//! A feed reads its run's summary, and the packages that finished when that count moved, each
+//! time the run changes (at most once per [`FEED_GAP`]), and never while nothing changes.
+//! Watchers read the feed, not the store: the results of the packages that finished last are
+//! read once and kept in the feed (up to [`RECENT_BYTES`]), and only a watcher that asks for
+//! output, or fell further behind, reads results from the store itself.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use domain::{RunId, RunSummary};
+use prost::Message;
+use proto::v1;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
-use crate::service::status_from_store;
 
 /// The shortest time between two reads of a watched run: a busy fleet changes a run hundreds
 /// of times a second, and changes that come quicker are taken together.
 pub(crate) const FEED_GAP: Duration = Duration::from_millis(250);
+
+/// Encoded bytes of the latest finished packages' results a feed keeps for its watchers.
+pub(crate) const RECENT_BYTES: usize = 32 * 1024 * 1024;
 
 /// What a feed last read of its run.
 #[derive(Debug, Clone)]
@@ -37,6 +42,9 @@ pub(crate) struct RunState {
     /// Indexes of the run's finished packages, in the order the feed found them finished:
     /// only ever appended to, so a watcher's position in it says what it has sent.
     pub(crate) finished: Vec<u32>,
+    /// The results, without output, of the packages that finished last, by index: the newest
+    /// up to [`RECENT_BYTES`].
+    pub(crate) recent: Arc<BTreeMap<u32, Arc<v1::PackageResult>>>,
 }
 
 /// The live feeds, by run.
@@ -51,9 +59,15 @@ impl Feeds {
     }
 }
 
-/// Follows `run_id`'s feed, starting it when nobody follows the run yet.
-pub(crate) fn follow(hub: &Arc<Hub>, run_id: RunId, shutdown: &CancellationToken) -> watch::Receiver<Reading> {
-    let mut feeds = hub.feeds.lock();
+/// Follows `run_id`'s feed in `feeds`, starting it when nobody follows the run yet.
+pub(crate) fn follow(
+    hub: &Arc<Hub>,
+    feeds: &Arc<Feeds>,
+    run_id: RunId,
+    shutdown: &CancellationToken,
+) -> watch::Receiver<Reading> {
+    let registry = feeds;
+    let mut feeds = registry.lock();
     if let Some(sender) = feeds.get(&run_id) {
         return sender.subscribe();
     }
@@ -62,7 +76,14 @@ pub(crate) fn follow(hub: &Arc<Hub>, run_id: RunId, shutdown: &CancellationToken
     feeds.insert(run_id, sender.clone());
     // Subscribed before the first read, so no change after it is missed.
     let changes = hub.run_changed.subscribe();
-    tokio::spawn(feed(hub.clone(), run_id, sender, changes, shutdown.clone()));
+    tokio::spawn(feed(
+        hub.clone(),
+        registry.clone(),
+        run_id,
+        sender,
+        changes,
+        shutdown.clone(),
+    ));
     receiver
 }
 
@@ -70,6 +91,7 @@ pub(crate) fn follow(hub: &Arc<Hub>, run_id: RunId, shutdown: &CancellationToken
 /// store fails, nobody follows it any more, or the coordinator shuts down.
 async fn feed(
     hub: Arc<Hub>,
+    feeds: Arc<Feeds>,
     run_id: RunId,
     sender: Arc<watch::Sender<Reading>>,
     mut changes: broadcast::Receiver<RunId>,
@@ -77,14 +99,16 @@ async fn feed(
 ) {
     let mut finished: Vec<u32> = Vec::new();
     let mut known: HashSet<u32> = HashSet::new();
+    let mut recent = Recent::default();
     'reads: loop {
         let read_at = tokio::time::Instant::now();
-        match read(&hub, run_id, &mut finished, &mut known).await {
+        match read(&hub, run_id, &mut finished, &mut known, &mut recent).await {
             Ok(summary) => {
                 let over = summary.state.is_terminal();
                 sender.send_replace(Reading::Read(Arc::new(RunState {
                     summary,
                     finished: finished.clone(),
+                    recent: recent.snapshot(),
                 })));
                 if over {
                     break;
@@ -102,7 +126,7 @@ async fn feed(
                 // Decided under the lock `follow` subscribes under: nobody can start
                 // following this feed between the count and its removal.
                 Wake::Unfollowed => {
-                    let mut feeds = hub.feeds.lock();
+                    let mut feeds = feeds.lock();
                     if sender.receiver_count() == 0 {
                         feeds.remove(&run_id);
                         return;
@@ -112,7 +136,7 @@ async fn feed(
         }
     }
     // Followers that came after the last reading still have it; new ones start a new feed.
-    let mut feeds = hub.feeds.lock();
+    let mut feeds = feeds.lock();
     if feeds.get(&run_id).is_some_and(|current| Arc::ptr_eq(current, &sender)) {
         feeds.remove(&run_id);
     }
@@ -127,20 +151,55 @@ enum Wake {
     Unfollowed,
 }
 
-/// The run's summary, and the packages that finished since the last read appended to
-/// `finished`.
+/// The run's summary; the packages that finished since the last read appended to `finished`,
+/// their results to `recent`.
 async fn read(
     hub: &Hub,
     run_id: RunId,
     finished: &mut Vec<u32>,
     known: &mut HashSet<u32>,
+    recent: &mut Recent,
 ) -> Result<RunSummary, tonic::Status> {
-    let (summary, _) = hub.store.get_run(run_id).await.map_err(status_from_store)?;
+    let (summary, _) = super::answer(hub.store.get_run(run_id), hub).await?;
     if summary.packages_finished as usize != finished.len() {
-        let now = hub.store.finished_packages(run_id).await.map_err(status_from_store)?;
-        finished.extend(now.into_iter().filter(|idx| known.insert(*idx)));
+        let now = super::answer(hub.store.finished_packages(run_id), hub).await?;
+        let new: Vec<u32> = now.into_iter().filter(|idx| known.insert(*idx)).collect();
+        for chunk in new.chunks(super::results::DEFAULT_PAGE as usize) {
+            for (idx, result) in super::results::read_at(hub, run_id, chunk, false).await? {
+                recent.push(idx, result);
+            }
+        }
+        finished.extend(new);
     }
     Ok(summary)
+}
+
+/// The latest finished packages' results, oldest first, within [`RECENT_BYTES`].
+#[derive(Debug, Default)]
+struct Recent {
+    results: VecDeque<(u32, Arc<v1::PackageResult>, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, idx: u32, result: v1::PackageResult) {
+        let size = result.encoded_len();
+        self.results.push_back((idx, Arc::new(result), size));
+        self.bytes += size;
+        while self.bytes > RECENT_BYTES {
+            let Some((_, _, size)) = self.results.pop_front() else { break };
+            self.bytes -= size;
+        }
+    }
+
+    fn snapshot(&self) -> Arc<BTreeMap<u32, Arc<v1::PackageResult>>> {
+        Arc::new(
+            self.results
+                .iter()
+                .map(|(idx, result, _)| (*idx, result.clone()))
+                .collect(),
+        )
+    }
 }
 
 /// Waits until the run changed and [`FEED_GAP`] passed since `read_at`, the coordinator shuts

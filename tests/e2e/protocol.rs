@@ -579,6 +579,7 @@ async fn a_database_outage_keeps_the_session_and_its_outcome_is_recorded_once_th
                 job_id: first.job_id,
                 lease_token: first.lease_token.clone(),
             }],
+            refusing: String::new(),
         }))
         .await;
     report(&session, &first, &first.lease_token).await;

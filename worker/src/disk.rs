@@ -185,6 +185,56 @@ const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 mod tests {
     use super::*;
 
+    /// A log directory of run `run`, iteration `n`, under `logs`, written `hours_ago`.
+    fn log_dir(logs: &Path, run: &str, n: u32, hours_ago: u64) -> PathBuf {
+        let dir = logs.join(run).join("pkg").join(format!("ft-{n}-a1"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let when = SystemTime::now() - Duration::from_secs(hours_ago * 3600);
+        let file = std::fs::File::create(dir.join("stdout.log")).expect("create");
+        file.set_modified(when).expect("set the file's time");
+        std::fs::File::open(&dir)
+            .and_then(|handle| handle.set_modified(when))
+            .expect("set the directory's time");
+        dir
+    }
+
+    #[test]
+    fn a_pass_deletes_old_logs_then_refuses_while_space_is_short_and_takes_jobs_once_it_is_not() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let setups = Arc::new(crate::setup::evict::tests::setups(temp.path()));
+        let logs = setups.logs_dir();
+        let expired = log_dir(&logs, "run-a", 1, 72);
+        let running = log_dir(&logs, "run-b", 1, 5);
+        let recent = log_dir(&logs, "run-b", 2, 1);
+        let in_use: InUseLogs = {
+            let running = running.clone();
+            Box::new(move || HashSet::from([running.clone()]))
+        };
+        // No disk has this much free: short of space for real.
+        let policy = DiskPolicy {
+            keep_logs: Some(Duration::from_secs(48 * 3600)),
+            min_free_bytes: u64::MAX,
+            min_free_shown: "1000000".into(),
+            ..DiskPolicy::default()
+        };
+        let (mut keeper, refusing) = Housekeeper::new(policy, temp.path().to_path_buf(), setups, in_use);
+
+        keeper.pass();
+        assert!(!expired.exists(), "a log older than --keep-logs is deleted");
+        assert!(!recent.exists(), "the oldest logs go when space is short");
+        assert!(running.exists(), "a running iteration's logs stay");
+        let reason = refusing.borrow().clone().expect("refusing");
+        assert!(
+            reason.starts_with("free disk ")
+                && reason.ends_with(&format!("in {} is under --min-free-gb 1000000", temp.path().display())),
+            "{reason}"
+        );
+
+        keeper.policy.min_free_bytes = 1;
+        keeper.pass();
+        assert_eq!(*refusing.borrow(), None);
+    }
+
     #[test]
     fn the_refusal_names_the_free_space_the_dir_and_the_flag() {
         let reason = refusal(1_288_490_189, "2", Path::new("/var/cache/ftsurvey"));

@@ -161,7 +161,7 @@ pub(crate) fn mark_used_at(dir: &Path, when: SystemTime) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use domain::{InterpreterProfile, Source};
@@ -192,7 +192,7 @@ mod tests {
         }
     }
 
-    fn setups(root: &Path) -> Setups {
+    pub(crate) fn setups(root: &Path) -> Setups {
         let dirs = SetupDirs {
             venvs_dir: root.join("venvs"),
             repos_dir: root.join("repos"),

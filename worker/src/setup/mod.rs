@@ -8,7 +8,7 @@
 //! keeps two processes from building the same one at once.
 
 mod error;
-mod evict;
+pub(crate) mod evict;
 mod extensions;
 pub(crate) mod installer;
 mod kept;

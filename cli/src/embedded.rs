@@ -42,6 +42,8 @@ pub(crate) struct EmbeddedConfig {
     pub(crate) places: crate::setup_args::SetupPlaces,
     /// The sandbox and limits of every local worker.
     pub(crate) sandbox: worker::SandboxConfig,
+    /// What the local workers keep of their disk.
+    pub(crate) disk: worker::DiskPolicy,
 }
 
 impl Embedded {
@@ -94,6 +96,7 @@ impl Embedded {
                 token: Some(token),
                 ca_cert: None,
                 sandbox: config.sandbox.clone(),
+                disk: config.disk.clone(),
             };
             workers.push(tokio::spawn(worker::run(worker_config, workers_shutdown.clone())));
         }

@@ -101,6 +101,13 @@ pub(crate) struct WorkerArgs {
     ca: CaCertArg,
     #[command(flatten)]
     sandbox: crate::sandbox_args::SandboxArgs,
+    #[command(flatten)]
+    cache: crate::disk_args::CacheArgs,
+    /// Take no new jobs while the work dir's filesystem has less than this many GiB free
+    /// (fractions allowed; 0 disables): the oldest iteration logs are deleted first, and the
+    /// reason shows in `ftsurvey status` until space comes back.
+    #[arg(long, default_value = "2", env = "FTSURVEY_MIN_FREE_GB", value_name = "GIB", value_parser = crate::disk_args::parse_amount)]
+    min_free_gb: f64,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -187,6 +194,7 @@ pub(crate) async fn worker(args: WorkerArgs, token_source: Option<ValueSource>) 
         token,
         ca_cert: args.ca.read_pem()?,
         sandbox,
+        disk: args.cache.policy(args.min_free_gb),
     };
     let shutdown = CancellationToken::new();
     spawn_stop_on_signal(shutdown.clone());

@@ -3,6 +3,7 @@
 //! The binary parses flags and calls the libraries; every error ends as one line on stderr
 //! and a non-zero exit.
 
+mod disk_args;
 mod embedded;
 mod fleet_cmd;
 mod follow;

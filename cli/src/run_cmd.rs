@@ -110,6 +110,9 @@ pub(crate) struct RunArgs {
     pub(crate) quiet: bool,
     #[command(flatten)]
     pub(crate) setup: crate::setup_args::SetupArgs,
+    /// How much disk the local workers keep (not a fleet's).
+    #[command(flatten)]
+    pub(crate) cache: crate::disk_args::CacheArgs,
     /// The sandbox and limits of the local workers (not of a fleet's).
     #[command(flatten)]
     pub(crate) sandbox: crate::sandbox_args::SandboxArgs,
@@ -348,6 +351,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 allow_gil_build: args.allow_gil_build,
                 places: args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?,
                 sandbox: args.sandbox.config(Vec::new()),
+                // A local worker short of disk would stall the run without a word: it never
+                // refuses jobs, and a full disk fails the iteration that meets it.
+                disk: args.cache.policy(0.0),
             })
             .await?;
             (embedded.client.clone(), Some(embedded), results)

@@ -103,7 +103,15 @@ pub(crate) async fn status(coordinator: CoordinatorArgs) -> anyhow::Result<ExitC
         .map_err(|s| status_error(&s))
         .context("reading the coordinator's status")?
         .into_inner();
-    let mut workers = table(&["Worker", "Interpreter", "Slots", "Busy", "Last heartbeat", "Connected"]);
+    let mut workers = table(&[
+        "Worker",
+        "Interpreter",
+        "Slots",
+        "Busy",
+        "Last heartbeat",
+        "Connected",
+        "Takes jobs",
+    ]);
     for worker in &status.workers {
         workers.add_row(vec![
             worker.worker_id.clone(),
@@ -112,11 +120,24 @@ pub(crate) async fn status(coordinator: CoordinatorArgs) -> anyhow::Result<ExitC
             worker.running_jobs.to_string(),
             ago(status.now_ms, worker.last_heartbeat_ms),
             ago(status.now_ms, worker.connected_at_ms),
+            if worker.refusing.is_empty() {
+                "yes"
+            } else {
+                "no (see below)"
+            }
+            .to_string(),
         ]);
     }
     println!("{} workers connected", status.workers.len());
     if !status.workers.is_empty() {
         println!("{workers}");
+    }
+    for worker in status.workers.iter().filter(|worker| !worker.refusing.is_empty()) {
+        println!(
+            "{} takes no new jobs: {}",
+            worker.worker_id,
+            domain::views::text::one_line(&worker.refusing)
+        );
     }
     let runs = status
         .active_runs

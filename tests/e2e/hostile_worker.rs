@@ -309,7 +309,12 @@ async fn a_heartbeat_naming_more_jobs_than_any_worker_runs_ends_the_session() {
             lease_token: uuid::Uuid::new_v4().to_string(),
         })
         .collect();
-    session.send(In::Heartbeat(v1::Heartbeat { running })).await;
+    session
+        .send(In::Heartbeat(v1::Heartbeat {
+            running,
+            refusing: String::new(),
+        }))
+        .await;
     let ended = session.next().await.expect_err("the session ends");
     assert_eq!(ended.code(), tonic::Code::InvalidArgument, "{ended:?}");
 }
@@ -378,6 +383,7 @@ async fn a_thousand_flooding_sessions_leave_the_coordinator_bounded_and_serving(
                     job_id: n as i64,
                     lease_token: uuid::Uuid::new_v4().to_string(),
                 }],
+                refusing: String::new(),
             }))
             .await;
         sessions.push(session);

@@ -3,6 +3,7 @@
 
 mod cli;
 mod detection;
+mod disks;
 mod faults;
 mod fleet;
 mod hostile_worker;

@@ -580,6 +580,7 @@ async fn a_database_outage_keeps_the_session_and_its_outcome_is_recorded_once_th
                 job_id: first.job_id,
                 lease_token: first.lease_token.clone(),
             }],
+            refusing: String::new(),
         }))
         .await;
     report(&session, &first, &first.lease_token).await;
@@ -845,5 +846,64 @@ async fn a_run_larger_than_a_message_is_read_in_pages_and_watched_in_bounded_eve
             assert!(count >= 5, "19 MiB came in {count} events");
         }
     }
+
+/// The reason worker `worker_id` refuses new jobs, as GetStatus shows it.
+async fn refusing(cluster: &TestCluster, worker_id: &str) -> String {
+    let status = cluster
+        .survey()
+        .await
+        .get_status(v1::GetStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    let worker = status.workers.into_iter().find(|w| w.worker_id == worker_id);
+    worker.expect("the worker is connected").refusing
+}
+
+#[tokio::test]
+async fn a_heartbeat_refusing_new_jobs_takes_back_the_credits_until_the_worker_grants_more() {
+    let cluster = TestCluster::start().await;
+    let mut session = cluster.session().await;
+    session.hello("w1", &ft_profile(), 2).await;
+    session.send(In::Credit(v1::Credit { count: 2 })).await;
+    // A hostile worker's reason is kept to 1,024 bytes.
+    let reason = format!(
+        "free disk 0.4 GiB in /var/cache/ftsurvey is under --min-free-gb 2 {}",
+        "x".repeat(5000)
+    );
+    session
+        .send(In::Heartbeat(v1::Heartbeat {
+            running: Vec::new(),
+            refusing: reason.clone(),
+        }))
+        .await;
+    let started = Instant::now();
+    let shown = loop {
+        let shown = refusing(&cluster, "w1").await;
+        if !shown.is_empty() {
+            break shown;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the refusal never showed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(shown.len() <= 1024, "{} bytes kept", shown.len());
+    assert!(shown.starts_with("free disk 0.4 GiB in /var/cache/ftsurvey is under --min-free-gb 2 xxx"));
+
+    submit(&cluster, &spec(&["a"], 2)).await;
+    // Absence takes a wait: a few dispatch polls in which the two credits would be used.
+    assert_eq!(session.next_within(Duration::from_millis(1500)).await, None);
+
+    session
+        .send(In::Heartbeat(v1::Heartbeat {
+            running: Vec::new(),
+            refusing: String::new(),
+        }))
+        .await;
+    session.send(In::Credit(v1::Credit { count: 1 })).await;
+    let assignment = expect_assignment(&mut session).await;
+    assert_eq!(assignment.package.expect("package").name, "a");
+    assert_eq!(refusing(&cluster, "w1").await, "");
+    // One credit, one job.
+    assert_eq!(session.next_within(Duration::from_millis(500)).await, None);
     cluster.stop().await;
 }

@@ -2,6 +2,7 @@
 //! directories and its credentials.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use domain::WorkerId;
 
@@ -37,6 +38,23 @@ pub struct WorkerConfig {
     pub ca_cert: Option<Vec<u8>>,
     /// The sandbox and limits of every command run for a package.
     pub sandbox: SandboxConfig,
+    /// How much of its disk the worker keeps, and when it stops taking jobs.
+    pub disk: DiskPolicy,
+}
+
+/// What a worker deletes to keep its disk, and the free space it needs to take jobs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DiskPolicy {
+    /// The most bytes kept setups and fetched sources may take together; the least recently
+    /// used of those no job uses go first. `None` keeps them all.
+    pub cache_max_bytes: Option<u64>,
+    /// Iteration logs older than this are deleted. `None` keeps them until space runs low.
+    pub keep_logs: Option<Duration>,
+    /// Below this many free bytes in the work dir the worker deletes its oldest logs, then
+    /// takes no new jobs until space comes back. 0 disables the check.
+    pub min_free_bytes: u64,
+    /// `--min-free-gb` as the operator gave it, to say so in the refusal.
+    pub min_free_shown: String,
 }
 
 // By hand, so that logging a config never writes the token out.
@@ -61,6 +79,7 @@ impl std::fmt::Debug for WorkerConfig {
                 &self.ca_cert.as_ref().map(|pem| format!("<{} bytes of PEM>", pem.len())),
             )
             .field("sandbox", &self.sandbox)
+            .field("disk", &self.disk)
             .finish()
     }
 }
@@ -85,6 +104,7 @@ mod tests {
             token: token.map(str::to_string),
             ca_cert: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
             sandbox: SandboxConfig::default(),
+            disk: DiskPolicy::default(),
         }
     }
 

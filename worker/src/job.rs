@@ -383,7 +383,7 @@ fn harness_error(assignment: &Assignment, worker_id: &str, reason: String) -> It
 }
 
 /// One iteration's log directory: `<logs>/<run>/<package>/<mode>-<iteration>-a<attempt>`.
-fn log_dir_under(root: &Path, assignment: &Assignment) -> PathBuf {
+pub(crate) fn log_dir_under(root: &Path, assignment: &Assignment) -> PathBuf {
     root.join(assignment.run_id.to_string())
         .join(sanitize(&assignment.package.name))
         .join(format!(

@@ -5,9 +5,11 @@
 //! tests start it the same way.
 
 mod config;
+mod disk;
 mod evidence_file;
 pub mod fresh_tree;
 mod iteration_dirs;
+mod iteration_logs;
 mod job;
 mod outbound;
 mod output;
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::WorkerConfig;
+pub use crate::config::{DiskPolicy, WorkerConfig};
 pub use crate::sandbox::cost::time_iterations;
 pub use crate::sandbox::{Limits, SandboxConfig, SandboxMode, find_on_path};
 pub use crate::setup::installer::Installer;

@@ -2,6 +2,7 @@
 //! heartbeats, outcomes until acknowledged, cancels, drain, and reconnects with backoff.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,12 +11,13 @@ use proto::v1;
 use proto::v1::coordinator_message::Msg as In;
 use proto::v1::worker_message::Msg as Out;
 use proto::v1::worker_service_client::WorkerServiceClient;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
+use crate::disk::Housekeeper;
 use crate::outbound::{outcome_message, within_limits};
 use crate::setup::Setups;
 use crate::spool::{Spool, SpooledOutcome};
@@ -28,6 +30,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 struct Running {
     lease_token: LeaseToken,
     cancel: CancellationToken,
+    /// Its logs, which no cleaning removes while it runs.
+    log_dir: PathBuf,
 }
 
 /// A finished job, from its task to the session loop.
@@ -49,6 +53,12 @@ pub(crate) struct Worker {
     tasks: JoinSet<()>,
     finished_tx: mpsc::Sender<Finished>,
     finished_rx: mpsc::Receiver<Finished>,
+    /// Why the worker takes no new jobs (its disk is short); `None` while it takes them.
+    refusing: watch::Receiver<Option<String>>,
+    /// Keeps the disk, until the worker stops; taken when the worker starts.
+    housekeeper: Option<Housekeeper>,
+    /// Wakes the housekeeper when a job ends.
+    housekeeping: Arc<Notify>,
 }
 
 /// Why a session ended.
@@ -63,20 +73,48 @@ enum SessionEnd {
 impl Worker {
     pub(crate) fn new(config: WorkerConfig, profile: InterpreterProfile, setups: Setups, spool: Spool) -> Self {
         let (finished_tx, finished_rx) = mpsc::channel(1024);
+        let setups = Arc::new(setups);
+        let running: Arc<Mutex<HashMap<JobId, Running>>> = Arc::new(Mutex::new(HashMap::new()));
+        let in_use_logs = {
+            let running = running.clone();
+            Box::new(move || {
+                let running = running.lock().unwrap_or_else(|e| e.into_inner());
+                running.values().map(|job| job.log_dir.clone()).collect()
+            })
+        };
+        let (housekeeper, refusing) = Housekeeper::new(
+            config.disk.clone(),
+            config.work_dir.clone(),
+            setups.clone(),
+            in_use_logs,
+        );
         Worker {
             config,
             profile,
-            setups: Arc::new(setups),
+            setups,
             spool,
-            running: Arc::new(Mutex::new(HashMap::new())),
+            running,
             tasks: JoinSet::new(),
             finished_tx,
             finished_rx,
+            refusing,
+            housekeeper: Some(housekeeper),
+            housekeeping: Arc::new(Notify::new()),
         }
     }
 
     /// Sessions until shutdown or drain, reconnecting with capped jittered backoff.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if let Some(mut housekeeper) = self.housekeeper.take() {
+            // The first round before the first session, so a worker short of disk grants no
+            // credit at all.
+            let housekeeper = tokio::task::spawn_blocking(move || {
+                housekeeper.pass();
+                housekeeper
+            })
+            .await?;
+            tokio::spawn(housekeeper.run(self.housekeeping.clone(), shutdown.child_token()));
+        }
         let mut backoff = BACKOFF_START;
         loop {
             let started = Instant::now();
@@ -183,8 +221,9 @@ impl Worker {
             .keys()
             .copied()
             .collect();
+        let mut refusing = self.refusing.borrow_and_update().clone();
         let free = self.config.slots.saturating_sub(session_jobs.len() as u32);
-        if free > 0 {
+        if free > 0 && refusing.is_none() {
             let _ = out_tx.send(message(Out::Credit(v1::Credit { count: free }))).await;
         }
         let mut draining = false;
@@ -199,12 +238,25 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
                 _ = heartbeat.tick() => {
-                    let running = self.running.lock().unwrap_or_else(|e| e.into_inner())
-                        .iter()
-                        .map(|(id, job)| v1::RunningJob { job_id: id.0, lease_token: job.lease_token.to_string() })
-                        .collect();
-                    if out_tx.send(message(Out::Heartbeat(v1::Heartbeat { running }))).await.is_err() {
+                    if out_tx.send(self.heartbeat(&refusing)).await.is_err() {
                         return SessionEnd::Lost(anyhow::anyhow!("session closed"));
+                    }
+                }
+                Ok(()) = self.refusing.changed() => {
+                    let now = self.refusing.borrow_and_update().clone();
+                    let was_refusing = std::mem::replace(&mut refusing, now).is_some();
+                    // A refusal takes back the credits granted (at once, with a heartbeat);
+                    // once space is back, the free slots are granted again.
+                    if refusing.is_some() {
+                        if out_tx.send(self.heartbeat(&refusing)).await.is_err() {
+                            return SessionEnd::Lost(anyhow::anyhow!("session closed"));
+                        }
+                    } else if was_refusing && !draining {
+                        let busy = self.running.lock().unwrap_or_else(|e| e.into_inner()).len();
+                        let free = self.config.slots.saturating_sub(u32::try_from(busy).unwrap_or(u32::MAX));
+                        if free > 0 {
+                            let _ = out_tx.send(message(Out::Credit(v1::Credit { count: free }))).await;
+                        }
                     }
                 }
                 Some(finished) = self.finished_rx.recv() => {
@@ -213,9 +265,11 @@ impl Worker {
                     {
                         return SessionEnd::Lost(anyhow::anyhow!("session closed"));
                     }
-                    if session_jobs.remove(&finished.job_id) && !draining {
+                    // While refusing, the slot stays ungranted until space is back.
+                    if session_jobs.remove(&finished.job_id) && !draining && refusing.is_none() {
                         let _ = out_tx.send(message(Out::Credit(v1::Credit { count: 1 }))).await;
                     }
+                    self.housekeeping.notify_one();
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 received = inbound.message() => match received {
@@ -252,6 +306,24 @@ impl Worker {
         }
     }
 
+    /// The heartbeat: the jobs running and why the worker refuses new ones, if it does.
+    fn heartbeat(&self, refusing: &Option<String>) -> v1::WorkerMessage {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, job)| v1::RunningJob {
+                job_id: id.0,
+                lease_token: job.lease_token.to_string(),
+            })
+            .collect();
+        message(Out::Heartbeat(v1::Heartbeat {
+            running,
+            refusing: refusing.clone().unwrap_or_default(),
+        }))
+    }
+
     fn start(&mut self, assignment: Assignment, received_at: Instant) {
         let cancel = CancellationToken::new();
         let job_id = assignment.job_id;
@@ -260,6 +332,7 @@ impl Worker {
             Running {
                 lease_token: assignment.lease_token,
                 cancel: cancel.clone(),
+                log_dir: crate::job::log_dir_under(&self.setups.logs_dir(), &assignment),
             },
         );
         let setups = self.setups.clone();

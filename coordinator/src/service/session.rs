@@ -32,6 +32,8 @@ const RECORD_RETRY_FIRST: Duration = Duration::from_millis(250);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 /// A worker may say it has no more slots than this: no worker runs that many jobs at once.
 const MAX_SLOTS: u32 = 1024;
+/// The most bytes kept of a heartbeat's reason for refusing new jobs.
+const MAX_REFUSING_BYTES: usize = 1024;
 /// Outcomes of one session being committed at once at most: beyond them, the session reads
 /// nothing more from its worker until one is done, and the worker's sends wait.
 const MAX_OUTCOMES_IN_FLIGHT: usize = 64;
@@ -241,9 +243,16 @@ impl Session {
                 // Jobs from before a reconnect are this session's now: released if it drops.
                 self.running.extend(running.iter().copied());
                 let running_jobs = running.len() as u32;
+                if !heartbeat.refusing.is_empty() {
+                    // The worker is short of disk: it takes nothing more until it grants
+                    // credits again.
+                    self.credits = 0;
+                }
+                let refusing = domain::bound::cut_end(&heartbeat.refusing, MAX_REFUSING_BYTES);
                 self.hub.touch_worker(&self.worker_id, |status| {
                     status.running_jobs = running_jobs;
                     status.last_heartbeat_ms = now_ms();
+                    status.refusing = refusing;
                 });
                 let lease_ms = self.hub.settings.lease_duration.as_millis() as i64;
                 // Leases not extended now are by the next heartbeat; the session goes on.

@@ -147,6 +147,7 @@ async fn run_session(
             running_jobs: 0,
             last_heartbeat_ms: now_ms(),
             connected_at_ms: now_ms(),
+            refusing: String::new(),
         },
     );
     let settings = hub.settings.clone();

@@ -8,6 +8,7 @@
 //! keeps two processes from building the same one at once.
 
 mod error;
+pub(crate) mod evict;
 mod extensions;
 pub(crate) mod installer;
 mod kept;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use domain::evidence::ExtensionReport;
 use domain::spec::RunOptions;
 use domain::{InterpreterProfile, PackageSpec, SetupFailure, SetupStage};
+use nix::fcntl::Flock;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +56,8 @@ pub(crate) struct Prepared {
     pub(crate) env: Vec<(String, String)>,
     /// What importing the package did to the GIL; `None` when not probed.
     pub(crate) extensions: Option<ExtensionReport>,
+    /// The shared lock that keeps an eviction from removing the setup while it is prepared.
+    _in_use: Option<Flock<std::fs::File>>,
 }
 
 type SetupCell = Arc<OnceCell<Result<Arc<Prepared>, SetupFailure>>>;
@@ -256,6 +260,7 @@ impl Setups {
         })
         .await
         .clone()
+        .inspect(|prepared| kept::mark_used(&prepared.setup_dir))
     }
 
     /// Reuses the setup kept in `dir` for `key` if the package still imports there, else makes
@@ -267,7 +272,10 @@ impl Setups {
         key: &VenvKey,
         dir: &Path,
     ) -> Result<Prepared, SetupError> {
-        let _lock = lock(dir.with_extension("lock")).await?;
+        let _lock = lock(kept::lock_path(dir)).await?;
+        // Held by the setup as long as a job may use it; taken under the setup's lock, which
+        // an eviction takes first too.
+        let in_use = kept::lock_shared(kept::in_use_path(dir)).await?;
         let venv_dir = dir.join("venv");
         let env = self.setup_env(package, options, &venv_dir);
         let ready_path = dir.join(READY_FILE);
@@ -279,7 +287,10 @@ impl Setups {
             match self.check(package, options, dir, record.source_dir, &env).await {
                 Ok(prepared) => {
                     tracing::info!(package.name = %package.name, dir = %dir.display(), "reusing the kept setup");
-                    return Ok(prepared);
+                    return Ok(Prepared {
+                        _in_use: Some(in_use),
+                        ..prepared
+                    });
                 }
                 Err(error) => tracing::warn!(
                     package.name = %package.name, message = %error.message,
@@ -343,7 +354,10 @@ impl Setups {
             )
             .await?;
         }
-        let prepared = self.check(package, options, dir, source_dir, &env).await?;
+        let prepared = Prepared {
+            _in_use: Some(in_use),
+            ..self.check(package, options, dir, source_dir, &env).await?
+        };
         // What the build left in its temporary directory is of no use to the tests.
         crate::fresh_tree::remove(&dir.join("tmp"));
         let record = ReadyRecord {
@@ -455,6 +469,7 @@ impl Setups {
             source_dir,
             env: env.to_vec(),
             extensions,
+            _in_use: None,
         })
     }
 }

@@ -75,6 +75,8 @@ pub struct ScaleReport {
     /// coordinator's CPU time.
     pub alone: (Duration, Duration),
     pub watched: (Duration, Duration),
+    /// The coordinator's peak RSS after the survey without watchers, and at the end.
+    pub alone_peak_rss_kb: u64,
     pub coordinator_peak_rss_kb: u64,
     pub store_bytes: u64,
     pub verbs: Vec<VerbFigures>,
@@ -110,7 +112,8 @@ impl std::fmt::Display for ScaleReport {
         )?;
         writeln!(
             f,
-            "coordinator peak RSS: {:.1} MB; store size: {:.1} MB (both surveys)",
+            "coordinator peak RSS: {:.1} MB after the survey without watchers, {:.1} MB at the end; store size: {:.1} MB (both surveys)",
+            self.alone_peak_rss_kb as f64 / 1024.0,
             self.coordinator_peak_rss_kb as f64 / 1024.0,
             self.store_bytes as f64 / 1e6
         )?;
@@ -153,6 +156,7 @@ pub async fn scale_survey(options: &ScaleOptions, work: &Path) -> anyhow::Result
 
     let jobs = options.packages as u64 * u64::from(options.iterations);
     let (alone, _) = survey(&mut client, &address, options, 0, pid).await?;
+    let alone_peak_rss_kb = peak_rss_kb(pid)?;
     let (watched, (run_id, watcher_events)) = survey(&mut client, &address, options, options.watchers, pid).await?;
     let coordinator_peak_rss_kb = peak_rss_kb(pid)?;
 
@@ -179,6 +183,7 @@ pub async fn scale_survey(options: &ScaleOptions, work: &Path) -> anyhow::Result
         jobs,
         alone,
         watched,
+        alone_peak_rss_kb,
         coordinator_peak_rss_kb,
         store_bytes,
         verbs: figures,
@@ -395,13 +400,27 @@ pub fn outcome(package: usize, iteration: u32, tail_bytes: usize) -> JobResult {
             })
             .collect();
     }
-    let line = "collected 1000 items ... tests/test_module.py::TestClass::test_case PASSED [ 42%]\n";
-    let tail = |first: &str| {
+    // Lines that differ as test output does (names, timings, addresses), so the store cannot
+    // compress them away: a pseudo-random number per line, seeded by the iteration.
+    let mut seed = (package as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(iteration);
+    let tail = |first: &str, seed: &mut u64| {
         let mut text = String::from(first);
-        while text.len() + line.len() <= tail_bytes {
-            text.push_str(line);
+        loop {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            let line = format!(
+                "tests/test_module_{}.py::TestClass::test_case_{:x} PASSED [{:>3}%] 0x{:016x}\n",
+                *seed % 97,
+                *seed >> 40,
+                *seed % 100,
+                *seed
+            );
+            if text.len() + line.len() > tail_bytes {
+                return text;
+            }
+            text.push_str(&line);
         }
-        text
     };
     JobResult::Iteration(IterationOutcome {
         iteration,
@@ -414,12 +433,15 @@ pub fn outcome(package: usize, iteration: u32, tail_bytes: usize) -> JobResult {
         max_rss_kb: Some(120_000),
         stalled: false,
         last_output_line: "==== 800 passed, 200 failed in 30.00s ====".into(),
-        stdout_tail: tail(""),
-        stderr_tail: tail(if crash {
-            "Fatal Python error: Segmentation fault\n\nCurrent thread 0x00007f (most recent call first):\n"
-        } else {
-            ""
-        }),
+        stdout_tail: tail("", &mut seed),
+        stderr_tail: tail(
+            if crash {
+                "Fatal Python error: Segmentation fault\n\nCurrent thread 0x00007f (most recent call first):\n"
+            } else {
+                ""
+            },
+            &mut seed,
+        ),
         crash_signature: crash.then(|| "SIGSEGV in _PyObject_GC_Link".to_string()),
         harness_error: None,
         worker_id: String::new(),

@@ -78,16 +78,25 @@ pub(crate) async fn read_at(
     to_wire(hub, run_id, page, with_output).await
 }
 
-/// How many of `results` fit in one message of `budget` bytes: at least one, whose output is
-/// dropped when it alone is larger than the budget (GetIterationOutput still has it).
+/// A result's share of a message's bytes, its output dropped when it alone is larger than
+/// `budget` (GetIterationOutput still has it).
+fn fit_alone(result: &mut v1::PackageResult, budget: usize) -> usize {
+    let size = result.encoded_len() + 8;
+    if size <= budget {
+        return size;
+    }
+    for outcome in &mut result.iterations {
+        outcome.stdout_tail.clear();
+        outcome.stderr_tail.clear();
+    }
+    result.encoded_len() + 8
+}
+
+/// How many of `results` fit in one message of `budget` bytes: at least one.
 pub(crate) fn fitting(results: &mut [(u32, v1::PackageResult)], budget: usize) -> usize {
     let mut used = 0;
     for (n, (_, result)) in results.iter_mut().enumerate() {
-        let mut size = result.encoded_len() + 8;
-        if n == 0 && size > budget {
-            drop_wire_output(result);
-            size = result.encoded_len() + 8;
-        }
+        let size = fit_alone(result, budget);
         if n > 0 && used + size > budget {
             return n;
         }
@@ -96,10 +105,27 @@ pub(crate) fn fitting(results: &mut [(u32, v1::PackageResult)], budget: usize) -
     results.len()
 }
 
-fn drop_wire_output(result: &mut v1::PackageResult) {
-    for outcome in &mut result.iterations {
-        outcome.stdout_tail.clear();
-        outcome.stderr_tail.clear();
+/// The packages of a watch event, taken one at a time until the next would pass the budget.
+#[derive(Debug, Default)]
+pub(crate) struct Event {
+    packages: Vec<v1::PackageResult>,
+    bytes: usize,
+}
+
+impl Event {
+    /// Adds `result`; returns the packages to send first when it would not fit with them.
+    pub(crate) fn add(&mut self, mut result: v1::PackageResult, budget: usize) -> Option<Vec<v1::PackageResult>> {
+        let size = fit_alone(&mut result, budget);
+        let full = (!self.packages.is_empty() && self.bytes + size > budget).then(|| self.take());
+        self.bytes += size;
+        self.packages.push(result);
+        full
+    }
+
+    /// The packages so far, leaving the event empty.
+    pub(crate) fn take(&mut self) -> Vec<v1::PackageResult> {
+        self.bytes = 0;
+        std::mem::take(&mut self.packages)
     }
 }
 

@@ -131,7 +131,8 @@ impl SurveyService for Survey {
         // An unknown run is an error of the call, not of the stream.
         answer(self.hub.store.get_run(run_id), &self.hub).await?;
         let feed = feed::follow(&self.hub, &self.feeds, run_id, &self.shutdown);
-        let (sender, receiver) = mpsc::channel(4);
+        // One event waiting while one is written: a slow watcher holds two events' memory.
+        let (sender, receiver) = mpsc::channel(1);
         let watcher = Watcher {
             hub: self.hub.clone(),
             run_id,
@@ -234,33 +235,36 @@ impl Watcher {
         } else {
             results::DEFAULT_PAGE
         } as usize;
+        let mut event = results::Event::default();
         for indexes in finished.chunks(chunk) {
-            let kept: Option<Vec<(u32, v1::PackageResult)>> = if self.with_output {
-                None
+            let kept = !self.with_output && indexes.iter().all(|idx| state.recent.contains_key(idx));
+            let read = if kept {
+                Vec::new()
             } else {
-                indexes
-                    .iter()
-                    .map(|idx| state.recent.get(idx).map(|result| (*idx, result.as_ref().clone())))
-                    .collect()
-            };
-            let read = match kept {
-                Some(kept) => Ok(kept),
-                None => results::read_at(&self.hub, self.run_id, indexes, self.with_output).await,
-            };
-            let mut page = match read {
-                Ok(page) => page,
-                Err(status) => {
-                    let _ = self.sender.send(Err(status)).await;
-                    return Err(());
+                match results::read_at(&self.hub, self.run_id, indexes, self.with_output).await {
+                    Ok(read) => read,
+                    Err(status) => {
+                        let _ = self.sender.send(Err(status)).await;
+                        return Err(());
+                    }
                 }
             };
-            while !page.is_empty() {
-                let fit = results::fitting(&mut page, proto::MAX_EVENT_BYTES);
-                let event: Vec<v1::PackageResult> = page.drain(..fit).map(|(_, result)| result).collect();
-                if !self.send(&state.summary, event).await {
+            // Kept results are copied one at a time, as the event takes them.
+            let results = indexes
+                .iter()
+                .filter_map(|idx| state.recent.get(idx).filter(|_| kept).map(|r| r.as_ref().clone()))
+                .chain(read.into_iter().map(|(_, result)| result));
+            for result in results {
+                if let Some(full) = event.add(result, proto::MAX_EVENT_BYTES)
+                    && !self.send(&state.summary, full).await
+                {
                     return Err(());
                 }
             }
+        }
+        let last = event.take();
+        if !last.is_empty() && !self.send(&state.summary, last).await {
+            return Err(());
         }
         Ok(finished.len())
     }

@@ -95,22 +95,42 @@ pub(super) fn stored_verdict(mut result: PackageResult) -> Result<String, StoreE
     to_json(&result)
 }
 
-/// The output tails of a job's recorded result, when it is an iteration's.
+/// A job's result as the jobs table keeps it: the JSON without the output tails, and the
+/// tails, which have columns of their own (`None` for a setup failure, which has none).
+pub(super) fn stored_result(result: &JobResult) -> Result<(String, Option<String>, Option<String>), StoreError> {
+    match result {
+        JobResult::Iteration(outcome) if !outcome.stdout_tail.is_empty() || !outcome.stderr_tail.is_empty() => {
+            let mut bare = outcome.clone();
+            let stdout = std::mem::take(&mut bare.stdout_tail);
+            let stderr = std::mem::take(&mut bare.stderr_tail);
+            Ok((to_json(&JobResult::Iteration(bare))?, Some(stdout), Some(stderr)))
+        }
+        JobResult::Iteration(_) => Ok((to_json(result)?, Some(String::new()), Some(String::new()))),
+        JobResult::SetupFailed(_) => Ok((to_json(result)?, None, None)),
+    }
+}
+
+/// A job row's output tails: from their columns, or, for a row recorded before they had
+/// columns, from its result's JSON. `None` when the result is not an iteration's.
 pub(super) fn iteration_output(
-    package_idx: i64,
-    mode: &str,
-    iteration: i64,
-    result_json: &str,
+    (package_idx, mode, iteration): (i64, &str, i64),
+    columns: (Option<String>, Option<String>),
+    result_json: Option<&str>,
 ) -> Result<Option<IterationOutput>, StoreError> {
-    let JobResult::Iteration(outcome) = from_json::<JobResult>(result_json)? else {
-        return Ok(None);
+    let (stdout_tail, stderr_tail) = match (columns, result_json) {
+        ((Some(stdout), Some(stderr)), _) => (stdout, stderr),
+        (_, Some(json)) => match from_json::<JobResult>(json)? {
+            JobResult::Iteration(outcome) => (outcome.stdout_tail, outcome.stderr_tail),
+            JobResult::SetupFailed(_) => return Ok(None),
+        },
+        _ => return Ok(None),
     };
     Ok(Some(IterationOutput {
         package: to_u32("package_idx", package_idx)?,
         mode: mode.parse().map_err(StoreError::Corrupt)?,
         iteration: to_u32("iteration", iteration)?,
-        stdout_tail: outcome.stdout_tail,
-        stderr_tail: outcome.stderr_tail,
+        stdout_tail,
+        stderr_tail,
     }))
 }
 

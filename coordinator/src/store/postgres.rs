@@ -529,13 +529,17 @@ impl Store for PostgresStore {
         // one of them names the current lease.
         let mut seen = std::collections::HashSet::new();
         let (mut numbers, mut ids, mut tokens, mut results) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut stdouts, mut stderrs) = (Vec::new(), Vec::new());
         for (n, report) in reports.iter().enumerate() {
             let token = report.lease_token.to_string();
             if seen.insert((report.job_id.0, token.clone())) {
                 numbers.push(n as i64 + 1);
                 ids.push(report.job_id.0);
                 tokens.push(token);
-                results.push(to_json(report.result)?);
+                let (result, stdout, stderr) = common::stored_result(report.result)?;
+                results.push(result);
+                stdouts.push(stdout);
+                stderrs.push(stderr);
             }
         }
         let mut tx = self.pool.begin().await?;
@@ -545,8 +549,10 @@ impl Store for PostgresStore {
         // transaction that settles jobs of these packages has committed or waits.
         let recorded: Vec<(i64, i64, String, i32, bool)> = sqlx::query_as(
             "WITH done AS (
-                 UPDATE jobs SET state = 'done', result_json = x.result, settled_at_ms = $5
-                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS x (n, id, token, result)
+                 UPDATE jobs SET state = 'done', result_json = x.result, settled_at_ms = $5,
+                                 stdout_tail = x.stdout, stderr_tail = x.stderr
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $6::text[], $7::text[])
+                      AS x (n, id, token, result, stdout, stderr)
                  WHERE jobs.id = x.id AND jobs.lease_token = x.token AND jobs.state = 'leased'
                  RETURNING x.n, jobs.id, jobs.run_id, jobs.package_idx
              )
@@ -563,6 +569,8 @@ impl Store for PostgresStore {
         .bind(&tokens)
         .bind(&results)
         .bind(now_ms)
+        .bind(&stdouts)
+        .bind(&stderrs)
         .fetch_all(&mut *tx)
         .await?;
         let mut outcome: Vec<Option<Completion>> = vec![None; reports.len()];
@@ -854,8 +862,9 @@ impl Store for PostgresStore {
         packages: Packages<'_>,
     ) -> Result<Vec<IterationOutput>, StoreError> {
         let (names, indexes) = selected(packages);
-        let rows: Vec<(i32, String, i32, String)> = sqlx::query_as(
-            "SELECT j.package_idx, j.mode, j.iteration, j.result_json
+        let rows: Vec<OutputRow> = sqlx::query_as(
+            "SELECT j.package_idx, j.mode, j.iteration, j.stdout_tail, j.stderr_tail,
+                    CASE WHEN j.stdout_tail IS NULL THEN j.result_json END AS result_json
              FROM jobs j JOIN packages p ON p.run_id = j.run_id AND p.package_idx = j.package_idx
              WHERE j.run_id = $1 AND j.result_json IS NOT NULL
                AND ($2::text[] IS NULL OR p.name = ANY($2)) AND ($3::int[] IS NULL OR j.package_idx = ANY($3))
@@ -867,11 +876,27 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .filter_map(|(idx, mode, iteration, json)| {
-                common::iteration_output(i64::from(idx), &mode, i64::from(iteration), &json).transpose()
+            .filter_map(|row| {
+                common::iteration_output(
+                    (i64::from(row.package_idx), &row.mode, i64::from(row.iteration)),
+                    (row.stdout_tail, row.stderr_tail),
+                    row.result_json.as_deref(),
+                )
+                .transpose()
             })
             .collect()
     }
+}
+
+/// A job's output as `iteration_outputs` reads it.
+#[derive(sqlx::FromRow)]
+struct OutputRow {
+    package_idx: i32,
+    mode: String,
+    iteration: i32,
+    stdout_tail: Option<String>,
+    stderr_tail: Option<String>,
+    result_json: Option<String>,
 }
 
 /// `RunNotFound` unless the run exists.

@@ -365,7 +365,8 @@ impl Store for SqliteStore {
             let token = report.lease_token.to_string();
             if let std::collections::hash_map::Entry::Vacant(entry) = first_report.entry((report.job_id.0, token)) {
                 let (id, token) = entry.key().clone();
-                outcomes.push((id, token, to_json(report.result)?));
+                let (result, stdout, stderr) = common::stored_result(report.result)?;
+                outcomes.push((id, token, result, stdout, stderr));
                 entry.insert(i);
             }
         }
@@ -374,8 +375,11 @@ impl Store for SqliteStore {
         // its id; the unary `+` keeps the planner off the state index, through which it would
         // read every leased job once per report.
         let recorded: Vec<(i64, String, String, i64)> = sqlx::query_as(
-            "UPDATE jobs SET state = 'done', result_json = x.result, settled_at_ms = ?2
-             FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS result FROM json_each(?1)) AS x
+            "UPDATE jobs SET state = 'done', result_json = x.result, settled_at_ms = ?2,
+                             stdout_tail = x.stdout, stderr_tail = x.stderr
+             FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS result,
+                          value ->> 3 AS stdout, value ->> 4 AS stderr
+                   FROM json_each(?1)) AS x
              WHERE jobs.id = x.id AND jobs.lease_token = x.token AND +jobs.state = 'leased'
              RETURNING jobs.id, jobs.lease_token, jobs.run_id, jobs.package_idx",
         )
@@ -591,8 +595,9 @@ impl Store for SqliteStore {
         packages: Packages<'_>,
     ) -> Result<Vec<IterationOutput>, StoreError> {
         let (names, indexes) = selected(packages)?;
-        let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
-            "SELECT j.package_idx, j.mode, j.iteration, j.result_json
+        let rows: Vec<OutputRow> = sqlx::query_as(
+            "SELECT j.package_idx, j.mode, j.iteration, j.stdout_tail, j.stderr_tail,
+                    CASE WHEN j.stdout_tail IS NULL THEN j.result_json END AS result_json
              FROM jobs j JOIN packages p ON p.run_id = j.run_id AND p.package_idx = j.package_idx
              WHERE j.run_id = ?1 AND j.result_json IS NOT NULL
                AND (?2 IS NULL OR p.name IN (SELECT value FROM json_each(?2)))
@@ -605,9 +610,27 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .filter_map(|(idx, mode, iteration, json)| common::iteration_output(idx, &mode, iteration, &json).transpose())
+            .filter_map(|row| {
+                common::iteration_output(
+                    (row.package_idx, &row.mode, row.iteration),
+                    (row.stdout_tail, row.stderr_tail),
+                    row.result_json.as_deref(),
+                )
+                .transpose()
+            })
             .collect()
     }
+}
+
+/// A job's output as `iteration_outputs` reads it.
+#[derive(sqlx::FromRow)]
+struct OutputRow {
+    package_idx: i64,
+    mode: String,
+    iteration: i64,
+    stdout_tail: Option<String>,
+    stderr_tail: Option<String>,
+    result_json: Option<String>,
 }
 
 /// A package selection as the queries' two optional JSON arrays: names, indexes.

@@ -47,7 +47,7 @@ pub(crate) async fn source_tree(
         match recorded {
             Some(root) if root.is_dir() && key.is_stored_in(&kept) => root,
             _ => {
-                let io = |e: std::io::Error| SetupError::new(SetupStage::Source, format!("{}: {e}", kept.display()));
+                let io = |e: std::io::Error| SetupError::worker(SetupStage::Source, format!("{}: {e}", kept.display()));
                 if kept.exists() {
                     std::fs::remove_dir_all(&kept).map_err(io)?;
                 }
@@ -62,7 +62,7 @@ pub(crate) async fn source_tree(
     let (from, to) = (root.clone(), dest.to_path_buf());
     tokio::task::spawn_blocking(move || copy_tree(&from, &to, false))
         .await
-        .map_err(|e| SetupError::new(SetupStage::Source, format!("copy task failed: {e}")))?
+        .map_err(|e| SetupError::worker(SetupStage::Source, format!("copy task failed: {e}")))?
         .map_err(|e| SetupError::new(SetupStage::Source, format!("cannot copy {}: {e}", root.display())))?;
     Ok(dest.to_path_buf())
 }
@@ -83,6 +83,6 @@ pub(crate) async fn lock(path: PathBuf) -> Result<Flock<std::fs::File>, SetupErr
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| std::io::Error::from(errno))
     })
     .await
-    .map_err(|e| SetupError::new(SetupStage::Source, format!("lock task failed: {e}")))?
-    .map_err(|e| SetupError::new(SetupStage::Source, format!("cannot lock {shown}: {e}")))
+    .map_err(|e| SetupError::worker(SetupStage::Source, format!("lock task failed: {e}")))?
+    .map_err(|e| SetupError::worker(SetupStage::Source, format!("cannot lock {shown}: {e}")))
 }

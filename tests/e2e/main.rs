@@ -6,6 +6,7 @@ mod detection;
 mod faults;
 mod fleet;
 mod hostile_worker;
+mod infrastructure;
 mod interpreters;
 mod protocol;
 mod registry;

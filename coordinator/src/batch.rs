@@ -8,13 +8,14 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use domain::{Assignment, InterpreterProfile, JobId, JobResult, LeaseToken, WorkerId};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::clock::now_ms;
-use crate::store::{ClaimBatch, ClaimWant, Completion, MAX_CLAIM_BATCH, Report, Store, StoreError};
+use crate::config::Settings;
+use crate::store::{ClaimBatch, ClaimWant, Completion, MAX_CLAIM_BATCH, Report, RetryPolicy, Store, StoreError};
 
 /// Requests one transaction serves at most.
 const MAX_BATCH: usize = 256;
@@ -83,11 +84,15 @@ struct ReportJob {
 
 impl Batcher {
     /// Starts the queues' tasks; they end when the batcher is dropped.
-    pub(crate) fn start(store: &Arc<dyn Store>, lease_duration: Duration) -> Self {
+    pub(crate) fn start(store: &Arc<dyn Store>, settings: &Settings) -> Self {
         let stats = Arc::new(BatchStats::default());
         let parallel = store.parallel_transactions().max(1);
         let (claims, claim_queue) = mpsc::unbounded_channel();
-        let lease_ms = lease_duration.as_millis() as i64;
+        let lease_ms = settings.lease_duration.as_millis() as i64;
+        let retry = RetryPolicy {
+            max_attempts: settings.max_attempts,
+            elsewhere_ms: i64::try_from(settings.retry_elsewhere.as_millis()).unwrap_or(i64::MAX),
+        };
         tokio::spawn(claim_loop(
             store.clone(),
             claim_queue,
@@ -98,7 +103,7 @@ impl Batcher {
         let reports = (0..parallel)
             .map(|_| {
                 let (reports, report_queue) = mpsc::unbounded_channel();
-                tokio::spawn(report_loop(store.clone(), report_queue, stats.clone()));
+                tokio::spawn(report_loop(store.clone(), report_queue, retry, stats.clone()));
                 reports
             })
             .collect();
@@ -260,13 +265,18 @@ async fn claim_group(
 }
 
 /// Records outcomes one transaction at a time, each for everything waiting when it starts.
-async fn report_loop(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<ReportJob>, stats: Arc<BatchStats>) {
+async fn report_loop(
+    store: Arc<dyn Store>,
+    mut queue: mpsc::UnboundedReceiver<ReportJob>,
+    retry: RetryPolicy,
+    stats: Arc<BatchStats>,
+) {
     while let Some(first) = queue.recv().await {
-        report_batch(store.as_ref(), drain(first, &mut queue, MAX_BATCH), &stats).await;
+        report_batch(store.as_ref(), drain(first, &mut queue, MAX_BATCH), retry, &stats).await;
     }
 }
 
-async fn report_batch(store: &dyn Store, batch: Vec<ReportJob>, stats: &BatchStats) {
+async fn report_batch(store: &dyn Store, batch: Vec<ReportJob>, retry: RetryPolicy, stats: &BatchStats) {
     let (items, replies): (Vec<_>, Vec<_>) = batch
         .into_iter()
         .map(|job| ((job.job_id, job.lease_token, job.result), job.reply))
@@ -282,7 +292,7 @@ async fn report_batch(store: &dyn Store, batch: Vec<ReportJob>, stats: &BatchSta
     stats.report_batches.fetch_add(1, Ordering::Relaxed);
     stats.reports.fetch_add(reports.len() as u64, Ordering::Relaxed);
     let started = Instant::now();
-    let recorded = store.complete_batch(&reports, now_ms()).await;
+    let recorded = store.complete_batch(&reports, retry, now_ms()).await;
     stats
         .report_micros
         .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -297,7 +307,7 @@ async fn report_batch(store: &dyn Store, batch: Vec<ReportJob>, stats: &BatchSta
             tracing::warn!(error = %error, reports = reports.len(), "an outcome batch failed; recording one by one");
             for (reply, report) in replies.into_iter().zip(&reports) {
                 let result = store
-                    .complete_job(report.job_id, report.lease_token, report.result, now_ms())
+                    .complete_job(report.job_id, report.lease_token, report.result, retry, now_ms())
                     .await
                     .map_err(|error| {
                         tracing::error!(job.id = %report.job_id, error = %error, "an outcome was not recorded");

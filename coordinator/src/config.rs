@@ -74,8 +74,12 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// How long a lease lasts without a heartbeat.
     pub lease_duration: Duration,
-    /// Leases a job may get before it is recorded as lost.
+    /// Leases a job may get before it is recorded as lost, or, when its setup failed for the
+    /// infrastructure on each, recorded as `infra_error`.
     pub max_attempts: u32,
+    /// How long a job whose setup failed for the infrastructure waits for a worker it has
+    /// not failed on before the workers it failed on may take it again.
+    pub retry_elsewhere: Duration,
     /// How often expired leases are looked for.
     pub reap_interval: Duration,
     /// The longest a client's call waits for the store before `DeadlineExceeded`. A submit of
@@ -89,6 +93,7 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(2),
             lease_duration: Duration::from_secs(15),
             max_attempts: 3,
+            retry_elsewhere: Duration::from_secs(30),
             reap_interval: Duration::from_secs(1),
             store_answer_timeout: Duration::from_secs(120),
         }

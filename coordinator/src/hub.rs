@@ -65,7 +65,7 @@ struct InFlight {
 impl Hub {
     pub(crate) fn new(store: Arc<dyn Store>, settings: Settings) -> Self {
         Hub {
-            batcher: Batcher::start(&store, settings.lease_duration),
+            batcher: Batcher::start(&store, &settings),
             store,
             settings,
             sessions: Mutex::new(HashMap::new()),

@@ -28,6 +28,10 @@ pub enum Category {
     /// Every iteration was a harness error (pytest usage or internal error, no tests
     /// collected): nothing is known about free-threading.
     HarnessError,
+    /// The package could not be set up because of the workers, not the package: a network or
+    /// index time-out, a full disk, a setup command killed from outside, on every attempt the
+    /// run allowed. Nothing is known about the package.
+    InfraError,
     /// No completed iteration to judge by.
     Unknown,
     /// Passed, but an extension module re-enabled the GIL at import.
@@ -40,7 +44,7 @@ pub enum Category {
 
 impl Category {
     /// Every category, in severity order (most severe first): the order of summaries.
-    pub const ALL: [Category; 12] = [
+    pub const ALL: [Category; 13] = [
         Category::Crash,
         Category::Deadlock,
         Category::Intermittent,
@@ -49,6 +53,7 @@ impl Category {
         Category::InstallFailure,
         Category::ImportFailure,
         Category::HarnessError,
+        Category::InfraError,
         Category::Unknown,
         Category::CompatibleGilFallback,
         Category::Compatible,
@@ -67,13 +72,14 @@ impl Category {
             Category::InstallFailure => "install_failure",
             Category::ImportFailure => "import_failure",
             Category::HarnessError => "harness_error",
+            Category::InfraError => "infra_error",
             Category::Unknown => "unknown",
             Category::CompatibleByWheel => "compatible_by_wheel",
         }
     }
 
-    /// A one-character mark for summaries, as the old tool drew them (`!` for harness errors,
-    /// which it did not have).
+    /// A one-character mark for summaries, as the old tool drew them (`!` for harness errors
+    /// and a plug for infrastructure errors, which it did not have).
     pub fn glyph(self) -> &'static str {
         match self {
             Category::Compatible => "\u{2713}",
@@ -87,6 +93,7 @@ impl Category {
             Category::InstallFailure => "\u{2699}",
             Category::ImportFailure => "\u{1f4e6}",
             Category::HarnessError => "!",
+            Category::InfraError => "\u{1f50c}",
             Category::Unknown => "?",
         }
     }
@@ -147,6 +154,8 @@ mod tests {
             "tsan_warnings",
             "install_failure",
             "import_failure",
+            "harness_error",
+            "infra_error",
             "unknown",
             "compatible_by_wheel",
         ] {

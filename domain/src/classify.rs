@@ -81,7 +81,8 @@ pub struct Classification {
 }
 
 /// Classifies a package from its free-threaded outcomes. First match wins: install failure;
-/// import failure; nothing completed (harness error when harness errors were all there was,
+/// import failure; infrastructure error (a setup that failed for the workers' fault on every
+/// attempt); nothing completed (harness error when harness errors were all there was,
 /// else unknown); any deadlock; any crash; all pass (TSAN warnings, else GIL fallback, else
 /// compatible); all fail (incompatible); otherwise intermittent. Harness errors never count
 /// as completed iterations; timeouts count as failures, and so do iterations killed at the
@@ -89,6 +90,17 @@ pub struct Classification {
 /// build's memory use is part of what is surveyed), and neither is a crash or a stall.
 pub fn classify(input: ClassifyInput<'_>) -> Classification {
     if let Some(failure) = input.setup_failure {
+        if failure.infrastructure {
+            let evidence = vec![format!(
+                "{} failed for the infrastructure, not the package, on every attempt: {}",
+                failure.stage.as_str(),
+                failure.message
+            )];
+            return Classification {
+                category: Category::InfraError,
+                evidence,
+            };
+        }
         let category = match failure.stage {
             SetupStage::Source | SetupStage::Install => Category::InstallFailure,
             SetupStage::Import => Category::ImportFailure,
@@ -466,6 +478,7 @@ mod tests {
             message: "exited with 1".into(),
             log_tail: String::new(),
             duration_ms: 1,
+            infrastructure: false,
         }
     }
 
@@ -527,6 +540,30 @@ mod tests {
             });
             assert_eq!(got.category, expected);
             assert!(got.evidence[0].contains("exited with 1"));
+        }
+    }
+
+    #[test]
+    fn an_infrastructure_setup_failure_is_an_infra_error_never_an_install_failure() {
+        let outcomes = vec![outcome(IterationStatus::Pass)];
+        for stage in [SetupStage::Source, SetupStage::Install, SetupStage::Import] {
+            let f = SetupFailure {
+                infrastructure: true,
+                message: "install command exited with status 1: network: Read timed out".into(),
+                ..failure(stage)
+            };
+            let got = classify(ClassifyInput {
+                setup_failure: Some(&f),
+                outcomes: &outcomes,
+                gil_fallback_modules: &[],
+                tsan_warning_count: 0,
+            });
+            assert_eq!(got.category, Category::InfraError, "{stage:?}");
+            assert!(
+                got.evidence[0].contains("for the infrastructure, not the package"),
+                "{got:?}"
+            );
+            assert!(got.evidence[0].contains("Read timed out"), "{got:?}");
         }
     }
 

@@ -211,6 +211,12 @@ pub struct SetupFailure {
     /// The end of the failing command's output.
     pub log_tail: String,
     pub duration_ms: u64,
+    /// The workers' fault, not the package's: a network or index time-out, a full disk, the
+    /// setup command killed from outside, the worker's own I/O. The coordinator tries such a
+    /// job again, on another worker if it can, and records it only once it has failed on every
+    /// attempt the run allows, as `infra_error`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub infrastructure: bool,
 }
 
 /// What a worker reports for one job.

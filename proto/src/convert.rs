@@ -126,6 +126,7 @@ impl From<Category> for v1::Category {
             Category::ImportFailure => v1::Category::ImportFailure,
             Category::Unknown => v1::Category::Unknown,
             Category::HarnessError => v1::Category::HarnessError,
+            Category::InfraError => v1::Category::InfraError,
             Category::CompatibleByWheel => v1::Category::CompatibleByWheel,
         }
     }
@@ -144,6 +145,7 @@ fn category_from_wire(value: i32) -> Result<Category, WireError> {
         Ok(v1::Category::ImportFailure) => Category::ImportFailure,
         Ok(v1::Category::Unknown) => Category::Unknown,
         Ok(v1::Category::HarnessError) => Category::HarnessError,
+        Ok(v1::Category::InfraError) => Category::InfraError,
         Ok(v1::Category::CompatibleByWheel) => Category::CompatibleByWheel,
         _ => return Err(invalid("category", format!("unknown category {value}"))),
     };
@@ -516,6 +518,7 @@ impl From<&SetupFailure> for v1::SetupFailure {
             message: f.message.clone(),
             log_tail: f.log_tail.clone(),
             duration_ms: f.duration_ms,
+            infrastructure: f.infrastructure,
         }
     }
 }
@@ -529,6 +532,7 @@ impl TryFrom<v1::SetupFailure> for SetupFailure {
             message: w.message,
             log_tail: w.log_tail,
             duration_ms: w.duration_ms,
+            infrastructure: w.infrastructure,
         })
     }
 }
@@ -918,6 +922,22 @@ mod tests {
         let wire = v1::IterationOutcome::from(&outcome);
         assert_eq!(wire.status, v1::IterationStatus::Oom as i32);
         assert_eq!(IterationOutcome::try_from(wire).unwrap(), outcome);
+    }
+
+    #[test]
+    fn every_category_and_an_infrastructure_setup_failure_survive_the_wire() {
+        for category in Category::ALL {
+            assert_eq!(category_from_wire(v1::Category::from(category) as i32), Ok(category));
+        }
+        let failure = JobResult::SetupFailed(SetupFailure {
+            stage: SetupStage::Install,
+            message: "install command exited with status 1: network: Read timed out".into(),
+            log_tail: "tail".into(),
+            duration_ms: 3,
+            infrastructure: true,
+        });
+        let wire = v1::JobResult::from(&failure);
+        assert_eq!(JobResult::try_from(wire), Ok(failure));
     }
 
     #[test]

@@ -744,10 +744,19 @@ async fn a_run_larger_than_a_message_is_read_in_pages_and_watched_in_bounded_eve
         run_id: run_id.clone(),
         ..Default::default()
     };
-    let page = survey.query_package_results(request.clone()).await.expect("page").into_inner();
+    let page = survey
+        .query_package_results(request.clone())
+        .await
+        .expect("page")
+        .into_inner();
     assert_eq!(page.results.len(), 60);
     assert!(page.next_page_token.is_empty());
-    assert!(page.results.iter().flat_map(|r| &r.iterations).all(|i| i.stdout_tail.is_empty()));
+    assert!(
+        page.results
+            .iter()
+            .flat_map(|r| &r.iterations)
+            .all(|i| i.stdout_tail.is_empty())
+    );
 
     // With output, pages under the limit, in package order, every tail there.
     let mut with_output = v1::QueryPackageResultsRequest {
@@ -763,10 +772,18 @@ async fn a_run_larger_than_a_message_is_read_in_pages_and_watched_in_bounded_eve
             .expect("page")
             .into_inner();
         pages += 1;
-        assert!(encoded(&page.results) <= proto::MAX_EVENT_BYTES, "a page stays under the limit");
+        assert!(
+            encoded(&page.results) <= proto::MAX_EVENT_BYTES,
+            "a page stays under the limit"
+        );
         for result in &page.results {
             assert_eq!(result.iterations.len(), 10);
-            assert!(result.iterations.iter().all(|i| i.stdout_tail.len() > 16_000 && i.stderr_tail.len() > 16_000));
+            assert!(
+                result
+                    .iterations
+                    .iter()
+                    .all(|i| i.stdout_tail.len() > 16_000 && i.stderr_tail.len() > 16_000)
+            );
             names.push(result.package.clone());
         }
         if page.next_page_token.is_empty() {
@@ -846,6 +863,8 @@ async fn a_run_larger_than_a_message_is_read_in_pages_and_watched_in_bounded_eve
             assert!(count >= 5, "19 MiB came in {count} events");
         }
     }
+    cluster.stop().await;
+}
 
 /// The reason worker `worker_id` refuses new jobs, as GetStatus shows it.
 async fn refusing(cluster: &TestCluster, worker_id: &str) -> String {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use coordinator::store::{ClaimBatch, ClaimRequest, ClaimWant, PackageQuery, Packages, Report, Store};
+use coordinator::store::{ClaimBatch, ClaimRequest, ClaimWant, PackageQuery, Packages, Report, RetryPolicy, Store};
 use domain::spec::RunOptions;
 use domain::{
     Category, InterpreterProfile, InterpreterRequirement, IterationOutcome, IterationStatus, JobResult, LeaseToken,
@@ -13,6 +13,12 @@ use domain::{
 };
 
 const LEASE_MS: i64 = 1_000;
+/// Three attempts, and a job whose setup failed for the infrastructure waits a second for
+/// another worker.
+const RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 3,
+    elsewhere_ms: 1_000,
+};
 
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
@@ -69,6 +75,10 @@ conformance!(
     a_lost_job_says_how_each_of_its_attempts_ended,
     a_store_answers_a_ping,
     results_come_in_pages_and_verdicts_keep_no_output_the_jobs_still_have,
+    an_infrastructure_setup_failure_sends_the_job_to_another_worker_and_settles_nothing,
+    an_infrastructure_failure_on_every_attempt_is_an_infra_error_naming_each_attempt,
+    a_package_failure_after_an_infrastructure_failure_is_the_packages_verdict,
+    a_job_lost_after_an_infrastructure_failure_says_so,
 );
 
 fn package(name: &str) -> PackageSpec {
@@ -304,17 +314,35 @@ async fn an_outcome_is_recorded_once_and_duplicates_and_stale_tokens_are_ignored
         .await
         .remove(0);
     let stranger = store
-        .complete_job(job.job_id, LeaseToken::random(), &outcome(1, IterationStatus::Fail), 5)
+        .complete_job(
+            job.job_id,
+            LeaseToken::random(),
+            &outcome(1, IterationStatus::Fail),
+            RETRY,
+            5,
+        )
         .await
         .expect("stale");
     assert_eq!(stranger.ack, OutcomeAck::Stale);
     let first = store
-        .complete_job(job.job_id, job.lease_token, &outcome(1, IterationStatus::Pass), 10)
+        .complete_job(
+            job.job_id,
+            job.lease_token,
+            &outcome(1, IterationStatus::Pass),
+            RETRY,
+            10,
+        )
         .await
         .expect("first");
     assert_eq!(first.ack, OutcomeAck::Recorded);
     let again = store
-        .complete_job(job.job_id, job.lease_token, &outcome(1, IterationStatus::Fail), 20)
+        .complete_job(
+            job.job_id,
+            job.lease_token,
+            &outcome(1, IterationStatus::Fail),
+            RETRY,
+            20,
+        )
         .await
         .expect("again");
     assert_eq!(again.ack, OutcomeAck::Duplicate);
@@ -330,6 +358,7 @@ async fn an_outcome_is_recorded_once_and_duplicates_and_stale_tokens_are_ignored
             domain::JobId(999_999),
             LeaseToken::random(),
             &outcome(1, IterationStatus::Pass),
+            RETRY,
             30,
         )
         .await
@@ -353,6 +382,7 @@ async fn an_expired_lease_is_reclaimed_by_another_worker_and_the_old_token_is_re
             first.job_id,
             first.lease_token,
             &outcome(1, IterationStatus::Fail),
+            RETRY,
             3_000,
         )
         .await;
@@ -362,6 +392,7 @@ async fn an_expired_lease_is_reclaimed_by_another_worker_and_the_old_token_is_re
             second.job_id,
             second.lease_token,
             &outcome(1, IterationStatus::Pass),
+            RETRY,
             3_001,
         )
         .await;
@@ -511,7 +542,7 @@ async fn an_outcomes_iteration_mode_attempt_and_worker_come_from_its_job(store: 
     forged.attempt = 9;
     forged.worker_id = "someone-else".into();
     let completion = store
-        .complete_job(job.job_id, job.lease_token, &JobResult::Iteration(forged), 5)
+        .complete_job(job.job_id, job.lease_token, &JobResult::Iteration(forged), RETRY, 5)
         .await
         .expect("record");
     assert_eq!(completion.ack, OutcomeAck::Recorded);
@@ -591,9 +622,10 @@ async fn a_setup_failure_cancels_the_packages_other_jobs_and_revokes_their_lease
         message: "install command exited with status 1".into(),
         log_tail: "error: no".into(),
         duration_ms: 5,
+        infrastructure: false,
     });
     let completion = store
-        .complete_job(first.job_id, first.lease_token, &failure, 10)
+        .complete_job(first.job_id, first.lease_token, &failure, RETRY, 10)
         .await
         .expect("complete");
     assert_eq!(completion.ack, OutcomeAck::Recorded);
@@ -613,7 +645,7 @@ async fn a_setup_failure_cancels_the_packages_other_jobs_and_revokes_their_lease
     assert_eq!(broken[0].category, Category::InstallFailure);
     assert!(broken[0].finished);
     let late = store
-        .complete_job(second.job_id, second.lease_token, &failure, 30)
+        .complete_job(second.job_id, second.lease_token, &failure, RETRY, 30)
         .await
         .expect("late");
     assert_eq!(late.ack, OutcomeAck::Stale);
@@ -635,7 +667,13 @@ async fn cancelling_a_run_cancels_pending_jobs_and_revokes_leases(store: Arc<dyn
             .is_empty()
     );
     let late = store
-        .complete_job(job.job_id, job.lease_token, &outcome(1, IterationStatus::Pass), 7)
+        .complete_job(
+            job.job_id,
+            job.lease_token,
+            &outcome(1, IterationStatus::Pass),
+            RETRY,
+            7,
+        )
         .await;
     assert_eq!(late.expect("late").ack, OutcomeAck::Stale);
     let (again, revoked_again) = store.cancel_run(run_id, 8).await.expect("cancel twice");
@@ -660,6 +698,7 @@ async fn verdicts_are_recomputed_as_outcomes_arrive_and_the_run_finishes(store: 
                 job.job_id,
                 job.lease_token,
                 &outcome(job.iteration, status),
+                RETRY,
                 10 + n as i64,
             )
             .await;
@@ -733,7 +772,7 @@ async fn network_grants_and_an_oom_outcome_with_its_sandbox_report_are_kept(stor
                 ..sandbox.clone()
             });
         }
-        let completion = store.complete_job(job.job_id, job.lease_token, &result, 5).await;
+        let completion = store.complete_job(job.job_id, job.lease_token, &result, RETRY, 5).await;
         assert_eq!(completion.expect("complete").ack, OutcomeAck::Recorded);
     }
     let results = store.package_results(run_id, &[], true).await.expect("results");
@@ -804,6 +843,7 @@ async fn stop_on_first_pass_cancels_the_packages_remaining_jobs(store: Arc<dyn S
             jobs[0].job_id,
             jobs[0].lease_token,
             &outcome(1, IterationStatus::Pass),
+            RETRY,
             5,
         )
         .await;
@@ -890,6 +930,7 @@ async fn concurrent_runs_share_the_fleet(store: Arc<dyn Store>) {
                 job.job_id,
                 job.lease_token,
                 &outcome(job.iteration, IterationStatus::Pass),
+                RETRY,
                 3_100,
             )
             .await
@@ -935,7 +976,7 @@ async fn a_batch_of_outcomes_records_each_job_once(store: Arc<dyn Store>) {
         },
     ];
     let acks: Vec<OutcomeAck> = store
-        .complete_batch(&reports, 10)
+        .complete_batch(&reports, RETRY, 10)
         .await
         .expect("batch")
         .into_iter()
@@ -992,6 +1033,7 @@ async fn a_packages_last_two_outcomes_recorded_at_once_give_it_one_verdict(store
                         job.job_id,
                         job.lease_token,
                         &outcome(job.iteration, IterationStatus::Pass),
+                        RETRY,
                         10,
                     )
                     .await
@@ -1027,7 +1069,7 @@ async fn a_packages_last_two_outcomes_recorded_at_once_give_it_one_verdict(store
                     barrier.wait().await;
                     let result = outcome(job.iteration, IterationStatus::Pass);
                     store
-                        .complete_job(job.job_id, job.lease_token, &result, 110)
+                        .complete_job(job.job_id, job.lease_token, &result, RETRY, 110)
                         .await
                         .expect("complete")
                 })
@@ -1047,13 +1089,16 @@ async fn results_come_in_pages_and_verdicts_keep_no_output_the_jobs_still_have(s
     let run_id = submit(&store, &spec(&name_refs, 1), 0).await;
     let jobs = claim(&store, &worker("w"), &profile("3.13", true), &[], 10, 0).await;
     // Packages 1, 3 and 5 finish, each with its output.
-    for job in jobs.iter().filter(|j| ["p1", "p3", "p5"].contains(&j.package.name.as_str())) {
+    for job in jobs
+        .iter()
+        .filter(|j| ["p1", "p3", "p5"].contains(&j.package.name.as_str()))
+    {
         let mut result = outcome(job.iteration, IterationStatus::Fail);
         if let JobResult::Iteration(outcome) = &mut result {
             outcome.stdout_tail = format!("out of {}", job.package.name);
             outcome.stderr_tail = format!("err of {}", job.package.name);
         }
-        let completion = store.complete_job(job.job_id, job.lease_token, &result, 5).await;
+        let completion = store.complete_job(job.job_id, job.lease_token, &result, RETRY, 5).await;
         assert_eq!(completion.expect("complete").ack, OutcomeAck::Recorded);
     }
     assert_eq!(store.finished_packages(run_id).await.expect("finished"), vec![1, 3, 5]);
@@ -1116,7 +1161,10 @@ async fn results_come_in_pages_and_verdicts_keep_no_output_the_jobs_still_have(s
         .await
         .expect("outputs");
     assert_eq!(outputs.len(), 1, "package 4 has no outcome yet: {outputs:?}");
-    assert_eq!((outputs[0].package, outputs[0].mode, outputs[0].iteration), (3, Mode::Ft, 1));
+    assert_eq!(
+        (outputs[0].package, outputs[0].mode, outputs[0].iteration),
+        (3, Mode::Ft, 1)
+    );
     assert_eq!(outputs[0].stdout_tail, "out of p3");
     assert_eq!(outputs[0].stderr_tail, "err of p3");
     let named = ["p1".to_string()];
@@ -1132,4 +1180,254 @@ async fn results_come_in_pages_and_verdicts_keep_no_output_the_jobs_still_have(s
         store.finished_packages(unknown).await,
         Err(coordinator::store::StoreError::RunNotFound(_))
     ));
+}
+
+/// A setup that failed for the infrastructure (here a read time-out from the index).
+fn infrastructure_failure(worker: &str) -> JobResult {
+    JobResult::SetupFailed(SetupFailure {
+        stage: SetupStage::Install,
+        message: format!("install command exited with status 1: network: Read timed out on {worker}"),
+        log_tail: "WARNING: Retrying (Retry(total=0)) after connection broken by 'ReadTimeoutError'".into(),
+        duration_ms: 5,
+        infrastructure: true,
+    })
+}
+
+async fn an_infrastructure_setup_failure_sends_the_job_to_another_worker_and_settles_nothing(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["a"], 2), 0).await;
+    let ft = profile("3.13", true);
+    let (w1, w2) = (worker("w1"), worker("w2"));
+    let first = claim(&store, &w1, &ft, &[], 1, 0).await.remove(0);
+    assert_eq!(first.iteration, 1);
+    let completion = store
+        .complete_job(
+            first.job_id,
+            first.lease_token,
+            &infrastructure_failure("w1"),
+            RETRY,
+            10,
+        )
+        .await
+        .expect("complete");
+    assert_eq!(
+        (completion.ack, completion.requeued, completion.revoked.len()),
+        (OutcomeAck::Recorded, true, 0),
+        "acknowledged, sent back, nothing revoked"
+    );
+    let result = store
+        .package_results(run_id, &[], false)
+        .await
+        .expect("results")
+        .remove(0);
+    assert!(!result.finished, "an infrastructure failure settles nothing");
+    assert!(result.setup_failure.is_none(), "{result:?}");
+    assert_ne!(result.category, Category::InstallFailure);
+
+    // While its wait lasts, the worker it failed on gets the package's other job only, and
+    // another worker gets it, on its second attempt.
+    let mine = claim(&store, &w1, &ft, &[], 5, 20).await;
+    assert_eq!(
+        mine.iter().map(|a| a.iteration).collect::<Vec<_>>(),
+        [2],
+        "w1 is passed by for the job it failed"
+    );
+    let elsewhere = claim(&store, &w2, &ft, &[], 5, 30).await;
+    assert_eq!(elsewhere.len(), 1);
+    assert_eq!((elsewhere[0].job_id, elsewhere[0].attempt), (first.job_id, 2));
+    let recorded = store
+        .complete_job(
+            elsewhere[0].job_id,
+            elsewhere[0].lease_token,
+            &outcome(1, IterationStatus::Pass),
+            RETRY,
+            40,
+        )
+        .await
+        .expect("complete");
+    assert_eq!((recorded.ack, recorded.requeued), (OutcomeAck::Recorded, false));
+
+    // Once the wait is over, the worker it failed on may take it again.
+    let second = &mine[0];
+    store
+        .complete_job(
+            second.job_id,
+            second.lease_token,
+            &infrastructure_failure("w1"),
+            RETRY,
+            50,
+        )
+        .await
+        .expect("complete");
+    assert!(
+        claim(&store, &w1, &ft, &[], 5, 50 + RETRY.elsewhere_ms - 1)
+            .await
+            .is_empty()
+    );
+    let again = claim(&store, &w1, &ft, &[], 5, 50 + RETRY.elsewhere_ms + 1).await;
+    assert_eq!(again.len(), 1, "no other worker asked: w1 gets it after the wait");
+    assert_eq!((again[0].job_id, again[0].attempt), (second.job_id, 2));
+    store
+        .complete_job(
+            again[0].job_id,
+            again[0].lease_token,
+            &outcome(2, IterationStatus::Pass),
+            RETRY,
+            2_000,
+        )
+        .await
+        .expect("complete");
+    let result = store
+        .package_results(run_id, &[], false)
+        .await
+        .expect("results")
+        .remove(0);
+    assert!(result.finished);
+    assert_eq!(result.category, Category::Compatible, "{result:?}");
+    let (summary, _) = store.get_run(run_id).await.expect("get");
+    assert_eq!(summary.state, RunState::Finished);
+}
+
+async fn an_infrastructure_failure_on_every_attempt_is_an_infra_error_naming_each_attempt(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["offline", "fine"], 2), 0).await;
+    let ft = profile("3.13", true);
+    let warm = vec!["offline".to_string()];
+    let mut now = 0;
+    let mut last = None;
+    for (attempt, name) in [(1, "w1"), (2, "w2"), (3, "w3")] {
+        now += 10;
+        let job = claim(&store, &worker(name), &ft, &warm, 1, now).await.remove(0);
+        assert_eq!(
+            (job.package.name.as_str(), job.iteration, job.attempt),
+            ("offline", 1, attempt)
+        );
+        let completion = store
+            .complete_job(
+                job.job_id,
+                job.lease_token,
+                &infrastructure_failure(name),
+                RETRY,
+                now + 1,
+            )
+            .await
+            .expect("complete");
+        assert_eq!(completion.ack, OutcomeAck::Recorded);
+        assert_eq!(completion.requeued, attempt < 3, "attempt {attempt}");
+        last = Some(completion);
+    }
+    let last = last.expect("three attempts");
+    assert!(
+        last.revoked.is_empty(),
+        "the package's other job was pending, not leased"
+    );
+    let rest = claim(&store, &worker("w4"), &ft, &[], 10, now + 10).await;
+    assert!(
+        rest.iter().all(|a| a.package.name == "fine"),
+        "the last attempt settles the package: its other job is cancelled"
+    );
+    let result = store
+        .package_results(run_id, &["offline".to_string()], true)
+        .await
+        .expect("results")
+        .remove(0);
+    assert!(result.finished);
+    assert_eq!(
+        result.category,
+        Category::InfraError,
+        "never install_failure: {result:?}"
+    );
+    assert!(result.setup_failure.as_ref().is_some_and(|f| f.infrastructure));
+    let said = result.evidence.join("\n");
+    assert!(said.contains("for the infrastructure, not the package"), "{said}");
+    assert!(
+        said.contains(
+            "ft iteration 1 failed for the infrastructure on all 3 attempts: \
+             attempt 1 on w1: install failed for the infrastructure: install command exited with status 1: \
+             network: Read timed out on w1; attempt 2 on w2: "
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("attempt 3 on w3: install failed for the infrastructure"),
+        "{said}"
+    );
+    let (summary, _) = store.get_run(run_id).await.expect("get");
+    assert_eq!(summary.categories.get(&Category::InfraError), Some(&1));
+}
+
+async fn a_package_failure_after_an_infrastructure_failure_is_the_packages_verdict(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["broken"], 1), 0).await;
+    let ft = profile("3.13", true);
+    let first = claim(&store, &worker("w1"), &ft, &[], 1, 0).await.remove(0);
+    store
+        .complete_job(
+            first.job_id,
+            first.lease_token,
+            &infrastructure_failure("w1"),
+            RETRY,
+            10,
+        )
+        .await
+        .expect("complete");
+    let second = claim(&store, &worker("w2"), &ft, &[], 1, 20).await.remove(0);
+    let failure = JobResult::SetupFailed(SetupFailure {
+        stage: SetupStage::Install,
+        message: "install command exited with status 1: error: no matching distribution".into(),
+        log_tail: String::new(),
+        duration_ms: 5,
+        infrastructure: false,
+    });
+    let completion = store
+        .complete_job(second.job_id, second.lease_token, &failure, RETRY, 30)
+        .await
+        .expect("complete");
+    assert_eq!((completion.ack, completion.requeued), (OutcomeAck::Recorded, false));
+    let result = store
+        .package_results(run_id, &[], true)
+        .await
+        .expect("results")
+        .remove(0);
+    assert_eq!(result.category, Category::InstallFailure, "{result:?}");
+}
+
+async fn a_job_lost_after_an_infrastructure_failure_says_so(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["a"], 1), 0).await;
+    let ft = profile("3.13", true);
+    let first = claim(&store, &worker("w1"), &ft, &[], 1, 0).await.remove(0);
+    store
+        .complete_job(
+            first.job_id,
+            first.lease_token,
+            &infrastructure_failure("w1"),
+            RETRY,
+            10,
+        )
+        .await
+        .expect("complete");
+    for (name, now) in [("w2", 20), ("w3", 20 + 2 * LEASE_MS)] {
+        let job = claim(&store, &worker(name), &ft, &[], 1, now).await.remove(0);
+        store
+            .abandon_jobs(&[(job.job_id, job.lease_token)], RETRY.max_attempts, now + 1)
+            .await
+            .expect("abandon");
+    }
+    let result = store
+        .package_results(run_id, &[], true)
+        .await
+        .expect("results")
+        .remove(0);
+    assert_eq!(result.category, Category::Unknown);
+    assert_eq!(
+        result
+            .evidence
+            .iter()
+            .filter(|e| e.contains("lost"))
+            .collect::<Vec<_>>(),
+        [
+            "ft iteration 1 lost after 3 attempts: attempt 1 on w1: install failed for the infrastructure: \
+             install command exited with status 1: network: Read timed out on w1; \
+             attempt 2 on w2: its worker's session ended; attempt 3 on w3: its worker's session ended"
+        ],
+        "{:?}",
+        result.evidence
+    );
 }

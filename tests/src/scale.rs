@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use domain::evidence::{IterationEvidence, TestReport, TsanAttribution, TsanFrame, TsanWarning};
 use domain::spec::RunOptions;
-use domain::{InterpreterRequirement, IterationOutcome, IterationStatus, JobResult, Mode, PackageSpec, RunSpec, Source};
+use domain::{
+    InterpreterRequirement, IterationOutcome, IterationStatus, JobResult, Mode, PackageSpec, RunSpec, Source,
+};
 use proto::v1;
 use proto::v1::survey_service_client::SurveyServiceClient;
 use proto::v1::worker_service_client::WorkerServiceClient;
@@ -175,7 +177,15 @@ pub async fn scale_survey(options: &ScaleOptions, work: &Path) -> anyhow::Result
     ];
     let mut figures = Vec::new();
     for (name, args, output) in verbs {
-        figures.push(verb(&options.ftsurvey, name, &args, output, &address, work, options.packages)?);
+        figures.push(verb(
+            &options.ftsurvey,
+            name,
+            &args,
+            output,
+            &address,
+            work,
+            options.packages,
+        )?);
     }
     let store_bytes = postgres_size(&postgres.url()).await?;
     drop(coordinator);
@@ -558,7 +568,11 @@ fn verb(
         .count();
     // `show` lists every package; the CSV has a line per package; the report names the
     // packages that are not compatible at least.
-    let least = if name.starts_with("report") { packages / 4 } else { packages };
+    let least = if name.starts_with("report") {
+        packages / 4
+    } else {
+        packages
+    };
     if named < least {
         bail!("{name} named {named} of {packages} packages");
     }

@@ -171,6 +171,7 @@ mod tests {
             message: "install command exited with 1".into(),
             log_tail: format!("{}the last line", "l".repeat(16_000)),
             duration_ms: 4,
+            infrastructure: false,
         };
         let sent = within_limits(JobId(2), lease_token, JobResult::SetupFailed(failure), 2048);
         assert!(encoded_len(JobId(2), lease_token, &sent) <= 2048);

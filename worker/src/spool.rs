@@ -144,6 +144,7 @@ pub(crate) mod tests {
                 message: "m".into(),
                 log_tail: "t".into(),
                 duration_ms: 1,
+                infrastructure: false,
             }),
             sessions_sent: 1,
         }

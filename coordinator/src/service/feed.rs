@@ -187,7 +187,9 @@ impl Recent {
         self.results.push_back((idx, Arc::new(result), size));
         self.bytes += size;
         while self.bytes > RECENT_BYTES {
-            let Some((_, _, size)) = self.results.pop_front() else { break };
+            let Some((_, _, size)) = self.results.pop_front() else {
+                break;
+            };
             self.bytes -= size;
         }
     }

@@ -157,4 +157,3 @@ pub(crate) async fn answer<T>(request: impl Future<Output = Result<T, StoreError
         }
     }
 }
-

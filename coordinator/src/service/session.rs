@@ -288,6 +288,7 @@ impl Session {
                         ack: domain::OutcomeAck::Stale,
                         run_id: None,
                         revoked: Vec::new(),
+                        requeued: false,
                     }),
                     rejected: Some(error.to_string()),
                 };
@@ -391,6 +392,10 @@ impl Session {
         if !completion.revoked.is_empty() {
             self.hub
                 .push_cancels(&completion.revoked, "the package's other jobs are no longer needed");
+        }
+        if completion.requeued {
+            tracing::info!(worker.id = %self.worker_id, job.id = %job_id, "setup failed for the infrastructure; the job goes back to the queue");
+            self.hub.jobs_available.notify_waiters();
         }
         if let Some(run_id) = completion.run_id {
             self.hub.notify_run(run_id);

@@ -147,14 +147,18 @@ impl SurveyService for Survey {
         &self,
         request: Request<v1::QueryPackageResultsRequest>,
     ) -> Result<Response<v1::QueryPackageResultsResponse>, Status> {
-        results::query_page(&self.hub, request.into_inner()).await.map(Response::new)
+        results::query_page(&self.hub, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get_iteration_output(
         &self,
         request: Request<v1::GetIterationOutputRequest>,
     ) -> Result<Response<v1::GetIterationOutputResponse>, Status> {
-        results::iteration_output(&self.hub, request.into_inner()).await.map(Response::new)
+        results::iteration_output(&self.hub, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

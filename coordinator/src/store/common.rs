@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use domain::spec::RunOptions;
 use domain::{
     Assignment, Category, InterpreterRequirement, IterationStatus, JobId, JobResult, LeaseToken, Mode, PackageResult,
-    PackageSpec, RunId, RunSpec, RunState, RunSummary, WorkerId,
+    PackageSpec, RunId, RunSpec, RunState, RunSummary, SetupFailure, WorkerId,
 };
 
 use super::{ClaimWant, IterationOutput, RevokedLease, StoreError};
@@ -67,8 +67,27 @@ pub(super) const ATTEMPT_END_SQL: &str = "COALESCE(jobs.attempt_ends || '; ', ''
             WHEN jobs.deadline_at_ms IS NOT NULL AND jobs.deadline_at_ms < ?NOW THEN 'held past its deadline'
             ELSE 'no heartbeat until its lease expired' END";
 
+/// The SQL expression, in the `UPDATE jobs` that sends a job whose setup failed for the
+/// infrastructure back to the queue, that appends the attempt's end to `attempt_ends`;
+/// `?REASON` stands for the failure's text (see [`infrastructure_failure`]).
+pub(super) const INFRA_ATTEMPT_END_SQL: &str = "COALESCE(jobs.attempt_ends || '; ', '')
+    || 'attempt ' || jobs.attempt || ' on ' || COALESCE(jobs.worker_id, 'no worker') || ': ' || ?REASON";
+
 /// Lost jobs named in a package's evidence at most; the rest are counted.
 const MAX_LOST_NAMED: usize = 5;
+
+/// How an attempt whose setup failed for the infrastructure ended, for its job's attempt ends:
+/// `None` for any other result, which is recorded.
+pub(super) fn infrastructure_failure(result: &JobResult) -> Option<String> {
+    match result {
+        JobResult::SetupFailed(failure) if failure.infrastructure => Some(format!(
+            "{} failed for the infrastructure: {}",
+            failure.stage.as_str(),
+            failure.message
+        )),
+        _ => None,
+    }
+}
 
 impl JobRow {
     /// The row's result, its iteration, mode, attempt and worker taken from the row: a
@@ -141,9 +160,10 @@ pub(super) fn package_result(
     jobs: impl IntoIterator<Item = JobRow>,
 ) -> Result<PackageResult, StoreError> {
     let mut live = false;
-    let mut setup_failure = None;
+    let mut setup_failure: Option<SetupFailure> = None;
     let mut outcomes = Vec::new();
     let mut lost = Vec::new();
+    let mut infrastructure = Vec::new();
     for job in jobs {
         live |= job.state == "pending" || job.state == "leased";
         if job.state == "lost" {
@@ -158,15 +178,35 @@ pub(super) fn package_result(
             ));
         }
         if let Some(result) = job.result()? {
+            if let Some(last) = infrastructure_failure(&result) {
+                // Every attempt, the recorded last one included, each with its worker.
+                infrastructure.push(format!(
+                    "{} iteration {} failed for the infrastructure on all {} attempts: {}attempt {} on {}: {last}",
+                    job.mode,
+                    job.iteration,
+                    job.attempt,
+                    job.attempt_ends
+                        .as_deref()
+                        .map(|ends| format!("{ends}; "))
+                        .unwrap_or_default(),
+                    job.attempt,
+                    job.worker_id.as_deref().unwrap_or("no worker"),
+                ));
+            }
             match result {
                 JobResult::Iteration(outcome) => outcomes.push(outcome),
-                JobResult::SetupFailed(failure) => {
-                    setup_failure.get_or_insert(failure);
-                }
+                // The package's own failure says more than the infrastructure's.
+                JobResult::SetupFailed(failure) => match &setup_failure {
+                    Some(kept) if !kept.infrastructure || failure.infrastructure => {}
+                    _ => setup_failure = Some(failure),
+                },
             }
         }
     }
     let mut result = PackageResult::build(name, iterations, setup_failure, outcomes, !live);
+    infrastructure.sort();
+    infrastructure.truncate(MAX_LOST_NAMED);
+    result.evidence.extend(infrastructure);
     lost.sort();
     if lost.len() > MAX_LOST_NAMED {
         let more = lost.len() - MAX_LOST_NAMED;
@@ -277,6 +317,21 @@ pub(super) struct PickedJob {
     pub(super) package_idx: i64,
     pub(super) mode: String,
     pub(super) iteration: i64,
+    /// The workers its setup failed on for the infrastructure (a JSON array), if any.
+    pub(super) avoid_workers: Option<String>,
+    /// Until when they are passed by.
+    pub(super) avoid_until_ms: Option<i64>,
+}
+
+impl PickedJob {
+    /// The workers that may not have this job at `now_ms`: those it failed on for the
+    /// infrastructure, until its wait is over; then none.
+    pub(super) fn avoided(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        match (&self.avoid_workers, self.avoid_until_ms) {
+            (Some(workers), Some(until)) if until > now_ms => from_json(workers),
+            _ => Ok(Vec::new()),
+        }
+    }
 }
 
 /// How many jobs one claim transaction leases at most, whatever the wants add up to.
@@ -305,24 +360,34 @@ pub(super) fn warm_names(wants: &[ClaimWant<'_>]) -> Vec<String> {
 
 /// Which want gets each picked job (`None`: nobody, it stays pending). A job of a package a
 /// want has set up goes to that want first; the others go round the wants with room left, so
-/// one package's iterations spread over workers.
-pub(super) fn distribute(wants: &[ClaimWant<'_>], names: &[&str]) -> Vec<Option<usize>> {
+/// one package's iterations spread over workers. A job never goes to a worker in its
+/// `avoided` list (see [`PickedJob::avoided`]; empty for most jobs).
+pub(super) fn distribute(wants: &[ClaimWant<'_>], names: &[&str], avoided: &[Vec<String>]) -> Vec<Option<usize>> {
     let mut room: Vec<u32> = wants.iter().map(|w| w.max_jobs).collect();
     let mut owners = vec![None; names.len()];
+    let may_take = |job: usize, i: usize| {
+        avoided
+            .get(job)
+            .is_none_or(|workers| !workers.iter().any(|w| w == wants[i].worker_id.as_str()))
+    };
     for (job, name) in names.iter().enumerate() {
-        let warm = (0..wants.len()).find(|&i| room[i] > 0 && wants[i].warm_packages.iter().any(|p| p == name));
+        let warm = (0..wants.len())
+            .find(|&i| room[i] > 0 && may_take(job, i) && wants[i].warm_packages.iter().any(|p| p == name));
         if let Some(i) = warm {
             room[i] -= 1;
             owners[job] = Some(i);
         }
     }
     let mut next = 0;
-    for owner in owners.iter_mut().filter(|o| o.is_none()) {
+    for (job, owner) in owners.iter_mut().enumerate().filter(|(_, o)| o.is_none()) {
+        if room.iter().all(|r| *r == 0) {
+            break;
+        }
         let Some(i) = (0..wants.len())
             .map(|k| (next + k) % wants.len())
-            .find(|&i| room[i] > 0)
+            .find(|&i| room[i] > 0 && may_take(job, i))
         else {
-            break;
+            continue;
         };
         room[i] -= 1;
         *owner = Some(i);

@@ -96,6 +96,21 @@ pub struct Completion {
     pub run_id: Option<RunId>,
     /// Leases of the same package taken back because its setup failed.
     pub revoked: Vec<RevokedLease>,
+    /// The job went back to the queue for another attempt instead: its setup failed for the
+    /// infrastructure, not the package.
+    pub requeued: bool,
+}
+
+/// How a job whose setup failed for the infrastructure (`SetupFailure::infrastructure`) is
+/// tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Leases a job may get: the failure of the last is recorded, and settles its package as
+    /// `infra_error`; an earlier one sends the job back to the queue.
+    pub max_attempts: u32,
+    /// How long a job sent back waits for a worker it has not failed on; after that any
+    /// worker may take it.
+    pub elsewhere_ms: i64,
 }
 
 /// What a reaper pass did.
@@ -154,7 +169,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Leases pending jobs whose run the batch's interpreter can serve: up to `max_jobs` for
     /// each want, returned in want order. A want's warm packages go to it first; the rest is
     /// shared between runs, those with the fewest running jobs first; within a run, first
-    /// iterations first.
+    /// iterations first. A job whose setup failed for the infrastructure goes to none of the
+    /// workers it failed on until its wait is over ([`RetryPolicy::elsewhere_ms`]), so another
+    /// worker gets it first.
     async fn claim_batch(&self, batch: ClaimBatch<'_>, now_ms: i64) -> Result<Vec<Vec<Assignment>>, StoreError>;
 
     /// Leases up to `max_jobs` pending jobs for one worker: a batch of one.
@@ -184,7 +201,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Records jobs' results under their leases, in one transaction; one completion per report,
     /// in order. Once per job: a second report is a duplicate, a report under a lease that is
     /// no longer current is stale; neither changes anything.
-    async fn complete_batch(&self, reports: &[Report<'_>], now_ms: i64) -> Result<Vec<Completion>, StoreError>;
+    ///
+    /// A setup that failed for the infrastructure is recorded only on the job's last attempt
+    /// (`retry.max_attempts`); before that the lease ends, its end is appended to the job's
+    /// attempt ends with the failure's message, and the job goes back to pending, kept from
+    /// the workers it failed on for `retry.elsewhere_ms` (see [`ClaimBatch`]). Its package is
+    /// not settled, and its other jobs run on.
+    async fn complete_batch(
+        &self,
+        reports: &[Report<'_>],
+        retry: RetryPolicy,
+        now_ms: i64,
+    ) -> Result<Vec<Completion>, StoreError>;
 
     /// Records one job's result under its lease: a batch of one.
     async fn complete_job(
@@ -192,6 +220,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         job_id: JobId,
         lease_token: LeaseToken,
         result: &JobResult,
+        retry: RetryPolicy,
         now_ms: i64,
     ) -> Result<Completion, StoreError> {
         let report = Report {
@@ -199,7 +228,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
             lease_token,
             result,
         };
-        let mut completions = self.complete_batch(&[report], now_ms).await?;
+        let mut completions = self.complete_batch(&[report], retry, now_ms).await?;
         completions
             .pop()
             .ok_or_else(|| StoreError::Corrupt("no completion for a recorded report".into()))
@@ -240,7 +269,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A page of a run's package results in package order: those the query selects, after its
     /// cursor, at most its limit, each with its index. A verdict written once a package
     /// finished is read as it was stored; a package still going gets its verdict so far.
-    async fn package_page(&self, run_id: RunId, query: PackageQuery<'_>) -> Result<Vec<(u32, PackageResult)>, StoreError>;
+    async fn package_page(
+        &self,
+        run_id: RunId,
+        query: PackageQuery<'_>,
+    ) -> Result<Vec<(u32, PackageResult)>, StoreError>;
 
     /// Every package result of a run that `packages` and `finished_only` select, page after
     /// page. The whole run in memory: for tests and small runs; services read pages.

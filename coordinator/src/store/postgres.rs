@@ -22,7 +22,8 @@ use super::common::{
     package_result, parse_run_id, revoked, to_json, to_u32,
 };
 use super::{
-    ClaimBatch, Completion, IterationOutput, PackageQuery, Packages, ReapReport, Report, RevokedLease, Store, StoreError,
+    ClaimBatch, Completion, IterationOutput, PackageQuery, Packages, ReapReport, Report, RetryPolicy, RevokedLease,
+    Store, StoreError,
 };
 
 /// Connections in the pool: claims and outcomes from many workers run side by side.
@@ -331,17 +332,17 @@ impl Store for PostgresStore {
                  FROM runnable r
              ),
              warm AS MATERIALIZED (
-                 SELECT j.id, j.run_id, j.package_idx, j.mode, j.iteration
+                 SELECT j.id, j.run_id, j.package_idx, j.mode, j.iteration, j.avoid_workers, j.avoid_until_ms
                  FROM UNNEST($5::int[], $6::int[], $7::int[]) AS w (first, last, room)
                  CROSS JOIN LATERAL (
-                     SELECT j.id, j.run_id, j.package_idx, j.mode, j.iteration
+                     SELECT j.id, j.run_id, j.package_idx, j.mode, j.iteration, j.avoid_workers, j.avoid_until_ms
                      FROM UNNEST(($4::text[])[w.first:w.last]) AS n (name)
                      CROSS JOIN eligible r
                      CROSS JOIN LATERAL (
                          SELECT package_idx FROM packages p WHERE p.run_id = r.id AND p.name = n.name LIMIT 1
                      ) AS p
                      CROSS JOIN LATERAL (
-                         SELECT id, run_id, package_idx, mode, iteration FROM jobs
+                         SELECT id, run_id, package_idx, mode, iteration, avoid_workers, avoid_until_ms FROM jobs
                          WHERE jobs.run_id = r.id AND jobs.state = 'pending' AND jobs.package_idx = p.package_idx
                            AND NOT (jobs.id = ANY($9))
                          ORDER BY jobs.iteration
@@ -351,7 +352,7 @@ impl Store for PostgresStore {
                  ) AS j
              ),
              fill AS MATERIALIZED (
-                 SELECT id, run_id, package_idx, mode, iteration FROM jobs
+                 SELECT id, run_id, package_idx, mode, iteration, avoid_workers, avoid_until_ms FROM jobs
                  WHERE run_id = (SELECT id FROM eligible ORDER BY running, id LIMIT 1)
                    AND state = 'pending' AND id NOT IN (SELECT id FROM warm) AND NOT (id = ANY($9))
                  ORDER BY jobs.iteration, jobs.package_idx, jobs.mode
@@ -361,7 +362,7 @@ impl Store for PostgresStore {
              )
              SELECT (SELECT array_agg(id ORDER BY running, id) FROM eligible) AS run_ids,
                     picked.part, picked.id, picked.run_id, picked.package_idx::bigint AS package_idx, picked.mode,
-                    picked.iteration::bigint AS iteration
+                    picked.iteration::bigint AS iteration, picked.avoid_workers, picked.avoid_until_ms
              FROM (SELECT 1) AS base
              LEFT JOIN (SELECT 0 AS part, * FROM warm UNION ALL SELECT 1 AS part, * FROM fill) AS picked ON TRUE
              ORDER BY picked.part, picked.iteration, picked.run_id, picked.package_idx, picked.mode",
@@ -411,7 +412,8 @@ impl Store for PostgresStore {
             }
             let taken: Vec<i64> = picked.iter().map(|j| j.id).chain(reserved.iter().copied()).collect();
             let more: Vec<PickedJob> = sqlx::query_as(
-                "SELECT id, run_id, package_idx::bigint AS package_idx, mode, iteration::bigint AS iteration
+                "SELECT id, run_id, package_idx::bigint AS package_idx, mode, iteration::bigint AS iteration,
+                        avoid_workers, avoid_until_ms
                  FROM jobs
                  WHERE run_id = $1 AND state = 'pending' AND NOT (id = ANY($2))
                  ORDER BY jobs.iteration, jobs.package_idx, jobs.mode
@@ -442,7 +444,11 @@ impl Store for PostgresStore {
             })
             .collect::<Result<_, _>>()?;
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let owners = common::distribute(wants, &names);
+        let avoided = picked
+            .iter()
+            .map(|job| job.avoided(now_ms))
+            .collect::<Result<Vec<_>, _>>()?;
+        let owners = common::distribute(wants, &names, &avoided);
         let tokens: Vec<LeaseToken> = picked.iter().map(|_| LeaseToken::random()).collect();
         let (mut ids, mut workers, mut lease_tokens, mut deadlines) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((job, owner), token) in picked.iter().zip(&owners).zip(&tokens) {
@@ -520,9 +526,53 @@ impl Store for PostgresStore {
         Ok(extended)
     }
 
-    async fn complete_batch(&self, reports: &[Report<'_>], now_ms: i64) -> Result<Vec<Completion>, StoreError> {
+    async fn complete_batch(
+        &self,
+        reports: &[Report<'_>],
+        retry: RetryPolicy,
+        now_ms: i64,
+    ) -> Result<Vec<Completion>, StoreError> {
         if reports.is_empty() {
             return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let all_ids: Vec<i64> = reports.iter().map(|r| r.job_id.0).collect();
+        lock_packages_of_jobs(&mut tx, &all_ids).await?;
+        let mut outcome: Vec<Option<Completion>> = vec![None; reports.len()];
+        // Setups that failed for the infrastructure before the job's last attempt: back to the
+        // queue, the worker kept from it for a while. The lease token stays, inert on a
+        // pending job, to tell which report ended the lease.
+        let (mut failed_ids, mut failed_tokens, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
+        for report in reports {
+            if let Some(reason) = common::infrastructure_failure(report.result) {
+                failed_ids.push(report.job_id.0);
+                failed_tokens.push(report.lease_token.to_string());
+                reasons.push(reason);
+            }
+        }
+        let mut retried: HashMap<(i64, String), String> = HashMap::new();
+        if !failed_ids.is_empty() {
+            retried = sqlx::query_as::<_, (i64, String, String)>(&format!(
+                "UPDATE jobs
+                 SET state = 'pending', worker_id = NULL, lease_expires_at_ms = NULL,
+                     attempt_ends = {}, ended_by = NULL,
+                     avoid_workers = (COALESCE(jobs.avoid_workers, '[]')::jsonb || to_jsonb(jobs.worker_id))::text,
+                     avoid_until_ms = $4
+                 FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS x (id, token, reason)
+                 WHERE jobs.id = x.id AND jobs.lease_token = x.token AND jobs.state = 'leased' AND jobs.attempt < $5
+                 RETURNING jobs.id, jobs.lease_token, jobs.run_id",
+                common::INFRA_ATTEMPT_END_SQL.replace("?REASON", "x.reason")
+            ))
+            .bind(&failed_ids)
+            .bind(&failed_tokens)
+            .bind(&reasons)
+            .bind(now_ms.saturating_add(retry.elsewhere_ms))
+            .bind(retry.max_attempts as i32)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(id, token, run_id)| ((id, token), run_id))
+            .collect();
         }
         // A job reported twice in one batch under one lease is recorded by its first report;
         // the second is then a duplicate. Reports under different leases all go in: at most
@@ -532,6 +582,15 @@ impl Store for PostgresStore {
         let (mut stdouts, mut stderrs) = (Vec::new(), Vec::new());
         for (n, report) in reports.iter().enumerate() {
             let token = report.lease_token.to_string();
+            if let Some(run_id) = retried.remove(&(report.job_id.0, token.clone())) {
+                outcome[n] = Some(Completion {
+                    ack: OutcomeAck::Recorded,
+                    run_id: Some(parse_run_id(&run_id)?),
+                    revoked: Vec::new(),
+                    requeued: true,
+                });
+                continue;
+            }
             if seen.insert((report.job_id.0, token.clone())) {
                 numbers.push(n as i64 + 1);
                 ids.push(report.job_id.0);
@@ -542,8 +601,6 @@ impl Store for PostgresStore {
                 stderrs.push(stderr);
             }
         }
-        let mut tx = self.pool.begin().await?;
-        lock_packages_of_jobs(&mut tx, &ids).await?;
         // Each recorded job comes back with whether its package has another job still to run,
         // as of this statement: the package locks make that the last word, since every other
         // transaction that settles jobs of these packages has committed or waits.
@@ -573,7 +630,6 @@ impl Store for PostgresStore {
         .bind(&stderrs)
         .fetch_all(&mut *tx)
         .await?;
-        let mut outcome: Vec<Option<Completion>> = vec![None; reports.len()];
         // Recorded jobs: their package, and the report that recorded them.
         let mut recorded_jobs: Vec<(RunId, i64, usize)> = Vec::with_capacity(recorded.len());
         // Packages with a job still to run; the others are settled now.
@@ -588,6 +644,7 @@ impl Store for PostgresStore {
                 ack: OutcomeAck::Recorded,
                 run_id: Some(run_id),
                 revoked: Vec::new(),
+                requeued: false,
             });
             recorded_jobs.push((run_id, i64::from(idx), i));
         }
@@ -617,6 +674,7 @@ impl Store for PostgresStore {
                         ack: OutcomeAck::Stale,
                         run_id: None,
                         revoked: Vec::new(),
+                        requeued: false,
                     },
                     Some((run, state, token)) => {
                         let same_lease = token.as_deref() == Some(report.lease_token.to_string().as_str());
@@ -628,6 +686,7 @@ impl Store for PostgresStore {
                             },
                             run_id: Some(parse_run_id(run)?),
                             revoked: Vec::new(),
+                            requeued: false,
                         }
                     }
                 });
@@ -797,7 +856,11 @@ impl Store for PostgresStore {
         Ok(report)
     }
 
-    async fn package_page(&self, run_id: RunId, query: PackageQuery<'_>) -> Result<Vec<(u32, PackageResult)>, StoreError> {
+    async fn package_page(
+        &self,
+        run_id: RunId,
+        query: PackageQuery<'_>,
+    ) -> Result<Vec<(u32, PackageResult)>, StoreError> {
         let (names, indexes) = selected(query.packages);
         let mut tx = self.pool.begin().await?;
         require_run(&mut tx, run_id).await?;
@@ -853,7 +916,10 @@ impl Store for PostgresStore {
             // An unknown run has no packages either; say which it is.
             require_run(&mut conn, run_id).await?;
         }
-        indexes.into_iter().map(|i| to_u32("package_idx", i64::from(i))).collect()
+        indexes
+            .into_iter()
+            .map(|i| to_u32("package_idx", i64::from(i)))
+            .collect()
     }
 
     async fn iteration_outputs(
@@ -1128,6 +1194,8 @@ struct ClaimRow {
     package_idx: Option<i64>,
     mode: Option<String>,
     iteration: Option<i64>,
+    avoid_workers: Option<String>,
+    avoid_until_ms: Option<i64>,
 }
 
 impl ClaimRow {
@@ -1140,6 +1208,8 @@ impl ClaimRow {
                 package_idx,
                 mode: mode.clone(),
                 iteration,
+                avoid_workers: self.avoid_workers.clone(),
+                avoid_until_ms: self.avoid_until_ms,
             })),
             _ => Err(StoreError::Corrupt(format!("job {id} picked without its key"))),
         }

@@ -23,7 +23,8 @@ use super::common::{
     package_result, parse_run_id, revoked, to_json, to_u32,
 };
 use super::{
-    ClaimBatch, Completion, IterationOutput, PackageQuery, Packages, ReapReport, Report, RevokedLease, Store, StoreError,
+    ClaimBatch, Completion, IterationOutput, PackageQuery, Packages, ReapReport, Report, RetryPolicy, RevokedLease,
+    Store, StoreError,
 };
 
 /// A store in one SQLite database.
@@ -243,7 +244,7 @@ impl Store for SqliteStore {
             // Packages first, then each one's pending jobs (`CROSS JOIN` fixes that order):
             // the other way round reads the run's whole queue.
             picked = sqlx::query_as(
-                "SELECT j.id, j.run_id, j.package_idx, j.mode, j.iteration
+                "SELECT j.id, j.run_id, j.package_idx, j.mode, j.iteration, j.avoid_workers, j.avoid_until_ms
                  FROM packages p CROSS JOIN jobs j
                  WHERE p.run_id IN (SELECT value FROM json_each(?1))
                    AND p.name IN (SELECT value FROM json_each(?2))
@@ -262,7 +263,7 @@ impl Store for SqliteStore {
         while let Some((run, want)) = fill.next(picked.len()) {
             let taken: Vec<i64> = picked.iter().map(|j| j.id).collect();
             let more: Vec<PickedJob> = sqlx::query_as(
-                "SELECT id, run_id, package_idx, mode, iteration FROM jobs
+                "SELECT id, run_id, package_idx, mode, iteration, avoid_workers, avoid_until_ms FROM jobs
                  WHERE run_id = ?1 AND state = 'pending' AND id NOT IN (SELECT value FROM json_each(?2))
                  ORDER BY iteration, package_idx, mode
                  LIMIT ?3",
@@ -290,7 +291,11 @@ impl Store for SqliteStore {
             names.push(spec.name.clone());
         }
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let owners = common::distribute(wants, &names);
+        let avoided = picked
+            .iter()
+            .map(|job| job.avoided(now_ms))
+            .collect::<Result<Vec<_>, _>>()?;
+        let owners = common::distribute(wants, &names, &avoided);
         let tokens: Vec<LeaseToken> = picked.iter().map(|_| LeaseToken::random()).collect();
         // One statement leases them all: [id, worker, token] for each job that has an owner.
         let mut leases: Vec<(i64, &str, String, i64)> = Vec::with_capacity(picked.len());
@@ -353,24 +358,70 @@ impl Store for SqliteStore {
         Ok(extended)
     }
 
-    async fn complete_batch(&self, reports: &[Report<'_>], now_ms: i64) -> Result<Vec<Completion>, StoreError> {
+    async fn complete_batch(
+        &self,
+        reports: &[Report<'_>],
+        retry: RetryPolicy,
+        now_ms: i64,
+    ) -> Result<Vec<Completion>, StoreError> {
         if reports.is_empty() {
             return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut completions: Vec<Option<Completion>> = vec![None; reports.len()];
+        // Setups that failed for the infrastructure before the job's last attempt: back to the
+        // queue, the worker kept from it for a while ([id, token, reason] for each). The lease
+        // token stays, inert on a pending job, to tell which report ended the lease.
+        let failed: Vec<(i64, String, String)> = reports
+            .iter()
+            .filter_map(|r| {
+                common::infrastructure_failure(r.result).map(|why| (r.job_id.0, r.lease_token.to_string(), why))
+            })
+            .collect();
+        let mut retried: HashMap<(i64, String), String> = HashMap::new();
+        if !failed.is_empty() {
+            let attempt_end = common::INFRA_ATTEMPT_END_SQL.replace("?REASON", "x.reason");
+            retried = sqlx::query_as::<_, (i64, String, String)>(&format!(
+                "UPDATE jobs
+                 SET state = 'pending', worker_id = NULL, lease_expires_at_ms = NULL,
+                     attempt_ends = {attempt_end}, ended_by = NULL,
+                     avoid_workers = json_insert(COALESCE(jobs.avoid_workers, '[]'), '$[#]', jobs.worker_id),
+                     avoid_until_ms = ?2
+                 FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS reason FROM json_each(?1)) AS x
+                 WHERE jobs.id = x.id AND jobs.lease_token = x.token AND +jobs.state = 'leased' AND jobs.attempt < ?3
+                 RETURNING jobs.id, jobs.lease_token, jobs.run_id"
+            ))
+            .bind(to_json(&failed)?)
+            .bind(now_ms.saturating_add(retry.elsewhere_ms))
+            .bind(i64::from(retry.max_attempts))
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(id, token, run_id)| ((id, token), run_id))
+            .collect();
         }
         // A job reported twice in one batch under one lease is recorded by its first report;
         // the second is then a duplicate.
         let mut first_report: HashMap<(i64, String), usize> = HashMap::new();
         let mut outcomes = Vec::with_capacity(reports.len());
         for (i, report) in reports.iter().enumerate() {
-            let token = report.lease_token.to_string();
-            if let std::collections::hash_map::Entry::Vacant(entry) = first_report.entry((report.job_id.0, token)) {
+            let key = (report.job_id.0, report.lease_token.to_string());
+            if let Some(run_id) = retried.remove(&key) {
+                completions[i] = Some(Completion {
+                    ack: OutcomeAck::Recorded,
+                    run_id: Some(parse_run_id(&run_id)?),
+                    revoked: Vec::new(),
+                    requeued: true,
+                });
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(entry) = first_report.entry(key) {
                 let (id, token) = entry.key().clone();
                 let (result, stdout, stderr) = common::stored_result(report.result)?;
                 outcomes.push((id, token, result, stdout, stderr));
                 entry.insert(i);
             }
         }
-        let mut tx = self.pool.begin().await?;
         // One statement records them all: [id, token, result] for each. Each job is found by
         // its id; the unary `+` keeps the planner off the state index, through which it would
         // read every leased job once per report.
@@ -387,7 +438,6 @@ impl Store for SqliteStore {
         .bind(now_ms)
         .fetch_all(&mut *tx)
         .await?;
-        let mut completions: Vec<Option<Completion>> = vec![None; reports.len()];
         // Recorded jobs' packages, each with the report that settles it, if one does.
         let mut packages: Vec<((RunId, i64), Option<usize>)> = Vec::new();
         for (id, token, run_id, package_idx) in recorded {
@@ -410,6 +460,7 @@ impl Store for SqliteStore {
                 ack: OutcomeAck::Recorded,
                 run_id: Some(run_id),
                 revoked: Vec::new(),
+                requeued: false,
             });
         }
         for (i, report) in reports.iter().enumerate() {
@@ -535,7 +586,11 @@ impl Store for SqliteStore {
         Ok(report)
     }
 
-    async fn package_page(&self, run_id: RunId, query: PackageQuery<'_>) -> Result<Vec<(u32, PackageResult)>, StoreError> {
+    async fn package_page(
+        &self,
+        run_id: RunId,
+        query: PackageQuery<'_>,
+    ) -> Result<Vec<(u32, PackageResult)>, StoreError> {
         let (names, indexes) = selected(query.packages)?;
         let mut tx = self.pool.begin().await?;
         run_state(&mut tx, run_id).await?;
@@ -654,6 +709,7 @@ async fn unrecorded(conn: &mut SqliteConnection, report: &Report<'_>) -> Result<
             ack: OutcomeAck::Stale,
             run_id: None,
             revoked: Vec::new(),
+            requeued: false,
         });
     };
     let same_lease = token.as_deref() == Some(report.lease_token.to_string().as_str());
@@ -665,6 +721,7 @@ async fn unrecorded(conn: &mut SqliteConnection, report: &Report<'_>) -> Result<
         },
         run_id: Some(parse_run_id(&run_id)?),
         revoked: Vec::new(),
+        requeued: false,
     })
 }
 

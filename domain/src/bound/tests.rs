@@ -77,6 +77,7 @@ fn a_result_within_the_bounds_comes_back_unchanged_and_passes_the_check() {
             message: "install command exited with 1".into(),
             log_tail: "error: no matching distribution".into(),
             duration_ms: 5,
+            infrastructure: false,
         }),
     ];
     for result in results {
@@ -254,6 +255,7 @@ fn the_check_names_the_field_and_the_bound_it_breaks() {
         message: "m".repeat(MAX_SHORT_BYTES + 2),
         log_tail: String::new(),
         duration_ms: 1,
+        infrastructure: false,
     });
     assert_eq!(
         check(&failure),
@@ -271,6 +273,7 @@ fn a_setup_failure_keeps_the_end_of_its_log_and_the_start_of_its_message() {
         message: format!("install command exited with 1: {}", "m".repeat(10_000)),
         log_tail: format!("{}the last line", "l".repeat(100_000)),
         duration_ms: 5,
+        infrastructure: false,
     };
     let JobResult::SetupFailed(bounded) = JobResult::SetupFailed(failure).bounded() else {
         panic!("still a setup failure")

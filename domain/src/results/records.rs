@@ -943,6 +943,7 @@ mod tests {
             message: "install command exited with 1".into(),
             log_tail: "error: no".into(),
             duration_ms: 5,
+            infrastructure: false,
         };
         let cases = [
             (SetupStage::Source, (false, true), "install_failure"),

@@ -212,7 +212,7 @@ fn colour(category: &str) -> &'static str {
         "intermittent" => "#ef8a62",
         "incompatible" => "#d6604d",
         "tsan_warnings" => "#fdb863",
-        "install_failure" | "import_failure" | "harness_error" => "#999999",
+        "install_failure" | "import_failure" | "harness_error" | "infra_error" => "#999999",
         "compatible_gil_fallback" => "#a6d96a",
         "compatible" => "#1a9641",
         "compatible_by_wheel" => "#66bd63",

@@ -253,6 +253,9 @@ pub fn next_step(record: &PackageRecord) -> String {
         Some(Category::InstallFailure) => "fix the build or the install command in the registry".to_string(),
         Some(Category::ImportFailure) => "fix the import error on the free-threaded build".to_string(),
         Some(Category::HarnessError) => "fix the test command: the harness itself failed".to_string(),
+        Some(Category::InfraError) => {
+            "rerun once the workers' network, index or disk is sound: the package was never tried".to_string()
+        }
         Some(Category::Unknown) => "rerun: no iteration completed".to_string(),
         Some(Category::CompatibleGilFallback) => {
             "declare Py_mod_gil = Py_MOD_GIL_NOT_USED in the extension once it is thread-safe".to_string()

@@ -4,6 +4,7 @@
 use domain::SetupStage;
 use domain::evidence::LimitHit;
 
+use crate::setup::fault;
 use crate::supervise::{Ending, Supervised};
 
 /// Bytes of a failing setup command's output kept in the result.
@@ -17,21 +18,38 @@ pub(crate) struct SetupError {
     pub(crate) message: String,
     /// The end of the failing command's output; empty when no command failed.
     pub(crate) log_tail: String,
+    /// The infrastructure's fault, not the package's (see [`fault`]): tried again elsewhere.
+    pub(crate) infrastructure: bool,
 }
 
 impl SetupError {
-    /// A failure with no command output to show.
+    /// A failure of the package's with no command output to show, unless the message tells
+    /// of a full disk, which is the infrastructure's.
     pub(crate) fn new(stage: SetupStage, message: String) -> Self {
         SetupError {
             stage,
+            infrastructure: fault::is_disk_full(&message),
             message,
             log_tail: String::new(),
         }
     }
+
+    /// A failure of the worker's own, not the package's: its directories, its locks, a task
+    /// or a process it could not start.
+    pub(crate) fn worker(stage: SetupStage, message: String) -> Self {
+        SetupError {
+            stage,
+            message,
+            log_tail: String::new(),
+            infrastructure: true,
+        }
+    }
 }
 
-/// A one-line message and the output's tail when a setup command did not succeed.
-pub(crate) fn command_failure(result: &Supervised, what: &str) -> Option<(String, String)> {
+/// The failure of a setup command that did not succeed, `what` naming it in the message:
+/// the infrastructure's when [`fault::infrastructure_cause`] finds it so, and the message
+/// then names the cause.
+pub(crate) fn command_failure(result: &Supervised, stage: SetupStage, what: &str) -> Option<SetupError> {
     let message = match result.ending {
         Ending::Exited { code: Some(0), .. } => return None,
         _ if result.limits_hit.contains(&LimitHit::Memory) => format!("{what} was killed at the memory limit"),
@@ -45,17 +63,25 @@ pub(crate) fn command_failure(result: &Supervised, what: &str) -> Option<(String
         Ending::Cancelled => format!("{what} was cancelled"),
         Ending::OverDisk => format!("{what} wrote more than the disk limit"),
     };
+    let cause = fault::infrastructure_cause(stage, result);
     let last = result
         .stderr_tail
         .lines()
         .rev()
         .map(str::trim)
-        .find(|l| is_informative(l));
-    let message = match last {
-        Some(line) => format!("{message}: {}", line.chars().take(300).collect::<String>()),
-        None => message,
+        .find(|l| is_informative(l))
+        .map(|line| line.chars().take(300).collect::<String>());
+    let message = match (&cause, last) {
+        (Some(cause), _) => format!("{message}: {cause}"),
+        (None, Some(line)) => format!("{message}: {line}"),
+        (None, None) => message,
     };
-    Some((message, output_tail(result)))
+    Some(SetupError {
+        stage,
+        message,
+        log_tail: output_tail(result),
+        infrastructure: cause.is_some(),
+    })
 }
 
 /// The last [`LOG_TAIL_BYTES`] of a command's stdout and stderr, in that order.

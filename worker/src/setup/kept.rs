@@ -50,7 +50,7 @@ pub(crate) async fn source_tree(
     let root = match recorded {
         Some(root) if root.is_dir() && key.is_stored_in(&kept) => root,
         _ => {
-            let io = |e: std::io::Error| SetupError::new(SetupStage::Source, format!("{}: {e}", kept.display()));
+            let io = |e: std::io::Error| SetupError::worker(SetupStage::Source, format!("{}: {e}", kept.display()));
             if kept.exists() {
                 std::fs::remove_dir_all(&kept).map_err(io)?;
             }
@@ -65,7 +65,7 @@ pub(crate) async fn source_tree(
     let (from, to) = (root.clone(), dest.to_path_buf());
     tokio::task::spawn_blocking(move || copy_tree(&from, &to, false))
         .await
-        .map_err(|e| SetupError::new(SetupStage::Source, format!("copy task failed: {e}")))?
+        .map_err(|e| SetupError::worker(SetupStage::Source, format!("copy task failed: {e}")))?
         .map_err(|e| SetupError::new(SetupStage::Source, format!("cannot copy {}: {e}", root.display())))?;
     Ok(dest.to_path_buf())
 }
@@ -121,8 +121,8 @@ async fn lock_as(path: PathBuf, arg: FlockArg) -> Result<Flock<std::fs::File>, S
     let shown = path.display().to_string();
     tokio::task::spawn_blocking(move || lock_file(&path, arg))
         .await
-        .map_err(|e| SetupError::new(SetupStage::Source, format!("lock task failed: {e}")))?
-        .map_err(|e| SetupError::new(SetupStage::Source, format!("cannot lock {shown}: {e}")))
+        .map_err(|e| SetupError::worker(SetupStage::Source, format!("lock task failed: {e}")))?
+        .map_err(|e| SetupError::worker(SetupStage::Source, format!("cannot lock {shown}: {e}")))
 }
 
 /// Takes an exclusive lock on `path` if no one holds it, at once: `None` when someone does.

@@ -10,6 +10,7 @@
 mod error;
 pub(crate) mod evict;
 mod extensions;
+mod fault;
 pub(crate) mod installer;
 mod kept;
 mod key;
@@ -242,25 +243,45 @@ impl Setups {
             let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
             cells.entry(key.clone()).or_default().clone()
         };
-        cell.get_or_init(|| async {
-            let started = Instant::now();
-            let dir = self.dirs.venvs_dir.join(key.dir_name());
-            let result = self.set_up(package, options, &key, &dir).await;
-            let duration_ms = started.elapsed().as_millis() as u64;
-            match result {
-                Ok(prepared) => {
-                    tracing::info!(package.name = %package.name, duration_ms, "package set up");
-                    Ok(Arc::new(prepared))
+        let result = cell
+            .get_or_init(|| async {
+                let started = Instant::now();
+                let dir = self.dirs.venvs_dir.join(key.dir_name());
+                let result = self.set_up(package, options, &key, &dir).await;
+                let duration_ms = started.elapsed().as_millis() as u64;
+                match result {
+                    Ok(prepared) => {
+                        tracing::info!(package.name = %package.name, duration_ms, "package set up");
+                        Ok(Arc::new(prepared))
+                    }
+                    Err(error) => {
+                        tracing::info!(
+                            package.name = %package.name, stage = error.stage.as_str(), message = %error.message,
+                            infrastructure = error.infrastructure, "setup failed"
+                        );
+                        Err(SetupFailure {
+                            stage: error.stage,
+                            message: error.message,
+                            log_tail: error.log_tail,
+                            duration_ms,
+                            infrastructure: error.infrastructure,
+                        })
+                    }
                 }
-                Err(error) => {
-                    tracing::info!(package.name = %package.name, stage = error.stage.as_str(), message = %error.message, "setup failed");
-                    Err(SetupFailure { stage: error.stage, message: error.message, log_tail: error.log_tail, duration_ms })
-                }
+            })
+            .await
+            .clone();
+        // The infrastructure's failure is not kept: the package's next job here sets it up
+        // again, once the network or the disk may be back.
+        if let Err(failure) = &result
+            && failure.infrastructure
+        {
+            let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+            if cells.get(&key).is_some_and(|kept| Arc::ptr_eq(kept, &cell)) {
+                cells.remove(&key);
             }
-        })
-        .await
-        .clone()
-        .inspect(|prepared| kept::mark_used(&prepared.setup_dir))
+        }
+        result.inspect(|prepared| kept::mark_used(&prepared.setup_dir))
     }
 
     /// Reuses the setup kept in `dir` for `key` if the package still imports there, else makes
@@ -298,7 +319,7 @@ impl Setups {
                 ),
             }
         }
-        let io = |stage: SetupStage, e: std::io::Error| SetupError::new(stage, format!("{}: {e}", dir.display()));
+        let io = |stage: SetupStage, e: std::io::Error| SetupError::worker(stage, format!("{}: {e}", dir.display()));
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| io(SetupStage::Source, e))?;
         }
@@ -435,12 +456,12 @@ impl Setups {
         let cancel = &self.shutdown;
         let neutral = dir.join("import-check");
         std::fs::create_dir_all(&neutral)
-            .map_err(|e| SetupError::new(SetupStage::Import, format!("{}: {e}", neutral.display())))?;
+            .map_err(|e| SetupError::worker(SetupStage::Import, format!("{}: {e}", neutral.display())))?;
         let import = format!("python -c {}", shell_quote(&format!("import {}", package.import_name)));
         let seal = self.seal(dir, false);
         for private in ["home", "tmp"] {
             std::fs::create_dir_all(dir.join(private))
-                .map_err(|e| SetupError::new(SetupStage::Import, format!("{}: {e}", dir.display())))?;
+                .map_err(|e| SetupError::worker(SetupStage::Import, format!("{}: {e}", dir.display())))?;
         }
         let result = run(&import, &neutral, env, &seal, cancel).await?;
         if !matches!(result.ending, Ending::Exited { code: Some(0), .. }) {
@@ -451,10 +472,18 @@ impl Setups {
                 .map(str::trim)
                 .find(|l| !l.is_empty())
                 .unwrap_or("no output");
+            // An import that fails is the package's, unless the disk was full or the check
+            // was killed from outside.
+            let cause = fault::infrastructure_cause(SetupStage::Import, &result);
+            let message = match &cause {
+                Some(cause) => format!("import {} failed: {cause}", package.import_name),
+                None => format!("import {} failed: {last}", package.import_name),
+            };
             return Err(SetupError {
                 stage: SetupStage::Import,
-                message: format!("import {} failed: {last}", package.import_name),
+                message,
                 log_tail: output_tail(&result),
+                infrastructure: cause.is_some(),
             });
         }
         let extensions = if options.detect_extensions && self.free_threaded {
@@ -500,12 +529,8 @@ async fn step(
         e.stage = stage;
         e
     })?;
-    match command_failure(&result, what) {
-        Some((message, log_tail)) => Err(SetupError {
-            stage,
-            message,
-            log_tail,
-        }),
+    match command_failure(&result, stage, what) {
+        Some(error) => Err(error),
         None => Ok(()),
     }
 }
@@ -529,5 +554,5 @@ async fn run(
     };
     run_command(&spec, cancel)
         .await
-        .map_err(|e| SetupError::new(SetupStage::Install, format!("cannot start `{command}`: {e}")))
+        .map_err(|e| SetupError::worker(SetupStage::Install, format!("cannot start `{command}`: {e}")))
 }

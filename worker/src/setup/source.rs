@@ -89,7 +89,7 @@ pub(crate) async fn fetch(
             let to = dest.to_path_buf();
             tokio::task::spawn_blocking(move || copy_tree(&from, &to, true).map(|()| to))
                 .await
-                .map_err(|e| SetupError::new(SetupStage::Source, format!("copy task failed: {e}")))?
+                .map_err(|e| SetupError::worker(SetupStage::Source, format!("copy task failed: {e}")))?
                 .map_err(|e| SetupError::new(SetupStage::Source, format!("cannot copy {path}: {e}")))
         }
         Source::Sdist => {
@@ -190,13 +190,9 @@ async fn run_step(
     };
     let result = run_command(&spec, cancel)
         .await
-        .map_err(|e| SetupError::new(SetupStage::Source, format!("cannot run {what}: {e}")))?;
-    match command_failure(&result, what) {
-        Some((message, log_tail)) => Err(SetupError {
-            stage: SetupStage::Source,
-            message,
-            log_tail,
-        }),
+        .map_err(|e| SetupError::worker(SetupStage::Source, format!("cannot run {what}: {e}")))?;
+    match command_failure(&result, SetupStage::Source, what) {
+        Some(error) => Err(error),
         None => Ok(()),
     }
 }
@@ -267,8 +263,9 @@ fn bytes_text(bytes: u64) -> String {
     }
 }
 
+/// An I/O error on the worker's own download and unpack directories: the worker's fault.
 fn io_error(path: &Path, error: &std::io::Error) -> SetupError {
-    SetupError::new(SetupStage::Source, format!("{}: {error}", path.display()))
+    SetupError::worker(SetupStage::Source, format!("{}: {error}", path.display()))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use domain::results::{PackageRecord, RunConfig, RunMeta, SystemInfo};
-use domain::{InterpreterProfile, PackageResult, RunSpec, RunSummary};
+use domain::{InterpreterProfile, PackageResult, RunId, RunSpec, RunSummary};
 use proto::v1;
 
 use crate::embedded::Embedded;
@@ -44,12 +44,12 @@ pub(crate) async fn submit(client: &mut Client, spec: &RunSpec) -> anyhow::Resul
     Ok(RunSummary::try_from(submitted.run.context("coordinator sent no run")?)?)
 }
 
-/// Submits the run, follows it, writes each package as it finishes; Ctrl-C cancels the run
-/// and writes what there is. `embedded` is watched for workers that stop.
+/// Submits the run, writes the packages trusted by their wheels, then follows it
+/// ([`follow`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn survey(
     client: &mut Client,
-    mut embedded: Option<&mut Embedded>,
+    embedded: Option<&mut Embedded>,
     spec: &RunSpec,
     options: &FollowOptions,
     target: &Target,
@@ -59,7 +59,7 @@ pub(crate) async fn survey(
 ) -> anyhow::Result<ExitCode> {
     let summary = submit(client, spec).await?;
     let run_id = summary.run_id;
-    let mut meta = run_meta(run_id, spec, options.n_workers, target.profile(), started_at);
+    let meta = run_meta(run_id, spec, options.n_workers, target.profile(), started_at);
     results.write_meta(&meta)?;
     let mut progress = Progress::new(ProgressStyle::detect(options.quiet));
     progress.println(&format!(
@@ -69,21 +69,50 @@ pub(crate) async fn survey(
         target.describe(),
         results.path().display()
     ));
-
-    let mut written: HashSet<String> = HashSet::new();
-    let mut records = Vec::new();
     let total = spec.packages.len() + trusted.len();
-    for record in trusted {
+    for (n, record) in trusted.iter().enumerate() {
         results.append_package(record)?;
-        written.insert(record.package.clone());
-        progress.println(&format!(
-            "[{}/{total}] {}: {}",
-            written.len(),
-            record.package,
-            record.category
-        ));
-        records.push(record.clone());
+        progress.println(&format!("[{}/{total}] {}: {}", n + 1, record.package, record.category));
     }
+    let run = Followed {
+        run_id,
+        spec,
+        meta,
+        records: trusted.to_vec(),
+    };
+    follow(client, embedded, run, options, results, progress).await
+}
+
+/// A run being followed, and what its results folder already holds.
+#[derive(Debug)]
+pub(crate) struct Followed<'a> {
+    pub(crate) run_id: RunId,
+    pub(crate) spec: &'a RunSpec,
+    pub(crate) meta: RunMeta,
+    /// The packages the folder holds: they are not written again.
+    pub(crate) records: Vec<PackageRecord>,
+}
+
+/// Follows a submitted run and writes each package to the results folder as it finishes.
+/// Ctrl-C on a fleet detaches: the run goes on, and `run --resume` follows it again; an
+/// embedded run (whose workers stop with this process) is cancelled and what finished written.
+/// `embedded` is watched for workers that stop.
+pub(crate) async fn follow(
+    client: &mut Client,
+    mut embedded: Option<&mut Embedded>,
+    run: Followed<'_>,
+    options: &FollowOptions,
+    results: &ResultsDir,
+    mut progress: Progress,
+) -> anyhow::Result<ExitCode> {
+    let Followed {
+        run_id,
+        spec,
+        mut meta,
+        mut records,
+    } = run;
+    let mut written: HashSet<String> = records.iter().map(|r| r.package.clone()).collect();
+    let total = spec.packages.iter().filter(|p| !written.contains(&p.name)).count() + written.len();
     let mut check_workers = tokio::time::interval(Duration::from_secs(1));
     // The watch stream, reopened when the coordinator goes away: each new stream starts with a
     // snapshot, and packages already written are skipped.
@@ -188,7 +217,14 @@ pub(crate) async fn survey(
         }
     };
     progress.finish();
-    if interrupted {
+    let detached = interrupted && options.coordinator.is_some();
+    if detached {
+        eprintln!(
+            "detached from run {run_id}, which goes on: `ftsurvey run --resume {run_id}` with the same \
+             --coordinator follows it again and completes {}; `ftsurvey runs cancel {run_id}` cancels it",
+            results.path().display()
+        );
+    } else if interrupted {
         eprintln!("interrupted: cancelling run {run_id} and writing what has finished");
         client
             .cancel_run(v1::CancelRunRequest {
@@ -196,9 +232,14 @@ pub(crate) async fn survey(
             })
             .await
             .context("cancelling")?;
+    }
+    if interrupted {
+        // A detached run's unfinished packages are written when it is resumed; a cancelled
+        // run's are written as they stand.
         let request = v1::QueryPackageResultsRequest {
             run_id: run_id.to_string(),
             with_output: true,
+            finished_only: detached,
             ..Default::default()
         };
         let partial = crate::remote::all_results(client, request)
@@ -213,8 +254,10 @@ pub(crate) async fn survey(
             }
         }
     }
-    meta.interrupted = interrupted;
-    meta.finished_at = Some(jiff::Timestamp::now().to_string());
+    meta.interrupted = interrupted && !detached;
+    if !detached {
+        meta.finished_at = Some(jiff::Timestamp::now().to_string());
+    }
     results.write_meta(&meta)?;
     let show = domain::views::show::render_show(Some(&meta), &records, &domain::views::show::ShowOptions::default());
     println!("{}", domain::views::text::neutralise_controls(&show));

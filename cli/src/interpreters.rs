@@ -113,7 +113,7 @@ pub(crate) async fn resolve_request(
     if let Some(found) = find_existing(requirement, provisioning).await {
         return Ok(found);
     }
-    let fits = |profile: &InterpreterProfile| requirement.is_met_by(profile) && profile.tsan == requirement.tsan;
+    let fits = |profile: &InterpreterProfile| requirement.is_met_by(profile);
     let Some(version) = requirement.python_version.as_deref() else {
         bail!(
             "no interpreter meets {}; name one with a version, such as 3.13t",
@@ -157,7 +157,7 @@ pub(crate) async fn find_existing(
     requirement: &InterpreterRequirement,
     provisioning: &Provisioning,
 ) -> Option<(InterpreterProfile, Origin)> {
-    let fits = |profile: &InterpreterProfile| requirement.is_met_by(profile) && profile.tsan == requirement.tsan;
+    let fits = |profile: &InterpreterProfile| requirement.is_met_by(profile);
     for candidate in path_candidates(requirement, &provisioning.path_var) {
         if let Ok(profile) = worker::probe::probe(&candidate).await
             && fits(&profile)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::Args;
-use domain::views::compare::{DEFAULT_THRESHOLD, compare, render_compare};
+use domain::views::compare::{DEFAULT_THRESHOLD, compare, compare_rerun, render_compare};
 use domain::views::compat::{compat_rows, render_compat};
 use domain::views::export::{ExportFormat, export};
 use domain::views::flaky::{analyse, is_flaky, render_flaky};
@@ -169,7 +169,15 @@ pub(crate) fn run_compat(args: &CompatArgs) -> anyhow::Result<()> {
 pub(crate) fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
     let a = load(&args.run_a, &args.remote, Outputs::None)?;
     let b = load(&args.run_b, &args.remote, Outputs::None)?;
-    let comparison = compare(&a.name, &a.records, &b.name, &b.records, args.threshold);
+    let rerun_of = |later: &LoadedRun, earlier: &LoadedRun| {
+        let of = later.meta.as_ref().and_then(|m| m.config.rerun_of.as_deref());
+        of.is_some() && of == earlier.meta.as_ref().map(|m| m.run_id.as_str())
+    };
+    let comparison = if rerun_of(&b, &a) {
+        compare_rerun(&a.name, &a.records, &b.name, &b.records, args.threshold)
+    } else {
+        compare(&a.name, &a.records, &b.name, &b.records, args.threshold)
+    };
     match args.format {
         ShowFormat::Text => print_text(&render_compare(&comparison)),
         ShowFormat::Json => print_json(&comparison)?,

@@ -64,6 +64,38 @@ impl ResultsDir {
         )
     }
 
+    /// Opens the results folder `path` of a run to go on writing it: its meta and the packages
+    /// it holds, whose lines are kept. A last line cut short by a killed run is ended, so the
+    /// next line starts on its own.
+    pub(crate) fn reopen(path: &Path) -> anyhow::Result<(ResultsDir, Option<RunMeta>, Vec<PackageRecord>)> {
+        let (meta, records, warnings) = read_results_dir(path)?;
+        for warning in &warnings {
+            eprintln!("warning: {warning}");
+        }
+        let results_path = path.join(RESULTS_FILE);
+        let mut results_file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .read(true)
+            .open(&results_path)
+            .with_context(|| format!("cannot write {}", results_path.display()))?;
+        let length = results_file.metadata()?.len();
+        if length > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8; 1];
+            results_file.seek(SeekFrom::Start(length - 1))?;
+            results_file.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                results_file.write_all(b"\n")?;
+            }
+        }
+        let dir = ResultsDir {
+            path: path.to_path_buf(),
+            results_file,
+        };
+        Ok((dir, meta, records))
+    }
+
     /// The folder, `<results-dir>/ft_YYYYMMDD_HHMMSS[_N]`.
     pub(crate) fn path(&self) -> &Path {
         &self.path
@@ -93,6 +125,17 @@ impl ResultsDir {
             .and_then(|()| file.flush())
             .with_context(|| format!("cannot append to {}", self.path.join(RESULTS_FILE).display()))
     }
+}
+
+/// The folder in `results_root` whose `ft_meta.json` names run `run_id`, if one does.
+pub(crate) fn find_run_folder(results_root: &Path, run_id: &str) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(results_root).ok()?;
+    entries.filter_map(Result::ok).map(|entry| entry.path()).find(|dir| {
+        std::fs::read_to_string(dir.join(META_FILE))
+            .ok()
+            .and_then(|text| RunMeta::parse(&text).ok())
+            .is_some_and(|meta| meta.run_id == run_id)
+    })
 }
 
 /// The results and meta files of `path`, a results folder or its `ft_results.jsonl`.

@@ -2,17 +2,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::str::FromStr;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use domain::results::PackageRecord;
 use domain::spec::RunOptions;
-use domain::{InterpreterRequirement, Mode, RunSpec};
+use domain::{InterpreterRequirement, Mode, RunId, RunSpec};
 
 use crate::embedded::{Embedded, EmbeddedConfig};
-use crate::follow::{FollowOptions, run_meta, submit, survey};
+use crate::follow::{FollowOptions, Followed, follow, run_meta, submit, survey};
 use crate::interpreters::{Origin, Target, TargetArg};
 use crate::places;
+use crate::progress::{Progress, ProgressStyle};
 use crate::registry_dir;
 use crate::remote::ClientCredentials;
 use crate::results_dir::ResultsDir;
@@ -25,8 +27,25 @@ pub(crate) struct RunArgs {
     /// (`ftsurvey python list`) or a build from the source in FTSURVEY_CPYTHON_SOURCE (else
     /// downloaded from python.org). With --coordinator a request is what the fleet's workers
     /// must meet.
-    #[arg(long, env = "FTSURVEY_TARGET_PYTHON", value_name = "PATH_OR_REQUEST")]
-    pub(crate) target_python: String,
+    #[arg(
+        long,
+        env = "FTSURVEY_TARGET_PYTHON",
+        value_name = "PATH_OR_REQUEST",
+        required_unless_present = "resume"
+    )]
+    pub(crate) target_python: Option<String>,
+    /// Follow run RUN again instead of submitting one, and complete its results folder (found
+    /// in --results-dir by its run id, else made anew): a fleet's run after a Ctrl-C or a lost
+    /// connection, with --coordinator; an embedded run killed before it finished, from its
+    /// --work-dir, on --target-python or the interpreter its folder names. Selection flags are
+    /// ignored: the run's packages are the ones it was submitted with.
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["detach", "dry_run"])]
+    pub(crate) resume: Option<String>,
+    /// An embedded run starts only when its work dir holds no run left unfinished (by a run
+    /// killed before it ended): with this flag such runs are cancelled first, and their jobs
+    /// lost; without it the run refuses and names them.
+    #[arg(long, env = "FTSURVEY_DISCARD_UNFINISHED")]
+    pub(crate) discard_unfinished: bool,
     /// Submit to this coordinator (a fleet) instead of running embedded, then follow the run.
     #[arg(long, env = "FTSURVEY_COORDINATOR", value_name = "URL")]
     pub(crate) coordinator: Option<String>,
@@ -148,8 +167,8 @@ fn parse_env_pair(value: &str) -> Result<(String, String), String> {
 /// Probes `--target-python`, or finds or builds the interpreter a request asks for; with a
 /// coordinator (or for a dry run) a request is kept as such. Refuses what the flags do not
 /// allow.
-async fn resolve_target(args: &RunArgs) -> anyhow::Result<Target> {
-    let text = args.target_python.trim();
+async fn resolve_target(args: &RunArgs, text: &str) -> anyhow::Result<Target> {
+    let text = text.trim();
     let provisioning = crate::interpreters::provisioning_from_env()?;
     let target = crate::interpreters::parse_target(text, &provisioning.path_var)?;
     let (target_python, origin) = match target {
@@ -217,7 +236,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // The local workers' sandbox, before anything is built, fetched or written.
         args.sandbox.config(Vec::new()).check()?;
     }
-    let target = resolve_target(&args).await?;
+    if let Some(run) = &args.resume {
+        return resume(&args, run, started_at).await;
+    }
+    let target_python = args.target_python.as_deref().unwrap_or_default();
+    let target = resolve_target(&args, target_python).await?;
     let requirement = match &target {
         Target::Local(profile) => InterpreterRequirement {
             python_version: Some(profile.major_minor.clone()),
@@ -268,6 +291,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             options: RunOptions::default(),
             requirement,
             registry: Some(registry.label.clone()),
+            rerun_of: None,
         };
         let mut meta = run_meta(run_id, &spec, args.workers, target.profile(), started_at);
         meta.config.packages = trusted.iter().map(|r| r.package.clone()).collect();
@@ -312,6 +336,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         requirement,
         registry: Some(registry.label.clone()),
+        rerun_of: None,
     };
     if args.dry_run {
         print!(
@@ -340,9 +365,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let Target::Local(profile) = &target else {
                 bail!("an embedded run needs --target-python to be an interpreter on this machine");
             };
-            // Before the results folder: a run refused for a busy work dir leaves nothing behind.
+            // Before the results folder: a run refused for a busy work dir, or one holding
+            // unfinished runs, leaves nothing behind.
             let work_dir_lock = crate::embedded::lock_work_dir(&work_dir)?;
-            let results = ResultsDir::create(&results_root, started_at)?;
             let embedded = Embedded::start(EmbeddedConfig {
                 work_dir: work_dir.clone(),
                 work_dir_lock,
@@ -356,7 +381,16 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 disk: args.cache.policy(0.0),
             })
             .await?;
-            (embedded.client.clone(), Some(embedded), results)
+            let mut client = embedded.client.clone();
+            let checked = unfinished_runs(&mut client, None, args.discard_unfinished, &work_dir).await;
+            let results = checked.and_then(|()| ResultsDir::create(&results_root, started_at));
+            match results {
+                Ok(results) => (client, Some(embedded), results),
+                Err(error) => {
+                    embedded.stop().await?;
+                    return Err(error);
+                }
+            }
         }
     };
     let outcome = survey(
@@ -378,6 +412,203 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let code = outcome?;
     stopped?;
     Ok(code)
+}
+
+/// Refuses, or with `discard` cancels, the runs other than `except` the embedded store holds
+/// unfinished: local workers would take their jobs along with this run's.
+async fn unfinished_runs(
+    client: &mut crate::remote::Client,
+    except: Option<RunId>,
+    discard: bool,
+    work_dir: &Path,
+) -> anyhow::Result<()> {
+    let listed = client
+        .list_runs(proto::v1::ListRunsRequest { limit: 1000 })
+        .await
+        .map_err(|s| crate::remote::status_error(&s))
+        .context("listing the work dir's runs")?
+        .into_inner();
+    let mut unfinished = Vec::new();
+    for run in listed.runs {
+        let run = domain::RunSummary::try_from(run)?;
+        if !run.state.is_terminal() && Some(run.run_id) != except {
+            unfinished.push(run);
+        }
+    }
+    let Some(first) = unfinished.first() else {
+        return Ok(());
+    };
+    if !discard {
+        bail!(
+            "the work dir {} holds run {} ({} of {} packages finished), left unfinished by a run that was killed: \
+             resume it with `ftsurvey run --resume {}`, or pass --discard-unfinished to cancel it{}",
+            work_dir.display(),
+            first.run_id,
+            first.packages_finished,
+            first.packages_total,
+            first.run_id,
+            match unfinished.len() {
+                1 => String::new(),
+                n => format!(" and the {} other unfinished runs", n - 1),
+            }
+        );
+    }
+    for run in unfinished {
+        client
+            .cancel_run(proto::v1::CancelRunRequest {
+                run_id: run.run_id.to_string(),
+            })
+            .await
+            .map_err(|s| crate::remote::status_error(&s))
+            .with_context(|| format!("cancelling run {}", run.run_id))?;
+        eprintln!(
+            "cancelled run {} ({} of {} packages finished), left unfinished in the work dir (--discard-unfinished)",
+            run.run_id, run.packages_finished, run.packages_total
+        );
+    }
+    Ok(())
+}
+
+/// `run --resume RUN`: follows a run already submitted and completes its results folder.
+async fn resume(args: &RunArgs, run: &str, started_at: jiff::Timestamp) -> anyhow::Result<ExitCode> {
+    let run_id = RunId::from_str(run.trim())
+        .map_err(|_| anyhow::anyhow!("--resume {run}: not a run id (the UUID `ftsurvey runs list` shows)"))?;
+    let results_root = places::absolute(&args.results_dir)?;
+    let folder = crate::results_dir::find_run_folder(&results_root, &run_id.to_string());
+    let before = match &folder {
+        Some(path) => Some(ResultsDir::reopen(path)?),
+        None => None,
+    };
+    let follow_options = FollowOptions {
+        coordinator: args.coordinator.as_deref().map(|url| args.credentials.at(url)),
+        quiet: args.quiet,
+        n_workers: args.workers,
+    };
+    let (mut client, mut embedded, target) = match &follow_options.coordinator {
+        Some(fleet) => (fleet.connect().await?, None, None),
+        None => {
+            let work_dir = places::work_dir(args.work_dir.as_deref())?;
+            args.sandbox.config(Vec::new()).check()?;
+            let named = before
+                .as_ref()
+                .and_then(|(_, meta, _)| meta.as_ref())
+                .map(|m| m.target_python.clone());
+            let Some(text) = args.target_python.clone().or(named) else {
+                bail!(
+                    "--resume {run_id}: no results folder in {} names its interpreter: pass --target-python",
+                    results_root.display()
+                );
+            };
+            let target = resolve_target(args, &text).await?;
+            let Target::Local(profile) = &target else {
+                bail!("an embedded run needs --target-python to be an interpreter on this machine");
+            };
+            let work_dir_lock = crate::embedded::lock_work_dir(&work_dir)?;
+            let embedded = Embedded::start(EmbeddedConfig {
+                work_dir: work_dir.clone(),
+                work_dir_lock,
+                target_python: profile.executable.clone().into(),
+                n_workers: args.workers,
+                allow_gil_build: args.allow_gil_build,
+                places: args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?,
+                sandbox: args.sandbox.config(Vec::new()),
+                disk: args.cache.policy(0.0),
+            })
+            .await?;
+            let mut client = embedded.client.clone();
+            let checked = unfinished_runs(&mut client, Some(run_id), args.discard_unfinished, &work_dir).await;
+            if let Err(error) = checked {
+                embedded.stop().await?;
+                return Err(error);
+            }
+            (client, Some(embedded), Some(target))
+        }
+    };
+    let outcome = resume_following(
+        &mut client,
+        embedded.as_mut(),
+        run_id,
+        args,
+        target.as_ref(),
+        before,
+        &follow_options,
+        started_at,
+    )
+    .await;
+    let stopped = match embedded {
+        Some(embedded) => embedded.stop().await,
+        None => Ok(()),
+    };
+    let code = outcome?;
+    stopped?;
+    Ok(code)
+}
+
+/// The part of [`resume`] once the coordinator is reachable: the run, its folder, following.
+#[allow(clippy::too_many_arguments)]
+async fn resume_following(
+    client: &mut crate::remote::Client,
+    embedded: Option<&mut Embedded>,
+    run_id: RunId,
+    args: &RunArgs,
+    target: Option<&Target>,
+    before: Option<(ResultsDir, Option<domain::results::RunMeta>, Vec<PackageRecord>)>,
+    options: &FollowOptions,
+    started_at: jiff::Timestamp,
+) -> anyhow::Result<ExitCode> {
+    let where_from = match &options.coordinator {
+        Some(fleet) => format!("on {}", fleet.coordinator),
+        None => "in the work dir: pass the --work-dir it ran in, or --coordinator URL for a fleet's run".to_string(),
+    };
+    let got = client
+        .get_run(proto::v1::GetRunRequest {
+            run_id: run_id.to_string(),
+        })
+        .await
+        .map_err(|s| crate::remote::status_error(&s))
+        .with_context(|| format!("--resume {run_id}: reading the run {where_from}"))?
+        .into_inner();
+    let summary = domain::RunSummary::try_from(got.run.context("the coordinator sent no run")?)?;
+    let spec = RunSpec::try_from(got.spec.context("the coordinator sent no run spec")?)?;
+    if let Some(Target::Local(profile)) = target
+        && !spec.requirement.is_met_by(profile)
+    {
+        bail!(
+            "--resume {run_id}: the run asks for {}, and {} is {}",
+            spec.requirement.describe(),
+            profile.executable,
+            profile.summary()
+        );
+    }
+    let (results, meta, records) = match before {
+        Some((results, meta, records)) => (results, meta, records),
+        None => (
+            ResultsDir::create(&places::absolute(&args.results_dir)?, started_at)?,
+            None,
+            Vec::new(),
+        ),
+    };
+    let meta = meta.unwrap_or_else(|| {
+        let created = jiff::Timestamp::from_millisecond(summary.created_at_ms).unwrap_or(started_at);
+        run_meta(run_id, &spec, args.workers, target.and_then(Target::profile), created)
+    });
+    results.write_meta(&meta)?;
+    let mut progress = Progress::new(ProgressStyle::detect(args.quiet));
+    progress.println(&format!(
+        "resuming run {run_id} ({}, {} of {} packages finished): {} packages already in {}",
+        summary.state,
+        summary.packages_finished,
+        summary.packages_total,
+        records.len(),
+        results.path().display()
+    ));
+    let run = Followed {
+        run_id,
+        spec: &spec,
+        meta,
+        records,
+    };
+    follow(client, embedded, run, options, &results, progress).await
 }
 
 /// With `--trust-ft-wheels`: takes the packages PyPI has a free-threaded wheel for out of

@@ -21,6 +21,20 @@ pub(crate) enum RunsCommand {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Submits a new run of some of RUN's packages, with RUN's settings, linked to it (`compare
+    /// RUN NEW` compares only what was re-run), and prints its id: `ftsurvey run --resume NEW`
+    /// follows it and writes its results folder.
+    Rerun {
+        #[command(flatten)]
+        coordinator: CoordinatorArgs,
+        /// The run's id.
+        run_id: String,
+        /// Which packages (comma-separated or repeated): `failed` (a verdict that is not a
+        /// compatible one, nor infra_error or unknown), `lost` (an iteration no worker
+        /// finished), `infra` (infra_error), `unknown`, or package names.
+        #[arg(long, value_delimiter = ',', required = true, value_name = "WHICH")]
+        only: Vec<String>,
+    },
     /// Cancels a run: pending jobs at once, running ones are stopped on their workers.
     Cancel {
         #[command(flatten)]
@@ -47,6 +61,11 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
                 .collect::<Result<Vec<_>, _>>()?;
             println!("{}", runs_table(&runs));
         }
+        RunsCommand::Rerun {
+            coordinator,
+            run_id,
+            only,
+        } => rerun(&coordinator, &run_id, &only).await?,
         RunsCommand::Cancel { coordinator, run_id } => {
             let mut client = coordinator.connect().await?;
             let cancelled = client
@@ -63,6 +82,98 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `runs rerun`: the packages of `run_id` that `only` selects, submitted as a new run.
+async fn rerun(coordinator: &CoordinatorArgs, run_id: &str, only: &[String]) -> anyhow::Result<()> {
+    let mut client = coordinator.connect().await?;
+    let got = client
+        .get_run(v1::GetRunRequest {
+            run_id: run_id.to_string(),
+        })
+        .await
+        .map_err(|s| status_error(&s))
+        .with_context(|| format!("reading run {run_id}"))?
+        .into_inner();
+    let first = RunSummary::try_from(got.run.context("the coordinator sent no run")?)?;
+    let spec = domain::RunSpec::try_from(got.spec.context("the coordinator sent no run spec")?)?;
+    let request = v1::QueryPackageResultsRequest {
+        run_id: run_id.to_string(),
+        ..Default::default()
+    };
+    let results = crate::remote::all_results(&mut client, request)
+        .await
+        .with_context(|| format!("reading the results of run {run_id}"))?;
+    let names: Vec<&str> = spec.packages.iter().map(|p| p.name.as_str()).collect();
+    for which in only {
+        if !RERUN_KINDS.contains(&which.as_str()) && !names.contains(&which.as_str()) {
+            anyhow::bail!(
+                "--only {which}: neither a kind ({}) nor a package of run {run_id}",
+                RERUN_KINDS.join(", ")
+            );
+        }
+    }
+    let chosen: std::collections::HashSet<&str> = results
+        .iter()
+        .filter(|result| only.iter().any(|which| rerun_selects(which, result)))
+        .map(|result| result.package.as_str())
+        .collect();
+    let packages: Vec<domain::PackageSpec> = spec
+        .packages
+        .iter()
+        .filter(|p| chosen.contains(p.name.as_str()))
+        .cloned()
+        .collect();
+    if packages.is_empty() {
+        anyhow::bail!(
+            "run {run_id} has no package that --only {} selects: nothing to re-run",
+            only.join(",")
+        );
+    }
+    let again = domain::RunSpec {
+        label: format!(
+            "re-run of {} packages of {} (--only {})",
+            packages.len(),
+            first.label,
+            only.join(",")
+        ),
+        packages,
+        rerun_of: Some(first.run_id),
+        ..spec
+    };
+    let submitted = crate::follow::submit(&mut client, &again).await?;
+    println!("{}", submitted.run_id);
+    eprintln!(
+        "run {} re-runs {} of the {} packages of run {run_id}; `ftsurvey run --resume {} --coordinator {}` follows it",
+        submitted.run_id,
+        again.packages.len(),
+        first.packages_total,
+        submitted.run_id,
+        coordinator.coordinator
+    );
+    Ok(())
+}
+
+/// The kinds `runs rerun --only` takes besides package names.
+const RERUN_KINDS: [&str; 4] = ["failed", "lost", "infra", "unknown"];
+
+/// Whether `--only which` selects `result`.
+fn rerun_selects(which: &str, result: &domain::PackageResult) -> bool {
+    use domain::Category;
+    match which {
+        "failed" => !matches!(
+            result.category,
+            Category::Compatible
+                | Category::CompatibleGilFallback
+                | Category::CompatibleByWheel
+                | Category::InfraError
+                | Category::Unknown
+        ),
+        "lost" => result.lost_iterations(),
+        "infra" => result.category == Category::InfraError,
+        "unknown" => result.category == Category::Unknown,
+        name => result.package == name,
+    }
 }
 
 /// Flags of `ftsurvey drain`.

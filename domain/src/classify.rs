@@ -226,6 +226,10 @@ pub fn classify(input: ClassifyInput<'_>) -> Classification {
     }
 }
 
+/// What the evidence line of a lost iteration says, between its mode and iteration and its
+/// attempts (`ft iteration 3 lost after 3 attempts: ...`): how `runs rerun --only lost` knows it.
+pub const LOST_MARK: &str = " lost after ";
+
 /// A package's verdict and the outcomes behind it, as stored, streamed and written to results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PackageResult {
@@ -423,6 +427,11 @@ impl PackageResult {
 
     pub fn pass_rate(&self) -> Option<f64> {
         self.counts.pass_rate()
+    }
+
+    /// Whether an iteration of the package was lost: no worker finished it.
+    pub fn lost_iterations(&self) -> bool {
+        self.evidence.iter().any(|line| line.contains(LOST_MARK))
     }
 
     /// Empties every iteration's stdout and stderr tails, the bulk of a result that listings

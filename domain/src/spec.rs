@@ -278,6 +278,10 @@ pub struct RunSpec {
     pub requirement: InterpreterRequirement,
     /// Which registry the packages came from, for the record.
     pub registry: Option<String>,
+    /// The run whose packages this one runs again (`ftsurvey runs rerun`): `compare` reads
+    /// the two as one survey and its second look.
+    #[serde(default)]
+    pub rerun_of: Option<crate::RunId>,
 }
 
 impl RunSpec {
@@ -447,6 +451,7 @@ pub(crate) mod tests {
             options: RunOptions::default(),
             requirement: InterpreterRequirement::any(),
             registry: None,
+            rerun_of: None,
         };
         assert_eq!(spec.validate(), Ok(()));
         assert_eq!(spec.total_jobs(), 6);

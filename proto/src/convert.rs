@@ -374,6 +374,7 @@ impl From<&RunSpec> for v1::RunSpec {
             options: Some((&spec.options).into()),
             requirement: Some((&spec.requirement).into()),
             registry: spec.registry.clone(),
+            rerun_of: spec.rerun_of.map(|id| id.to_string()),
         }
     }
 }
@@ -400,6 +401,11 @@ impl TryFrom<v1::RunSpec> for RunSpec {
             options: wire.options.ok_or(WireError::Missing("spec.options"))?.try_into()?,
             requirement: wire.requirement.map(InterpreterRequirement::from).unwrap_or_default(),
             registry: wire.registry,
+            rerun_of: wire
+                .rerun_of
+                .as_deref()
+                .map(|id| parse_run_id("spec.rerun_of", id))
+                .transpose()?,
         };
         spec.validate().map_err(|e| invalid("spec", e.to_string()))?;
         Ok(spec)
@@ -767,6 +773,7 @@ mod tests {
                 tsan: false,
             },
             registry: Some("r".into()),
+            rerun_of: None,
         };
         let wire = v1::RunSpec::from(&spec);
         assert_eq!(RunSpec::try_from(wire).unwrap(), spec);
@@ -786,6 +793,7 @@ mod tests {
                 },
                 requirement: InterpreterRequirement::any(),
                 registry: None,
+                rerun_of: None,
             };
             let wire = v1::RunSpec::from(&spec);
             assert_eq!(
@@ -811,6 +819,7 @@ mod tests {
             options: RunOptions::default(),
             requirement: InterpreterRequirement::any(),
             registry: None,
+            rerun_of: None,
         });
         wire.iterations = 0;
         let err = RunSpec::try_from(wire.clone()).unwrap_err();

@@ -11,6 +11,7 @@ mod infrastructure;
 mod interpreters;
 mod protocol;
 mod registry;
+mod resume;
 mod sandbox;
 mod scale;
 mod setups;

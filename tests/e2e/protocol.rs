@@ -42,6 +42,7 @@ pub(crate) fn spec(names: &[&str], iterations: u32) -> RunSpec {
             tsan: false,
         },
         registry: None,
+        rerun_of: None,
     }
 }
 

@@ -109,6 +109,7 @@ fn spec(names: &[&str], iterations: u32) -> RunSpec {
         options: RunOptions::default(),
         requirement: InterpreterRequirement::any(),
         registry: None,
+        rerun_of: None,
     }
 }
 
@@ -302,10 +303,28 @@ async fn jobs_go_only_to_workers_whose_interpreter_meets_the_requirement(store: 
     let mut tsan_only = spec.clone();
     tsan_only.requirement.tsan = true;
     tsan_only.label = "tsan".into();
-    submit(&store, &tsan_only, 1).await;
-    let got = claim(&store, &worker("ft"), &profile("3.13", true), &[], 5, 0).await;
-    assert_eq!(got.len(), 2, "the free-threaded worker gets the free-threaded run only");
-    assert!(got.iter().all(|a| a.attempt == 1));
+    let tsan_run = submit(&store, &tsan_only, 1).await;
+    // A TSAN worker never takes the plain run's jobs, only the TSAN run's.
+    let tsan_profile = InterpreterProfile {
+        tsan: true,
+        ..profile("3.13", true)
+    };
+    let got = claim(&store, &worker("tsan"), &tsan_profile, &[], 5, 0).await;
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|a| a.run_id == tsan_run), "the TSAN run's only: {got:?}");
+    let got_ft = claim(&store, &worker("ft"), &profile("3.13", true), &[], 5, 0).await;
+    assert_eq!(
+        got_ft.len(),
+        2,
+        "the free-threaded worker gets the free-threaded run only"
+    );
+    assert!(got_ft.iter().all(|a| a.attempt == 1 && a.run_id != tsan_run));
+    assert!(
+        claim(&store, &worker("tsan"), &tsan_profile, &[], 5, 0)
+            .await
+            .is_empty(),
+        "the plain run's jobs are left for plain workers, none to the TSAN worker"
+    );
 }
 
 async fn an_outcome_is_recorded_once_and_duplicates_and_stale_tokens_are_ignored(store: Arc<dyn Store>) {

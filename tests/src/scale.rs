@@ -358,6 +358,7 @@ pub fn run_spec(packages: usize, iterations: u32) -> RunSpec {
             tsan: false,
         },
         registry: None,
+        rerun_of: None,
     }
 }
 

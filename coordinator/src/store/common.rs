@@ -168,9 +168,10 @@ pub(super) fn package_result(
         live |= job.state == "pending" || job.state == "leased";
         if job.state == "lost" {
             lost.push(format!(
-                "{} iteration {} lost after {} attempts: {}",
+                "{} iteration {}{}{} attempts: {}",
                 job.mode,
                 job.iteration,
+                domain::classify::LOST_MARK,
                 job.attempt,
                 job.attempt_ends
                     .as_deref()
@@ -281,6 +282,7 @@ pub(super) struct RunSpecRow {
     req_python_version: Option<String>,
     req_free_threaded: bool,
     req_tsan: bool,
+    rerun_of: Option<String>,
 }
 
 impl RunSpecRow {
@@ -305,6 +307,7 @@ impl RunSpecRow {
                 tsan: self.req_tsan,
             },
             registry: self.registry,
+            rerun_of: self.rerun_of.as_deref().map(parse_run_id).transpose()?,
         })
     }
 }

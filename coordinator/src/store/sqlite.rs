@@ -81,8 +81,8 @@ impl Store for SqliteStore {
         let modes: Vec<&str> = spec.modes.iter().map(|m| m.as_str()).collect();
         sqlx::query(
             "INSERT INTO runs (id, label, state, iterations, modes_json, options_json, registry, req_python_version,
-                               req_free_threaded, req_tsan, client_token, created_at_ms)
-             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                               req_free_threaded, req_tsan, client_token, created_at_ms, rerun_of)
+             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )
         .bind(run_id.to_string())
         .bind(&spec.label)
@@ -95,6 +95,7 @@ impl Store for SqliteStore {
         .bind(spec.requirement.tsan)
         .bind(client_token)
         .bind(now_ms)
+        .bind(spec.rerun_of.map(|id| id.to_string()))
         .execute(&mut *tx)
         .await?;
         // Every package starts with the same empty verdict; only its name differs.
@@ -147,7 +148,7 @@ impl Store for SqliteStore {
         let summary = run_summary(&mut tx, run_id).await?;
         let row: RunSpecRow = sqlx::query_as(
             "SELECT label, iterations, modes_json, options_json, registry, req_python_version,
-                    req_free_threaded, req_tsan
+                    req_free_threaded, req_tsan, rerun_of
              FROM runs WHERE id = ?1",
         )
         .bind(run_id.to_string())
@@ -225,7 +226,7 @@ impl Store for SqliteStore {
              WHERE r.state IN ('queued', 'running')
                AND (r.req_python_version IS NULL OR r.req_python_version = ?1)
                AND (r.req_free_threaded = 0 OR ?2)
-               AND (r.req_tsan = 0 OR ?3)
+               AND r.req_tsan = ?3
              ORDER BY (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.id AND j.state = 'leased'), r.id",
         )
         .bind(&batch.profile.major_minor)

@@ -112,6 +112,9 @@ pub struct RunConfig {
     /// `--test-network`: every package's tests could use the host's network.
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "is_false")]
     pub test_network: bool,
+    /// The run whose packages this one ran again (`ftsurvey runs rerun`).
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
 }
 
 impl RunConfig {
@@ -136,6 +139,7 @@ impl RunConfig {
                 .filter_map(|p| Some((p.name.clone(), p.download_count?)))
                 .collect(),
             test_network: spec.options.test_network,
+            rerun_of: spec.rerun_of.map(|id| id.to_string()),
         }
     }
 }
@@ -865,6 +869,7 @@ mod tests {
             options: crate::spec::RunOptions::default(),
             requirement: crate::interpreter::InterpreterRequirement::any(),
             registry: None,
+            rerun_of: None,
         };
         let result = |name: &str| {
             PackageResult::build(

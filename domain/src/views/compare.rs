@@ -95,6 +95,21 @@ pub struct Comparison {
     pub resolved_ooms: Vec<String>,
     pub only_in_a: Vec<String>,
     pub only_in_b: Vec<String>,
+    /// When B re-ran some of A's packages (`ftsurvey runs rerun`): how many of A's it did not,
+    /// which the comparison leaves out instead of calling them gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_rerun: Option<usize>,
+}
+
+/// Compares A with B, a re-run of some of A's packages: only the packages B re-ran count.
+pub fn compare_rerun(run_a: &str, a: &[PackageRecord], run_b: &str, b: &[PackageRecord], threshold: f64) -> Comparison {
+    let rerun: std::collections::HashSet<&str> = b.iter().map(|r| r.package.as_str()).collect();
+    let (kept, left): (Vec<PackageRecord>, Vec<PackageRecord>) =
+        a.iter().cloned().partition(|r| rerun.contains(r.package.as_str()));
+    Comparison {
+        not_rerun: Some(left.len()),
+        ..compare(run_a, &kept, run_b, b, threshold)
+    }
 }
 
 /// Compares run A (before) with run B (after).
@@ -122,6 +137,7 @@ pub fn compare(run_a: &str, a: &[PackageRecord], run_b: &str, b: &[PackageRecord
         resolved_ooms: Vec::new(),
         only_in_a: a_map.keys().filter(|k| !b_map.contains_key(*k)).cloned().collect(),
         only_in_b: b_map.keys().filter(|k| !a_map.contains_key(*k)).cloned().collect(),
+        not_rerun: None,
     };
     for (name, before) in &a_map {
         let Some(after) = b_map.get(name) else { continue };
@@ -188,6 +204,18 @@ pub fn compare(run_a: &str, a: &[PackageRecord], run_b: &str, b: &[PackageRecord
 pub fn render_compare(c: &Comparison) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "A: {}\nB: {}", c.run_a, c.run_b);
+    if let Some(left) = c.not_rerun {
+        let _ = writeln!(
+            out,
+            "B re-ran {} of A's packages (ftsurvey runs rerun); A's {left} other {} left out",
+            c.packages_in_both + c.only_in_b.len(),
+            if left == 1 {
+                "package was not re-run and is"
+            } else {
+                "packages were not re-run and are"
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "{} package{} in both: {} unchanged, {} regression{}, {} improvement{}, {} other change{}; {} only in A, {} only in B",

@@ -191,6 +191,7 @@ mod tests {
             },
             requirement: InterpreterRequirement::any(),
             registry: None,
+            rerun_of: None,
         };
         let text = render_dry_run(&spec);
         let expected = "1. six

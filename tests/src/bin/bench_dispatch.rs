@@ -146,6 +146,7 @@ fn run_spec(jobs: u64) -> RunSpec {
             tsan: false,
         },
         registry: None,
+        rerun_of: None,
     }
 }
 

@@ -147,6 +147,7 @@ pub(crate) async fn follow(
             let watch = client.watch_run(v1::WatchRunRequest {
                 run_id: run_id.to_string(),
                 with_output: true,
+                verdicts_only: false,
             });
             let watched = match tokio::time::timeout(Duration::from_secs(30), watch).await {
                 Ok(watched) => watched,

@@ -367,25 +367,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             };
             // Before the results folder: a run refused for a busy work dir, or one holding
             // unfinished runs, leaves nothing behind.
-            let work_dir_lock = crate::embedded::lock_work_dir(&work_dir)?;
-            let embedded = Embedded::start(EmbeddedConfig {
-                work_dir: work_dir.clone(),
-                work_dir_lock,
-                target_python: profile.executable.clone().into(),
-                n_workers: args.workers,
-                allow_gil_build: args.allow_gil_build,
-                places: args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?,
-                sandbox: args.sandbox.config(Vec::new()),
-                // A local worker short of disk would stall the run without a word: it never
-                // refuses jobs, and a full disk fails the iteration that meets it.
-                disk: args.cache.policy(0.0),
-            })
-            .await?;
-            let mut client = embedded.client.clone();
-            let checked = unfinished_runs(&mut client, None, args.discard_unfinished, &work_dir).await;
-            let results = checked.and_then(|()| ResultsDir::create(&results_root, started_at));
-            match results {
-                Ok(results) => (client, Some(embedded), results),
+            let embedded = start_embedded(&args, &work_dir, profile, None).await?;
+            match ResultsDir::create(&results_root, started_at) {
+                Ok(results) => (embedded.client.clone(), Some(embedded), results),
                 Err(error) => {
                     embedded.stop().await?;
                     return Err(error);
@@ -412,6 +396,36 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let code = outcome?;
     stopped?;
     Ok(code)
+}
+
+/// Locks the work dir and starts the coordinator and local workers on it; refuses, stopping
+/// them, when the work dir holds an unfinished run other than `resumed`
+/// ([`unfinished_runs`]).
+async fn start_embedded(
+    args: &RunArgs,
+    work_dir: &Path,
+    profile: &domain::InterpreterProfile,
+    resumed: Option<RunId>,
+) -> anyhow::Result<Embedded> {
+    let work_dir_lock = crate::embedded::lock_work_dir(work_dir)?;
+    let mut embedded = Embedded::start(EmbeddedConfig {
+        work_dir: work_dir.to_path_buf(),
+        work_dir_lock,
+        target_python: profile.executable.clone().into(),
+        n_workers: args.workers,
+        allow_gil_build: args.allow_gil_build,
+        places: args.setup.resolve(work_dir, std::env::var_os("PATH").as_deref())?,
+        sandbox: args.sandbox.config(Vec::new()),
+        // A local worker short of disk would stall the run without a word: it never
+        // refuses jobs, and a full disk fails the iteration that meets it.
+        disk: args.cache.policy(0.0),
+    })
+    .await?;
+    if let Err(error) = unfinished_runs(&mut embedded.client, resumed, args.discard_unfinished, work_dir).await {
+        embedded.stop().await?;
+        return Err(error);
+    }
+    Ok(embedded)
 }
 
 /// Refuses, or with `discard` cancels, the runs other than `except` the embedded store holds
@@ -488,7 +502,6 @@ async fn resume(args: &RunArgs, run: &str, started_at: jiff::Timestamp) -> anyho
         Some(fleet) => (fleet.connect().await?, None, None),
         None => {
             let work_dir = places::work_dir(args.work_dir.as_deref())?;
-            args.sandbox.config(Vec::new()).check()?;
             let named = before
                 .as_ref()
                 .and_then(|(_, meta, _)| meta.as_ref())
@@ -503,24 +516,8 @@ async fn resume(args: &RunArgs, run: &str, started_at: jiff::Timestamp) -> anyho
             let Target::Local(profile) = &target else {
                 bail!("an embedded run needs --target-python to be an interpreter on this machine");
             };
-            let work_dir_lock = crate::embedded::lock_work_dir(&work_dir)?;
-            let embedded = Embedded::start(EmbeddedConfig {
-                work_dir: work_dir.clone(),
-                work_dir_lock,
-                target_python: profile.executable.clone().into(),
-                n_workers: args.workers,
-                allow_gil_build: args.allow_gil_build,
-                places: args.setup.resolve(&work_dir, std::env::var_os("PATH").as_deref())?,
-                sandbox: args.sandbox.config(Vec::new()),
-                disk: args.cache.policy(0.0),
-            })
-            .await?;
-            let mut client = embedded.client.clone();
-            let checked = unfinished_runs(&mut client, Some(run_id), args.discard_unfinished, &work_dir).await;
-            if let Err(error) = checked {
-                embedded.stop().await?;
-                return Err(error);
-            }
+            let embedded = start_embedded(args, &work_dir, profile, Some(run_id)).await?;
+            let client = embedded.client.clone();
             (client, Some(embedded), Some(target))
         }
     };

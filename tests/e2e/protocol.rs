@@ -93,6 +93,7 @@ async fn watch(cluster: &TestCluster, run_id: &str) -> tonic::Streaming<v1::RunE
         .watch_run(v1::WatchRunRequest {
             run_id: run_id.to_string(),
             with_output: true,
+            verdicts_only: false,
         })
         .await
         .expect("watch")
@@ -836,11 +837,12 @@ async fn a_run_larger_than_a_message_is_read_in_pages_and_watched_in_bounded_eve
 
     // Watching the finished run: every package once, with output when asked, each event under
     // the limit.
-    for with_output in [false, true] {
+    for (with_output, verdicts_only) in [(false, false), (true, false), (false, true)] {
         let mut events = survey
             .watch_run(v1::WatchRunRequest {
                 run_id: run_id.clone(),
                 with_output,
+                verdicts_only,
             })
             .await
             .expect("watch")
@@ -851,8 +853,17 @@ async fn a_run_larger_than_a_message_is_read_in_pages_and_watched_in_bounded_eve
             count += 1;
             assert!(encoded(&event.finished_packages) <= proto::MAX_EVENT_BYTES);
             for result in event.finished_packages {
-                let has_output = result.iterations.iter().all(|i| !i.stdout_tail.is_empty());
-                assert_eq!(has_output, with_output, "{}", result.package);
+                if verdicts_only {
+                    assert!(
+                        result.iterations.is_empty() && result.counts.is_some(),
+                        "{}",
+                        result.package
+                    );
+                } else {
+                    assert_eq!(result.iterations.len(), 10);
+                    let has_output = result.iterations.iter().all(|i| !i.stdout_tail.is_empty());
+                    assert_eq!(has_output, with_output, "{}", result.package);
+                }
                 names.push(result.package);
             }
         }

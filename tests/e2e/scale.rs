@@ -13,6 +13,8 @@ async fn a_survey_of_500_packages_streams_to_20_watchers_and_every_verb_reads_it
         iterations: 10,
         workers: 16,
         watchers: 20,
+        output_watchers: 1,
+        progress_watchers: true,
         tail_bytes: domain::bound::MAX_TAIL_BYTES,
         ftsurvey: Ftsurvey {
             program: env!("CARGO_BIN_EXE_ftsurvey-under-test").into(),

@@ -51,9 +51,14 @@ pub struct ScaleOptions {
     pub iterations: u32,
     /// Simulated workers, one slot each.
     pub workers: usize,
-    /// Watchers of the second survey: one asks for the output tails (as `run --coordinator`
-    /// does to write its results folder), the rest follow progress only.
+    /// Watchers of the second survey, each receiving every finished package's result.
     pub watchers: usize,
+    /// How many of the watchers also ask for the output tails, as `run --coordinator` does to
+    /// write its results folder.
+    pub output_watchers: usize,
+    /// The other watchers ask for verdicts only, as a progress display would; else for every
+    /// package's whole result.
+    pub progress_watchers: bool,
     /// Bytes of each of an iteration's two output tails.
     pub tail_bytes: usize,
     pub ftsurvey: Ftsurvey,
@@ -84,6 +89,8 @@ pub struct ScaleReport {
     pub verbs: Vec<VerbFigures>,
     /// Events and packages each watcher received.
     pub watcher_events: Vec<(u64, usize)>,
+    pub output_watchers: usize,
+    pub progress_watchers: bool,
 }
 
 impl std::fmt::Display for ScaleReport {
@@ -99,8 +106,14 @@ impl std::fmt::Display for ScaleReport {
         )?;
         writeln!(
             f,
-            "survey with {} watchers: {} jobs dispatched in {:.1} s ({:.0} jobs/s), coordinator CPU {:.1} s ({:+.1}% against none)",
+            "survey with {} watchers ({} with output, the others {}): {} jobs dispatched in {:.1} s ({:.0} jobs/s), coordinator CPU {:.1} s ({:+.1}% against none)",
             self.watcher_events.len(),
+            self.output_watchers,
+            if self.progress_watchers {
+                "verdicts only"
+            } else {
+                "whole results"
+            },
             self.jobs,
             secs(self.watched.0),
             self.jobs as f64 / secs(self.watched.0),
@@ -157,9 +170,18 @@ pub async fn scale_survey(options: &ScaleOptions, work: &Path) -> anyhow::Result
     let mut client = connect_survey(&address).await?;
 
     let jobs = options.packages as u64 * u64::from(options.iterations);
-    let (alone, _) = survey(&mut client, &address, options, 0, pid).await?;
+    let (alone, _) = survey(
+        &mut client,
+        &address,
+        &ScaleOptions {
+            watchers: 0,
+            ..options.clone()
+        },
+        pid,
+    )
+    .await?;
     let alone_peak_rss_kb = peak_rss_kb(pid)?;
-    let (watched, (run_id, watcher_events)) = survey(&mut client, &address, options, options.watchers, pid).await?;
+    let (watched, (run_id, watcher_events)) = survey(&mut client, &address, options, pid).await?;
     let coordinator_peak_rss_kb = peak_rss_kb(pid)?;
 
     let verbs = [
@@ -198,6 +220,8 @@ pub async fn scale_survey(options: &ScaleOptions, work: &Path) -> anyhow::Result
         store_bytes,
         verbs: figures,
         watcher_events,
+        output_watchers: options.output_watchers.min(options.watchers),
+        progress_watchers: options.progress_watchers,
     })
 }
 
@@ -232,15 +256,15 @@ async fn connect_survey(address: &str) -> anyhow::Result<SurveyServiceClient<Cha
     }
 }
 
-/// A survey of the options' size; `watchers` follow it. Returns its wall time and the
+/// A survey of the options' size, which its watchers follow. Returns its wall time and the
 /// coordinator's CPU time over it, the run's id and what each watcher received.
 async fn survey(
     client: &mut SurveyServiceClient<Channel>,
     address: &str,
     options: &ScaleOptions,
-    watchers: usize,
     pid: u32,
 ) -> anyhow::Result<((Duration, Duration), (String, Vec<(u64, usize)>))> {
+    let watchers = options.watchers;
     let spec = run_spec(options.packages, options.iterations);
     let submitted = client
         .submit_run(v1::SubmitRunRequest {
@@ -252,7 +276,14 @@ async fn survey(
     let run_id = submitted.run.context("no run")?.run_id;
     let mut watching = Vec::new();
     for n in 0..watchers {
-        watching.push(tokio::spawn(watch(address.to_string(), run_id.clone(), n == 0)));
+        let kind = if n < options.output_watchers {
+            Watch::WithOutput
+        } else if options.progress_watchers {
+            Watch::Verdicts
+        } else {
+            Watch::Results
+        };
+        watching.push(tokio::spawn(watch(address.to_string(), run_id.clone(), kind)));
     }
     let cpu_before = crate::cpu::process(pid)?;
     let started = Instant::now();
@@ -302,14 +333,25 @@ async fn survey(
     Ok(((elapsed, cpu), (run_id, received)))
 }
 
+/// What a watcher asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    WithOutput,
+    Results,
+    Verdicts,
+}
+
 /// Follows a run to its end; returns the events and the distinct packages received. A package
 /// received twice is an error.
-async fn watch(address: String, run_id: String, with_output: bool) -> anyhow::Result<(u64, usize)> {
+async fn watch(address: String, run_id: String, kind: Watch) -> anyhow::Result<(u64, usize)> {
     let mut client = connect_survey(&address).await?;
-    let mut stream = client
-        .watch_run(v1::WatchRunRequest { run_id, with_output })
-        .await?
-        .into_inner();
+    let with_output = kind == Watch::WithOutput;
+    let request = v1::WatchRunRequest {
+        run_id,
+        with_output,
+        verdicts_only: kind == Watch::Verdicts,
+    };
+    let mut stream = client.watch_run(request).await?.into_inner();
     let mut packages = HashSet::new();
     let mut events = 0;
     while let Some(event) = stream.message().await? {
@@ -368,7 +410,7 @@ pub fn run_spec(packages: usize, iterations: u32) -> RunSpec {
 /// output tails full.
 pub fn outcome(package: usize, iteration: u32, tail_bytes: usize) -> JobResult {
     let kind = package % 20;
-    let failing = kind == 2 || kind == 12 || ((kind == 3 || kind == 13) && iteration % 3 == 0);
+    let failing = kind == 2 || kind == 12 || ((kind == 3 || kind == 13) && iteration.is_multiple_of(3));
     let crash = kind == 5;
     let tsan = kind == 7;
     let status = if crash {

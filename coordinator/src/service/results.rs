@@ -78,6 +78,32 @@ pub(crate) async fn read_at(
     to_wire(hub, run_id, page, with_output).await
 }
 
+/// `result` without its iterations: what a watcher that asked for verdicts only is sent.
+pub(crate) fn verdict_of(result: &v1::PackageResult) -> v1::PackageResult {
+    let v1::PackageResult {
+        package,
+        category,
+        evidence,
+        iterations_planned,
+        counts,
+        setup_failure,
+        iterations: _,
+        finished,
+        gil_comparison,
+    } = result;
+    v1::PackageResult {
+        package: package.clone(),
+        category: *category,
+        evidence: evidence.clone(),
+        iterations_planned: *iterations_planned,
+        counts: *counts,
+        setup_failure: setup_failure.clone(),
+        iterations: Vec::new(),
+        finished: *finished,
+        gil_comparison: gil_comparison.clone(),
+    }
+}
+
 /// A result's share of a message's bytes, its output dropped when it alone is larger than
 /// `budget` (GetIterationOutput still has it).
 fn fit_alone(result: &mut v1::PackageResult, budget: usize) -> usize {

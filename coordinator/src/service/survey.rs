@@ -136,7 +136,8 @@ impl SurveyService for Survey {
         let watcher = Watcher {
             hub: self.hub.clone(),
             run_id,
-            with_output: request.with_output,
+            with_output: request.with_output && !request.verdicts_only,
+            verdicts_only: request.verdicts_only,
             sender,
         };
         tokio::spawn(watcher.run(feed, self.shutdown.clone()));
@@ -175,6 +176,8 @@ struct Watcher {
     hub: Arc<Hub>,
     run_id: RunId,
     with_output: bool,
+    /// Finished packages are sent without their iterations.
+    verdicts_only: bool,
     sender: mpsc::Sender<Result<v1::RunEvent, Status>>,
 }
 
@@ -254,10 +257,17 @@ impl Watcher {
                 }
             };
             // Kept results are copied one at a time, as the event takes them.
+            let copy = |result: &v1::PackageResult| {
+                if self.verdicts_only {
+                    results::verdict_of(result)
+                } else {
+                    result.clone()
+                }
+            };
             let results = indexes
                 .iter()
-                .filter_map(|idx| state.recent.get(idx).filter(|_| kept).map(|r| r.as_ref().clone()))
-                .chain(read.into_iter().map(|(_, result)| result));
+                .filter_map(|idx| state.recent.get(idx).filter(|_| kept).map(|r| copy(r)))
+                .chain(read.into_iter().map(|(_, result)| copy(&result)));
             for result in results {
                 if let Some(full) = event.add(result, proto::MAX_EVENT_BYTES)
                     && !self.send(&state.summary, full).await

@@ -2,11 +2,13 @@
 //!
 //! ```sh
 //! cargo run --release -p tests --bin bench-scale -- [--packages 5000] [--iterations 10]
-//!     [--workers 64] [--watchers 20] [--tail-bytes 16384]
+//!     [--workers 64] [--watchers 20] [--output-watchers 1] [--whole-results] [--tail-bytes 16384]
 //! ```
 //!
 //! A throwaway PostgreSQL, `ftsurvey serve` on it, then the survey twice (without watchers,
-//! then with them) by simulated workers reporting realistic outcomes (full output tails, 200
+//! then with them: `--output-watchers` of them ask for the output tails, as `run` does, the
+//! others for verdicts only, as progress displays do, or with `--whole-results` for every
+//! package's whole result) by simulated workers reporting realistic outcomes (full output tails, 200
 //! failing tests named in failing iterations, crash and ThreadSanitizer evidence on some), and
 //! `show`, `export --format csv` and `report --format html` reading the second run back from
 //! the coordinator. It prints each survey's dispatch time and the coordinator's CPU time, the
@@ -30,6 +32,8 @@ fn options() -> Result<ScaleOptions, String> {
         iterations: 10,
         workers: 64,
         watchers: 20,
+        output_watchers: 1,
+        progress_watchers: true,
         tail_bytes: domain::bound::MAX_TAIL_BYTES,
         ftsurvey: Ftsurvey {
             program,
@@ -49,6 +53,8 @@ fn options() -> Result<ScaleOptions, String> {
             "--iterations" => options.iterations = number()? as u32,
             "--workers" => options.workers = number()?,
             "--watchers" => options.watchers = number()?,
+            "--output-watchers" => options.output_watchers = number()?,
+            "--whole-results" => options.progress_watchers = false,
             "--tail-bytes" => options.tail_bytes = number()?,
             other => return Err(format!("unknown flag {other}")),
         }
@@ -79,8 +85,13 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     println!(
-        "scale survey: {} packages x {} iterations, {} simulated workers, {} watchers, {} B tails",
-        options.packages, options.iterations, options.workers, options.watchers, options.tail_bytes
+        "scale survey: {} packages x {} iterations, {} simulated workers, {} watchers ({} with output), {} B tails",
+        options.packages,
+        options.iterations,
+        options.workers,
+        options.watchers,
+        options.output_watchers,
+        options.tail_bytes
     );
     match runtime.block_on(scale_survey(&options, work.path())) {
         Ok(report) => {

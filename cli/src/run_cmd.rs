@@ -388,14 +388,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         started_at,
     )
     .await;
-    // The local workers and coordinator stop even when following failed.
-    let stopped = match embedded {
-        Some(embedded) => embedded.stop().await,
-        None => Ok(()),
-    };
-    let code = outcome?;
-    stopped?;
-    Ok(code)
+    stop_after(outcome, embedded).await
 }
 
 /// Locks the work dir and starts the coordinator and local workers on it; refuses, stopping
@@ -532,6 +525,12 @@ async fn resume(args: &RunArgs, run: &str, started_at: jiff::Timestamp) -> anyho
         started_at,
     )
     .await;
+    stop_after(outcome, embedded).await
+}
+
+/// Stops the local workers and coordinator, if any, even when following failed; then the
+/// following's outcome, or the stop's failure.
+async fn stop_after(outcome: anyhow::Result<ExitCode>, embedded: Option<Embedded>) -> anyhow::Result<ExitCode> {
     let stopped = match embedded {
         Some(embedded) => embedded.stop().await,
         None => Ok(()),

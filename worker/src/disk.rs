@@ -187,15 +187,7 @@ mod tests {
 
     /// A log directory of run `run`, iteration `n`, under `logs`, written `hours_ago`.
     fn log_dir(logs: &Path, run: &str, n: u32, hours_ago: u64) -> PathBuf {
-        let dir = logs.join(run).join("pkg").join(format!("ft-{n}-a1"));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let when = SystemTime::now() - Duration::from_secs(hours_ago * 3600);
-        let file = std::fs::File::create(dir.join("stdout.log")).expect("create");
-        file.set_modified(when).expect("set the file's time");
-        std::fs::File::open(&dir)
-            .and_then(|handle| handle.set_modified(when))
-            .expect("set the directory's time");
-        dir
+        crate::iteration_logs::tests::log_dir(logs, run, "pkg", n, Duration::from_secs(hours_ago * 3600))
     }
 
     #[test]

@@ -110,16 +110,16 @@ fn remove(root: &Path, dir: &Path) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
     /// An iteration's log directory under `root`, written `days_ago`.
-    fn log_dir(root: &Path, run: &str, package: &str, iteration: u32, days_ago: u64) -> PathBuf {
+    pub(crate) fn log_dir(root: &Path, run: &str, package: &str, iteration: u32, age: Duration) -> PathBuf {
         let dir = root.join(run).join(package).join(format!("ft-{iteration}-a1"));
         std::fs::create_dir_all(&dir).expect("mkdir");
-        let when = SystemTime::now() - DAY * days_ago as u32;
+        let when = SystemTime::now() - age;
         for name in ["stdout.log", "stderr.log"] {
             let file = std::fs::File::create(dir.join(name)).expect("create");
             file.set_modified(when).expect("set the file's time");
@@ -134,10 +134,10 @@ mod tests {
     fn logs_older_than_kept_go_with_their_emptied_parents_and_a_running_iterations_stay() {
         let temp = tempfile::tempdir().expect("tempdir");
         let root = temp.path().join("logs");
-        let old_run = log_dir(&root, "run-a", "pkg", 1, 10);
-        let old_running = log_dir(&root, "run-b", "pkg", 1, 9);
-        let old_beside_new = log_dir(&root, "run-c", "pkg", 1, 8);
-        let new = log_dir(&root, "run-c", "pkg", 2, 1);
+        let old_run = log_dir(&root, "run-a", "pkg", 1, DAY * 10);
+        let old_running = log_dir(&root, "run-b", "pkg", 1, DAY * 9);
+        let old_beside_new = log_dir(&root, "run-c", "pkg", 1, DAY * 8);
+        let new = log_dir(&root, "run-c", "pkg", 2, DAY * 1);
         let in_use = HashSet::from([old_running.clone()]);
 
         let removed = remove_older_than(&root, DAY * 7, SystemTime::now(), &in_use);
@@ -151,10 +151,10 @@ mod tests {
     fn when_space_runs_low_the_oldest_logs_go_first_until_it_is_enough() {
         let temp = tempfile::tempdir().expect("tempdir");
         let root = temp.path().join("logs");
-        let oldest = log_dir(&root, "run-a", "pkg", 1, 3);
-        let running = log_dir(&root, "run-a", "pkg", 2, 2);
-        let older = log_dir(&root, "run-b", "other", 1, 1);
-        let newest = log_dir(&root, "run-b", "other", 2, 0);
+        let oldest = log_dir(&root, "run-a", "pkg", 1, DAY * 3);
+        let running = log_dir(&root, "run-a", "pkg", 2, DAY * 2);
+        let older = log_dir(&root, "run-b", "other", 1, DAY * 1);
+        let newest = log_dir(&root, "run-b", "other", 2, DAY * 0);
         let in_use = HashSet::from([running.clone()]);
 
         // Short of space for two more removals.

@@ -31,11 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use domain::spec::RunOptions;
-use domain::{
-    InterpreterRequirement, IterationOutcome, IterationStatus, JobResult, LeaseToken, Mode, PackageSpec, RunId,
-    RunSpec, Source,
-};
+use domain::{IterationOutcome, IterationStatus, JobResult, LeaseToken, Mode, RunId, RunSpec};
 use proto::v1;
 use proto::v1::survey_service_client::SurveyServiceClient;
 use proto::v1::worker_service_client::WorkerServiceClient;
@@ -118,36 +114,7 @@ fn main() {
 
 /// A run of `jobs` jobs: packages of 10 iterations each.
 fn run_spec(jobs: u64) -> RunSpec {
-    let packages = jobs.div_ceil(10).max(1);
-    RunSpec {
-        label: format!("bench {jobs}"),
-        packages: (0..packages)
-            .map(|i| PackageSpec {
-                name: format!("pkg-{i}"),
-                version: None,
-                source: Source::Sdist,
-                install_command: "true".into(),
-                test_command: "true".into(),
-                test_framework: domain::package_kind::TestFramework::Pytest,
-                import_name: format!("pkg_{i}"),
-                timeout_secs: None,
-                env: Default::default(),
-                download_count: None,
-                extension_type: None,
-                network: false,
-            })
-            .collect(),
-        iterations: 10,
-        modes: vec![Mode::Ft],
-        options: RunOptions::default(),
-        requirement: InterpreterRequirement {
-            python_version: Some("3.13".into()),
-            free_threaded: true,
-            tsan: false,
-        },
-        registry: None,
-        rerun_of: None,
-    }
+    tests::scale::run_spec(jobs.div_ceil(10).max(1) as usize, 10)
 }
 
 fn pass() -> JobResult {

@@ -8,6 +8,7 @@ mod embedded;
 mod fleet_cmd;
 mod follow;
 mod interpreters;
+mod logs_cmd;
 mod places;
 mod progress;
 mod python_cmd;
@@ -67,6 +68,8 @@ enum Command {
     Runs(runs_cmd::RunsCommand),
     /// Retire a worker: it finishes the jobs it runs, takes no new ones, and exits.
     Drain(runs_cmd::DrainArgs),
+    /// An iteration's full log, fetched from the worker that ran it while that worker keeps it.
+    Logs(logs_cmd::LogsArgs),
     /// Free-threaded interpreters: build one from source, list the builds.
     #[command(subcommand)]
     Python(python_cmd::PythonCommand),
@@ -115,6 +118,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => run_async(runs_cmd::status(args)),
         Command::Runs(command) => run_async(runs_cmd::runs(command)),
         Command::Drain(args) => run_async(runs_cmd::drain(args)),
+        Command::Logs(args) => run_async(logs_cmd::logs(args)),
         Command::Worker(args) => run_async(fleet_cmd::worker(*args, worker_token_source)),
     };
     match result {

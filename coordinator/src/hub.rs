@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use domain::{Assignment, JobId, RunId, WorkerId};
 use proto::v1;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 use crate::batch::Batcher;
 use crate::config::Settings;
@@ -17,6 +17,19 @@ pub(crate) type SessionSender = mpsc::Sender<Result<v1::CoordinatorMessage, toni
 
 /// Workers connected at once at most: each session holds a little memory and a task.
 pub(crate) const MAX_SESSIONS: usize = 4096;
+
+/// Client log requests a worker serves at once at most; each waits for one chunk of at most
+/// 1 MiB at a time, so a worker sends at most this many MiB of logs at once.
+pub(crate) const MAX_LOG_REQUESTS_PER_WORKER: usize = 4;
+
+/// Why a chunk of a log could not be asked of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogAskRefused {
+    /// No session of that worker is live.
+    NotConnected,
+    /// The session's outbound queue is full: it is far behind.
+    Busy,
+}
 
 /// Why a session was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +62,40 @@ pub(crate) struct Hub {
     /// list. Kept in memory only: after a restart, jobs adopted through heartbeats are not
     /// listed, which only makes the progress display less detailed.
     in_flight: Mutex<HashMap<JobId, InFlight>>,
+    /// Chunks of logs asked of workers and not yet answered, by request id.
+    log_asks: Mutex<HashMap<u64, LogAsk>>,
+    next_log_ask: Mutex<u64>,
+    /// Client log requests being served, per worker.
+    log_requests: Mutex<HashMap<WorkerId, usize>>,
+}
+
+/// A chunk of a log asked of a worker's session, waiting for its answer.
+#[derive(Debug)]
+struct LogAsk {
+    worker_id: WorkerId,
+    /// The session that was asked: when it ends, the ask is dropped and its waiter hears so.
+    session: u64,
+    answer: oneshot::Sender<v1::LogChunk>,
+}
+
+/// One client log request served from a worker; counts toward that worker's
+/// [`MAX_LOG_REQUESTS_PER_WORKER`] until dropped.
+#[derive(Debug)]
+pub(crate) struct LogRequestSlot {
+    hub: Arc<Hub>,
+    worker_id: WorkerId,
+}
+
+impl Drop for LogRequestSlot {
+    fn drop(&mut self) {
+        let mut requests = self.hub.log_requests.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = requests.get_mut(&self.worker_id) {
+            *count -= 1;
+            if *count == 0 {
+                requests.remove(&self.worker_id);
+            }
+        }
+    }
 }
 
 /// A job a worker is running, as watchers are told of it.
@@ -75,6 +122,9 @@ impl Hub {
             workers: Mutex::new(HashMap::new()),
             draining: Mutex::new(HashSet::new()),
             in_flight: Mutex::new(HashMap::new()),
+            log_asks: Mutex::new(HashMap::new()),
+            next_log_ask: Mutex::new(0),
+            log_requests: Mutex::new(HashMap::new()),
         }
     }
 
@@ -207,12 +257,102 @@ impl Hub {
             .contains(worker_id)
     }
 
-    /// Forgets a session unless it has already been replaced.
+    /// Forgets a session unless it has already been replaced, and drops the log chunks asked
+    /// of it, whose waiters hear that it ended.
     pub(crate) fn unregister_session(&self, worker_id: &WorkerId, number: u64) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if sessions.get(worker_id).is_some_and(|(n, _)| *n == number) {
             sessions.remove(worker_id);
             self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(worker_id);
+        }
+        drop(sessions);
+        self.log_asks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, ask| ask.session != number);
+    }
+
+    /// Whether a session of `worker_id` is live.
+    pub(crate) fn is_connected(&self, worker_id: &WorkerId) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.get(worker_id).is_some_and(|(_, sender)| !sender.is_closed())
+    }
+
+    /// A place among the client log requests `worker_id` serves, or `None` when it already
+    /// serves [`MAX_LOG_REQUESTS_PER_WORKER`].
+    pub(crate) fn log_request_slot(self: &Arc<Self>, worker_id: &WorkerId) -> Option<LogRequestSlot> {
+        let mut requests = self.log_requests.lock().unwrap_or_else(|e| e.into_inner());
+        let count = requests.entry(worker_id.clone()).or_insert(0);
+        if *count >= MAX_LOG_REQUESTS_PER_WORKER {
+            return None;
+        }
+        *count += 1;
+        Some(LogRequestSlot {
+            hub: self.clone(),
+            worker_id: worker_id.clone(),
+        })
+    }
+
+    /// Asks `worker_id`'s live session for a chunk of a log; returns the request's id, set
+    /// here, and the receiver of the answer, which fails if the session ends first.
+    pub(crate) fn ask_log(
+        &self,
+        worker_id: &WorkerId,
+        mut request: v1::LogRequest,
+    ) -> Result<(u64, oneshot::Receiver<v1::LogChunk>), LogAskRefused> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let (session, sender) = sessions
+            .get(worker_id)
+            .filter(|(_, sender)| !sender.is_closed())
+            .ok_or(LogAskRefused::NotConnected)?;
+        request.request_id = {
+            let mut next = self.next_log_ask.lock().unwrap_or_else(|e| e.into_inner());
+            *next += 1;
+            *next
+        };
+        let (answer, answered) = oneshot::channel();
+        let ask = LogAsk {
+            worker_id: worker_id.clone(),
+            session: *session,
+            answer,
+        };
+        let request_id = request.request_id;
+        self.log_asks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request_id, ask);
+        let message = v1::CoordinatorMessage {
+            msg: Some(v1::coordinator_message::Msg::LogRequest(request)),
+        };
+        if sender.try_send(Ok(message)).is_err() {
+            self.forget_log_ask(request_id);
+            return Err(LogAskRefused::Busy);
+        }
+        Ok((request_id, answered))
+    }
+
+    /// Forgets a chunk asked and no longer waited for (its time ran out).
+    pub(crate) fn forget_log_ask(&self, request_id: u64) {
+        self.log_asks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&request_id);
+    }
+
+    /// Hands a worker's answer to whoever asked; an answer to a request this worker was not
+    /// asked, or no longer waited for, is dropped.
+    pub(crate) fn log_answered(&self, worker_id: &WorkerId, chunk: v1::LogChunk) {
+        let mut asks = self.log_asks.lock().unwrap_or_else(|e| e.into_inner());
+        if asks
+            .get(&chunk.request_id)
+            .is_none_or(|ask| ask.worker_id != *worker_id)
+        {
+            tracing::debug!(worker.id = %worker_id, request_id = chunk.request_id, "an unasked log chunk dropped");
+            return;
+        }
+        if let Some(ask) = asks.remove(&chunk.request_id) {
+            // The asker may have given up since: nothing to do.
+            let _ = ask.answer.send(chunk);
         }
     }
 

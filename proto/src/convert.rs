@@ -9,9 +9,9 @@ use domain::classify::StatusCounts;
 use domain::package_kind::TestFramework;
 use domain::spec::RunOptions;
 use domain::{
-    Assignment, Category, InterpreterProfile, InterpreterRequirement, IterationOutcome, IterationStatus, JobId,
-    JobResult, LeaseToken, Mode, OutcomeAck, PackageResult, PackageSpec, RunId, RunSpec, RunState, RunSummary,
-    SetupFailure, SetupStage, Source,
+    Assignment, Category, InterpreterProfile, InterpreterRequirement, IterationLogKey, IterationOutcome,
+    IterationStatus, JobId, JobResult, LeaseToken, LogRequest, LogStream, Mode, OutcomeAck, PackageResult, PackageSpec,
+    RunId, RunSpec, RunState, RunSummary, SetupFailure, SetupStage, Source,
 };
 
 use crate::v1;
@@ -63,6 +63,24 @@ pub fn mode_from_wire(field: &'static str, value: i32) -> Result<Mode, WireError
         Ok(v1::Mode::Ft) => Ok(Mode::Ft),
         Ok(v1::Mode::Gil) => Ok(Mode::Gil),
         _ => Err(invalid(field, format!("unknown mode {value}"))),
+    }
+}
+
+impl From<LogStream> for v1::LogStream {
+    fn from(stream: LogStream) -> Self {
+        match stream {
+            LogStream::Stdout => v1::LogStream::Stdout,
+            LogStream::Stderr => v1::LogStream::Stderr,
+        }
+    }
+}
+
+/// Parses a log stream field; unspecified is an error.
+pub fn log_stream_from_wire(field: &'static str, value: i32) -> Result<LogStream, WireError> {
+    match v1::LogStream::try_from(value) {
+        Ok(v1::LogStream::Stdout) => Ok(LogStream::Stdout),
+        Ok(v1::LogStream::Stderr) => Ok(LogStream::Stderr),
+        _ => Err(invalid(field, format!("unknown log stream {value}"))),
     }
 }
 
@@ -729,6 +747,45 @@ impl TryFrom<v1::Assignment> for Assignment {
     }
 }
 
+impl From<&LogRequest> for v1::LogRequest {
+    fn from(r: &LogRequest) -> Self {
+        v1::LogRequest {
+            request_id: r.request_id,
+            run_id: r.key.run_id.to_string(),
+            package: r.key.package.clone(),
+            mode: v1::Mode::from(r.key.mode) as i32,
+            iteration: r.key.iteration,
+            attempt: r.key.attempt,
+            stream: v1::LogStream::from(r.stream) as i32,
+            offset: r.offset,
+            max_bytes: r.max_bytes,
+        }
+    }
+}
+
+impl TryFrom<v1::LogRequest> for LogRequest {
+    type Error = WireError;
+
+    /// A request for more than a chunk's bound asks for the bound.
+    fn try_from(w: v1::LogRequest) -> Result<Self, Self::Error> {
+        // The worker makes a path of it: only a PyPI name is let through.
+        PackageSpec::check_name(&w.package).map_err(|reason| invalid("log_request.package", reason))?;
+        Ok(LogRequest {
+            request_id: w.request_id,
+            key: IterationLogKey {
+                run_id: parse_run_id("log_request.run_id", &w.run_id)?,
+                package: w.package,
+                mode: mode_from_wire("log_request.mode", w.mode)?,
+                iteration: w.iteration,
+                attempt: w.attempt,
+            },
+            stream: log_stream_from_wire("log_request.stream", w.stream)?,
+            offset: w.offset,
+            max_bytes: w.max_bytes.min(domain::iteration_log::MAX_LOG_CHUNK_BYTES),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use domain::package_kind::ExtensionType;
@@ -753,6 +810,46 @@ mod tests {
             download_count: Some(7),
             extension_type: Some(ExtensionType::Pure),
             network: false,
+        }
+    }
+
+    #[test]
+    fn a_log_request_crosses_the_wire_and_a_bad_one_names_its_field() {
+        let request = LogRequest {
+            request_id: 3,
+            key: IterationLogKey {
+                run_id: RunId::new_at(1),
+                package: "zope.interface".into(),
+                mode: Mode::Gil,
+                iteration: 4,
+                attempt: 2,
+            },
+            stream: LogStream::Stderr,
+            offset: 1 << 33,
+            max_bytes: 4096,
+        };
+        assert_eq!(
+            LogRequest::try_from(v1::LogRequest::from(&request)),
+            Ok(request.clone())
+        );
+        let mut greedy = v1::LogRequest::from(&request);
+        greedy.max_bytes = u32::MAX;
+        let bounded = LogRequest::try_from(greedy).expect("parse");
+        assert_eq!(bounded.max_bytes, domain::iteration_log::MAX_LOG_CHUNK_BYTES);
+        for (field, change) in [
+            (
+                "log_request.package",
+                (|w: &mut v1::LogRequest| w.package = "../../etc".into()) as fn(&mut _),
+            ),
+            ("log_request.package", |w| w.package = String::new()),
+            ("log_request.run_id", |w| w.run_id = "x".into()),
+            ("log_request.stream", |w| w.stream = 0),
+            ("log_request.mode", |w| w.mode = 0),
+        ] {
+            let mut wire = v1::LogRequest::from(&request);
+            change(&mut wire);
+            let error = LogRequest::try_from(wire).expect_err(field).to_string();
+            assert!(error.contains(field), "{error}");
         }
     }
 

@@ -3,7 +3,7 @@
 //! accepted survives a round trip. Random bytes, and valid messages with bytes flipped, cut
 //! or appended, for a bounded number of cases.
 
-use domain::{Assignment, InterpreterProfile, JobResult, RunSpec, WorkerId};
+use domain::{Assignment, InterpreterProfile, JobResult, LogRequest, RunSpec, WorkerId};
 use proptest::prelude::*;
 use prost::Message;
 use proto::convert::parse_lease_token;
@@ -31,13 +31,23 @@ fn decode_everything(bytes: &[u8]) {
                     let _ = parse_lease_token("heartbeat.running.lease_token", &job.lease_token);
                 }
             }
-            Some(v1::worker_message::Msg::Credit(_)) | None => {}
+            // A chunk's fields are read as they are, checked against the request it answers.
+            Some(v1::worker_message::Msg::Credit(_) | v1::worker_message::Msg::LogChunk(_)) | None => {}
         }
     }
-    if let Ok(message) = v1::CoordinatorMessage::decode(bytes)
-        && let Some(v1::coordinator_message::Msg::Assignment(assignment)) = message.msg
-    {
-        let _ = Assignment::try_from(assignment);
+    if let Ok(message) = v1::CoordinatorMessage::decode(bytes) {
+        match message.msg {
+            Some(v1::coordinator_message::Msg::Assignment(assignment)) => {
+                let _ = Assignment::try_from(assignment);
+            }
+            Some(v1::coordinator_message::Msg::LogRequest(request)) => {
+                if let Ok(request) = LogRequest::try_from(request) {
+                    let again = LogRequest::try_from(v1::LogRequest::from(&request)).expect("a round trip");
+                    assert_eq!(again, request);
+                }
+            }
+            _ => {}
+        }
     }
     if let Ok(request) = v1::SubmitRunRequest::decode(bytes)
         && let Some(spec) = request.spec
@@ -110,10 +120,24 @@ fn valid_messages() -> Vec<Vec<u8>> {
             }),
         })),
     };
+    let log_request = v1::CoordinatorMessage {
+        msg: Some(v1::coordinator_message::Msg::LogRequest(v1::LogRequest {
+            request_id: 9,
+            run_id: uuid::Uuid::nil().to_string(),
+            package: "six".into(),
+            mode: v1::Mode::Ft as i32,
+            iteration: 2,
+            attempt: 1,
+            stream: v1::LogStream::Stdout as i32,
+            offset: 1 << 20,
+            max_bytes: 1 << 20,
+        })),
+    };
     vec![
         outcome.encode_to_vec(),
         hello.encode_to_vec(),
         assignment.encode_to_vec(),
+        log_request.encode_to_vec(),
     ]
 }
 

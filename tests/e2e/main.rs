@@ -9,6 +9,7 @@ mod fleet;
 mod hostile_worker;
 mod infrastructure;
 mod interpreters;
+mod logs;
 mod protocol;
 mod registry;
 mod resume;

@@ -79,6 +79,7 @@ conformance!(
     an_infrastructure_failure_on_every_attempt_is_an_infra_error_naming_each_attempt,
     a_package_failure_after_an_infrastructure_failure_is_the_packages_verdict,
     a_job_lost_after_an_infrastructure_failure_says_so,
+    an_iterations_job_names_the_worker_and_attempt_that_ran_it,
 );
 
 fn package(name: &str) -> PackageSpec {
@@ -1449,4 +1450,64 @@ async fn a_job_lost_after_an_infrastructure_failure_says_so(store: Arc<dyn Store
         "{:?}",
         result.evidence
     );
+}
+
+async fn an_iterations_job_names_the_worker_and_attempt_that_ran_it(store: Arc<dyn Store>) {
+    let run_id = submit(&store, &spec(&["a", "b"], 2), 0).await;
+    let ft = profile("3.13", true);
+    let (w1, w2) = (worker("w1"), worker("w2"));
+    let first = claim(&store, &w1, &ft, &[], 1, 0).await.remove(0);
+    assert_eq!((first.package.name.as_str(), first.iteration), ("a", 1));
+    let job = |package: &'static str, mode: Mode, iteration: u32| {
+        let store = store.clone();
+        async move {
+            store
+                .iteration_job(run_id, package, mode, iteration)
+                .await
+                .expect("iteration job")
+        }
+    };
+    let leased = job("a", Mode::Ft, 1).await.expect("a's first iteration");
+    assert_eq!(
+        (
+            leased.job_id,
+            leased.state.as_str(),
+            leased.worker_id.as_ref(),
+            leased.attempt
+        ),
+        (first.job_id, "leased", Some(&w1), 1)
+    );
+
+    // Its lease expires: back in the queue, no worker holds it; then w2 runs it.
+    store.reap_expired(3, LEASE_MS + 1).await.expect("reap");
+    let requeued = job("a", Mode::Ft, 1).await.expect("a's first iteration");
+    assert_eq!((requeued.state.as_str(), requeued.worker_id), ("pending", None));
+    let second = claim(&store, &w2, &ft, &[], 1, LEASE_MS + 2).await.remove(0);
+    assert_eq!(second.job_id, first.job_id);
+    store
+        .complete_job(
+            second.job_id,
+            second.lease_token,
+            &outcome(1, IterationStatus::Fail),
+            RETRY,
+            LEASE_MS + 3,
+        )
+        .await
+        .expect("record");
+    let done = job("a", Mode::Ft, 1).await.expect("a's first iteration");
+    assert_eq!(
+        (done.state.as_str(), done.worker_id.as_ref(), done.attempt),
+        ("done", Some(&w2), 2),
+        "the logs are those of the attempt that was recorded, on its worker"
+    );
+
+    let never_ran = job("b", Mode::Ft, 2).await.expect("b's second iteration");
+    assert_eq!((never_ran.state.as_str(), never_ran.worker_id), ("pending", None));
+    assert_eq!(job("c", Mode::Ft, 1).await, None, "no such package");
+    assert_eq!(job("a", Mode::Ft, 3).await, None, "no such iteration");
+    assert_eq!(job("a", Mode::Gil, 1).await, None, "no such mode");
+    assert!(matches!(
+        store.iteration_job(RunId::new_at(1), "a", Mode::Ft, 1).await,
+        Err(coordinator::store::StoreError::RunNotFound(_))
+    ));
 }

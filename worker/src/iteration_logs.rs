@@ -6,8 +6,22 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use domain::IterationLogKey;
+
+use crate::shell::sanitize;
+
 /// Levels below the logs root of an iteration's log directory: run, package, iteration.
 const DEPTH: usize = 3;
+
+/// The names of an iteration's log directory below the logs root, one per level:
+/// `<run>/<package>/<mode>-<iteration>-a<attempt>`.
+pub(crate) fn log_dir_names(key: &IterationLogKey) -> [String; DEPTH] {
+    [
+        key.run_id.to_string(),
+        sanitize(&key.package),
+        format!("{}-{}-a{}", key.mode.as_str(), key.iteration, key.attempt),
+    ]
+}
 
 /// An iteration's log directory and when it was last written.
 #[derive(Debug)]

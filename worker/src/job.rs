@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use crate::evidence_file::{read_capped, read_end, read_start};
 use crate::sandbox::Seal;
 use crate::setup::{Prepared, Setups};
-use crate::shell::sanitize;
 use crate::supervise::{CommandSpec, Ending, Supervised, iteration_status, run_command};
 
 /// Bytes at each end of `stdout.log` searched for pytest-run-parallel's counts.
@@ -384,12 +383,14 @@ fn harness_error(assignment: &Assignment, worker_id: &str, reason: String) -> It
 
 /// One iteration's log directory: `<logs>/<run>/<package>/<mode>-<iteration>-a<attempt>`.
 pub(crate) fn log_dir_under(root: &Path, assignment: &Assignment) -> PathBuf {
-    root.join(assignment.run_id.to_string())
-        .join(sanitize(&assignment.package.name))
-        .join(format!(
-            "{}-{}-a{}",
-            assignment.mode.as_str(),
-            assignment.iteration,
-            assignment.attempt
-        ))
+    let key = domain::IterationLogKey {
+        run_id: assignment.run_id,
+        package: assignment.package.name.clone(),
+        mode: assignment.mode,
+        iteration: assignment.iteration,
+        attempt: assignment.attempt,
+    };
+    crate::iteration_logs::log_dir_names(&key)
+        .iter()
+        .fold(root.to_path_buf(), |dir, name| dir.join(name))
 }

@@ -11,6 +11,7 @@ pub mod fresh_tree;
 mod iteration_dirs;
 mod iteration_logs;
 mod job;
+mod log_requests;
 mod outbound;
 mod output;
 pub mod probe;

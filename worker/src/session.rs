@@ -11,19 +11,22 @@ use proto::v1;
 use proto::v1::coordinator_message::Msg as In;
 use proto::v1::worker_message::Msg as Out;
 use proto::v1::worker_service_client::WorkerServiceClient;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
 use crate::disk::Housekeeper;
+use crate::log_requests::LogAnswer;
 use crate::outbound::{outcome_message, within_limits};
 use crate::setup::Setups;
 use crate::spool::{Spool, SpooledOutcome};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Log requests read at once at most, each a chunk of at most 1 MiB; more wait their turn.
+const LOG_READS: usize = 4;
 
 /// A job running on this worker.
 #[derive(Debug)]
@@ -59,6 +62,8 @@ pub(crate) struct Worker {
     housekeeper: Option<Housekeeper>,
     /// Wakes the housekeeper when a job ends.
     housekeeping: Arc<Notify>,
+    /// Log requests being read, at most [`LOG_READS`].
+    log_reads: Arc<Semaphore>,
 }
 
 /// Why a session ended.
@@ -100,6 +105,7 @@ impl Worker {
             refusing,
             housekeeper: Some(housekeeper),
             housekeeping: Arc::new(Notify::new()),
+            log_reads: Arc::new(Semaphore::new(LOG_READS)),
         }
     }
 
@@ -296,6 +302,7 @@ impl Worker {
                             tracing::info!(reason = %drain.reason, "draining");
                             draining = true;
                         }
+                        In::LogRequest(request) => self.serve_log(request, out_tx.clone()),
                         In::Welcome(_) => {}
                     },
                     Ok(Some(_)) => {}
@@ -322,6 +329,51 @@ impl Worker {
             running,
             refusing: refusing.clone().unwrap_or_default(),
         }))
+    }
+
+    /// Answers a request for a piece of an iteration's log with one `LogChunk`, read beside
+    /// the session (at most [`LOG_READS`] at once) and sent when read.
+    fn serve_log(&self, request: v1::LogRequest, out_tx: mpsc::Sender<v1::WorkerMessage>) {
+        let logs_root = self.setups.logs_dir();
+        let reads = self.log_reads.clone();
+        tokio::spawn(async move {
+            let request_id = request.request_id;
+            let stream = request.stream;
+            let offset = request.offset;
+            let answer = match domain::LogRequest::try_from(request) {
+                Ok(request) => {
+                    let Ok(_permit) = reads.acquire_owned().await else {
+                        return;
+                    };
+                    tokio::task::spawn_blocking(move || crate::log_requests::answer(&logs_root, &request))
+                        .await
+                        .unwrap_or_else(|error| LogAnswer::Refused(format!("the log's read failed: {error}")))
+                }
+                Err(error) => LogAnswer::Refused(format!("invalid log request: {error}")),
+            };
+            let mut chunk = v1::LogChunk {
+                request_id,
+                stream,
+                offset,
+                ..Default::default()
+            };
+            match answer {
+                LogAnswer::Data { data, eof } => {
+                    chunk.data = data;
+                    chunk.eof = eof;
+                }
+                LogAnswer::Gone(reason) => {
+                    chunk.error = reason;
+                    chunk.gone = true;
+                }
+                LogAnswer::Refused(reason) => {
+                    tracing::warn!(request_id, %reason, "a log request was refused");
+                    chunk.error = reason;
+                }
+            }
+            // A session that ended takes its requests with it: the coordinator gave them up.
+            let _ = out_tx.send(message(Out::LogChunk(chunk))).await;
+        });
     }
 
     fn start(&mut self, assignment: Assignment, received_at: Instant) {

@@ -1,6 +1,7 @@
 //! The gRPC services and the one mapping from errors to `tonic::Status`.
 
 mod feed;
+mod logs;
 mod results;
 mod session;
 pub(crate) mod survey;

@@ -266,6 +266,7 @@ impl Session {
                 }
             }
             Some(In::Outcome(outcome)) => return Ok(Some(self.record(outcome))),
+            Some(In::LogChunk(chunk)) => self.hub.log_answered(&self.worker_id, chunk),
             Some(In::Hello(_)) => return Err(Status::invalid_argument("hello sent twice in one session")),
             None => return Err(Status::invalid_argument("empty worker message")),
         }

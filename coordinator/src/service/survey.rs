@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::clock::now_ms;
 use crate::hub::Hub;
 use crate::service::feed::{self, Feeds, Reading, RunState};
-use crate::service::{answer, results, status_from_wire};
+use crate::service::{answer, logs, results, status_from_wire};
 
 /// The `SurveyService` implementation.
 #[derive(Debug, Clone)]
@@ -158,6 +158,17 @@ impl SurveyService for Survey {
         request: Request<v1::GetIterationOutputRequest>,
     ) -> Result<Response<v1::GetIterationOutputResponse>, Status> {
         results::iteration_output(&self.hub, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type GetIterationLogStream = logs::LogChunkStream;
+
+    async fn get_iteration_log(
+        &self,
+        request: Request<v1::GetIterationLogRequest>,
+    ) -> Result<Response<Self::GetIterationLogStream>, Status> {
+        logs::iteration_log(&self.hub, request.into_inner(), &self.shutdown)
             .await
             .map(Response::new)
     }

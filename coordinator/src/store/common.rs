@@ -11,7 +11,7 @@ use domain::{
     PackageSpec, RunId, RunSpec, RunState, RunSummary, SetupFailure, WorkerId,
 };
 
-use super::{ClaimWant, IterationOutput, RevokedLease, StoreError};
+use super::{ClaimWant, IterationJob, IterationOutput, RevokedLease, StoreError};
 
 /// Job states that still need a worker.
 pub(super) const LIVE_JOB_STATES: &str = "('pending', 'leased')";
@@ -30,6 +30,21 @@ pub(super) fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String,
 
 pub(super) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// An `iteration_job` row: the job's id, state, worker and attempt.
+pub(super) fn iteration_job(
+    (job_id, state, worker_id, attempt): (i64, String, Option<String>, i64),
+) -> Result<IterationJob, StoreError> {
+    let worker_id = worker_id
+        .map(|worker| WorkerId::parse(&worker).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()?;
+    Ok(IterationJob {
+        job_id: JobId(job_id),
+        state,
+        worker_id,
+        attempt: to_u32("attempt", attempt)?,
+    })
 }
 
 pub(super) fn revoked(rows: Vec<(i64, String)>) -> Result<Vec<RevokedLease>, StoreError> {

@@ -316,6 +316,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         run_id: RunId,
         packages: Packages<'_>,
     ) -> Result<Vec<IterationOutput>, StoreError>;
+
+    /// The job of one iteration of a run's package, for fetching its logs from its worker:
+    /// `None` when the run has no package of that name or no such iteration in that mode;
+    /// `RunNotFound` when there is no such run.
+    async fn iteration_job(
+        &self,
+        run_id: RunId,
+        package: &str,
+        mode: domain::Mode,
+        iteration: u32,
+    ) -> Result<Option<IterationJob>, StoreError>;
 }
 
 /// Which of a run's packages a read selects.
@@ -346,6 +357,19 @@ pub struct IterationOutput {
     pub iteration: u32,
     pub stdout_tail: String,
     pub stderr_tail: String,
+}
+
+/// Where one iteration's job stands, and who ran it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IterationJob {
+    pub job_id: JobId,
+    /// The job's state as the store names it: `pending`, `leased`, `done`, `lost`, `cancelled`.
+    pub state: String,
+    /// The worker that holds the job's lease or held it last; `None` before any worker did, or
+    /// once it went back to the queue.
+    pub worker_id: Option<WorkerId>,
+    /// The attempt the worker ran (or runs): its logs are that attempt's.
+    pub attempt: u32,
 }
 
 /// Opens the store a URL names and brings its schema up to date: `sqlite://PATH` (created if

@@ -23,8 +23,8 @@ use super::common::{
     package_result, parse_run_id, revoked, to_json, to_u32,
 };
 use super::{
-    ClaimBatch, Completion, IterationOutput, PackageQuery, Packages, ReapReport, Report, RetryPolicy, RevokedLease,
-    Store, StoreError,
+    ClaimBatch, Completion, IterationJob, IterationOutput, PackageQuery, Packages, ReapReport, Report, RetryPolicy,
+    RevokedLease, Store, StoreError,
 };
 
 /// A store in one SQLite database.
@@ -676,7 +676,36 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+
+    async fn iteration_job(
+        &self,
+        run_id: RunId,
+        package: &str,
+        mode: domain::Mode,
+        iteration: u32,
+    ) -> Result<Option<IterationJob>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let row: Option<IterationJobRow> = sqlx::query_as(
+            "SELECT j.id, j.state, j.worker_id, j.attempt
+             FROM packages p JOIN jobs j ON j.run_id = p.run_id AND j.package_idx = p.package_idx
+             WHERE p.run_id = ?1 AND p.name = ?2 AND j.mode = ?3 AND j.iteration = ?4",
+        )
+        .bind(run_id.to_string())
+        .bind(package)
+        .bind(mode.as_str())
+        .bind(i64::from(iteration))
+        .fetch_optional(&mut *conn)
+        .await?;
+        if row.is_none() {
+            // An unknown run has no jobs either; say which it is.
+            run_state(&mut conn, run_id).await?;
+        }
+        row.map(common::iteration_job).transpose()
+    }
 }
+
+/// A job's id, state, worker and attempt, as `iteration_job` reads them.
+type IterationJobRow = (i64, String, Option<String>, i64);
 
 /// A job's output as `iteration_outputs` reads it.
 #[derive(sqlx::FromRow)]

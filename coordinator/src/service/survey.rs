@@ -139,6 +139,7 @@ impl SurveyService for Survey {
             with_output: request.with_output && !request.verdicts_only,
             verdicts_only: request.verdicts_only,
             sender,
+            last_sent: std::sync::Mutex::new(tokio::time::Instant::now()),
         };
         tokio::spawn(watcher.run(feed, self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -190,6 +191,8 @@ struct Watcher {
     /// Finished packages are sent without their iterations.
     verdicts_only: bool,
     sender: mpsc::Sender<Result<v1::RunEvent, Status>>,
+    /// When the last event went: the running jobs' event waits for a second without one.
+    last_sent: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Watcher {
@@ -233,6 +236,7 @@ impl Watcher {
                 },
                 _ = running.tick() => {
                     if let Some(summary) = &last_summary
+                        && self.last_sent.lock().map_or(true, |at| at.elapsed() >= RUNNING_EVERY)
                         && !self.send(summary, Vec::new()).await
                     {
                         return;
@@ -303,6 +307,9 @@ impl Watcher {
             finished_packages,
             running,
         };
+        if let Ok(mut at) = self.last_sent.lock() {
+            *at = tokio::time::Instant::now();
+        }
         self.sender.send(Ok(event)).await.is_ok()
     }
 }

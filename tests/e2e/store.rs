@@ -12,6 +12,15 @@ use domain::{
     Mode, OutcomeAck, PackageSpec, RunId, RunSpec, RunState, SetupFailure, SetupStage, Source, WorkerId,
 };
 
+mod retention;
+
+use retention::{
+    a_purged_run_is_gone_with_its_packages_and_jobs, a_run_still_going_is_neither_archived_nor_purged,
+    archiving_a_finished_or_cancelled_run_keeps_every_read_the_same,
+    claims_heartbeats_reaps_and_outcomes_never_touch_an_archived_run,
+    runs_to_archive_are_those_finished_before_the_cutoff,
+};
+
 const LEASE_MS: i64 = 1_000;
 /// Three attempts, and a job whose setup failed for the infrastructure waits a second for
 /// another worker.
@@ -79,6 +88,11 @@ conformance!(
     an_infrastructure_failure_on_every_attempt_is_an_infra_error_naming_each_attempt,
     a_package_failure_after_an_infrastructure_failure_is_the_packages_verdict,
     a_job_lost_after_an_infrastructure_failure_says_so,
+    archiving_a_finished_or_cancelled_run_keeps_every_read_the_same,
+    claims_heartbeats_reaps_and_outcomes_never_touch_an_archived_run,
+    runs_to_archive_are_those_finished_before_the_cutoff,
+    a_purged_run_is_gone_with_its_packages_and_jobs,
+    a_run_still_going_is_neither_archived_nor_purged,
 );
 
 fn package(name: &str) -> PackageSpec {

@@ -12,6 +12,7 @@ mod interpreters;
 mod protocol;
 mod registry;
 mod resume;
+mod retention;
 mod sandbox;
 mod scale;
 mod setups;

@@ -57,6 +57,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 3, env = "FTSURVEY_MAX_ATTEMPTS", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
+    /// Days a finished or cancelled run's jobs stay in the table the coordinator dispatches
+    /// from before they move to the archive (0: as soon as the run finishes), keeping that
+    /// table as small as the runs going; archived runs' results read the same. `ftsurvey runs
+    /// archive` does it at once, `ftsurvey runs purge` deletes a run.
+    #[arg(long, default_value_t = 1, env = "FTSURVEY_KEEP_FINISHED_JOBS", value_name = "DAYS",
+          value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    keep_finished_jobs: u32,
     /// Serve on an address other than loopback without worker and client tokens or without
     /// TLS. Anyone who reaches such a coordinator can submit runs, and a run's commands are
     /// shell commands every worker executes.
@@ -146,6 +153,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         settings: coordinator::Settings {
             lease_duration: std::time::Duration::from_secs(args.lease_duration),
             max_attempts: args.max_attempts,
+            keep_finished_jobs: Some(std::time::Duration::from_secs(
+                u64::from(args.keep_finished_jobs) * 24 * 3600,
+            )),
             ..coordinator::Settings::default()
         },
         ..coordinator::Config::new(args.database_url)

@@ -219,6 +219,7 @@ mod tests {
             state: RunState::Running,
             created_at_ms: 0,
             finished_at_ms: None,
+            archived_at_ms: None,
             packages_total: 6,
             packages_finished: 3,
             jobs_total: 40,

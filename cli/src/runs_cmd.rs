@@ -1,5 +1,5 @@
 //! Reading and steering a coordinator from anywhere: `ftsurvey status` (workers and queues),
-//! `ftsurvey runs list|cancel` and `ftsurvey drain` (retire a worker).
+//! `ftsurvey runs list|rerun|cancel|archive|purge` and `ftsurvey drain` (retire a worker).
 
 use std::process::ExitCode;
 
@@ -42,6 +42,22 @@ pub(crate) enum RunsCommand {
         /// The run's id.
         run_id: String,
     },
+    /// Moves a finished or cancelled run's jobs out of the table the coordinator dispatches
+    /// from; its results read the same. `serve --keep-finished-jobs` does it after a while.
+    Archive {
+        #[command(flatten)]
+        coordinator: CoordinatorArgs,
+        /// The run's id.
+        run_id: String,
+    },
+    /// Deletes a finished or cancelled run from the coordinator, with its results: its
+    /// packages and jobs, archived or not. There is no undo.
+    Purge {
+        #[command(flatten)]
+        coordinator: CoordinatorArgs,
+        /// The run's id.
+        run_id: String,
+    },
 }
 
 pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
@@ -79,6 +95,30 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
                 "run {}: {} ({} of {} jobs settled)",
                 run.run_id, run.state, run.jobs_settled, run.jobs_total
             );
+        }
+        RunsCommand::Archive { coordinator, run_id } => {
+            let mut client = coordinator.connect().await?;
+            let archived = client
+                .archive_run(v1::ArchiveRunRequest { run_id: run_id.clone() })
+                .await
+                .map_err(|s| status_error(&s))
+                .with_context(|| format!("archiving run {run_id}"))?
+                .into_inner();
+            let run = RunSummary::try_from(archived.run.context("coordinator sent no run")?)?;
+            println!(
+                "run {}: {}, archived ({} jobs out of the dispatch table; its results read the same)",
+                run.run_id, run.state, run.jobs_total
+            );
+        }
+        RunsCommand::Purge { coordinator, run_id } => {
+            let mut client = coordinator.connect().await?;
+            let purged = client
+                .purge_run(v1::PurgeRunRequest { run_id: run_id.clone() })
+                .await
+                .map_err(|s| status_error(&s))
+                .with_context(|| format!("purging run {run_id}"))?
+                .into_inner();
+            println!("run {run_id}: purged with its {} jobs", purged.jobs_deleted);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -297,7 +337,10 @@ fn runs_table(runs: &[RunSummary]) -> Table {
         let pending = run.jobs_total.saturating_sub(run.jobs_settled + run.jobs_running);
         table.add_row(vec![
             run.run_id.to_string(),
-            run.state.to_string(),
+            match run.archived_at_ms {
+                Some(_) => format!("{} (archived)", run.state),
+                None => run.state.to_string(),
+            },
             run.label.clone(),
             format!("{}/{}", run.packages_finished, run.packages_total),
             format!("{}/{}", run.jobs_settled, run.jobs_total),

@@ -67,7 +67,7 @@ impl std::fmt::Debug for TlsFiles {
     }
 }
 
-/// Timing of leases and the reaper.
+/// Timing of leases, the reaper and retention.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// How often workers must heartbeat.
@@ -85,7 +85,14 @@ pub struct Settings {
     /// The longest a client's call waits for the store before `DeadlineExceeded`. A submit of
     /// the largest run allowed (2,000,000 jobs) takes well under the default.
     pub store_answer_timeout: Duration,
+    /// How long a finished or cancelled run's jobs stay in the table dispatch reads before
+    /// they are archived (zero: as soon as the run finishes); `None` keeps them there.
+    pub keep_finished_jobs: Option<Duration>,
 }
+
+/// A day: a finished run's jobs stay where dispatch reads them while a re-run or a look at
+/// the queue is likely, then move to the archive, whose reads answer the same.
+const DEFAULT_KEEP_FINISHED_JOBS: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -96,6 +103,7 @@ impl Default for Settings {
             retry_elsewhere: Duration::from_secs(30),
             reap_interval: Duration::from_secs(1),
             store_answer_timeout: Duration::from_secs(120),
+            keep_finished_jobs: Some(DEFAULT_KEEP_FINISHED_JOBS),
         }
     }
 }

@@ -10,6 +10,7 @@ mod config;
 mod health;
 mod hub;
 mod reaper;
+mod retention;
 mod service;
 pub mod store;
 
@@ -42,6 +43,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .with_context(|| format!("cannot open the store at {}", store::redact_url(&config.database_url)))?;
     let hub = Arc::new(Hub::new(store, config.settings));
     let reaper = tokio::spawn(reaper::run(hub.clone(), shutdown.clone()));
+    let retention = tokio::spawn(retention::run(hub.clone(), shutdown.clone()));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SurveyServiceServer<Survey>>().await;
@@ -99,6 +101,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .await
         .context("grpc server failed")?;
     reaper.await.context("reaper task panicked")?;
+    retention.await.context("retention task panicked")?;
     health.await.context("health task panicked")?;
     Ok(())
 }

@@ -66,6 +66,9 @@ pub struct RunSummary {
     pub state: RunState,
     pub created_at_ms: i64,
     pub finished_at_ms: Option<i64>,
+    /// When the run's jobs moved to the archive, out of the table dispatch reads; its results
+    /// read the same before and after.
+    pub archived_at_ms: Option<i64>,
     pub packages_total: u32,
     pub packages_finished: u32,
     pub jobs_total: u64,

@@ -13,6 +13,7 @@ mod logs;
 mod protocol;
 mod registry;
 mod resume;
+mod retention;
 mod sandbox;
 mod scale;
 mod setups;

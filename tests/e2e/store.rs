@@ -12,6 +12,15 @@ use domain::{
     Mode, OutcomeAck, PackageSpec, RunId, RunSpec, RunState, SetupFailure, SetupStage, Source, WorkerId,
 };
 
+mod retention;
+
+use retention::{
+    a_purged_run_is_gone_with_its_packages_and_jobs, a_run_still_going_is_neither_archived_nor_purged,
+    archiving_a_finished_or_cancelled_run_keeps_every_read_the_same,
+    claims_heartbeats_reaps_and_outcomes_never_touch_an_archived_run,
+    runs_to_archive_are_those_finished_before_the_cutoff,
+};
+
 const LEASE_MS: i64 = 1_000;
 /// Three attempts, and a job whose setup failed for the infrastructure waits a second for
 /// another worker.
@@ -80,6 +89,11 @@ conformance!(
     a_package_failure_after_an_infrastructure_failure_is_the_packages_verdict,
     a_job_lost_after_an_infrastructure_failure_says_so,
     an_iterations_job_names_the_worker_and_attempt_that_ran_it,
+    archiving_a_finished_or_cancelled_run_keeps_every_read_the_same,
+    claims_heartbeats_reaps_and_outcomes_never_touch_an_archived_run,
+    runs_to_archive_are_those_finished_before_the_cutoff,
+    a_purged_run_is_gone_with_its_packages_and_jobs,
+    a_run_still_going_is_neither_archived_nor_purged,
 );
 
 fn package(name: &str) -> PackageSpec {
@@ -1506,6 +1520,12 @@ async fn an_iterations_job_names_the_worker_and_attempt_that_ran_it(store: Arc<d
     assert_eq!(job("c", Mode::Ft, 1).await, None, "no such package");
     assert_eq!(job("a", Mode::Ft, 3).await, None, "no such iteration");
     assert_eq!(job("a", Mode::Gil, 1).await, None, "no such mode");
+
+    // Archived, the run's jobs still name who ran them: the logs may be on that worker yet.
+    store.cancel_run(run_id, LEASE_MS + 4).await.expect("cancel");
+    store.archive_run(run_id, LEASE_MS + 5).await.expect("archive");
+    let archived = job("a", Mode::Ft, 1).await.expect("a's first iteration, archived");
+    assert_eq!((archived.worker_id.as_ref(), archived.attempt), (Some(&w2), 2));
     assert!(matches!(
         store.iteration_job(RunId::new_at(1), "a", Mode::Ft, 1).await,
         Err(coordinator::store::StoreError::RunNotFound(_))

@@ -65,10 +65,12 @@ fn internal_status(id: &str) -> Status {
     Status::internal(format!("internal error {id}; the coordinator's log has the details"))
 }
 
-/// The status of a store error that is the caller's: a run that does not exist or is invalid.
+/// The status of a store error that is the caller's: a run that does not exist, is invalid,
+/// or is not finished for a call that needs it to be.
 fn caller_status(error: &StoreError) -> Status {
     match error {
         StoreError::RunNotFound(_) => Status::not_found(error.to_string()),
+        StoreError::RunNotFinished(..) => Status::failed_precondition(error.to_string()),
         _ => Status::invalid_argument(error.to_string()),
     }
 }

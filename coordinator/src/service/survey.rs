@@ -1,4 +1,5 @@
-//! The client-facing service: submit, list, cancel and watch runs; read package results.
+//! The client-facing service: submit, list, cancel, archive, purge and watch runs; read package
+//! results.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -121,6 +122,25 @@ impl SurveyService for Survey {
         Ok(Response::new(v1::CancelRunResponse {
             run: Some((&summary).into()),
         }))
+    }
+
+    async fn archive_run(
+        &self,
+        request: Request<v1::ArchiveRunRequest>,
+    ) -> Result<Response<v1::ArchiveRunResponse>, Status> {
+        let run_id = parse_run_id("run_id", &request.into_inner().run_id).map_err(status_from_wire)?;
+        let summary = answer(self.hub.store.archive_run(run_id, now_ms()), &self.hub).await?;
+        tracing::info!(run.id = %run_id, jobs = summary.jobs_total, "run archived");
+        Ok(Response::new(v1::ArchiveRunResponse {
+            run: Some((&summary).into()),
+        }))
+    }
+
+    async fn purge_run(&self, request: Request<v1::PurgeRunRequest>) -> Result<Response<v1::PurgeRunResponse>, Status> {
+        let run_id = parse_run_id("run_id", &request.into_inner().run_id).map_err(status_from_wire)?;
+        let jobs_deleted = answer(self.hub.store.purge_run(run_id), &self.hub).await?;
+        tracing::info!(run.id = %run_id, jobs = jobs_deleted, "run purged");
+        Ok(Response::new(v1::PurgeRunResponse { jobs_deleted }))
     }
 
     type WatchRunStream = RunEventStream;

@@ -233,6 +233,11 @@ pub(super) fn package_result(
     Ok(result)
 }
 
+/// The columns of a job that move to `archived_jobs` when its run is archived: its key, how
+/// it ended, its outcome and its output tails; the lease's working columns stay behind.
+pub(super) const ARCHIVED_JOB_COLUMNS: &str = "id, run_id, package_idx, mode, iteration, state, worker_id, attempt, \
+     result_json, settled_at_ms, attempt_ends, stdout_tail, stderr_tail";
+
 /// The columns of a run row that its summary shows.
 #[derive(Debug)]
 pub(super) struct RunRow {
@@ -240,6 +245,7 @@ pub(super) struct RunRow {
     pub(super) state: String,
     pub(super) created_at_ms: i64,
     pub(super) finished_at_ms: Option<i64>,
+    pub(super) archived_at_ms: Option<i64>,
 }
 
 /// A run's summary from its row, its job counts by state and its package counts by
@@ -277,6 +283,7 @@ pub(super) fn run_summary(
         state: RunState::from_str(&run.state).map_err(StoreError::Corrupt)?,
         created_at_ms: run.created_at_ms,
         finished_at_ms: run.finished_at_ms,
+        archived_at_ms: run.archived_at_ms,
         packages_total,
         packages_finished,
         jobs_total,

@@ -10,7 +10,8 @@ mod sqlite;
 
 use async_trait::async_trait;
 use domain::{
-    Assignment, InterpreterProfile, JobId, JobResult, LeaseToken, PackageResult, RunId, RunSpec, RunSummary, WorkerId,
+    Assignment, InterpreterProfile, JobId, JobResult, LeaseToken, PackageResult, RunId, RunSpec, RunState, RunSummary,
+    WorkerId,
 };
 
 pub(crate) use common::MAX_CLAIM_BATCH;
@@ -24,6 +25,10 @@ pub enum StoreError {
     RunNotFound(RunId),
     #[error("invalid run: {0}")]
     InvalidRun(String),
+    #[error(
+        "run {0} is still {1}: only a finished or cancelled run is archived or purged (`ftsurvey runs cancel` ends it)"
+    )]
+    RunNotFinished(RunId, RunState),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -40,7 +45,7 @@ impl StoreError {
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => true,
-            StoreError::RunNotFound(_) | StoreError::InvalidRun(_) => false,
+            StoreError::RunNotFound(_) | StoreError::InvalidRun(_) | StoreError::RunNotFinished(..) => false,
         }
     }
 }
@@ -165,6 +170,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Cancels the run's pending and leased jobs. Returns the run and the leases revoked.
     async fn cancel_run(&self, run_id: RunId, now_ms: i64) -> Result<(RunSummary, Vec<RevokedLease>), StoreError>;
+
+    /// Moves a finished or cancelled run's jobs to the archive, out of the table that claims,
+    /// heartbeats, the reaper and outcomes read; the run's summary, package results and
+    /// output tails read the same after. Returns the summary, with `archived_at_ms` set. A run
+    /// archived already is left as it was; one still queued or running is `RunNotFinished`.
+    /// A report of an archived job is stale.
+    async fn archive_run(&self, run_id: RunId, now_ms: i64) -> Result<RunSummary, StoreError>;
+
+    /// Deletes a finished or cancelled run, its packages and its jobs, archived or not, and
+    /// returns how many jobs it had; later reads of it are `RunNotFound`. A run still queued or
+    /// running is `RunNotFinished`.
+    async fn purge_run(&self, run_id: RunId) -> Result<u64, StoreError>;
+
+    /// Runs finished or cancelled at `finished_before_ms` or before whose jobs are not archived
+    /// yet, the longest finished first, at most `limit`.
+    async fn runs_to_archive(&self, finished_before_ms: i64, limit: u32) -> Result<Vec<RunId>, StoreError>;
 
     /// Leases pending jobs whose run the batch's interpreter can serve: up to `max_jobs` for
     /// each want, returned in want order. A want's warm packages go to it first; the rest is

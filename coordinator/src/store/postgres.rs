@@ -18,8 +18,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::common::{
-    self, ATTEMPT_END_SQL, JobRow, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json,
-    package_result, parse_run_id, revoked, to_json, to_u32,
+    self, ARCHIVED_JOB_COLUMNS, ATTEMPT_END_SQL, JobRow, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache,
+    from_json, package_result, parse_run_id, revoked, to_json, to_u32,
 };
 use super::{
     ClaimBatch, Completion, IterationJob, IterationOutput, PackageQuery, Packages, ReapReport, Report, RetryPolicy,
@@ -190,10 +190,8 @@ impl Store for PostgresStore {
         .await?;
         let summary = run_summary(&mut tx, run_id).await?;
         tx.commit().await?;
-        // The planner's statistics know nothing of the new run yet, and autovacuum would only
-        // tell it a while into the run: without this, the first claims sort the whole run and
-        // the first leases scan the table.
-        if let Err(error) = sqlx::query("ANALYZE jobs, packages").execute(&self.pool).await {
+        let n_jobs = spec.packages.len() as u64 * spec.modes.len() as u64 * u64::from(spec.iterations);
+        if let Err(error) = refresh_statistics(&self.pool, n_jobs, spec.packages.len() as u64).await {
             tracing::warn!(error = %error, "could not refresh the planner's statistics after a submit");
         }
         Ok(summary)
@@ -280,6 +278,81 @@ impl Store for PostgresStore {
         let summary = run_summary(&mut tx, run_id).await?;
         tx.commit().await?;
         Ok((summary, revoked_leases))
+    }
+
+    async fn archive_run(&self, run_id: RunId, now_ms: i64) -> Result<RunSummary, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The run's finish lock, then its row, in the order cancel_run takes them.
+        lock_run(&mut tx, run_id).await?;
+        let (state, archived) = finished_run_for_update(&mut tx, run_id).await?;
+        if archived.is_none() {
+            // Every package of a finished or cancelled run has its verdict stored; one that
+            // had not would be read from jobs no longer there.
+            let unfinished: Vec<i32> =
+                sqlx::query_scalar("SELECT package_idx FROM packages WHERE run_id = $1 AND NOT finished")
+                    .bind(run_id.to_string())
+                    .fetch_all(&mut *tx)
+                    .await?;
+            if !unfinished.is_empty() {
+                tracing::warn!(run.id = %run_id, run.state = %state, packages = unfinished.len(),
+                               "a finished run's packages had no stored verdict; writing them before archiving");
+                let packages: Vec<(RunId, i64)> = unfinished.into_iter().map(|idx| (run_id, i64::from(idx))).collect();
+                write_verdicts(&mut tx, &packages, now_ms).await?;
+            }
+            sqlx::query(&format!(
+                "WITH moved AS (DELETE FROM jobs WHERE run_id = $1 RETURNING {ARCHIVED_JOB_COLUMNS})
+                 INSERT INTO archived_jobs ({ARCHIVED_JOB_COLUMNS}) SELECT {ARCHIVED_JOB_COLUMNS} FROM moved"
+            ))
+            .bind(run_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE runs SET archived_at_ms = $2 WHERE id = $1")
+                .bind(run_id.to_string())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let summary = run_summary(&mut tx, run_id).await?;
+        tx.commit().await?;
+        Ok(summary)
+    }
+
+    async fn purge_run(&self, run_id: RunId) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lock_run(&mut tx, run_id).await?;
+        finished_run_for_update(&mut tx, run_id).await?;
+        let mut jobs = 0;
+        for table in ["jobs", "archived_jobs"] {
+            jobs += sqlx::query(&format!("DELETE FROM {table} WHERE run_id = $1"))
+                .bind(run_id.to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        sqlx::query("DELETE FROM packages WHERE run_id = $1")
+            .bind(run_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM runs WHERE id = $1")
+            .bind(run_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    async fn runs_to_archive(&self, finished_before_ms: i64, limit: u32) -> Result<Vec<RunId>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM runs
+             WHERE archived_at_ms IS NULL AND finished_at_ms IS NOT NULL AND finished_at_ms <= $1
+               AND state IN ('finished', 'cancelled')
+             ORDER BY finished_at_ms, id LIMIT $2",
+        )
+        .bind(finished_before_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter().map(|id| parse_run_id(id)).collect()
     }
 
     async fn claim_batch(&self, batch: ClaimBatch<'_>, now_ms: i64) -> Result<Vec<Vec<Assignment>>, StoreError> {
@@ -932,8 +1005,13 @@ impl Store for PostgresStore {
         let rows: Vec<OutputRow> = sqlx::query_as(
             "SELECT j.package_idx, j.mode, j.iteration, j.stdout_tail, j.stderr_tail,
                     CASE WHEN j.stdout_tail IS NULL THEN j.result_json END AS result_json
-             FROM jobs j JOIN packages p ON p.run_id = j.run_id AND p.package_idx = j.package_idx
-             WHERE j.run_id = $1 AND j.result_json IS NOT NULL
+             FROM (SELECT run_id, package_idx, mode, iteration, stdout_tail, stderr_tail, result_json
+                   FROM jobs WHERE run_id = $1
+                   UNION ALL
+                   SELECT run_id, package_idx, mode, iteration, stdout_tail, stderr_tail, result_json
+                   FROM archived_jobs WHERE run_id = $1) AS j
+             JOIN packages p ON p.run_id = j.run_id AND p.package_idx = j.package_idx
+             WHERE j.result_json IS NOT NULL
                AND ($2::text[] IS NULL OR p.name = ANY($2)) AND ($3::int[] IS NULL OR j.package_idx = ANY($3))
              ORDER BY j.package_idx, j.mode, j.iteration",
         )
@@ -964,8 +1042,13 @@ impl Store for PostgresStore {
         let mut conn = self.pool.acquire().await?;
         let iteration = i32::try_from(iteration).unwrap_or(i32::MAX);
         let row: Option<IterationJobRow> = sqlx::query_as(
+            // An archived run's jobs have moved, and its logs may still be on its workers.
             "SELECT j.id, j.state, j.worker_id, j.attempt
-             FROM packages p JOIN jobs j ON j.run_id = p.run_id AND j.package_idx = p.package_idx
+             FROM packages p JOIN (
+                 SELECT id, run_id, package_idx, mode, iteration, state, worker_id, attempt FROM jobs
+                 UNION ALL
+                 SELECT id, run_id, package_idx, mode, iteration, state, worker_id, attempt FROM archived_jobs
+             ) j ON j.run_id = p.run_id AND j.package_idx = p.package_idx
              WHERE p.run_id = $1 AND p.name = $2 AND j.mode = $3 AND j.iteration = $4",
         )
         .bind(run_id.to_string())
@@ -986,6 +1069,51 @@ impl Store for PostgresStore {
 /// A job's id, state, worker and attempt, as `iteration_job` reads them.
 type IterationJobRow = (i64, String, Option<String>, i32);
 
+/// Statistics are refreshed for a table whose rows changed by this share since its last
+/// `ANALYZE`, counting the rows just added.
+const STALE_STATISTICS: f64 = 0.1;
+
+/// Refreshes the planner's statistics of `jobs` and `packages` after a submit that added
+/// `new_jobs` and `new_packages` rows, each only if its rows changed by [`STALE_STATISTICS`]
+/// since it was last analysed (or it never was).
+///
+/// A run that is a good part of the queue is one the statistics must know at once, as
+/// autovacuum would only tell them a while into the run: without it the first claims sort the
+/// whole run and the first leases scan the table. A small run beside a big queue changes
+/// nothing the plans depend on, and an `ANALYZE` reads a sample from all of a table's pages:
+/// run at every submit it cost more the more the store held.
+async fn refresh_statistics(pool: &PgPool, new_jobs: u64, new_packages: u64) -> Result<(), StoreError> {
+    // `reltuples` is the row count the last ANALYZE or VACUUM saw, -1 before any;
+    // `n_mod_since_analyze` counts the rows changed since, as reported so far.
+    let tables: Vec<(String, f32, i64)> = sqlx::query_as(
+        "SELECT c.relname::text, c.reltuples, COALESCE(s.n_mod_since_analyze, 0)
+         FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+         WHERE c.oid IN ('jobs'::regclass, 'packages'::regclass)",
+    )
+    .fetch_all(pool)
+    .await?;
+    let stale: Vec<&str> = tables
+        .iter()
+        .filter(|(table, rows, changed)| {
+            let added = if table == "jobs" { new_jobs } else { new_packages };
+            statistics_stale(f64::from(*rows), added as f64 + *changed as f64)
+        })
+        .map(|(table, _, _)| table.as_str())
+        .collect();
+    if !stale.is_empty() {
+        sqlx::query(&format!("ANALYZE {}", stale.join(", ")))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Whether a table that had `rows` rows at its last analysis (negative: never analysed) and
+/// has had `changed` rows inserted, updated or deleted since needs its statistics refreshed.
+fn statistics_stale(rows: f64, changed: f64) -> bool {
+    rows < 0.0 || changed > STALE_STATISTICS * rows.max(1.0)
+}
+
 /// A job's output as `iteration_outputs` reads it.
 #[derive(sqlx::FromRow)]
 struct OutputRow {
@@ -1004,6 +1132,26 @@ async fn require_run(conn: &mut PgConnection, run_id: RunId) -> Result<(), Store
         .fetch_optional(&mut *conn)
         .await?;
     exists.map(drop).ok_or(StoreError::RunNotFound(run_id))
+}
+
+/// The state of a run that may be archived or purged, and when it was archived, its row
+/// locked till the transaction ends: `RunNotFound`, or `RunNotFinished` while it is queued or
+/// running.
+async fn finished_run_for_update(
+    conn: &mut PgConnection,
+    run_id: RunId,
+) -> Result<(RunState, Option<i64>), StoreError> {
+    let row: Option<(String, Option<i64>)> =
+        sqlx::query_as("SELECT state, archived_at_ms FROM runs WHERE id = $1 FOR UPDATE")
+            .bind(run_id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+    let (state, archived) = row.ok_or(StoreError::RunNotFound(run_id))?;
+    let state = RunState::from_str(&state).map_err(StoreError::Corrupt)?;
+    if !state.is_terminal() {
+        return Err(StoreError::RunNotFinished(run_id, state));
+    }
+    Ok((state, archived))
 }
 
 /// A package selection as the queries' two optional arrays: names, indexes.
@@ -1317,22 +1465,28 @@ async fn load_package_specs(
 }
 
 async fn run_summary(conn: &mut PgConnection, run_id: RunId) -> Result<RunSummary, StoreError> {
-    let run: (String, String, i64, Option<i64>) =
-        sqlx::query_as("SELECT label, state, created_at_ms, finished_at_ms FROM runs WHERE id = $1")
+    let run: (String, String, i64, Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT label, state, created_at_ms, finished_at_ms, archived_at_ms FROM runs WHERE id = $1")
             .bind(run_id.to_string())
             .fetch_optional(&mut *conn)
             .await?
             .ok_or(StoreError::RunNotFound(run_id))?;
-    let job_counts = sqlx::query_as("SELECT state, COUNT(*) FROM jobs WHERE run_id = $1 GROUP BY state")
-        .bind(run_id.to_string())
-        .fetch_all(&mut *conn)
-        .await?;
+    // Both tables in one statement, which sees the jobs on one side or the other however an
+    // archive at the same time goes.
+    let job_counts = sqlx::query_as(
+        "SELECT state, COUNT(*) FROM jobs WHERE run_id = $1 GROUP BY state
+         UNION ALL
+         SELECT state, COUNT(*) FROM archived_jobs WHERE run_id = $1 GROUP BY state",
+    )
+    .bind(run_id.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
     let package_counts =
         sqlx::query_as("SELECT category, finished, COUNT(*) FROM packages WHERE run_id = $1 GROUP BY 1, 2")
             .bind(run_id.to_string())
             .fetch_all(&mut *conn)
             .await?;
-    let (label, state, created_at_ms, finished_at_ms) = run;
+    let (label, state, created_at_ms, finished_at_ms, archived_at_ms) = run;
     common::run_summary(
         run_id,
         RunRow {
@@ -1340,8 +1494,29 @@ async fn run_summary(conn: &mut PgConnection, run_id: RunId) -> Result<RunSummar
             state,
             created_at_ms,
             finished_at_ms,
+            archived_at_ms,
         },
         job_counts,
         package_counts,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statistics_stale;
+
+    #[test]
+    fn statistics_are_refreshed_only_when_a_tenth_of_the_table_changed() {
+        for (rows, changed, stale) in [
+            (-1.0, 0.0, true),
+            (0.0, 1.0, true),
+            (0.0, 0.0, false),
+            (1_000_000.0, 100_000.0, false),
+            (1_000_000.0, 100_001.0, true),
+            (4_500_000.0, 10_000.0, false),
+            (100_000.0, 100_000.0, true),
+        ] {
+            assert_eq!(statistics_stale(rows, changed), stale, "{rows} rows, {changed} changed");
+        }
+    }
 }

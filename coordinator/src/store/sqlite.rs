@@ -19,8 +19,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::common::{
-    self, ATTEMPT_END_SQL, JobRow, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache, from_json,
-    package_result, parse_run_id, revoked, to_json, to_u32,
+    self, ARCHIVED_JOB_COLUMNS, ATTEMPT_END_SQL, JobRow, LIVE_JOB_STATES, PickedJob, RunRow, RunSpecRow, SpecCache,
+    from_json, package_result, parse_run_id, revoked, to_json, to_u32,
 };
 use super::{
     ClaimBatch, Completion, IterationJob, IterationOutput, PackageQuery, Packages, ReapReport, Report, RetryPolicy,
@@ -123,12 +123,21 @@ impl Store for SqliteStore {
         .bind(empty.category.as_str())
         .execute(&mut *tx)
         .await?;
+        // Job ids are never given twice: left to itself, SQLite numbers a new row after the
+        // largest id in the table, which an archived run's jobs may have held, and a late
+        // report of one of those would then name a job of this run.
+        let last_id: i64 = sqlx::query_scalar(
+            "SELECT MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), COALESCE((SELECT MAX(id) FROM archived_jobs), 0))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         sqlx::query(
             "WITH RECURSIVE
                  package (idx) AS (SELECT 0 UNION ALL SELECT idx + 1 FROM package WHERE idx + 1 < ?2),
                  iteration (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM iteration WHERE i < ?4)
-             INSERT INTO jobs (run_id, package_idx, mode, iteration, state)
-             SELECT ?1, package.idx, mode.value, iteration.i, 'pending'
+             INSERT INTO jobs (id, run_id, package_idx, mode, iteration, state)
+             SELECT ?5 + ROW_NUMBER() OVER (ORDER BY iteration.i, package.idx, mode.key),
+                    ?1, package.idx, mode.value, iteration.i, 'pending'
              FROM iteration, package, json_each(?3) AS mode
              ORDER BY iteration.i, package.idx, mode.key",
         )
@@ -136,6 +145,7 @@ impl Store for SqliteStore {
         .bind(spec.packages.len() as i64)
         .bind(to_json(&modes)?)
         .bind(i64::from(spec.iterations))
+        .bind(last_id)
         .execute(&mut *tx)
         .await?;
         let summary = run_summary(&mut tx, run_id).await?;
@@ -211,6 +221,81 @@ impl Store for SqliteStore {
         let summary = run_summary(&mut tx, run_id).await?;
         tx.commit().await?;
         Ok((summary, revoked))
+    }
+
+    async fn archive_run(&self, run_id: RunId, now_ms: i64) -> Result<RunSummary, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let archived = finished_run(&mut tx, run_id).await?;
+        if archived.is_none() {
+            // Every package of a finished or cancelled run has its verdict stored; one that
+            // had not would be read from jobs no longer there.
+            let unfinished: Vec<i64> =
+                sqlx::query_scalar("SELECT package_idx FROM packages WHERE run_id = ?1 AND finished = 0")
+                    .bind(run_id.to_string())
+                    .fetch_all(&mut *tx)
+                    .await?;
+            if !unfinished.is_empty() {
+                tracing::warn!(run.id = %run_id, packages = unfinished.len(),
+                               "a finished run's packages had no stored verdict; writing them before archiving");
+                write_verdicts(&mut tx, run_id, &unfinished).await?;
+            }
+            sqlx::query(&format!(
+                "INSERT INTO archived_jobs ({ARCHIVED_JOB_COLUMNS})
+                 SELECT {ARCHIVED_JOB_COLUMNS} FROM jobs WHERE run_id = ?1"
+            ))
+            .bind(run_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM jobs WHERE run_id = ?1")
+                .bind(run_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE runs SET archived_at_ms = ?2 WHERE id = ?1")
+                .bind(run_id.to_string())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let summary = run_summary(&mut tx, run_id).await?;
+        tx.commit().await?;
+        Ok(summary)
+    }
+
+    async fn purge_run(&self, run_id: RunId) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        finished_run(&mut tx, run_id).await?;
+        let mut jobs = 0;
+        for table in ["jobs", "archived_jobs"] {
+            jobs += sqlx::query(&format!("DELETE FROM {table} WHERE run_id = ?1"))
+                .bind(run_id.to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        sqlx::query("DELETE FROM packages WHERE run_id = ?1")
+            .bind(run_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM runs WHERE id = ?1")
+            .bind(run_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    async fn runs_to_archive(&self, finished_before_ms: i64, limit: u32) -> Result<Vec<RunId>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM runs
+             WHERE archived_at_ms IS NULL AND finished_at_ms IS NOT NULL AND finished_at_ms <= ?1
+               AND state IN ('finished', 'cancelled')
+             ORDER BY finished_at_ms, id LIMIT ?2",
+        )
+        .bind(finished_before_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter().map(|id| parse_run_id(id)).collect()
     }
 
     async fn claim_batch(&self, batch: ClaimBatch<'_>, now_ms: i64) -> Result<Vec<Vec<Assignment>>, StoreError> {
@@ -654,8 +739,13 @@ impl Store for SqliteStore {
         let rows: Vec<OutputRow> = sqlx::query_as(
             "SELECT j.package_idx, j.mode, j.iteration, j.stdout_tail, j.stderr_tail,
                     CASE WHEN j.stdout_tail IS NULL THEN j.result_json END AS result_json
-             FROM jobs j JOIN packages p ON p.run_id = j.run_id AND p.package_idx = j.package_idx
-             WHERE j.run_id = ?1 AND j.result_json IS NOT NULL
+             FROM (SELECT run_id, package_idx, mode, iteration, stdout_tail, stderr_tail, result_json
+                   FROM jobs WHERE run_id = ?1
+                   UNION ALL
+                   SELECT run_id, package_idx, mode, iteration, stdout_tail, stderr_tail, result_json
+                   FROM archived_jobs WHERE run_id = ?1) AS j
+             JOIN packages p ON p.run_id = j.run_id AND p.package_idx = j.package_idx
+             WHERE j.result_json IS NOT NULL
                AND (?2 IS NULL OR p.name IN (SELECT value FROM json_each(?2)))
                AND (?3 IS NULL OR j.package_idx IN (SELECT value FROM json_each(?3)))
              ORDER BY j.package_idx, j.mode, j.iteration",
@@ -686,8 +776,13 @@ impl Store for SqliteStore {
     ) -> Result<Option<IterationJob>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let row: Option<IterationJobRow> = sqlx::query_as(
+            // An archived run's jobs have moved, and its logs may still be on its workers.
             "SELECT j.id, j.state, j.worker_id, j.attempt
-             FROM packages p JOIN jobs j ON j.run_id = p.run_id AND j.package_idx = p.package_idx
+             FROM packages p JOIN (
+                 SELECT id, run_id, package_idx, mode, iteration, state, worker_id, attempt FROM jobs
+                 UNION ALL
+                 SELECT id, run_id, package_idx, mode, iteration, state, worker_id, attempt FROM archived_jobs
+             ) j ON j.run_id = p.run_id AND j.package_idx = p.package_idx
              WHERE p.run_id = ?1 AND p.name = ?2 AND j.mode = ?3 AND j.iteration = ?4",
         )
         .bind(run_id.to_string())
@@ -916,6 +1011,21 @@ async fn refresh_run_state(conn: &mut SqliteConnection, run_id: RunId, now_ms: i
     Ok(())
 }
 
+/// When a run that may be archived or purged was archived: `RunNotFound`, or
+/// `RunNotFinished` while it is queued or running.
+async fn finished_run(conn: &mut SqliteConnection, run_id: RunId) -> Result<Option<i64>, StoreError> {
+    let row: Option<(String, Option<i64>)> = sqlx::query_as("SELECT state, archived_at_ms FROM runs WHERE id = ?1")
+        .bind(run_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (state, archived) = row.ok_or(StoreError::RunNotFound(run_id))?;
+    let state = RunState::from_str(&state).map_err(StoreError::Corrupt)?;
+    if !state.is_terminal() {
+        return Err(StoreError::RunNotFinished(run_id, state));
+    }
+    Ok(archived)
+}
+
 async fn run_state(conn: &mut SqliteConnection, run_id: RunId) -> Result<RunState, StoreError> {
     let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?1")
         .bind(run_id.to_string())
@@ -926,22 +1036,28 @@ async fn run_state(conn: &mut SqliteConnection, run_id: RunId) -> Result<RunStat
 }
 
 async fn run_summary(conn: &mut SqliteConnection, run_id: RunId) -> Result<RunSummary, StoreError> {
-    let run: (String, String, i64, Option<i64>) =
-        sqlx::query_as("SELECT label, state, created_at_ms, finished_at_ms FROM runs WHERE id = ?1")
+    let run: (String, String, i64, Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT label, state, created_at_ms, finished_at_ms, archived_at_ms FROM runs WHERE id = ?1")
             .bind(run_id.to_string())
             .fetch_optional(&mut *conn)
             .await?
             .ok_or(StoreError::RunNotFound(run_id))?;
-    let job_counts = sqlx::query_as("SELECT state, COUNT(*) FROM jobs WHERE run_id = ?1 GROUP BY state")
-        .bind(run_id.to_string())
-        .fetch_all(&mut *conn)
-        .await?;
+    // Both tables in one statement, which sees the jobs on one side or the other however an
+    // archive at the same time goes.
+    let job_counts = sqlx::query_as(
+        "SELECT state, COUNT(*) FROM jobs WHERE run_id = ?1 GROUP BY state
+         UNION ALL
+         SELECT state, COUNT(*) FROM archived_jobs WHERE run_id = ?1 GROUP BY state",
+    )
+    .bind(run_id.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
     let package_counts =
         sqlx::query_as("SELECT category, finished, COUNT(*) FROM packages WHERE run_id = ?1 GROUP BY 1, 2")
             .bind(run_id.to_string())
             .fetch_all(&mut *conn)
             .await?;
-    let (label, state, created_at_ms, finished_at_ms) = run;
+    let (label, state, created_at_ms, finished_at_ms, archived_at_ms) = run;
     common::run_summary(
         run_id,
         RunRow {
@@ -949,6 +1065,7 @@ async fn run_summary(conn: &mut SqliteConnection, run_id: RunId) -> Result<RunSu
             state,
             created_at_ms,
             finished_at_ms,
+            archived_at_ms,
         },
         job_counts,
         package_counts,

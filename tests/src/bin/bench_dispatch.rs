@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo run --release -p tests --bin bench-dispatch -- [--backend sqlite|postgres|both]
 //!     [--jobs N] [--workers 1,16,256] [--submit-jobs 100000] [--soak-secs 0] [--statements]
+//!     [--rounds N [--round-jobs 100000] [--keep-jobs]]
 //! ```
 //!
 //! For each backend (PostgreSQL is a throwaway cluster started like the tests' one) it prints:
@@ -18,6 +19,12 @@
 //! `--statements` (PostgreSQL) prints, after each K, the statements that took the database
 //! longest, from `pg_stat_statements`; `RUST_LOG=sqlx::query=debug` logs every statement the
 //! coordinator and the loop run, with its time, on stderr.
+//!
+//! `--rounds N` measures instead how dispatch holds up as runs pile up: N rounds, each a run
+//! of `--round-jobs` jobs submitted and drained by 256 simulated workers, then archived by the
+//! coordinator as `serve --keep-finished-jobs 0` does (with `--keep-jobs`, left in the jobs
+//! table as before retention); it prints each round's submit time and rate, the jobs table's
+//! rows, and the last round's rate against the first's.
 //!
 //! After each K and each loop it prints the CPU time per job: in this process (the
 //! coordinator, the simulated workers and gRPC; SQLite too) and in the PostgreSQL server, and
@@ -49,6 +56,9 @@ struct Options {
     submit_jobs: u64,
     soak_secs: u64,
     statements: bool,
+    rounds: u32,
+    round_jobs: u64,
+    keep_jobs: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -59,6 +69,9 @@ fn options() -> Result<Options, String> {
         submit_jobs: 100_000,
         soak_secs: 0,
         statements: false,
+        rounds: 0,
+        round_jobs: 100_000,
+        keep_jobs: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -75,6 +88,9 @@ fn options() -> Result<Options, String> {
             "--submit-jobs" => options.submit_jobs = value()?.parse().map_err(|e| format!("--submit-jobs: {e}"))?,
             "--soak-secs" => options.soak_secs = value()?.parse().map_err(|e| format!("--soak-secs: {e}"))?,
             "--statements" => options.statements = true,
+            "--rounds" => options.rounds = value()?.parse().map_err(|e| format!("--rounds: {e}"))?,
+            "--round-jobs" => options.round_jobs = value()?.parse().map_err(|e| format!("--round-jobs: {e}"))?,
+            "--keep-jobs" => options.keep_jobs = true,
             "--workers" => {
                 options.workers = value()?
                     .split(',')
@@ -165,16 +181,25 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = format!("http://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(coordinator::run(
-        coordinator::Config::new(url.clone()),
-        listener,
-        shutdown.clone(),
-    ));
+    let mut config = coordinator::Config::new(url.clone());
+    if options.rounds > 0 {
+        // Each run archived as soon as it ends, as `serve --keep-finished-jobs 0` does.
+        config.settings.keep_finished_jobs = (!options.keep_jobs).then_some(Duration::ZERO);
+    }
+    let server = tokio::spawn(coordinator::run(config, listener, shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut client = SurveyServiceClient::connect(address.clone())
         .await?
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES * 4)
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES * 4);
+
+    if options.rounds > 0 {
+        let raw = RawLoop::connect(&url).await?;
+        rounds(&mut client, &address, options, &raw, &meter).await?;
+        shutdown.cancel();
+        let _ = server.await;
+        return Ok(());
+    }
 
     // Submitting a big run, through gRPC.
     if options.submit_jobs > 0 {
@@ -208,7 +233,9 @@ async fn bench_backend(backend: &str, options: &Options) -> anyhow::Result<()> {
         let before = dispatch_stats(&mut client).await?;
         // A few seconds' worth each: one worker manages a few hundred jobs a second.
         let jobs = options.jobs.min(2_000 * workers as u64);
-        let Round { rate, p50, p99, cpu } = simulated(&mut client, &address, jobs, workers, &meter).await?;
+        let Round {
+            rate, p50, p99, cpu, ..
+        } = simulated(&mut client, &address, jobs, workers, &meter).await?;
         let after = dispatch_stats(&mut client).await?;
         let claim_batch = per_batch(
             after.jobs_claimed - before.jobs_claimed,
@@ -453,6 +480,8 @@ impl RawLoop {
 
 /// What one round of simulated workers measured.
 struct Round {
+    /// How long the run's submit took.
+    submit: Duration,
     rate: f64,
     p50: Duration,
     p99: Duration,
@@ -469,12 +498,14 @@ async fn simulated(
     meter: &CpuMeter<'_>,
 ) -> anyhow::Result<Round> {
     let spec = run_spec(jobs);
+    let submit_started = Instant::now();
     client
         .submit_run(v1::SubmitRunRequest {
             spec: Some((&spec).into()),
             client_token: String::new(),
         })
         .await?;
+    let submit = submit_started.elapsed();
     let done = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(jobs as usize)));
     let stop = CancellationToken::new();
@@ -523,6 +554,7 @@ async fn simulated(
             .unwrap_or_default()
     };
     Ok(Round {
+        submit,
         rate,
         p50: pick(0.5),
         p99: pick(0.99),
@@ -627,6 +659,59 @@ async fn soak(
         );
     }
     Ok(())
+}
+
+/// `--rounds`: run after run of `--round-jobs` jobs through 256 workers, each archived once
+/// drained (unless `--keep-jobs`); prints each round's figures and the last against the first.
+async fn rounds(
+    client: &mut SurveyServiceClient<tonic::transport::Channel>,
+    address: &str,
+    options: &Options,
+    raw: &RawLoop,
+    meter: &CpuMeter<'_>,
+) -> anyhow::Result<()> {
+    let mut rates = Vec::new();
+    for round in 1..=options.rounds {
+        let Round { submit, rate, cpu, .. } = simulated(client, address, options.round_jobs, 256, meter).await?;
+        let archive_started = Instant::now();
+        if !options.keep_jobs {
+            wait_archived(client).await?;
+        }
+        println!(
+            "round {round:>2}: submit {:.2} s, {rate:>7.0} jobs/s, archived {:.2} s after its last ack{}",
+            submit.as_secs_f64(),
+            archive_started.elapsed().as_secs_f64(),
+            raw.table_health().await?
+        );
+        println!("    {cpu}");
+        rates.push(rate);
+    }
+    if let (Some(first), Some(last)) = (rates.first(), rates.last()) {
+        println!(
+            "rounds: the last ({last:.0} jobs/s) against the first ({first:.0} jobs/s): {:+.1}%",
+            (last / first - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+/// Waits until the newest run is archived.
+async fn wait_archived(client: &mut SurveyServiceClient<tonic::transport::Channel>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let runs = client
+            .list_runs(v1::ListRunsRequest { limit: 1 })
+            .await?
+            .into_inner()
+            .runs;
+        if runs.first().is_some_and(|run| run.archived_at_ms.is_some()) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("the last run was not archived within 2 minutes of its end");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// CPU time used by this process (the coordinator, the simulated workers, gRPC; SQLite runs

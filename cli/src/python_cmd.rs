@@ -72,12 +72,14 @@ async fn list() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The request a build meets: `3.13t`, `3.13t-tsan`.
+/// The request a build meets: `3.13t`, `3.13t-tsan`, `3.13t-debug`.
 fn request_of(profile: &domain::InterpreterProfile) -> String {
     domain::InterpreterRequirement {
         python_version: Some(profile.major_minor.clone()),
         free_threaded: profile.free_threaded,
         tsan: profile.tsan,
+        debug: profile.debug.then_some(true),
+        build: None,
     }
     .describe()
 }

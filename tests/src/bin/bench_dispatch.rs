@@ -143,7 +143,7 @@ fn run_spec(jobs: u64) -> RunSpec {
         requirement: InterpreterRequirement {
             python_version: Some("3.13".into()),
             free_threaded: true,
-            tsan: false,
+            ..InterpreterRequirement::any()
         },
         registry: None,
         rerun_of: None,
@@ -170,6 +170,7 @@ fn pass() -> JobResult {
         attempt: 1,
         start_latency_ms: None,
         evidence: Default::default(),
+        provenance: Default::default(),
     })
 }
 

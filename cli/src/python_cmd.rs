@@ -60,13 +60,13 @@ async fn list() -> anyhow::Result<ExitCode> {
     }
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::ASCII_BORDERS_ONLY_CONDENSED);
-    table.set_header(vec!["request", "interpreter", "path"]);
+    table.set_header(vec!["request", "build", "interpreter", "path"]);
     for build in builds {
-        let (request, summary) = match &build.profile {
-            Ok(profile) => (request_of(profile), profile.summary()),
-            Err(error) => (String::new(), format!("unusable: {error}")),
+        let (request, id, summary) = match &build.profile {
+            Ok(profile) => (request_of(profile), profile.build_id(), profile.summary()),
+            Err(error) => (String::new(), String::new(), format!("unusable: {error}")),
         };
-        table.add_row(vec![request, summary, build.python.display().to_string()]);
+        table.add_row(vec![request, id, summary, build.python.display().to_string()]);
     }
     println!("{table}");
     Ok(ExitCode::SUCCESS)

@@ -72,6 +72,23 @@ fn caller_status(error: &StoreError) -> Status {
     }
 }
 
+/// A unary call's store request, answered within the coordinator's `store_answer_timeout`: a
+/// database that hangs answers the caller with `DeadlineExceeded` instead of holding the call
+/// open for ever.
+pub(crate) async fn answer<T>(request: impl Future<Output = Result<T, StoreError>>, hub: &Hub) -> Result<T, Status> {
+    let timeout = hub.settings.store_answer_timeout;
+    match tokio::time::timeout(timeout, request).await {
+        Ok(answered) => answered.map_err(status_from_store),
+        Err(_) => {
+            tracing::error!(?timeout, "the store did not answer a call in time");
+            Err(Status::deadline_exceeded(format!(
+                "the store did not answer within {} s",
+                timeout.as_secs_f64()
+            )))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -138,22 +155,5 @@ mod tests {
             }
         }
         assert_eq!(status_from_batch(BatchError::ShuttingDown).code(), Code::Unavailable);
-    }
-}
-
-/// A unary call's store request, answered within the coordinator's `store_answer_timeout`: a
-/// database that hangs answers the caller with `DeadlineExceeded` instead of holding the call
-/// open for ever.
-pub(crate) async fn answer<T>(request: impl Future<Output = Result<T, StoreError>>, hub: &Hub) -> Result<T, Status> {
-    let timeout = hub.settings.store_answer_timeout;
-    match tokio::time::timeout(timeout, request).await {
-        Ok(answered) => answered.map_err(status_from_store),
-        Err(_) => {
-            tracing::error!(?timeout, "the store did not answer a call in time");
-            Err(Status::deadline_exceeded(format!(
-                "the store did not answer within {} s",
-                timeout.as_secs_f64()
-            )))
-        }
     }
 }

@@ -92,13 +92,16 @@ pub(crate) fn parse_target(text: &str, path_var: &OsString) -> anyhow::Result<Ta
     if text.contains('/') || Path::new(text).exists() {
         return Ok(TargetArg::Path(PathBuf::from(text)));
     }
-    if let Ok(requirement) = text.parse::<InterpreterRequirement>() {
-        return Ok(TargetArg::Request(requirement));
+    match text.parse::<InterpreterRequirement>() {
+        Ok(requirement) => return Ok(TargetArg::Request(requirement)),
+        // Only a request names a build: say what is wrong with it rather than look on PATH.
+        Err(error) if text.contains('@') => bail!("--target-python {text:?}: {error}"),
+        Err(_) => {}
     }
     match worker::find_on_path(text, path_var) {
         Some(path) => Ok(TargetArg::Path(path)),
         None => bail!(
-            "--target-python {text:?} is neither a file, nor a name on PATH, nor a request such as 3.13t or 3.13t-tsan"
+            "--target-python {text:?} is neither a file, nor a name on PATH, nor a request such as 3.13t, 3.13t-tsan or 3.13t-debug"
         ),
     }
 }
@@ -123,6 +126,18 @@ pub(crate) async fn resolve_request(
     if !requirement.free_threaded {
         bail!(
             "no CPython {version} on PATH; ftsurvey builds free-threaded interpreters only: ask for {version}t, or give a path"
+        );
+    }
+    // A build made now would be another build, and the builder makes no debug builds.
+    if let Some(build) = &requirement.build {
+        bail!(
+            "no interpreter on PATH or among the managed builds is build {build}; a new build would be another one: \
+             give the interpreter's path, or drop @{build}"
+        );
+    }
+    if requirement.debug == Some(true) {
+        bail!(
+            "no debug build of CPython {version} on PATH or among the managed builds, and ftsurvey builds none: give its path"
         );
     }
     let source = match &provisioning.source {
@@ -379,6 +394,14 @@ mod tests {
             ("./python", TargetArg::Path("./python".into())),
             ("3.13t", TargetArg::Request("3.13t".parse().expect("request"))),
             ("3.13t-tsan", TargetArg::Request("3.13t-tsan".parse().expect("request"))),
+            (
+                "3.13t-debug",
+                TargetArg::Request("3.13t-debug".parse().expect("request")),
+            ),
+            (
+                "3.13t@6cb20a2",
+                TargetArg::Request("3.13t@6cb20a2".parse().expect("request")),
+            ),
             ("python3.13t", TargetArg::Path(dir.path().join("python3.13t"))),
         ];
         for (text, expected) in cases {
@@ -389,6 +412,8 @@ mod tests {
             error.contains("neither a file, nor a name on PATH, nor a request"),
             "{error}"
         );
+        let error = parse_target("3.13t@main", &path_var).expect_err("no build").to_string();
+        assert!(error.contains("hex digits") && !error.contains('\n'), "{error}");
     }
 
     #[test]
@@ -434,5 +459,26 @@ mod tests {
         let gil: InterpreterRequirement = "3.13".parse().expect("request");
         assert_eq!(path_candidates(&gil, &path_var), vec![dir.path().join("python3.13")]);
         assert!(path_candidates(&"3.14t".parse().expect("request"), &path_var).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_pinned_build_or_a_debug_build_found_nowhere_is_refused_before_building() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let provisioning = Provisioning {
+            path_var: path_with(dir.path()),
+            cache_dir: dir.path().join("cache"),
+            source: Some(dir.path().join("Python-3.13.5.tar.xz")),
+        };
+        for (request, expected) in [
+            ("3.13t@6cb20a2", "is build 6cb20a2; a new build would be another one"),
+            ("3.13t-debug", "no debug build of CPython 3.13"),
+        ] {
+            let requirement: InterpreterRequirement = request.parse().expect(request);
+            let error = resolve_request(&requirement, &provisioning)
+                .await
+                .expect_err(request)
+                .to_string();
+            assert!(error.contains(expected) && !error.contains('\n'), "{request}: {error}");
+        }
     }
 }

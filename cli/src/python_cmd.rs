@@ -60,24 +60,26 @@ async fn list() -> anyhow::Result<ExitCode> {
     }
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::ASCII_BORDERS_ONLY_CONDENSED);
-    table.set_header(vec!["request", "interpreter", "path"]);
+    table.set_header(vec!["request", "build", "interpreter", "path"]);
     for build in builds {
-        let (request, summary) = match &build.profile {
-            Ok(profile) => (request_of(profile), profile.summary()),
-            Err(error) => (String::new(), format!("unusable: {error}")),
+        let (request, id, summary) = match &build.profile {
+            Ok(profile) => (request_of(profile), profile.build_id(), profile.summary()),
+            Err(error) => (String::new(), String::new(), format!("unusable: {error}")),
         };
-        table.add_row(vec![request, summary, build.python.display().to_string()]);
+        table.add_row(vec![request, id, summary, build.python.display().to_string()]);
     }
     println!("{table}");
     Ok(ExitCode::SUCCESS)
 }
 
-/// The request a build meets: `3.13t`, `3.13t-tsan`.
+/// The request a build meets: `3.13t`, `3.13t-tsan`, `3.13t-debug`.
 fn request_of(profile: &domain::InterpreterProfile) -> String {
     domain::InterpreterRequirement {
         python_version: Some(profile.major_minor.clone()),
         free_threaded: profile.free_threaded,
         tsan: profile.tsan,
+        debug: profile.debug.then_some(true),
+        build: None,
     }
     .describe()
 }

@@ -242,10 +242,14 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let target_python = args.target_python.as_deref().unwrap_or_default();
     let target = resolve_target(&args, target_python).await?;
     let requirement = match &target {
+        // The interpreter given, as exactly as its workers can meet it: a debug build or not,
+        // and, run by local workers on this very interpreter, its build.
         Target::Local(profile) => InterpreterRequirement {
             python_version: Some(profile.major_minor.clone()),
             free_threaded: profile.free_threaded,
             tsan: args.tsan,
+            debug: Some(profile.debug),
+            build: args.coordinator.is_none().then(|| profile.build_id()),
         },
         Target::Requested(requirement) => requirement.clone(),
     };

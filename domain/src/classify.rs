@@ -478,6 +478,7 @@ mod tests {
             attempt: 1,
             start_latency_ms: None,
             evidence: Default::default(),
+            provenance: Default::default(),
         }
     }
 

@@ -138,6 +138,42 @@ pub struct IterationOutcome {
     /// Per-test results, stacks, TSAN warnings, the extension probe, where the logs are.
     #[serde(default, skip_serializing_if = "IterationEvidence::is_empty")]
     pub evidence: IterationEvidence,
+    /// The build, the installed package and the wall-clock times of the iteration; empty in
+    /// outcomes recorded before they were.
+    #[serde(default, skip_serializing_if = "Provenance::is_empty")]
+    pub provenance: Provenance,
+}
+
+/// Where and when an iteration ran: the interpreter build, what the setup installed, and the
+/// wall clock at its start and end. A run whose iterations name more than one build or package
+/// version mixed them, which `show` and `compare` say.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Provenance {
+    /// The worker's interpreter, [`crate::InterpreterProfile::build_label`]:
+    /// `3.13.5t@1a2b3c4d5e6f`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub interpreter_build: String,
+    /// The package's version as installed, read from its metadata after the install.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package_version: Option<String>,
+    /// `sha256:` and the hex digest of the venv's `pip freeze` (every distribution's
+    /// `name==version`, sorted), taken once per setup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freeze_hash: Option<String>,
+    /// When the test command started, Unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+    /// When it ended, Unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at_ms: Option<i64>,
+}
+
+impl Provenance {
+    /// Nothing recorded: an outcome from before, or a harness error before the iteration ran.
+    pub fn is_empty(&self) -> bool {
+        *self == Provenance::default()
+    }
 }
 
 impl IterationOutcome {
@@ -163,6 +199,7 @@ impl IterationOutcome {
             attempt,
             start_latency_ms: None,
             evidence: IterationEvidence::default(),
+            provenance: Provenance::default(),
         }
     }
 }

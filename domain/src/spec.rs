@@ -327,6 +327,9 @@ impl RunSpec {
         if self.options.timeout_secs == 0 {
             return Err(SpecError::ZeroTimeout);
         }
+        if let Some(build) = &self.requirement.build {
+            InterpreterRequirement::check_build(build).map_err(SpecError::InvalidRequirement)?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for package in &self.packages {
             if package.name.trim().is_empty() {
@@ -368,6 +371,8 @@ pub enum SpecError {
     TooManyIterations(u32),
     #[error("the run would hold {0} jobs, at most {max} allowed: split it", max = RunSpec::MAX_JOBS)]
     TooManyJobs(u64),
+    #[error("the interpreter requirement: {0}")]
+    InvalidRequirement(String),
 }
 
 #[cfg(test)]
@@ -455,6 +460,13 @@ pub(crate) mod tests {
         };
         assert_eq!(spec.validate(), Ok(()));
         assert_eq!(spec.total_jobs(), 6);
+        spec.requirement.build = Some("not a build".into());
+        assert!(
+            matches!(spec.validate(), Err(SpecError::InvalidRequirement(e)) if e.contains("hex digits")),
+            "a build from the wire is checked as a request's is"
+        );
+        spec.requirement.build = Some("6cb20a2".into());
+        assert_eq!(spec.validate(), Ok(()));
         spec.iterations = 0;
         assert_eq!(spec.validate(), Err(SpecError::ZeroIterations));
         spec.iterations = 1;

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use domain::classify::StatusCounts;
+use domain::outcome::Provenance;
 use domain::package_kind::TestFramework;
 use domain::spec::RunOptions;
 use domain::{
@@ -368,6 +369,8 @@ impl From<&InterpreterRequirement> for v1::InterpreterRequirement {
             python_version: req.python_version.clone(),
             free_threaded: req.free_threaded,
             tsan: req.tsan,
+            debug: req.debug,
+            build: req.build.clone(),
         }
     }
 }
@@ -378,6 +381,9 @@ impl From<v1::InterpreterRequirement> for InterpreterRequirement {
             python_version: wire.python_version.filter(|v| !v.is_empty()),
             free_threaded: wire.free_threaded,
             tsan: wire.tsan,
+            debug: wire.debug,
+            // Kept as a request writes it; `RunSpec::validate` refuses one that is no build.
+            build: wire.build.filter(|b| !b.is_empty()).map(|b| b.to_ascii_lowercase()),
         }
     }
 }
@@ -500,6 +506,31 @@ impl From<&IterationOutcome> for v1::IterationOutcome {
             } else {
                 serde_json::to_string(&o.evidence).unwrap_or_default()
             },
+            provenance: (!o.provenance.is_empty()).then(|| (&o.provenance).into()),
+        }
+    }
+}
+
+impl From<&Provenance> for v1::IterationProvenance {
+    fn from(p: &Provenance) -> Self {
+        v1::IterationProvenance {
+            interpreter_build: p.interpreter_build.clone(),
+            package_version: p.package_version.clone(),
+            freeze_hash: p.freeze_hash.clone(),
+            started_at_ms: p.started_at_ms,
+            ended_at_ms: p.ended_at_ms,
+        }
+    }
+}
+
+impl From<v1::IterationProvenance> for Provenance {
+    fn from(w: v1::IterationProvenance) -> Self {
+        Provenance {
+            interpreter_build: w.interpreter_build,
+            package_version: w.package_version,
+            freeze_hash: w.freeze_hash,
+            started_at_ms: w.started_at_ms,
+            ended_at_ms: w.ended_at_ms,
         }
     }
 }
@@ -531,6 +562,7 @@ impl TryFrom<v1::IterationOutcome> for IterationOutcome {
             } else {
                 serde_json::from_str(&w.evidence_json).map_err(|e| invalid("outcome.evidence_json", e.to_string()))?
             },
+            provenance: w.provenance.map(Provenance::from).unwrap_or_default(),
         })
     }
 }
@@ -870,6 +902,8 @@ mod tests {
                 python_version: Some("3.13".into()),
                 free_threaded: true,
                 tsan: false,
+                debug: Some(true),
+                build: Some("6cb20a2".into()),
             },
             registry: Some("r".into()),
             rerun_of: None,
@@ -1026,9 +1060,23 @@ mod tests {
                 }),
                 ..Default::default()
             },
+            provenance: Provenance::default(),
         };
         let wire = v1::IterationOutcome::from(&outcome);
         assert_eq!(wire.status, v1::IterationStatus::Oom as i32);
+        assert_eq!(wire.provenance, None, "nothing to say, nothing sent");
+        assert_eq!(IterationOutcome::try_from(wire).unwrap(), outcome);
+        let outcome = IterationOutcome {
+            provenance: Provenance {
+                interpreter_build: "3.13.5t@1a2b3c4d5e6f".into(),
+                package_version: Some("2.1.0".into()),
+                freeze_hash: Some("sha256:ab".into()),
+                started_at_ms: Some(1_700_000_000_000),
+                ended_at_ms: Some(1_700_000_001_200),
+            },
+            ..outcome
+        };
+        let wire = v1::IterationOutcome::from(&outcome);
         assert_eq!(IterationOutcome::try_from(wire).unwrap(), outcome);
     }
 

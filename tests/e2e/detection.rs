@@ -307,3 +307,64 @@ fn a_data_race_in_an_extension_is_a_tsan_warning_attributed_to_it() {
     assert!(warning.frames.iter().any(|f| f.binary.contains("_race")), "{warning:?}");
     assert_eq!(category_of(&records, "ftfix-pass").category, "compatible", "{all}");
 }
+
+#[test]
+fn an_iteration_records_its_build_the_installed_version_the_freeze_hash_and_its_times() {
+    let now_ms = || {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970");
+        since.as_millis() as i64
+    };
+    let before_ms = now_ms();
+    let (survey, records) = survey(
+        &free_threaded_python(),
+        &["ftfix-pass"],
+        &["--iterations", "1", "--timeout", "120"],
+    );
+    let after_ms = now_ms();
+    let meta: domain::results::RunMeta =
+        serde_json::from_slice(&std::fs::read(survey.folder().join("ft_meta.json")).expect("ft_meta.json"))
+            .expect("valid ft_meta.json");
+    let profile = meta.interpreter.expect("the run's interpreter");
+    let record = category_of(&records, "ftfix-pass");
+    assert_eq!(record.category, "compatible", "{record:?}");
+    let iteration = &record.iterations[0];
+    assert_eq!(iteration.interpreter_build, profile.build_label(), "{iteration:?}");
+    assert!(
+        iteration
+            .interpreter_build
+            .starts_with(&format!("{}t@", profile.version_short))
+    );
+    assert_eq!(
+        iteration.package_version.as_deref(),
+        Some("0.1.0"),
+        "the fixture's own version"
+    );
+    let hash = iteration.freeze_hash.as_deref().expect("a freeze hash");
+    assert!(
+        hash.len() == "sha256:".len() + 64 && hash.starts_with("sha256:"),
+        "{hash}"
+    );
+    let (started, ended) = (
+        iteration.started_at_ms.expect("started"),
+        iteration.ended_at_ms.expect("ended"),
+    );
+    assert!(
+        before_ms <= started && started <= ended && ended <= after_ms,
+        "{started}..{ended} outside {before_ms}..{after_ms}"
+    );
+    assert!(
+        (ended - started).abs_diff(iteration.duration_ms as i64) <= 1,
+        "{started}..{ended} is not {} ms",
+        iteration.duration_ms
+    );
+    let show = crate::cli::ftsurvey()
+        .arg("show")
+        .arg(survey.folder())
+        .output()
+        .expect("show");
+    assert_success(&show);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(!text.contains("mixed"), "one build, one version: {text}");
+}

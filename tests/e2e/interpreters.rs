@@ -38,6 +38,12 @@ fn python_list_names_each_managed_build_with_the_request_it_meets() {
         .find(|l| l.contains("ft-test"))
         .unwrap_or_else(|| panic!("no row for the build: {stdout}"));
     assert!(row.contains("3.13t ") && row.contains("free-threaded"), "{row}");
+    // The build id a request pins with 3.13t@ID.
+    let id = row.split_whitespace().nth(2).unwrap_or_default();
+    assert!(
+        id.len() == domain::interpreter::BUILD_ID_LEN && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{row}"
+    );
 }
 
 #[test]

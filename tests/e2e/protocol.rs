@@ -39,7 +39,7 @@ pub(crate) fn spec(names: &[&str], iterations: u32) -> RunSpec {
         requirement: InterpreterRequirement {
             python_version: Some("3.13".into()),
             free_threaded: true,
-            tsan: false,
+            ..InterpreterRequirement::any()
         },
         registry: None,
         rerun_of: None,
@@ -81,6 +81,7 @@ pub(crate) fn pass(iteration: u32) -> v1::JobResult {
         attempt: 1,
         start_latency_ms: Some(1),
         evidence: Default::default(),
+        provenance: Default::default(),
     };
     (&JobResult::Iteration(outcome)).into()
 }

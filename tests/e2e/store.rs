@@ -62,6 +62,7 @@ conformance!(
     claims_are_exclusive_between_concurrent_workers,
     claims_made_at_once_each_get_their_full_share,
     jobs_go_only_to_workers_whose_interpreter_meets_the_requirement,
+    a_run_pinned_to_a_debug_build_or_one_build_goes_only_to_workers_with_it,
     an_outcome_is_recorded_once_and_duplicates_and_stale_tokens_are_ignored,
     an_expired_lease_is_reclaimed_by_another_worker_and_the_old_token_is_rejected,
     a_job_leased_too_often_is_lost_and_never_counted_against_the_package,
@@ -168,6 +169,7 @@ fn outcome(iteration: u32, status: IterationStatus) -> JobResult {
         attempt: 1,
         start_latency_ms: None,
         evidence: Default::default(),
+        provenance: Default::default(),
     })
 }
 
@@ -302,7 +304,7 @@ async fn jobs_go_only_to_workers_whose_interpreter_meets_the_requirement(store: 
     spec.requirement = InterpreterRequirement {
         python_version: Some("3.13".into()),
         free_threaded: true,
-        tsan: false,
+        ..InterpreterRequirement::any()
     };
     submit(&store, &spec, 0).await;
     assert!(
@@ -340,6 +342,57 @@ async fn jobs_go_only_to_workers_whose_interpreter_meets_the_requirement(store: 
             .is_empty(),
         "the plain run's jobs are left for plain workers, none to the TSAN worker"
     );
+}
+
+async fn a_run_pinned_to_a_debug_build_or_one_build_goes_only_to_workers_with_it(store: Arc<dyn Store>) {
+    let plain = profile("3.13", true);
+    let debug = InterpreterProfile {
+        debug: true,
+        ..plain.clone()
+    };
+    let mut debug_spec = spec(&["a"], 2);
+    debug_spec.requirement = "3.13t-debug".parse().expect("request");
+    let debug_run = submit(&store, &debug_spec, 0).await;
+    let (_, stored) = store.get_run(debug_run).await.expect("get");
+    assert_eq!(
+        stored.requirement, debug_spec.requirement,
+        "the requirement is kept as asked"
+    );
+    assert!(
+        claim(&store, &worker("plain"), &plain, &[], 5, 0).await.is_empty(),
+        "a debug run's jobs never go to a worker without a debug build"
+    );
+    let got = claim(&store, &worker("debug"), &debug, &[], 5, 0).await;
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|a| a.run_id == debug_run));
+
+    // A build named by its id; one named by a commit the worker's build names more briefly.
+    let rebuilt = InterpreterProfile {
+        version: "3.13.5 (main, Jan  2 2026, 10:00:00) [GCC 12.2.0]".into(),
+        ..plain.clone()
+    };
+    let from_git = InterpreterProfile {
+        version: "3.13.5 (tags/v3.13.5:6cb20a2, Jun 11 2025, 16:15:46) [GCC 13.3.0]".into(),
+        ..plain.clone()
+    };
+    let mut by_id = spec(&["b"], 1);
+    by_id.requirement = format!("3.13t@{}", plain.build_id()).parse().expect("request");
+    let by_id_run = submit(&store, &by_id, 1).await;
+    let mut by_commit = spec(&["c"], 1);
+    by_commit.requirement = "3.13t@6CB20A2E1F0".parse().expect("request");
+    let by_commit_run = submit(&store, &by_commit, 2).await;
+    assert!(
+        claim(&store, &worker("rebuilt"), &rebuilt, &[], 5, 0).await.is_empty(),
+        "another build of the same version takes neither pinned run"
+    );
+    let got = claim(&store, &worker("git"), &from_git, &[], 5, 0).await;
+    assert_eq!(
+        got.iter().map(|a| a.run_id).collect::<Vec<_>>(),
+        vec![by_commit_run],
+        "the commit's prefix is the build"
+    );
+    let got = claim(&store, &worker("plain"), &plain, &[], 5, 0).await;
+    assert_eq!(got.iter().map(|a| a.run_id).collect::<Vec<_>>(), vec![by_id_run]);
 }
 
 async fn an_outcome_is_recorded_once_and_duplicates_and_stale_tokens_are_ignored(store: Arc<dyn Store>) {

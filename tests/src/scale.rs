@@ -397,7 +397,7 @@ pub fn run_spec(packages: usize, iterations: u32) -> RunSpec {
         requirement: InterpreterRequirement {
             python_version: Some("3.13".into()),
             free_threaded: true,
-            tsan: false,
+            ..InterpreterRequirement::any()
         },
         registry: None,
         rerun_of: None,
@@ -501,6 +501,7 @@ pub fn outcome(package: usize, iteration: u32, tail_bytes: usize) -> JobResult {
         attempt: 1,
         start_latency_ms: Some(5),
         evidence,
+        provenance: Default::default(),
     })
 }
 

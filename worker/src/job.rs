@@ -3,9 +3,10 @@
 //! crash signature, the stacks of a stall, ThreadSanitizer warnings.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use domain::evidence::{IterationEvidence, LimitHit, SandboxReport, TestReport};
+use domain::outcome::Provenance;
 use domain::package_kind::TestFramework;
 use domain::{Assignment, IterationOutcome, IterationStatus, JobResult};
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,7 @@ pub(crate) async fn execute(
         }
     };
     let supervised = run_iteration(assignment, setups, &prepared, &place.dir, log_dir.as_deref(), cancel).await;
+    let returned = (Instant::now(), SystemTime::now());
     let tree = place.tree();
     let _ = tokio::task::spawn_blocking(move || dirs.give_back(place)).await;
     let (supervised, network) = match supervised {
@@ -105,6 +107,20 @@ pub(crate) async fn execute(
         .and_then(|dir| read_end(&dir.join("stderr.log"), CRASH_SEARCH_BYTES))
         .unwrap_or_else(|| supervised.stderr_tail.clone());
     let junit_path = log_dir.as_ref().map(|dir| dir.join("junit.xml"));
+    // The wall clock at the spawn, read back from the monotonic one; the end is the spawn and
+    // the duration.
+    let (returned_instant, returned_wall) = returned;
+    let started_at = returned_wall
+        .checked_sub(returned_instant.saturating_duration_since(supervised.spawned_at))
+        .unwrap_or(returned_wall);
+    let ended_at = started_at + supervised.duration;
+    let provenance = Provenance {
+        interpreter_build: setups.interpreter_build().to_string(),
+        package_version: prepared.installed.package_version.clone(),
+        freeze_hash: prepared.installed.freeze_hash.clone(),
+        started_at_ms: unix_ms(started_at),
+        ended_at_ms: unix_ms(ended_at),
+    };
     let crash_signature = (status == IterationStatus::Crash)
         .then(|| domain::readers::faulthandler::crash_signature(&stderr_end))
         .flatten();
@@ -179,7 +195,15 @@ pub(crate) async fn execute(
         attempt: assignment.attempt,
         start_latency_ms: Some(start_latency.as_millis() as u64),
         evidence,
+        provenance,
     }))
+}
+
+/// `time` as Unix milliseconds; `None` before 1970.
+fn unix_ms(time: SystemTime) -> Option<i64> {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|since| i64::try_from(since.as_millis()).ok())
 }
 
 /// Runs the test command in the fresh tree under `iteration_dir`, sealed; says whether the

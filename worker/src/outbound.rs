@@ -66,6 +66,7 @@ fn too_large(outcome: IterationOutcome, bytes: usize, max_bytes: usize) -> Itera
             log_dir: outcome.evidence.log_dir,
             ..IterationEvidence::default()
         },
+        provenance: outcome.provenance,
         ..IterationOutcome::harness_error(
             outcome.iteration,
             outcome.mode,
@@ -129,6 +130,7 @@ mod tests {
                 log_dir: Some("/logs/r/p/ft-7-a2".into()),
                 ..IterationEvidence::default()
             },
+            provenance: Default::default(),
         }
     }
 

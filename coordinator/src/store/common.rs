@@ -305,6 +305,8 @@ pub(super) struct RunSpecRow {
     req_free_threaded: bool,
     req_tsan: bool,
     rerun_of: Option<String>,
+    req_debug: Option<bool>,
+    req_build: Option<String>,
 }
 
 impl RunSpecRow {
@@ -327,6 +329,8 @@ impl RunSpecRow {
                 python_version: self.req_python_version,
                 free_threaded: self.req_free_threaded,
                 tsan: self.req_tsan,
+                debug: self.req_debug,
+                build: self.req_build,
             },
             registry: self.registry,
             rerun_of: self.rerun_of.as_deref().map(parse_run_id).transpose()?,

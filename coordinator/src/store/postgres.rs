@@ -130,8 +130,8 @@ impl Store for PostgresStore {
         let modes: Vec<&str> = spec.modes.iter().map(|m| m.as_str()).collect();
         sqlx::query(
             "INSERT INTO runs (id, label, state, iterations, modes_json, options_json, registry, req_python_version,
-                               req_free_threaded, req_tsan, client_token, created_at_ms, rerun_of)
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                               req_free_threaded, req_tsan, client_token, created_at_ms, rerun_of, req_debug, req_build)
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(run_id.to_string())
         .bind(&spec.label)
@@ -145,6 +145,8 @@ impl Store for PostgresStore {
         .bind(client_token)
         .bind(now_ms)
         .bind(spec.rerun_of.map(|id| id.to_string()))
+        .bind(spec.requirement.debug)
+        .bind(&spec.requirement.build)
         .execute(&mut *tx)
         .await?;
         // Every package starts with the same empty verdict; only its name differs.
@@ -202,7 +204,7 @@ impl Store for PostgresStore {
         let summary = run_summary(&mut tx, run_id).await?;
         let row: RunSpecRow = sqlx::query_as(
             "SELECT label, iterations::bigint AS iterations, modes_json, options_json, registry, req_python_version,
-                    req_free_threaded, req_tsan, rerun_of
+                    req_free_threaded, req_tsan, rerun_of, req_debug, req_build
              FROM runs WHERE id = $1",
         )
         .bind(run_id.to_string())
@@ -396,6 +398,13 @@ impl Store for PostgresStore {
                    AND (r.req_python_version IS NULL OR r.req_python_version = $1)
                    AND (NOT r.req_free_threaded OR $2)
                    AND r.req_tsan = $3
+                   AND (r.req_debug IS NULL OR r.req_debug = $10::boolean)
+                   -- InterpreterProfile::is_build: the build id, or the commit with either a
+                   -- prefix of the other.
+                   AND (r.req_build IS NULL OR r.req_build = $11::text
+                        OR (length($12::text) >= 7 AND length(r.req_build) >= 7
+                            AND (left($12::text, length(r.req_build)) = r.req_build
+                                 OR left(r.req_build, length($12::text)) = $12::text)))
              ),
              -- Running jobs are counted only when there are runs to share between.
              eligible AS MATERIALIZED (
@@ -450,6 +459,9 @@ impl Store for PostgresStore {
         .bind(&rooms)
         .bind(i64::from(total))
         .bind(&reserved)
+        .bind(batch.profile.debug)
+        .bind(batch.profile.build_id())
+        .bind(batch.profile.commit().unwrap_or_default().to_ascii_lowercase())
         .fetch_all(&mut *conn)
         .await?;
         let run_ids = rows.first().and_then(|row| row.run_ids.clone()).unwrap_or_default();

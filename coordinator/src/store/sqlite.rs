@@ -81,8 +81,8 @@ impl Store for SqliteStore {
         let modes: Vec<&str> = spec.modes.iter().map(|m| m.as_str()).collect();
         sqlx::query(
             "INSERT INTO runs (id, label, state, iterations, modes_json, options_json, registry, req_python_version,
-                               req_free_threaded, req_tsan, client_token, created_at_ms, rerun_of)
-             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                               req_free_threaded, req_tsan, client_token, created_at_ms, rerun_of, req_debug, req_build)
+             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )
         .bind(run_id.to_string())
         .bind(&spec.label)
@@ -96,6 +96,8 @@ impl Store for SqliteStore {
         .bind(client_token)
         .bind(now_ms)
         .bind(spec.rerun_of.map(|id| id.to_string()))
+        .bind(spec.requirement.debug)
+        .bind(&spec.requirement.build)
         .execute(&mut *tx)
         .await?;
         // Every package starts with the same empty verdict; only its name differs.
@@ -158,7 +160,7 @@ impl Store for SqliteStore {
         let summary = run_summary(&mut tx, run_id).await?;
         let row: RunSpecRow = sqlx::query_as(
             "SELECT label, iterations, modes_json, options_json, registry, req_python_version,
-                    req_free_threaded, req_tsan, rerun_of
+                    req_free_threaded, req_tsan, rerun_of, req_debug, req_build
              FROM runs WHERE id = ?1",
         )
         .bind(run_id.to_string())
@@ -312,11 +314,21 @@ impl Store for SqliteStore {
                AND (r.req_python_version IS NULL OR r.req_python_version = ?1)
                AND (r.req_free_threaded = 0 OR ?2)
                AND r.req_tsan = ?3
+               AND (r.req_debug IS NULL OR r.req_debug = ?4)
+               -- InterpreterProfile::is_build: the build id, or the commit with either a
+               -- prefix of the other.
+               AND (r.req_build IS NULL OR r.req_build = ?5
+                    OR (length(?6) >= 7 AND length(r.req_build) >= 7
+                        AND (substr(?6, 1, length(r.req_build)) = r.req_build
+                             OR substr(r.req_build, 1, length(?6)) = ?6)))
              ORDER BY (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.id AND j.state = 'leased'), r.id",
         )
         .bind(&batch.profile.major_minor)
         .bind(batch.profile.free_threaded)
         .bind(batch.profile.tsan)
+        .bind(batch.profile.debug)
+        .bind(batch.profile.build_id())
+        .bind(batch.profile.commit().unwrap_or_default().to_ascii_lowercase())
         .fetch_all(&mut *tx)
         .await?;
         if runs.is_empty() {

@@ -181,6 +181,18 @@ fn walk_outcome(outcome: &mut IterationOutcome, visit: &mut impl Visit) {
         visit.text("outcome.harness_error", error, short);
     }
     visit.text("outcome.worker_id", &mut outcome.worker_id, short);
+    let provenance = &mut outcome.provenance;
+    visit.text(
+        "outcome.provenance.interpreter_build",
+        &mut provenance.interpreter_build,
+        short,
+    );
+    if let Some(version) = &mut provenance.package_version {
+        visit.text("outcome.provenance.package_version", version, short);
+    }
+    if let Some(hash) = &mut provenance.freeze_hash {
+        visit.text("outcome.provenance.freeze_hash", hash, short);
+    }
     walk_evidence(&mut outcome.evidence, visit);
 }
 

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::evidence::{Declaration, ExtensionReport, TsanAttribution, TsanFrame, TsanWarning};
-use crate::outcome::{IterationStatus, SetupStage};
+use crate::outcome::{IterationStatus, Provenance, SetupStage};
 use crate::spec::Mode;
 
 fn outcome(evidence: IterationEvidence) -> IterationOutcome {
@@ -25,6 +25,13 @@ fn outcome(evidence: IterationEvidence) -> IterationOutcome {
         attempt: 1,
         start_latency_ms: Some(4),
         evidence,
+        provenance: Provenance {
+            interpreter_build: "3.13.5t@1a2b3c4d5e6f".into(),
+            package_version: Some("1.0".into()),
+            freeze_hash: Some(format!("sha256:{}", "0".repeat(64))),
+            started_at_ms: Some(1_700_000_000_000),
+            ended_at_ms: Some(1_700_000_001_200),
+        },
     }
 }
 
@@ -134,6 +141,7 @@ fn an_outcome_of_oversized_text_is_bounded_and_then_passes_the_check() {
     oversized.stderr_tail = format!("{long}end of stderr");
     oversized.crash_signature = Some(long.clone());
     oversized.last_output_line = long.clone();
+    oversized.provenance.package_version = Some(long.clone());
     let oversized = JobResult::Iteration(oversized);
     assert!(check(&oversized).is_err());
 
@@ -153,6 +161,11 @@ fn an_outcome_of_oversized_text_is_bounded_and_then_passes_the_check() {
     assert!(
         signature.len() <= MAX_SHORT_BYTES && signature.contains("… [truncated "),
         "{signature}"
+    );
+    let version = bounded.provenance.package_version.as_deref().expect("version");
+    assert!(
+        version.len() <= MAX_SHORT_BYTES && version.ends_with(" bytes]"),
+        "a version the package chose is bounded"
     );
     let evidence = &bounded.evidence;
     assert!(evidence_bytes(evidence) <= MAX_EVIDENCE_BYTES);
@@ -218,7 +231,14 @@ fn the_check_names_the_field_and_the_bound_it_breaks() {
         check(&JobResult::Iteration(result)).expect_err("over a bound")
     };
     type Change = fn(&mut IterationOutcome);
-    let cases: [(Change, String); 4] = [
+    let cases: [(Change, String); 5] = [
+        (
+            |o| o.provenance.freeze_hash = Some("h".repeat(MAX_SHORT_BYTES + 1)),
+            format!(
+                "outcome.provenance.freeze_hash is {} bytes, over the {MAX_SHORT_BYTES}-byte limit",
+                MAX_SHORT_BYTES + 1
+            ),
+        ),
         (
             |o| o.stderr_tail = "e".repeat(MAX_TAIL_BYTES + 1),
             format!(

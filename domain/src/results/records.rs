@@ -326,6 +326,22 @@ pub struct IterationRecord {
     /// a sandbox or limit a later version names reads as `None` instead of losing the line.
     #[serde(deserialize_with = "lenient")]
     pub sandbox: Option<SandboxReport>,
+    /// The interpreter build that ran it, e.g. `3.13.5t@1a2b3c4d5e6f`; absent in records of
+    /// workers that did not say.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub interpreter_build: String,
+    /// The package's version as installed in the venv the iteration ran in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package_version: Option<String>,
+    /// `sha256:` and the digest of the venv's `pip freeze`: two iterations with one hash ran
+    /// with the same distributions installed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freeze_hash: Option<String>,
+    /// When the test command started and ended, Unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at_ms: Option<i64>,
 }
 
 impl Default for PackageRecord {
@@ -408,6 +424,11 @@ impl Default for IterationRecord {
             stall_detected_after_ms: None,
             parallel: None,
             sandbox: None,
+            interpreter_build: String::new(),
+            package_version: None,
+            freeze_hash: None,
+            started_at_ms: None,
+            ended_at_ms: None,
         }
     }
 }
@@ -679,6 +700,11 @@ impl From<&IterationOutcome> for IterationRecord {
             stall_detected_after_ms: outcome.evidence.stall_detected_after_ms,
             parallel: outcome.evidence.parallel.clone(),
             sandbox: outcome.evidence.sandbox.clone(),
+            interpreter_build: outcome.provenance.interpreter_build.clone(),
+            package_version: outcome.provenance.package_version.clone(),
+            freeze_hash: outcome.provenance.freeze_hash.clone(),
+            started_at_ms: outcome.provenance.started_at_ms,
+            ended_at_ms: outcome.provenance.ended_at_ms,
         }
     }
 }
@@ -777,6 +803,7 @@ mod tests {
             attempt: 1,
             start_latency_ms: Some(12),
             evidence: Default::default(),
+            provenance: Default::default(),
         }
     }
 

@@ -12,8 +12,9 @@ use serde::Serialize;
 use crate::category::Category;
 use crate::results::PackageRecord;
 use crate::stats::PassRate;
+use crate::views::builds::BuildMix;
 use crate::views::show::category_counts;
-use crate::views::text::{plain_table, plural};
+use crate::views::text::{cell, plain_table, plural};
 
 /// Pass-rate changes smaller than this are noise by default.
 pub const DEFAULT_THRESHOLD: f64 = 0.10;
@@ -99,6 +100,27 @@ pub struct Comparison {
     /// which the comparison leaves out instead of calling them gone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_rerun: Option<usize>,
+    /// The interpreter builds each run's iterations ran on, as they recorded them (none for
+    /// results from before they did).
+    pub builds_a: Vec<String>,
+    pub builds_b: Vec<String>,
+    /// Packages whose installed version differs between A and B (each run's one version).
+    pub version_changes: Vec<VersionChange>,
+}
+
+/// A package tested on one version in A and another in B.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionChange {
+    pub package: String,
+    pub from: String,
+    pub to: String,
+}
+
+impl Comparison {
+    /// Whether A and B ran on different interpreter builds, as far as both recorded theirs.
+    pub fn builds_differ(&self) -> bool {
+        !self.builds_a.is_empty() && !self.builds_b.is_empty() && self.builds_a != self.builds_b
+    }
 }
 
 /// Compares A with B, a re-run of some of A's packages: only the packages B re-ran count.
@@ -138,6 +160,9 @@ pub fn compare(run_a: &str, a: &[PackageRecord], run_b: &str, b: &[PackageRecord
         only_in_a: a_map.keys().filter(|k| !b_map.contains_key(*k)).cloned().collect(),
         only_in_b: b_map.keys().filter(|k| !a_map.contains_key(*k)).cloned().collect(),
         not_rerun: None,
+        builds_a: build_names(a),
+        builds_b: build_names(b),
+        version_changes: Vec::new(),
     };
     for (name, before) in &a_map {
         let Some(after) = b_map.get(name) else { continue };
@@ -171,6 +196,15 @@ pub fn compare(run_a: &str, a: &[PackageRecord], run_b: &str, b: &[PackageRecord
                     significant: from.high < to.low || to.high < from.low,
                 });
             }
+        }
+        if let (Some(from), Some(to)) = (only_version(before), only_version(after))
+            && from != to
+        {
+            comparison.version_changes.push(VersionChange {
+                package: name.clone(),
+                from,
+                to,
+            });
         }
         let tested = |r: &PackageRecord| r.completed_iterations() > 0;
         if tested(before) && tested(after) {
@@ -300,6 +334,27 @@ pub fn render_compare(c: &Comparison) -> String {
         let _ = writeln!(out, "{}", plain_table(&["Package", "A", "B", "Change"], rows, &[3]));
     }
 
+    if c.builds_differ() {
+        let _ = writeln!(
+            out,
+            "\nA and B ran on different interpreter builds: A on {}; B on {}",
+            cell(&c.builds_a.join(", "), BUILDS_CHARS),
+            cell(&c.builds_b.join(", "), BUILDS_CHARS)
+        );
+    }
+    if !c.version_changes.is_empty() {
+        let changes: Vec<String> = c
+            .version_changes
+            .iter()
+            .map(|v| format!("{} {} -> {}", cell(&v.package, 60), cell(&v.from, 40), cell(&v.to, 40)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nPackage versions changed ({}): {}",
+            changes.len(),
+            changes.join(", ")
+        );
+    }
     for (title, list) in [
         ("New crashes", &c.new_crashes),
         ("Resolved crashes", &c.resolved_crashes),
@@ -315,6 +370,31 @@ pub fn render_compare(c: &Comparison) -> String {
         }
     }
     out
+}
+
+/// The longest list of builds printed for a run.
+const BUILDS_CHARS: usize = 200;
+
+/// The builds `records`' iterations ran on, sorted.
+fn build_names(records: &[PackageRecord]) -> Vec<String> {
+    BuildMix::of(records)
+        .build_names()
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The one version of the package its iterations installed, if they recorded exactly one.
+fn only_version(record: &PackageRecord) -> Option<String> {
+    let versions: std::collections::BTreeSet<&str> = record
+        .iterations
+        .iter()
+        .filter_map(|i| i.package_version.as_deref())
+        .collect();
+    match versions.len() {
+        1 => versions.into_iter().next().map(str::to_string),
+        _ => None,
+    }
 }
 
 fn transition_kind(before: &PackageRecord, after: &PackageRecord) -> TransitionKind {
@@ -491,5 +571,51 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected:?} in\n{text}");
         }
+    }
+
+    fn ran_on(name: &str, build: &str, version: &str) -> PackageRecord {
+        PackageRecord {
+            iterations: (1..=3)
+                .map(|index| crate::results::IterationRecord {
+                    index,
+                    status: "pass".into(),
+                    interpreter_build: build.into(),
+                    package_version: Some(version.into()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..record(name, "compatible", 3, 3)
+        }
+    }
+
+    #[test]
+    fn runs_on_different_builds_or_versions_say_so() {
+        let a = [ran_on("p", "3.13.5t@aaaa", "1.0"), ran_on("q", "3.13.5t@aaaa", "2.0")];
+        let b = [ran_on("p", "3.14.0t@bbbb", "1.1"), ran_on("q", "3.14.0t@bbbb", "2.0")];
+        let c = compare("A", &a, "B", &b, DEFAULT_THRESHOLD);
+        assert!(c.builds_differ());
+        assert_eq!(
+            c.version_changes,
+            [VersionChange {
+                package: "p".into(),
+                from: "1.0".into(),
+                to: "1.1".into()
+            }]
+        );
+        let text = render_compare(&c);
+        for expected in [
+            "A and B ran on different interpreter builds: A on 3.13.5t@aaaa; B on 3.14.0t@bbbb",
+            "Package versions changed (1): p 1.0 -> 1.1",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in\n{text}");
+        }
+        let same = compare("A", &a, "A again", &a, DEFAULT_THRESHOLD);
+        assert!(!same.builds_differ() && same.version_changes.is_empty());
+        assert!(!render_compare(&same).contains("different interpreter builds"));
+        let old = [record("p", "compatible", 3, 3)];
+        assert!(
+            !compare("old", &old, "B", &b, DEFAULT_THRESHOLD).builds_differ(),
+            "results that recorded no build are not called different"
+        );
     }
 }

@@ -12,6 +12,7 @@ use crate::evidence::LimitHit;
 use crate::outcome::signal_name;
 use crate::results::{PackageRecord, RunMeta};
 use crate::stats::{PassRate, ruled_out_failure_rate};
+use crate::views::builds::BuildMix;
 use crate::views::text::{cell, plain_table, plural};
 
 /// How `show` orders the package table.
@@ -89,6 +90,9 @@ pub fn render_show(meta: Option<&RunMeta>, records: &[PackageRecord], options: &
     render_summary(&mut out, records);
     if records.is_empty() {
         return out;
+    }
+    for warning in BuildMix::of(records).warnings() {
+        let _ = writeln!(out, "  {warning}");
     }
 
     let sorted = sorted(records, options.sort);
@@ -312,6 +316,9 @@ pub struct ShowJson<'a> {
     pub run: Option<&'a RunMeta>,
     pub packages_total: usize,
     pub categories: Vec<CategoryCount>,
+    /// The interpreter builds the iterations ran on, and the packages that mixed versions or
+    /// environments.
+    pub builds: BuildMix,
     pub packages: Vec<PackageRow>,
 }
 
@@ -323,6 +330,7 @@ pub fn show_json<'a>(meta: Option<&'a RunMeta>, records: &[PackageRecord], optio
         run: meta,
         packages_total: records.len(),
         categories: category_counts(records),
+        builds: BuildMix::of(records),
         packages: rows[..shown].iter().map(|r| PackageRow::of(r)).collect(),
     }
 }
@@ -850,5 +858,44 @@ mod tests {
         let out = show(&[]);
         assert!(out.contains("No package results yet."), "{out}");
         assert!(!out.contains("Package"), "{out}");
+    }
+
+    #[test]
+    fn a_run_that_mixed_builds_says_so_under_the_summary_and_in_its_json() {
+        let on = |name: &str, builds: &[&str]| PackageRecord {
+            iterations: builds
+                .iter()
+                .enumerate()
+                .map(|(index, build)| IterationRecord {
+                    index: index as u32 + 1,
+                    status: "pass".into(),
+                    interpreter_build: build.to_string(),
+                    ..IterationRecord::default()
+                })
+                .collect(),
+            ..record(name, "compatible", builds.len() as u32, builds.len() as u32)
+        };
+        let mixed = [
+            on("a", &["3.13.5t@aaaa"; 5]),
+            on(
+                "b",
+                &[
+                    "3.13.5t@aaaa",
+                    "3.13.5t@aaaa",
+                    "3.13.5t@aaaa",
+                    "3.13.6t@bbbb",
+                    "3.13.6t@bbbb",
+                ],
+            ),
+        ];
+        let text = render_show(None, &mixed, &ShowOptions::default());
+        assert!(
+            text.contains("mixed interpreter builds: 2 builds across 10 iterations (3.13.5t@aaaa: 8; 3.13.6t@bbbb: 2)"),
+            "{text}"
+        );
+        let json = show_json(None, &mixed, &ShowOptions::default());
+        assert_eq!(json.builds.builds.len(), 2);
+        let one = [on("a", &["3.13.5t@aaaa"; 5])];
+        assert!(!render_show(None, &one, &ShowOptions::default()).contains("mixed"));
     }
 }

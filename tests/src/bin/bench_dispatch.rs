@@ -153,6 +153,7 @@ fn pass() -> JobResult {
         attempt: 1,
         start_latency_ms: None,
         evidence: Default::default(),
+        provenance: Default::default(),
     })
 }
 

@@ -244,6 +244,7 @@ pub(crate) mod tests {
             source_dir: dir.join("tree"),
             env: Vec::new(),
             extensions: None,
+            installed: Default::default(),
             _in_use: Some(in_use),
         });
         let cell: SetupCell = Arc::new(tokio::sync::OnceCell::new_with(Some(Ok(prepared.clone()))));

@@ -11,6 +11,7 @@ mod error;
 pub(crate) mod evict;
 mod extensions;
 mod fault;
+mod installed;
 pub(crate) mod installer;
 mod kept;
 mod key;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::iteration_dirs::IterationDirs;
 use crate::sandbox::{Sandbox, Seal};
 use crate::setup::error::{SetupError, command_failure, output_tail};
+use crate::setup::installed::Installed;
 use crate::setup::installer::Installer;
 use crate::setup::kept::lock;
 use crate::setup::key::{CacheKey, SourceKey, VenvKey};
@@ -57,6 +59,9 @@ pub(crate) struct Prepared {
     pub(crate) env: Vec<(String, String)>,
     /// What importing the package did to the GIL; `None` when not probed.
     pub(crate) extensions: Option<ExtensionReport>,
+    /// The package's version and the hash of the venv's freeze, read once per setup; empty
+    /// when they could not be read (which the worker's log says).
+    pub(crate) installed: Installed,
     /// The shared lock that keeps an eviction from removing the setup while it is prepared.
     _in_use: Option<Flock<std::fs::File>>,
 }
@@ -91,6 +96,8 @@ struct ReadyRecord {
 pub(crate) struct Setups {
     python: PathBuf,
     profile_fingerprint: String,
+    /// The target's [`InterpreterProfile::build_label`], recorded with every iteration.
+    interpreter_build: String,
     /// Extension probes only mean something on a free-threaded build.
     free_threaded: bool,
     /// A ThreadSanitizer build: iterations get TSAN_OPTIONS and their reports are parsed.
@@ -135,6 +142,7 @@ impl Setups {
             iteration_dirs: Arc::new(IterationDirs::new(dirs.worker_dir.join("iterations"))),
             python,
             profile_fingerprint: profile.fingerprint_source(),
+            interpreter_build: profile.build_label(),
             free_threaded: profile.free_threaded,
             tsan_build: profile.tsan,
             tsan_suppressions: std::sync::OnceLock::new(),
@@ -143,6 +151,11 @@ impl Setups {
             base_path,
             cells: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The target interpreter's build, as each iteration records it.
+    pub(crate) fn interpreter_build(&self) -> &str {
+        &self.interpreter_build
     }
 
     /// Whether the target is a ThreadSanitizer build.
@@ -493,11 +506,27 @@ impl Setups {
         } else {
             None
         };
+        let venv_dir = dir.join("venv");
+        let installed = installed::read(
+            &venv_dir,
+            &package.name,
+            &package.import_name,
+            &neutral,
+            env,
+            &seal,
+            cancel,
+        )
+        .await
+        .unwrap_or_else(|reason| {
+            tracing::warn!(package.name = %package.name, %reason, "cannot read what the setup installed");
+            Installed::default()
+        });
         Ok(Prepared {
             setup_dir: dir.to_path_buf(),
             source_dir,
             env: env.to_vec(),
             extensions,
+            installed,
             _in_use: None,
         })
     }

@@ -168,7 +168,7 @@ pub(crate) mod tests {
         let oldest = log_dir(&root, "run-a", "pkg", 1, DAY * 3);
         let running = log_dir(&root, "run-a", "pkg", 2, DAY * 2);
         let older = log_dir(&root, "run-b", "other", 1, DAY * 1);
-        let newest = log_dir(&root, "run-b", "other", 2, DAY * 0);
+        let newest = log_dir(&root, "run-b", "other", 2, Duration::ZERO);
         let in_use = HashSet::from([running.clone()]);
 
         // Short of space for two more removals.

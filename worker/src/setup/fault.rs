@@ -139,7 +139,7 @@ mod tests {
     /// pip 24 on an index that does not answer: its retries, then the missing distribution.
     const PIP_READ_TIMEOUT: &str = "\
 Looking in indexes: https://pypi.org/simple
-Processing /work/src
+Processing /var/lib/ftsurvey/src
   Installing build dependencies: started
 WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after connection broken by 'ReadTimeoutError(\"HTTPSConnectionPool(host='pypi.org', port=443): Read timed out. (read timeout=15)\")': /simple/setuptools/
 WARNING: Retrying (Retry(total=0, connect=None, read=None, redirect=None, status=None)) after connection broken by 'ReadTimeoutError(\"HTTPSConnectionPool(host='pypi.org', port=443): Read timed out. (read timeout=15)\")': /simple/setuptools/
@@ -174,7 +174,7 @@ ERROR: Could not install packages due to an OSError: [Errno 28] No space left on
 
     /// pip on a dependency nobody published: the package's fault.
     const PIP_MISSING_DEPENDENCY: &str = "\
-Processing /work/src
+Processing /var/lib/ftsurvey/src
 ERROR: Could not find a version that satisfies the requirement no-such-dependency-ftsurvey (from versions: none)
 ERROR: No matching distribution found for no-such-dependency-ftsurvey
 ";
@@ -227,13 +227,13 @@ error: Failed to fetch: `https://example.org/pkg-1.0.tar.gz`
 
     /// git when the host does not answer.
     const GIT_UNREACHABLE: &str = "\
-Cloning into '/work/src'...
+Cloning into '/var/lib/ftsurvey/src'...
 fatal: unable to access 'https://github.com/org/pkg/': Could not resolve host: github.com
 ";
 
     /// git on a repository that is not there: the package's fault.
     const GIT_NO_REPOSITORY: &str = "\
-Cloning into '/work/src'...
+Cloning into '/var/lib/ftsurvey/src'...
 remote: Repository not found.
 fatal: repository 'https://github.com/org/no-such-pkg/' not found
 ";
@@ -311,7 +311,9 @@ ConnectionRefusedError: [Errno 111] Connection refused
     #[test]
     fn io_errors_of_a_full_disk_are_recognised() {
         let error = std::io::Error::from_raw_os_error(28);
-        assert!(is_disk_full(&format!("/work/venvs/x: {error}")), "{error}");
-        assert!(!is_disk_full("/work/src/pkg: No such file or directory (os error 2)"));
+        assert!(is_disk_full(&format!("/var/lib/ftsurvey/venvs/x: {error}")), "{error}");
+        assert!(!is_disk_full(
+            "/var/lib/ftsurvey/src/pkg: No such file or directory (os error 2)"
+        ));
     }
 }

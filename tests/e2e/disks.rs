@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tests::fixture_registry;
 
 use crate::cli::{Survey, assert_success, free_threaded_python, ftsurvey};
-use crate::fleet::{Process, free_port, spawn, wait_for_port};
+use crate::fleet::{Process, serve_on_sqlite, spawn};
 
 /// `ftsurvey status` against `url`, its output as text.
 fn status(url: &str) -> String {
@@ -49,19 +49,7 @@ fn busy(row: &str) -> &str {
 fn a_worker_under_min_free_gb_takes_no_job_and_says_why_while_another_runs_the_survey() {
     let survey = Survey::new();
     let dir = survey.dir.path();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let database_url = format!("sqlite://{}", dir.join("coordinator.db").display());
-    let _coordinator = spawn(
-        ftsurvey().arg("serve").args([
-            "--database-url",
-            &database_url,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ]),
-        &dir.join("serve.log"),
-    );
-    wait_for_port("127.0.0.1", port, &dir.join("serve.log"));
+    let (_coordinator, url) = serve_on_sqlite(dir, &[]);
     let worker = |id: &str, min_free_gb: &str| -> Process {
         spawn(
             ftsurvey()

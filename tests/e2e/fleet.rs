@@ -39,6 +39,25 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// `ftsurvey serve` on loopback with a SQLite store in `dir` (its log `serve.log` there) and
+/// `extra` flags, once it accepts connections; returns it and its URL.
+pub(crate) fn serve_on_sqlite(dir: &Path, extra: &[&str]) -> (Process, String) {
+    let port = free_port();
+    let log = dir.join("serve.log");
+    let coordinator = spawn(
+        crate::cli::ftsurvey()
+            .arg("serve")
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", dir.join("coordinator.db").display()))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra),
+        &log,
+    );
+    wait_for_port("127.0.0.1", port, &log);
+    (coordinator, format!("http://127.0.0.1:{port}"))
+}
+
 /// Waits until something accepts connections on `port`.
 pub(crate) fn wait_for_port(host: &str, port: u16, log: &Path) {
     let started = Instant::now();

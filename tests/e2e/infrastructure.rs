@@ -8,7 +8,7 @@ use std::path::Path;
 use tests::fixture_registry;
 
 use crate::cli::{Survey, assert_success, category_of, free_threaded_python, ftsurvey, one_package_registry};
-use crate::fleet::{Process, free_port, spawn, wait_for_port};
+use crate::fleet::{Process, serve_on_sqlite, spawn};
 
 #[test]
 fn an_install_the_index_fails_is_retried_on_the_other_worker_and_recorded_as_infra_error() {
@@ -29,19 +29,7 @@ fn an_install_the_index_fails_is_retried_on_the_other_worker_and_recorded_as_inf
             source.display()
         ),
     );
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let _coordinator = spawn(
-        ftsurvey()
-            .arg("serve")
-            .arg("--database-url")
-            .arg(format!("sqlite://{}", dir.join("coordinator.db").display()))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--max-attempts", "2"]),
-        &dir.join("serve.log"),
-    );
-    wait_for_port("127.0.0.1", port, &dir.join("serve.log"));
+    let (_coordinator, url) = serve_on_sqlite(dir, &["--max-attempts", "2"]);
     let python = free_threaded_python();
     let _workers: Vec<Process> = ["w1", "w2"].iter().map(|id| worker(&url, id, &python, dir)).collect();
 

@@ -13,7 +13,7 @@ use proto::v1::worker_message::Msg as In;
 use tests::{RawSession, TestCluster, fixture_registry, ft_profile};
 
 use crate::cli::{Survey, assert_success, category_of, free_threaded_python, ftsurvey};
-use crate::fleet::{Process, free_port, spawn, wait_for_port};
+use crate::fleet::{Process, serve_on_sqlite, spawn};
 use crate::protocol::{expect_ack, expect_assignment, report, spec, submit};
 
 /// `ftsurvey logs RUN PACKAGE ITERATION --coordinator URL` with `extra` flags.
@@ -66,19 +66,7 @@ fn wait_for_no_worker(url: &str) {
 fn an_iterations_full_log_is_fetched_from_its_worker_while_it_keeps_it_and_is_connected() {
     let survey = Survey::new();
     let dir = survey.dir.path();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let database_url = format!("sqlite://{}", dir.join("coordinator.db").display());
-    let _coordinator = spawn(
-        ftsurvey().arg("serve").args([
-            "--database-url",
-            &database_url,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ]),
-        &dir.join("serve.log"),
-    );
-    wait_for_port("127.0.0.1", port, &dir.join("serve.log"));
+    let (_coordinator, url) = serve_on_sqlite(dir, &[]);
     let worker: Process = spawn(
         ftsurvey()
             .arg("worker")

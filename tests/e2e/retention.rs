@@ -11,7 +11,7 @@ use proto::v1::worker_message::Msg as In;
 use tests::{RawSession, TestCluster, ft_profile};
 
 use crate::cli::{assert_success, ftsurvey};
-use crate::fleet::{free_port, spawn, wait_for_port};
+use crate::fleet::serve_on_sqlite;
 use crate::protocol::{expect_ack, expect_assignment, pass, spec, submit};
 
 /// Runs `command` off the runtime's threads: the coordinator it talks to may be in this
@@ -145,18 +145,7 @@ async fn runs_archive_keeps_what_the_verbs_read_and_runs_purge_deletes_the_run()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_with_keep_finished_jobs_0_archives_a_run_as_it_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("serve.log");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let _serve = spawn(
-        ftsurvey()
-            .arg("serve")
-            .arg("--database-url")
-            .arg(format!("sqlite://{}", dir.path().join("store.db").display()))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--keep-finished-jobs", "0"]),
-        &log,
-    );
-    wait_for_port("127.0.0.1", port, &log);
+    let (_serve, url) = serve_on_sqlite(dir.path(), &["--keep-finished-jobs", "0"]);
     let mut client = SurveyServiceClient::new(tests::connect(&url).await);
     let submitted = client
         .submit_run(v1::SubmitRunRequest {
@@ -185,7 +174,7 @@ async fn serve_with_keep_finished_jobs_0_archives_a_run_as_it_ends() {
         assert!(
             Instant::now() < deadline,
             "run {run_id} not archived within 30 s:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };

@@ -9,7 +9,7 @@ use domain::evidence::{ExtensionReport, TestReport};
 use domain::results::{IterationRecord, PackageRecord, RunConfig, RunMeta};
 
 use crate::cli::{Survey, assert_success, category_of, free_threaded_python, ftsurvey};
-use crate::fleet::{free_port, spawn, wait_for_port};
+use crate::fleet::{serve_on_sqlite, spawn};
 
 /// The folder the old tool wrote, kept as a fixture.
 pub(crate) fn seed_folder() -> PathBuf {
@@ -566,18 +566,7 @@ fn show_body(text: &str) -> String {
 fn every_verb_reads_a_run_from_a_coordinator_as_from_its_folder() {
     let survey = Survey::new();
     let logs = survey.dir.path();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let _coordinator = spawn(
-        ftsurvey()
-            .arg("serve")
-            .arg("--database-url")
-            .arg(format!("sqlite://{}", logs.join("coordinator.db").display()))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}")),
-        &logs.join("serve.log"),
-    );
-    wait_for_port("127.0.0.1", port, &logs.join("serve.log"));
+    let (_coordinator, url) = serve_on_sqlite(logs, &[]);
     let python = free_threaded_python();
     let _worker = spawn(
         ftsurvey()

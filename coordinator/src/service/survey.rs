@@ -159,7 +159,7 @@ impl SurveyService for Survey {
             with_output: request.with_output && !request.verdicts_only,
             verdicts_only: request.verdicts_only,
             sender,
-            last_sent: std::sync::Mutex::new(tokio::time::Instant::now()),
+            last_sent: tokio::time::Instant::now(),
         };
         tokio::spawn(watcher.run(feed, self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -212,11 +212,11 @@ struct Watcher {
     verdicts_only: bool,
     sender: mpsc::Sender<Result<v1::RunEvent, Status>>,
     /// When the last event went: the running jobs' event waits for a second without one.
-    last_sent: std::sync::Mutex<tokio::time::Instant>,
+    last_sent: tokio::time::Instant,
 }
 
 impl Watcher {
-    async fn run(self, mut feed: watch::Receiver<Reading>, shutdown: CancellationToken) {
+    async fn run(mut self, mut feed: watch::Receiver<Reading>, shutdown: CancellationToken) {
         // How much of the feed's finished list this stream has sent.
         let mut sent = 0;
         let mut last_summary: Option<domain::RunSummary> = None;
@@ -256,7 +256,7 @@ impl Watcher {
                 },
                 _ = running.tick() => {
                     if let Some(summary) = &last_summary
-                        && self.last_sent.lock().map_or(true, |at| at.elapsed() >= RUNNING_EVERY)
+                        && self.last_sent.elapsed() >= RUNNING_EVERY
                         && !self.send(summary, Vec::new()).await
                     {
                         return;
@@ -270,7 +270,7 @@ impl Watcher {
     /// stay under MAX_EVENT_BYTES: those the feed keeps from it, the rest (and all, with
     /// output) from the store. Returns how many packages were sent, or `Err` when the stream
     /// is over.
-    async fn send_finished(&self, state: &RunState, from: usize) -> Result<usize, ()> {
+    async fn send_finished(&mut self, state: &RunState, from: usize) -> Result<usize, ()> {
         let finished = &state.finished[from..];
         let chunk = if self.with_output {
             results::OUTPUT_READ
@@ -292,8 +292,9 @@ impl Watcher {
                 }
             };
             // Kept results are copied one at a time, as the event takes them.
+            let verdicts_only = self.verdicts_only;
             let copy = |result: &v1::PackageResult| {
-                if self.verdicts_only {
+                if verdicts_only {
                     results::verdict_of(result)
                 } else {
                     result.clone()
@@ -319,7 +320,7 @@ impl Watcher {
     }
 
     /// Sends one event; false when the stream is over.
-    async fn send(&self, summary: &domain::RunSummary, finished_packages: Vec<v1::PackageResult>) -> bool {
+    async fn send(&mut self, summary: &domain::RunSummary, finished_packages: Vec<v1::PackageResult>) -> bool {
         let mut running = self.hub.running_jobs(self.run_id, now_ms());
         running.truncate(MAX_RUNNING_LISTED);
         let event = v1::RunEvent {
@@ -327,9 +328,7 @@ impl Watcher {
             finished_packages,
             running,
         };
-        if let Ok(mut at) = self.last_sent.lock() {
-            *at = tokio::time::Instant::now();
-        }
+        self.last_sent = tokio::time::Instant::now();
         self.sender.send(Ok(event)).await.is_ok()
     }
 }
